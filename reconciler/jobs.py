@@ -1,0 +1,79 @@
+"""What a Job for one item attempt looks like, on either backend (DESIGN §6, §8).
+
+Jobs are immutable, so there is one per attempt, and its name is a pure function of
+(batch, item, attempt): creating it again after a crash finds the same name and creates
+nothing. Names are DNS-1123 labels; when the readable form is lossy or too long, a short
+hash of the exact triple is appended so that two items never share a name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+
+from reconciler.model import Item, Profile
+from reconciler.store.base import JobSpec
+
+MAX_NAME = 63
+
+
+def job_name(batch: str, item: str, attempt: int) -> str:
+    readable = f"{batch}-{item}-{attempt}".lower()
+    safe = re.sub(r"[^a-z0-9-]+", "-", readable).strip("-")
+    safe = re.sub(r"-{2,}", "-", safe)
+    if safe == f"{batch}-{item}-{attempt}" and len(safe) <= MAX_NAME:
+        return safe
+    digest = hashlib.sha256(f"{batch}\0{item}\0{attempt}".encode()).hexdigest()[:8]
+    tail = f"-{attempt}-{digest}"
+    return safe[: MAX_NAME - len(tail)].rstrip("-") + tail
+
+
+def worker_command(profile: Profile) -> tuple[str, ...]:
+    return profile.command or (sys.executable, "-m", "reconciler.worker")
+
+
+def build_job(
+    batch: str,
+    item: Item,
+    attempt: int,
+    profile: Profile,
+    *,
+    suspended: bool,
+    base_dir: str | None,
+    storage_root: str,
+) -> JobSpec:
+    """The Job for one attempt: the worker is configured by environment only."""
+    env = {
+        "BATCHQ_BATCH": batch,
+        "BATCHQ_ITEM_ID": item.id,
+        "BATCHQ_ITEM_URL": item.url,
+        "BATCHQ_ATTEMPT": str(attempt),
+        "BATCHQ_STORAGE": storage_root,
+        "BATCHQ_ALLOWED_PREFIXES": "\n".join(profile.allowed_prefixes),
+    }
+    if item.size is not None:
+        env["BATCHQ_ITEM_SIZE"] = str(item.size)
+    if item.digest is not None:
+        env["BATCHQ_DIGEST_ALGORITHM"] = item.digest.algorithm
+        env["BATCHQ_DIGEST_VALUE"] = item.digest.value
+    if base_dir:
+        env["BATCHQ_BASE_DIR"] = base_dir
+    if profile.deadline_seconds:
+        env["BATCHQ_TIMEOUT"] = str(profile.deadline_seconds)
+    return JobSpec(
+        name=job_name(batch, item.id, attempt),
+        batch=batch,
+        item=item.id,
+        attempt=attempt,
+        command=worker_command(profile),
+        env=env,
+        suspended=suspended,
+        image=profile.image,
+        resources=profile.resources,
+        backoff_limit=profile.backoff_limit,
+        deadline_seconds=profile.deadline_seconds,
+        annotations={f"batchq.dev/meta.{k}": v for k, v in item.metadata.get("metadata", {}).items()}
+        if isinstance(item.metadata.get("metadata"), dict)
+        else {},
+    )

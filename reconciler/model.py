@@ -1,0 +1,253 @@
+"""The domain model: what a Batch, Item, Job, Report, Profile and Queue are.
+
+Specs (desired state) come from Git files and are validated against `schemas/` before they
+reach these classes, so constructors trust their input's shape. Observed state lives in the
+store; these dataclasses are the values that cross the store interface, so both backends
+speak the same language.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.states import BatchState, JobState
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DEFAULT_PRIORITY = 5
+
+
+@dataclass(frozen=True)
+class Digest:
+    algorithm: str  # md5 | sha256 | sha512
+    value: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One manifest entry: a payload to ingest."""
+
+    id: str
+    url: str
+    digest: Digest | None = None
+    size: int | None = None
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Item:
+        digest = data.get("digest")
+        known = {"id", "url", "digest", "size", "title"}
+        return cls(
+            id=str(data["id"]),
+            url=str(data["url"]),
+            digest=Digest(str(digest["algorithm"]), str(digest["value"])) if digest else None,
+            size=int(data["size"]) if data.get("size") is not None else None,
+            title=str(data["title"]) if data.get("title") is not None else None,
+            metadata={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "url": self.url}
+        if self.digest:
+            out["digest"] = {"algorithm": self.digest.algorithm, "value": self.digest.value}
+        if self.size is not None:
+            out["size"] = self.size
+        if self.title is not None:
+            out["title"] = self.title
+        out.update(self.metadata)
+        return out
+
+
+@dataclass(frozen=True)
+class Depositor:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """A batch file's `spec`, as committed by a depositor and edited by admins."""
+
+    profile: str
+    depositor: Depositor
+    state: str = "Active"  # Active | Held | UpdateReporting
+    priority: int = DEFAULT_PRIORITY
+    items: tuple[Item, ...] | None = None
+    manifest_url: str | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> BatchSpec:
+        manifest = spec["manifest"]
+        items = manifest.get("items")
+        dep = spec["depositor"]
+        return cls(
+            profile=str(spec["profile"]),
+            depositor=Depositor(str(dep.get("name", "")), str(dep["email"])),
+            state=str(spec.get("state", "Active")),
+            priority=int(spec.get("priority", DEFAULT_PRIORITY)),
+            items=tuple(Item.from_dict(i) for i in items) if items is not None else None,
+            manifest_url=manifest.get("url"),
+            restarts={str(k): int(v) for k, v in (spec.get("restarts") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Notification:
+    recipients: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    sender: str = "batchq@localhost"
+    reply_to: str | None = None
+    suppress: bool = False  # true: keep reports, send no email
+    suppressed_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How items are processed, where payloads go, and who hears about it."""
+
+    name: str
+    command: tuple[str, ...] | None = None  # default: the batchq worker
+    image: str = "batchq:latest"
+    resources: dict[str, Any] = field(default_factory=dict)
+    backoff_limit: int = 0
+    deadline_seconds: int | None = None
+    storage: str = "storage"
+    allowed_prefixes: tuple[str, ...] = ()
+    notification: Notification = field(default_factory=Notification)
+
+    @classmethod
+    def from_dict(cls, name: str, spec: dict[str, Any]) -> Profile:
+        job = spec.get("job") or {}
+        notif = spec.get("notification") or {}
+        return cls(
+            name=name,
+            command=tuple(job["command"]) if job.get("command") else None,
+            image=str(job.get("image", "batchq:latest")),
+            resources=dict(job.get("resources") or {}),
+            backoff_limit=int(job.get("backoffLimit", 0)),
+            deadline_seconds=job.get("activeDeadlineSeconds"),
+            storage=str(spec.get("storage", {}).get("path", "storage")),
+            allowed_prefixes=tuple(spec.get("allowedUrlPrefixes") or ()),
+            notification=Notification(
+                recipients=tuple(notif.get("recipients") or ()),
+                bcc=tuple(notif.get("bccAdmins") or ()),
+                sender=str(notif.get("from", "batchq@localhost")),
+                reply_to=notif.get("replyTo"),
+                suppress=bool(notif.get("suppress", False)),
+                suppressed_addresses=tuple(notif.get("suppressedAddresses") or ()),
+            ),
+        )
+
+    def allows(self, url: str) -> bool:
+        """A payload or manifest URL is allowed when it starts with an allowed prefix."""
+        return any(url.startswith(p) for p in self.allowed_prefixes)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    paused: bool = False
+    max_active_batches: int = 5
+    max_active_jobs: int = 4
+    max_deletes_per_sync: int = 10
+    deleted_retention_seconds: int = 7 * 24 * 3600
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> QueueSettings:
+        d = cls()
+        return cls(
+            paused=bool(spec.get("paused", d.paused)),
+            max_active_batches=int(spec.get("maxActiveBatches", d.max_active_batches)),
+            max_active_jobs=int(spec.get("maxActiveJobs", d.max_active_jobs)),
+            max_deletes_per_sync=int(spec.get("maxDeletesPerSync", d.max_deletes_per_sync)),
+            deleted_retention_seconds=int(
+                spec.get("deletedRetentionSeconds", d.deleted_retention_seconds)
+            ),
+        )
+
+
+@dataclass
+class ItemStatus:
+    """What was observed of one item: the state of its latest attempt."""
+
+    item: Item
+    seq: int
+    state: JobState = JobState.PENDING
+    attempts: int = 0  # attempts created so far; restarts used = attempts - 1
+    message: str = ""
+    job_name: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class Job:
+    """One attempt at one item (a row locally, a batch/v1 Job on Kubernetes)."""
+
+    name: str
+    batch: str
+    item: str
+    attempt: int
+    state: JobState = JobState.PENDING
+    message: str = ""
+    suspended: bool = False
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class Condition:
+    type: str  # Ready | Invalid | Held | DeletionRefused
+    status: bool
+    reason: str = ""
+    message: str = ""
+    last_transition: float = 0.0
+
+
+@dataclass
+class BatchStatus:
+    state: BatchState = BatchState.PENDING
+    observed_generation: int = 0
+    message: str = ""
+    conditions: list[Condition] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    deleted_at: float | None = None
+    items_loaded: bool = False  # the manifest was read and every item recorded
+    item_count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # items by state
+    failures: list[dict[str, str]] = field(default_factory=list)  # bounded: first failures
+    manifest_error: str = ""
+    report_round: int = 0  # reports started; a report's id is batch + round
+    update_generation: int = 0  # last generation whose UpdateReporting was acted on
+    last_report_states: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    name: str
+    spec: BatchSpec | None  # None when the first version of the file never parsed
+    generation: int
+    source_path: str
+    source_revision: str
+    submitted_at: float  # commit time of the commit that first added it: queue order
+    status: BatchStatus = field(default_factory=BatchStatus)
+    spec_error: str = ""  # the newest file version's error; the last good spec stays
+
+
+@dataclass
+class Report:
+    id: str  # f"{batch}:{round}" — idempotent across crashes
+    batch: str
+    kind: str  # initial | update | manifest-error
+    created_at: float
+    subject: str
+    recipients: tuple[str, ...]
+    body: str
+    changed: tuple[str, ...]
+    job_states: dict[str, str]
+    emailed: bool  # false when nothing changed or notification is suppressed
+    message: bytes = b""  # the RFC 5322 message as queued in the outbox

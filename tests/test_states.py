@@ -1,0 +1,83 @@
+"""Every row of the state tables, and what is not in them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from reconciler.states import (
+    BATCH_TRANSITIONS,
+    JOB_TRANSITIONS,
+    BatchState,
+    IllegalTransition,
+    JobState,
+    batch_transition,
+    job_observed,
+    job_transition,
+)
+
+
+@pytest.mark.parametrize(("src", "dst"), sorted(BATCH_TRANSITIONS))
+def test_every_batch_row_is_allowed(src: BatchState, dst: BatchState) -> None:
+    assert batch_transition(src, dst) == dst
+
+
+@pytest.mark.parametrize(("src", "dst"), sorted(JOB_TRANSITIONS))
+def test_every_job_row_is_allowed(src: JobState, dst: JobState) -> None:
+    assert job_transition(src, dst) == dst
+
+
+ILLEGAL_BATCH = [
+    (s, d) for s, d in itertools.product(BatchState, BatchState)
+    if s != d and (s, d) not in BATCH_TRANSITIONS
+]
+ILLEGAL_JOB = [
+    (s, d) for s, d in itertools.product(JobState, JobState)
+    if s != d and (s, d) not in JOB_TRANSITIONS
+]
+
+
+@pytest.mark.parametrize(("src", "dst"), ILLEGAL_BATCH)
+def test_batch_moves_outside_the_table_raise(src: BatchState, dst: BatchState) -> None:
+    with pytest.raises(IllegalTransition, match=f"from {src} to {dst}"):
+        batch_transition(src, dst)
+
+
+@pytest.mark.parametrize(("src", "dst"), ILLEGAL_JOB)
+def test_job_moves_outside_the_table_raise(src: JobState, dst: JobState) -> None:
+    with pytest.raises(IllegalTransition):
+        job_transition(src, dst)
+
+
+def test_the_seed_paths_are_in_the_table() -> None:
+    """The diagrams' paths, from shared/seed, walk the table."""
+    b = BatchState
+    paths = [
+        [b.PENDING, b.PROCESSING, b.REPORTING, b.COMPLETED],
+        [b.PENDING, b.PROCESSING, b.REPORTING, b.FAILED, b.DELETED],
+        [b.PENDING, b.PROCESSING, b.REPORTING, b.FAILED, b.UPDATE_REPORTING, b.COMPLETED],
+        [b.PENDING, b.PROCESSING, b.REPORTING, b.FAILED, b.UPDATE_REPORTING, b.FAILED,
+         b.DELETED],
+    ]
+    for path in paths:
+        for src, dst in itertools.pairwise(path):
+            batch_transition(src, dst)
+
+
+def test_terminal_states_never_go_back() -> None:
+    for dst in (BatchState.PENDING, BatchState.PROCESSING, BatchState.REPORTING):
+        with pytest.raises(IllegalTransition):
+            batch_transition(BatchState.COMPLETED, dst)
+    with pytest.raises(IllegalTransition):
+        batch_transition(BatchState.DELETED, BatchState.PENDING)
+
+
+def test_observer_may_miss_steps_but_not_reverse() -> None:
+    assert job_observed(JobState.HELD, JobState.PROCESSING) == JobState.PROCESSING
+    assert job_observed(JobState.HELD, JobState.COMPLETED) == JobState.COMPLETED
+    for src, dst in [(JobState.COMPLETED, JobState.PROCESSING),
+                     (JobState.FAILED, JobState.COMPLETED),
+                     (JobState.PROCESSING, JobState.PENDING)]:
+        with pytest.raises(IllegalTransition):
+            job_observed(src, dst)
