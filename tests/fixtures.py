@@ -1,0 +1,195 @@
+"""Real parts for tests: Git repositories, an SMTP server, a payload server with gates."""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import os
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiosmtpd.controller import Controller as SmtpController
+
+DEPOSITOR = ("Jane Depositor", "jane@example.org")
+ADMIN = ("Alex Admin", "admin@example.org")
+
+
+class GitRepo:
+    """A real repository on disk; the tests commit to it as depositor or admin."""
+
+    def __init__(self, path: Path, branch: str = "main") -> None:
+        self.path = path
+        self.branch = branch
+        path.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", branch)
+        self._tick = 1_700_000_000
+
+    def git(self, *args: str, who: tuple[str, str] = DEPOSITOR) -> str:
+        self._tick = getattr(self, "_tick", 1_700_000_000) + 60
+        env = dict(os.environ)
+        env.update(GIT_AUTHOR_NAME=who[0], GIT_AUTHOR_EMAIL=who[1], GIT_COMMITTER_NAME=who[0],
+                   GIT_COMMITTER_EMAIL=who[1], GIT_AUTHOR_DATE=f"@{self._tick} +0000",
+                   GIT_COMMITTER_DATE=f"@{self._tick} +0000")
+        out = subprocess.run(["git", *args], cwd=self.path, env=env, check=True,
+                             capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def write(self, rel: str, content: str | bytes | dict[str, Any]) -> None:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, dict):
+            content = yaml.safe_dump(content, sort_keys=False)
+        if isinstance(content, str):
+            content = content.encode()
+        target.write_bytes(content)
+
+    def remove(self, rel: str) -> None:
+        (self.path / rel).unlink()
+
+    def commit(self, message: str, who: tuple[str, str] = DEPOSITOR) -> str:
+        self.git("add", "-A", who=who)
+        self.git("commit", "-q", "--allow-empty", "-m", message, who=who)
+        return self.git("rev-parse", "HEAD")
+
+    def edit_batch(self, rel: str, who: tuple[str, str] = ADMIN, **spec: Any) -> str:
+        data = yaml.safe_load((self.path / rel).read_text())
+        data["spec"].update(spec)
+        self.write(rel, data)
+        return self.commit(f"admin: {rel}: {spec}", who=who)
+
+
+@dataclass
+class Mailbox:
+    """What the loopback SMTP server received."""
+
+    messages: list[Message] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.messages]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.mailbox = Mailbox()
+        self.port = free_port()
+        self._ctl: SmtpController | None = None
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._ctl = SmtpController(self.mailbox, hostname="127.0.0.1", port=self.port)
+        self._ctl.start()
+
+    def stop(self) -> None:
+        if self._ctl is not None:
+            self._ctl.stop()
+            self._ctl = None
+
+
+class PayloadServer:
+    """Serves payloads over HTTP; a gated path answers only once the test releases it."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.gates: dict[str, threading.Event] = {}
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                outer.requests.append(name)
+                gate = outer.gates.get(name)
+                if gate is not None:
+                    gate.wait(120)
+                body = outer.files.get(name)
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def add(self, name: str, body: bytes, *, gated: bool = False) -> dict[str, Any]:
+        """Serve `body` at /name; return the manifest item for it (digest of `body`)."""
+        self.files[name] = body
+        if gated:
+            self.gates[name] = threading.Event()
+        return {"id": name, "url": self.base + name, "title": f"Title of {name}",
+                "size": len(body),
+                "digest": {"algorithm": "sha256", "value": hashlib.sha256(body).hexdigest()}}
+
+    def release(self, *names: str) -> None:
+        for n in names:
+            self.gates[n].set()
+
+    def close(self) -> None:
+        for g in self.gates.values():
+            g.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_for(pred: Any, timeout: float = 30.0, step: Any = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if step is not None:
+            step()
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
+
+
+def profile_doc(prefix: str, **notification: Any) -> dict[str, Any]:
+    notif = {"from": "batchq@example.org", "bccAdmins": ["ops@example.org"]}
+    notif.update(notification)
+    return {"apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
+            "spec": {"allowedUrlPrefixes": [prefix], "notification": notif}}
+
+
+def batch_doc(items: list[dict[str, Any]] | None = None, url: str | None = None,
+              **spec: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = {"items": items} if items is not None else {"url": url}
+    body: dict[str, Any] = {"profile": "test",
+                            "depositor": {"name": DEPOSITOR[0], "email": DEPOSITOR[1]},
+                            "manifest": manifest}
+    body.update(spec)
+    return {"apiVersion": "batchq.dev/v1", "kind": "Batch", "spec": body}
