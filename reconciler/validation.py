@@ -1,0 +1,503 @@
+"""Validation of the Git repository's files: schema, then what a schema cannot say.
+
+The schemas in `schemas/` are the single source of truth for each kind's shape (a
+Kubernetes CRD is generated from them), so nothing here restates a shape. This module
+turns jsonschema's findings into `file:line:col: message` lines a depositor can act on —
+at the node that is wrong, in plain words — and adds the checks that need more than one
+value or more than one file: unique item ids, restarts naming real items, digest lengths,
+names, a batch's profile existing, and two batch files claiming one name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePath
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+from jsonschema.validators import extend  # type: ignore[import-untyped]
+
+from reconciler.model import DNS_LABEL
+from reconciler.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+KINDS = ("Batch", "Profile", "Queue")
+_KIND_WORDS = "Batch, Profile or Queue"
+DIGEST_HEX_DIGITS = {"md5": 32, "sha256": 64, "sha512": 128}
+FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+JsonPath = tuple[str | int, ...]
+
+_DNS_WORDS = (
+    "a DNS-1123 label: lowercase letters, digits and '-', up to 63, "
+    "starting and ending with a letter or digit"
+)
+# What each pattern used in schemas/ means, keyed by the pattern itself so the schema stays
+# the source of truth (a test checks that every pattern has an entry).
+PATTERN_HINTS = {
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$": "is not a valid item id (letters, digits, '.', '_',"
+    " '-'; up to 128; must start with a letter or digit)",
+    "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": f"is not a valid name ({_DNS_WORDS})",
+    "^[^@\\s<>]+@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*"
+    "[A-Za-z0-9])?)*$": "is not a valid email address",
+    "^(https?://[^\\s]+|file:[^\\s]+)$": "is not an http://, https:// or file: URL"
+    " (without spaces)",
+    "^[0-9a-f]+$": "is not lowercase hexadecimal",
+    "^([0-9]+(\\.[0-9]+)?|\\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$": "is not a"
+    " Kubernetes quantity (for example 500m, 2, 256Mi, 1Gi)",
+}
+_TYPE_WORDS = {
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "empty",
+}
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One finding, ordered by file and position so output reads top to bottom."""
+
+    path: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
+    @classmethod
+    def at(cls, doc: LoadedDocument, where: tuple[int, int], message: str) -> Problem:
+        return cls(doc.path, where[0], where[1], message)
+
+    @classmethod
+    def from_error(cls, error: DocumentError) -> Problem:
+        return cls(error.path, error.line, error.col, error.message)
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """ECMA-262 `$` (what the schema and Kubernetes mean) ends the text; Python's `$` also
+    matches before a final newline, which would let "map-001\\n" pass as an item id."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = extend(Draft202012Validator, {"pattern": _pattern})
+
+
+def load_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema for a kind ("Batch" or "batch"), read once; do not mutate it."""
+    return _read_schema(kind.lower())
+
+
+@cache
+def _read_schema(name: str) -> dict[str, Any]:
+    with (SCHEMA_DIR / f"{name}.schema.json").open(encoding="utf-8") as fh:
+        schema: dict[str, Any] = json.load(fh)
+    return schema
+
+
+@cache
+def _validator(kind: str) -> Any:
+    return _Validator(load_schema(kind))
+
+
+def format_path(json_path: JsonPath) -> str:
+    """`spec.manifest.items[2].id`, the way a reader finds a node in the file."""
+    out = ""
+    for part in json_path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _SIMPLE_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value as the reader wrote it, shortened."""
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _items(n: int) -> str:
+    return "1 item" if n == 1 else f"{n} items"
+
+
+def _explain(error: Any, doc: LoadedDocument) -> Iterator[Problem]:
+    """Plain-words problems for one jsonschema error, each at the node to fix."""
+    path: JsonPath = tuple(error.absolute_path)
+    kind = error.validator
+    value = error.validator_value
+    instance = error.instance
+
+    def problem(message: str, at: JsonPath = path, key: bool = False) -> Problem:
+        label = format_path(at)
+        position = doc.key_position(at) if key else doc.position(at)
+        return Problem.at(doc, position, f"{label}: {message}" if label else message)
+
+    if kind == "additionalProperties" and value is False:
+        allowed = ", ".join(error.schema.get("properties", {}))
+        for extra in instance:
+            if extra not in error.schema.get("properties", {}):
+                yield problem(
+                    f'unknown field "{extra}" (allowed: {allowed})', (*path, extra), key=True
+                )
+    elif kind == "required":
+        for name in value:
+            if name not in instance:
+                yield problem(f'missing required field "{name}"', key=True)
+    elif kind == "type":
+        expected = _TYPE_WORDS.get(value, value)
+        actual = _json_type(instance)
+        message = f"must be {expected}, not {_TYPE_WORDS[actual]}"
+        if actual not in ("object", "array", "null"):
+            message += f" ({_show(instance)})"
+        if value == "string" and actual in ("integer", "number", "boolean"):
+            message += "; put it in quotes"
+        yield problem(message)
+    elif kind == "enum":
+        choices = ", ".join(_show(v) for v in value)
+        if len(value) == 1:
+            yield problem(f"must be {choices}, not {_show(instance)}")
+        else:
+            yield problem(f"{_show(instance)} is not one of {choices}")
+    elif kind == "pattern":
+        hint = PATTERN_HINTS.get(value, f"does not match the pattern {value}")
+        yield problem(f"{_show(instance)} {hint}")
+    elif kind == "oneOf" and all(set(s) == {"required"} for s in value):
+        names = [json.dumps(n) for s in value for n in s["required"]]
+        yield problem(f"must have exactly one of {', '.join(names[:-1])} or {names[-1]}", key=True)
+    elif kind == "minimum":
+        yield problem(f"must be at least {value}, not {_show(instance)}")
+    elif kind == "maximum":
+        yield problem(f"must be at most {value}, not {_show(instance)}")
+    elif kind == "minLength":
+        yield problem(
+            "must not be empty" if value == 1 else f"must be at least {value} characters long"
+        )
+    elif kind == "maxLength":
+        yield problem(f"is {len(instance)} characters long; at most {value} are allowed")
+    elif kind == "minItems":
+        yield problem(f"must have at least {_items(value)}", key=True)
+    elif kind == "maxItems":
+        yield problem(f"has {_items(len(instance))}; at most {value} are allowed", key=True)
+    else:
+        yield problem(error.message)
+
+
+def _check_kind(doc: LoadedDocument, expected_kind: str | None) -> tuple[str | None, list[Problem]]:
+    """The document's kind, or why it has none we can validate."""
+    data = doc.data
+    expected = f"a mapping with apiVersion, kind and spec (a {_KIND_WORDS})"
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else _TYPE_WORDS[_json_type(data)]
+        return None, [Problem.at(doc, doc.position(), f"expected {expected}, found {found}")]
+    kind = data.get("kind")
+    if "kind" not in data:
+        wanted = expected_kind or _KIND_WORDS
+        return None, [Problem.at(doc, doc.position(), f'missing required field "kind" ({wanted})')]
+    at = doc.position(("kind",))
+    if kind not in KINDS:
+        message = f"kind: unknown kind {_show(kind)} (expected {_KIND_WORDS})"
+        return None, [Problem.at(doc, at, message)]
+    if expected_kind is not None and kind != expected_kind:
+        return None, [
+            Problem.at(doc, at, f"kind: this file must be a {expected_kind}, not a {kind}")
+        ]
+    return str(kind), []
+
+
+def _check_name(doc: LoadedDocument, kind: str) -> list[Problem]:
+    """A Batch or Profile without metadata.name is named by its file's stem, which must
+    then be a valid name itself; a Profile is found by its file name, so the two agree."""
+    data = doc.data
+    stem = PurePath(doc.path).stem
+    meta = data.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if name is None:
+        if DNS_LABEL.fullmatch(stem):
+            return []
+        return [
+            Problem.at(
+                doc,
+                (1, 1),
+                f'the file name "{stem}" is not a valid {kind.lower()} name ({_DNS_WORDS}); '
+                "add metadata.name",
+            )
+        ]
+    if kind == "Profile" and isinstance(name, str) and name != stem:
+        return [
+            Problem.at(
+                doc,
+                doc.position(("metadata", "name")),
+                f'metadata.name: "{name}" differs from the file name "{stem}"; batches find '
+                f"a profile by its file name (profiles/{name}.yaml)",
+            )
+        ]
+    return []
+
+
+def _check_batch(doc: LoadedDocument) -> list[Problem]:
+    """Batch rules that span several values: unique ids, restarts, digest lengths."""
+    problems: list[Problem] = []
+    spec = doc.data.get("spec")
+    if not isinstance(spec, dict):
+        return problems
+    manifest = spec.get("manifest")
+    items = manifest.get("items") if isinstance(manifest, dict) else None
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items if isinstance(items, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        at: JsonPath = ("spec", "manifest", "items", index)
+        item_id = item.get("id")
+        if isinstance(item_id, str):
+            if item_id in first_seen:
+                first_line = doc.position((*at[:-1], first_seen[item_id], "id"))[0]
+                problems.append(
+                    Problem.at(
+                        doc,
+                        doc.position((*at, "id")),
+                        f"{format_path((*at, 'id'))}: duplicate item id {_show(item_id)} "
+                        f"(first at line {first_line})",
+                    )
+                )
+            else:
+                first_seen[item_id] = index
+        digest = item.get("digest")
+        if isinstance(digest, dict):
+            algorithm, hex_value = digest.get("algorithm"), digest.get("value")
+            digits = DIGEST_HEX_DIGITS.get(algorithm) if isinstance(algorithm, str) else None
+            if (
+                digits is not None
+                and isinstance(hex_value, str)
+                and len(hex_value) != digits
+                and len(hex_value) <= max(DIGEST_HEX_DIGITS.values())  # else the schema says
+            ):
+                value_at = (*at, "digest", "value")
+                problems.append(
+                    Problem.at(
+                        doc,
+                        doc.position(value_at),
+                        f"{format_path(value_at)}: {algorithm} digests have {digits} hex "
+                        f"digits, not {len(hex_value)}",
+                    )
+                )
+    restarts = spec.get("restarts")
+    if isinstance(restarts, dict) and isinstance(items, list):
+        for item_id in restarts:
+            if item_id not in first_seen:
+                at = ("spec", "restarts", item_id)
+                problems.append(
+                    Problem.at(
+                        doc,
+                        doc.key_position(at),
+                        f"{format_path(at)}: no item {_show(item_id)} in the manifest",
+                    )
+                )
+    return problems
+
+
+def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> list[Problem]:
+    """Every problem of one loaded document, in file order."""
+    kind, problems = _check_kind(doc, expected_kind)
+    if kind is None:
+        return problems
+    seen: set[Problem] = set()
+    for error in _validator(kind).iter_errors(doc.data):
+        for problem in _explain(error, doc):
+            if problem not in seen:  # "required" lists all names on each error
+                seen.add(problem)
+                problems.append(problem)
+    if kind in ("Batch", "Profile"):
+        problems += _check_name(doc, kind)
+    if kind == "Batch":
+        problems += _check_batch(doc)
+    return sorted(problems)
+
+
+def validate_text(
+    data: bytes | str, path: str, expected_kind: str | None = None
+) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Validate one file's content; `path` names it in messages and gives its stem.
+
+    Returns the loaded mapping (None if it did not load as one) and the problems, which are
+    empty exactly when the file is valid.
+    """
+    try:
+        doc = load_document(data, path)
+    except DocumentError as exc:
+        return None, [Problem.from_error(exc)]
+    loaded = doc.data if isinstance(doc.data, dict) else None
+    return loaded, check_document(doc, expected_kind)
+
+
+def batch_name(path: str, data: dict[str, Any]) -> str:
+    """A batch's name: metadata.name, else the file's stem (DESIGN §3)."""
+    meta = data.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("name"), str):
+        return str(meta["name"])
+    return PurePath(path).stem
+
+
+def _expected_kind(file: Path) -> str | None:
+    """What a file must be, by where it sits in the repository layout."""
+    if file.parent.name == "batches":
+        return "Batch"
+    if file.parent.name == "profiles":
+        return "Profile"
+    if file.name in ("queue.yaml", "queue.yml"):
+        return "Queue"
+    return None
+
+
+def _repository_root(file: Path) -> Path | None:
+    """The directory holding `profiles/` for a batch file: the parent of its `batches/`
+    directory, else the nearest directory beside or above it that has `profiles/`."""
+    absolute = file.absolute()
+    for parent in absolute.parents:
+        if parent.name == "batches":
+            return parent.parent
+    for parent in absolute.parents:
+        if (parent / "profiles").is_dir():
+            return parent
+    return None
+
+
+def _walk(directory: Path) -> list[Path]:
+    """YAML and JSON files under a directory, skipping hidden ones (.git, .batchq)."""
+    found: list[Path] = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            Path(root) / n
+            for n in sorted(names)
+            if n.endswith(FILE_SUFFIXES) and not n.startswith(".")
+        ]
+    return found
+
+
+def _files(paths: list[str]) -> list[Path]:
+    """The paths named by the CLI arguments, directories walked, each path once."""
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for arg in paths:
+        path = Path(arg)
+        for file in _walk(path) if path.is_dir() else [path]:
+            key = file.absolute().resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(file)
+    return files
+
+
+def _read(file: Path) -> LoadedDocument | Problem:
+    """A file's document, or why there is none (opening a FIFO would block: refused)."""
+    if not file.is_file():
+        reason = "not a regular file or directory" if file.exists() else "no such file or directory"
+        return Problem(str(file), 1, 1, reason)
+    try:
+        return read_document(file, str(file))
+    except DocumentError as exc:
+        return Problem.from_error(exc)
+    except OSError as exc:
+        return Problem(str(file), 1, 1, f"cannot read: {exc.strerror or exc}")
+
+
+def validate_repo_paths(paths: list[str]) -> list[Problem]:
+    """Validate files and directories as `batchq validate` does, across files too: each
+    batch's profile must exist, and no two batch files in a repository may share a name."""
+    problems: list[Problem] = []
+    claims: dict[tuple[Path, str], list[tuple[LoadedDocument, str]]] = {}
+    for file in _files(paths):
+        doc = _read(file)
+        if isinstance(doc, Problem):
+            problems.append(doc)
+            continue
+        expected = _expected_kind(file)
+        problems += check_document(doc, expected)
+        data = doc.data
+        if expected not in (None, "Batch") or not (
+            isinstance(data, dict) and data.get("kind") == "Batch"
+        ):
+            continue
+        root = _repository_root(file)
+        spec = data.get("spec")
+        profile = spec.get("profile") if isinstance(spec, dict) else None
+        if (
+            isinstance(profile, str)
+            and DNS_LABEL.fullmatch(profile)
+            and (root is None or not (root / "profiles" / f"{profile}.yaml").is_file())
+        ):
+            problems.append(
+                Problem.at(
+                    doc,
+                    doc.position(("spec", "profile")),
+                    f'spec.profile: profile "{profile}" not found '
+                    f"(expected profiles/{profile}.yaml)",
+                )
+            )
+        name = batch_name(str(file), data)
+        claims.setdefault((root or file.absolute().parent, name), []).append((doc, name))
+    for claimants in claims.values():
+        if len(claimants) < 2:
+            continue
+        for doc, name in claimants:
+            others = ", ".join(other.path for other, _ in claimants if other is not doc)
+            meta = doc.data.get("metadata")
+            named = isinstance(meta, dict) and "name" in meta
+            at = doc.position(("metadata", "name")) if named else (1, 1)
+            problems.append(Problem.at(doc, at, f'batch name "{name}" is also used by {others}'))
+    return sorted(problems)
+
+
+def validate_main(paths: list[str]) -> int:
+    """`batchq validate PATH...`: one `file:line:col: message` line per problem; exit 1 if
+    there is any (DESIGN §7)."""
+    problems = validate_repo_paths(paths)
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
