@@ -29,6 +29,15 @@ def job_name(batch: str, item: str, attempt: int) -> str:
     return safe[: MAX_NAME - len(tail)].rstrip("-") + tail
 
 
+def pod_annotations(item: Item) -> dict[str, str]:
+    """Item metadata travels on the pod as annotations (`batchq.dev/<key>`), when valid."""
+    out = {}
+    for key, value in item.metadata.items():
+        if re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", key):
+            out[f"batchq.dev/{key}"] = value
+    return out
+
+
 def worker_command(profile: Profile) -> tuple[str, ...]:
     return profile.command or (sys.executable, "-m", "reconciler.worker")
 
@@ -73,7 +82,5 @@ def build_job(
         resources=profile.resources,
         backoff_limit=profile.backoff_limit,
         deadline_seconds=profile.deadline_seconds,
-        annotations={f"batchq.dev/meta.{k}": v for k, v in item.metadata.get("metadata", {}).items()}
-        if isinstance(item.metadata.get("metadata"), dict)
-        else {},
+        annotations=pod_annotations(item),
     )

@@ -33,19 +33,18 @@ class Item:
     digest: Digest | None = None
     size: int | None = None
     title: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Item:
         digest = data.get("digest")
-        known = {"id", "url", "digest", "size", "title"}
         return cls(
             id=str(data["id"]),
             url=str(data["url"]),
             digest=Digest(str(digest["algorithm"]), str(digest["value"])) if digest else None,
             size=int(data["size"]) if data.get("size") is not None else None,
             title=str(data["title"]) if data.get("title") is not None else None,
-            metadata={k: v for k, v in data.items() if k not in known},
+            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +55,8 @@ class Item:
             out["size"] = self.size
         if self.title is not None:
             out["title"] = self.title
-        out.update(self.metadata)
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
         return out
 
 
@@ -236,6 +236,7 @@ class Batch:
     submitted_at: float  # commit time of the commit that first added it: queue order
     status: BatchStatus = field(default_factory=BatchStatus)
     spec_error: str = ""  # the newest file version's error; the last good spec stays
+    updated_at: float = 0.0  # last time anything about the batch was written
 
 
 @dataclass

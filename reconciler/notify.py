@@ -1,0 +1,77 @@
+"""Delivering queued report emails: SMTP when configured, else `.eml` files (DESIGN §5).
+
+Reports enter the outbox in the same transaction that saves them, so a crash never loses
+one; delivery marks each message done only after the server accepted it (or the file is in
+place). A message that fails waits with exponential back-off and is tried again later, so
+an SMTP outage delays reports but never drops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import smtplib
+import time
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from reconciler import failpoints
+from reconciler.store.base import Store
+
+log = logging.getLogger(__name__)
+BACKOFF = (5.0, 15.0, 60.0, 300.0)
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return (host or "127.0.0.1", int(port or 25))
+
+
+def eml_name(report_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", report_id) + ".eml"
+
+
+def write_eml(outbox: Path, report_id: str, message: bytes) -> Path:
+    """Atomically place the message in `outbox/`; an existing file is kept as is."""
+    outbox.mkdir(parents=True, exist_ok=True)
+    path = outbox / eml_name(report_id)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(message)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return path
+
+
+def send_smtp(hostport: str, message: bytes, timeout: float = 10.0) -> None:
+    host, port = parse_hostport(hostport)
+    msg = message_from_bytes(message, policy=policy.SMTP)
+    with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+        smtp.send_message(msg)
+
+
+def deliver(store: Store, *, smtp: str | None, outbox_dir: Path, now: float | None = None) -> int:
+    """Deliver what is due; return how many messages went out."""
+    now = time.time() if now is None else now
+    sent = 0
+    for entry in store.pending_outbox(now):
+        failpoints.hit("before-deliver")
+        try:
+            if smtp:
+                send_smtp(smtp, entry.message)
+            else:
+                write_eml(outbox_dir, entry.report_id, entry.message)
+        except (OSError, smtplib.SMTPException) as exc:
+            delay = BACKOFF[min(entry.attempts, len(BACKOFF) - 1)]
+            log.warning("report %s not delivered (%s); next try in %.0f s",
+                        entry.report_id, exc, delay)
+            store.mark_delivery_failed(entry.report_id, str(exc) or type(exc).__name__,
+                                       now + delay)
+            continue
+        store.mark_delivered(entry.report_id)
+        failpoints.hit("after-deliver")
+        sent += 1
+    return sent

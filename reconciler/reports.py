@@ -1,0 +1,157 @@
+"""StatusReports: what the depositor is told, built from observed state (DESIGN §5).
+
+A report is a pure function of the batch, its items and the previous report's job states,
+so rebuilding it after a crash gives the same content; its id (batch + report round) makes
+saving it twice a no-op. The email is built here too, with a Message-ID derived from the
+report id, so a message that is ever re-sent is recognisably the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from reconciler.model import Batch, ItemStatus, Profile, Report
+from reconciler.states import JobState
+
+BODY_ROWS = 500  # beyond this the per-job table is in the attachments only
+
+
+def job_states(items: list[ItemStatus]) -> dict[str, str]:
+    return {s.item.id: str(s.state) for s in items}
+
+
+def changed_since(previous: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Items whose state differs from the last report (new items count as changed)."""
+    return [item for item, state in current.items() if previous.get(item) != state]
+
+
+def subject_for(kind: str, ok: bool, batch: str) -> str:
+    verdict = "OK" if ok else "FAIL"
+    what = {
+        "initial": "Submission Processed" if ok else "Submission Failed",
+        "update": "Submission Updated",
+        "manifest-error": "Manifest Invalid",
+    }[kind]
+    return f"Ingest: {verdict} -- {what}: {batch}"
+
+
+def recipients_for(batch: Batch, profile: Profile | None) -> tuple[str, ...]:
+    assert batch.spec is not None
+    wanted = [batch.spec.depositor.email]
+    suppressed: tuple[str, ...] = ()
+    if profile is not None:
+        wanted += list(profile.notification.recipients)
+        suppressed = profile.notification.suppressed_addresses
+    out: list[str] = []
+    for addr in wanted:
+        if addr.lower() not in {s.lower() for s in suppressed} and addr not in out:
+            out.append(addr)
+    return tuple(out)
+
+
+def _table(items: list[ItemStatus]) -> str:
+    rows = [("ITEM", "STATE", "ATTEMPTS", "TITLE", "MESSAGE")]
+    for s in items[:BODY_ROWS]:
+        rows.append((s.item.id, str(s.state), str(s.attempts), (s.item.title or "")[:40],
+                     s.message[:120]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4]
+             for r in rows]
+    if len(items) > BODY_ROWS:
+        lines.append(f"... and {len(items) - BODY_ROWS} more jobs: see the attachments")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _item_json(s: ItemStatus) -> dict[str, object]:
+    return {
+        "id": s.item.id,
+        "title": s.item.title,
+        "url": s.item.url,
+        "state": str(s.state),
+        "attempts": s.attempts,
+        "message": s.message,
+        "startedAt": s.started_at,
+        "finishedAt": s.finished_at,
+    }
+
+
+def build_report(
+    batch: Batch,
+    items: list[ItemStatus],
+    profile: Profile | None,
+    *,
+    kind: str,
+    round_: int,
+    now: float | None = None,
+) -> Report:
+    """Build the report (and its email) for one reporting round of `batch`."""
+    assert batch.spec is not None
+    now = time.time() if now is None else now
+    current = job_states(items)
+    previous = batch.status.last_report_states
+    changed = changed_since(previous, current) if kind == "update" else []
+    completed = [s for s in items if s.state == JobState.COMPLETED]
+    failed = [s for s in items if s.state == JobState.FAILED]
+    ok = kind != "manifest-error" and not failed
+    subject = subject_for(kind, ok, batch.name)
+    recipients = recipients_for(batch, profile)
+    lines = [
+        f"Batch:      {batch.name}",
+        f"Profile:    {batch.spec.profile}",
+        f"Depositor:  {batch.spec.depositor.name} <{batch.spec.depositor.email}>",
+        f"Commit:     {batch.source_revision}",
+        f"Reported:   {formatdate(now, usegmt=True)}",
+        "",
+    ]
+    if kind == "manifest-error":
+        lines += ["The batch manifest could not be used, so no job was run:",
+                  f"  {batch.status.manifest_error}", "",
+                  "Fix the manifest and commit the batch file again (a new name starts a new"
+                  " batch)."]
+    else:
+        lines += [f"Jobs: {len(items)}   Completed: {len(completed)}   Failed: {len(failed)}", ""]
+        if kind == "update":
+            lines.append("Changed since the last report:")
+            for item in changed:
+                lines.append(f"  {item}: {previous.get(item, 'new')} -> {current[item]}")
+            lines.append("")
+        lines += [_table(items)]
+    body = "\n".join(lines) + "\n"
+    notif = profile.notification if profile else None
+    emailed = bool(recipients) and not (notif and notif.suppress)
+    if kind == "update" and not changed:
+        emailed = False
+    report_id = f"{batch.name}:{round_}"
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = notif.sender if notif else "batchq@localhost"
+    msg["To"] = ", ".join(recipients) if recipients else "undisclosed-recipients:;"
+    if notif and notif.bcc:
+        msg["Bcc"] = ", ".join(notif.bcc)
+    if notif and notif.reply_to:
+        msg["Reply-To"] = notif.reply_to
+    msg["Date"] = formatdate(now, usegmt=True)
+    token = hashlib.sha256(report_id.encode()).hexdigest()[:24]
+    msg["Message-ID"] = f"<{token}.{round_}@batchq>"
+    msg["X-Batchq-Report"] = report_id
+    msg.set_content(body)
+    for name, rows in (("completed.json", completed), ("failed.json", failed)):
+        data = json.dumps([_item_json(s) for s in rows], indent=2).encode()
+        msg.add_attachment(data, maintype="application", subtype="json", filename=name)
+    return Report(
+        id=report_id,
+        batch=batch.name,
+        kind=kind,
+        created_at=now,
+        subject=subject,
+        recipients=recipients,
+        body=body,
+        changed=tuple(changed),
+        job_states=current,
+        emailed=emailed,
+        message=bytes(msg),
+    )

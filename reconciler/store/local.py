@@ -1,0 +1,434 @@
+"""The embedded default store: one SQLite file under the state dir.
+
+Each method is one transaction, so a reconciler killed at any point leaves either the
+whole write or none of it. Writes that would not change a row are skipped, and every real
+write is counted in `writes`, so a pass with nothing to do can be shown to write nothing.
+The jobs table doubles as the local "cluster": `LocalRunner` starts and finishes the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from reconciler.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
+from reconciler.states import JobState
+from reconciler.store.base import Event, JobSpec, OutboxEntry, Page
+from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    name TEXT PRIMARY KEY, spec_json TEXT, generation INTEGER NOT NULL,
+    source_path TEXT NOT NULL, source_revision TEXT NOT NULL, submitted_at REAL NOT NULL,
+    status_json TEXT NOT NULL, state TEXT NOT NULL, spec_error TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    batch TEXT NOT NULL, item_id TEXT NOT NULL, seq INTEGER NOT NULL, item_json TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL, message TEXT NOT NULL,
+    job_name TEXT, started_at REAL, finished_at REAL, PRIMARY KEY (batch, item_id));
+CREATE INDEX IF NOT EXISTS items_by_seq ON items (batch, seq);
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY, batch TEXT NOT NULL, item TEXT NOT NULL, attempt INTEGER NOT NULL,
+    state TEXT NOT NULL, message TEXT NOT NULL DEFAULT '', suspended INTEGER NOT NULL,
+    spec_json TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    pid INTEGER, exit_code INTEGER);
+CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS reports (
+    id TEXT PRIMARY KEY, batch TEXT NOT NULL, kind TEXT NOT NULL, created_at REAL NOT NULL,
+    subject TEXT NOT NULL, recipients_json TEXT NOT NULL, body TEXT NOT NULL,
+    changed_json TEXT NOT NULL, job_states_json TEXT NOT NULL, emailed INTEGER NOT NULL,
+    message BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS reports_by_batch ON reports (batch, created_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    report_id TEXT PRIMARY KEY, batch TEXT NOT NULL, message BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+    next_attempt_at REAL NOT NULL DEFAULT 0, delivered_at REAL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, batch TEXT NOT NULL, at REAL NOT NULL,
+    reason TEXT NOT NULL, message TEXT NOT NULL, revision TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch, id);
+"""
+
+
+class SqliteStore:
+    """The `local` backend's store (see module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self.writes = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        cur = self.db.execute(sql, args)
+        if cur.rowcount > 0:
+            self.writes += 1
+        return cur.rowcount
+
+    # --- meta
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        if self.get_meta(key) != value:
+            self._write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- batches
+    def _batch(self, row: sqlite3.Row) -> Batch:
+        spec_raw = json.loads(row["spec_json"]) if row["spec_json"] else None
+        return Batch(
+            name=row["name"],
+            spec=BatchSpec.from_dict(spec_raw) if spec_raw is not None else None,
+            generation=row["generation"],
+            source_path=row["source_path"],
+            source_revision=row["source_revision"],
+            submitted_at=row["submitted_at"],
+            status=status_from_dict(json.loads(row["status_json"])),
+            spec_error=row["spec_error"],
+            updated_at=row["updated_at"],
+        )
+
+    def list_batches(self) -> list[Batch]:
+        rows = self.db.execute("SELECT * FROM batches ORDER BY name").fetchall()
+        return [self._batch(r) for r in rows]
+
+    def page_batches(
+        self, *, state: str | None = None, offset: int = 0, limit: int = 50
+    ) -> Page:
+        """Newest activity first, for the page: one query for the rows, one for the total."""
+        where, args = ("WHERE state=?", [state]) if state else ("", [])
+        total = self.db.execute(f"SELECT COUNT(*) FROM batches {where}", args).fetchone()[0]
+        rows = self.db.execute(
+            f"SELECT * FROM batches {where} ORDER BY updated_at DESC, name LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        return Page(total=int(total), rows=[self._batch(r) for r in rows])
+
+    def count_batches(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def get_batch(self, name: str) -> Batch | None:
+        row = self.db.execute("SELECT * FROM batches WHERE name=?", (name,)).fetchone()
+        return None if row is None else self._batch(row)
+
+    def apply_spec(
+        self,
+        name: str,
+        spec: dict[str, Any] | None,
+        *,
+        source_path: str,
+        revision: str,
+        committed_at: float,
+        error: str,
+    ) -> Batch:
+        """Record a file version. A broken version (`spec` None) keeps the last good spec."""
+        now = time.time()
+        with self._tx():
+            row = self.db.execute("SELECT * FROM batches WHERE name=?", (name,)).fetchone()
+            spec_json = canonical_json(spec) if spec is not None else None
+            if row is None:
+                self._write(
+                    "INSERT INTO batches(name, spec_json, generation, source_path,"
+                    " source_revision, submitted_at, status_json, state, spec_error,"
+                    " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (name, spec_json, 1, source_path, revision, committed_at,
+                     canonical_json(status_to_dict(BatchStatus())), "Pending", error, now),
+                )
+            else:
+                new_spec = spec_json if spec_json is not None else row["spec_json"]
+                changed = new_spec != row["spec_json"]
+                generation = row["generation"] + (1 if changed else 0)
+                new_rev = revision if (changed or spec_json is None) else row["source_revision"]
+                if (
+                    changed
+                    or row["source_path"] != source_path
+                    or row["spec_error"] != error
+                    or row["source_revision"] != new_rev
+                ):
+                    self._write(
+                        "UPDATE batches SET spec_json=?, generation=?, source_path=?,"
+                        " source_revision=?, spec_error=?, updated_at=? WHERE name=?",
+                        (new_spec, generation, source_path, new_rev, error, now, name),
+                    )
+        batch = self.get_batch(name)
+        assert batch is not None
+        return batch
+
+    def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None:
+        """Write status only when it changed; `old` guards against a concurrent writer."""
+        new_json = canonical_json(status_to_dict(new))
+        old_json = canonical_json(status_to_dict(old))
+        if new_json == old_json:
+            return
+        n = self._write(
+            "UPDATE batches SET status_json=?, state=?, updated_at=? WHERE name=? AND"
+            " status_json=?",
+            (new_json, str(new.state), time.time(), name, old_json),
+        )
+        if n != 1:
+            raise ConflictError(f"status of batch {name} changed under us")
+
+    def remove_batch(self, name: str) -> None:
+        with self._tx():
+            for table, col in (("items", "batch"), ("jobs", "batch"), ("events", "batch"),
+                               ("reports", "batch"), ("outbox", "batch"), ("batches", "name")):
+                self._write(f"DELETE FROM {table} WHERE {col}=?", (name,))
+
+    def reset_batch(self, name: str) -> None:
+        """Forget a deleted batch's record so that a new file of that name starts afresh."""
+        self.remove_batch(name)
+
+    # --- items
+    def set_items(self, batch: str, items: list[Item]) -> None:
+        with self._tx():
+            for seq, item in enumerate(items):
+                self._write(
+                    "INSERT OR IGNORE INTO items(batch, item_id, seq, item_json, state,"
+                    " attempts, message) VALUES (?,?,?,?,?,?,?)",
+                    (batch, item.id, seq, canonical_json(item.to_dict()), "Pending", 0, ""),
+                )
+
+    def _item(self, row: sqlite3.Row) -> ItemStatus:
+        return ItemStatus(
+            item=Item.from_dict(json.loads(row["item_json"])),
+            seq=row["seq"],
+            state=JobState(row["state"]),
+            attempts=row["attempts"],
+            message=row["message"],
+            job_name=row["job_name"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
+
+    @staticmethod
+    def _item_filter(batch: str, state: str | None, query: str | None) -> tuple[str, list[Any]]:
+        sql = " WHERE batch=?"
+        args: list[Any] = [batch]
+        if state:
+            sql += " AND state=?"
+            args.append(state)
+        if query:
+            sql += " AND (item_id LIKE ? ESCAPE '\\' OR item_json LIKE ? ESCAPE '\\')"
+            like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            args += [like, like]
+        return sql, args
+
+    def list_items(
+        self, batch: str, *, state: str | None = None, offset: int = 0, limit: int | None = None,
+        query: str | None = None,
+    ) -> list[ItemStatus]:
+        where, args = self._item_filter(batch, state, query)
+        sql = "SELECT * FROM items" + where + " ORDER BY seq LIMIT ? OFFSET ?"
+        args += [-1 if limit is None else limit, offset]
+        return [self._item(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def total_items(self, batch: str, *, state: str | None = None,
+                    query: str | None = None) -> int:
+        where, args = self._item_filter(batch, state, query)
+        return int(self.db.execute("SELECT COUNT(*) FROM items" + where, args).fetchone()[0])
+
+    def count_items(self, batch: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT state, COUNT(*) FROM items WHERE batch=? GROUP BY state", (batch,)
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def update_items(self, batch: str, items: list[ItemStatus]) -> None:
+        if not items:
+            return
+        with self._tx():
+            for s in items:
+                self._write(
+                    "UPDATE items SET state=?, attempts=?, message=?, job_name=?, started_at=?,"
+                    " finished_at=? WHERE batch=? AND item_id=?",
+                    (str(s.state), s.attempts, s.message, s.job_name, s.started_at,
+                     s.finished_at, batch, s.item.id),
+                )
+
+    # --- jobs
+    def create_job(self, spec: JobSpec) -> bool:
+        spec_json = canonical_json({"command": list(spec.command), "env": spec.env})
+        state = "Held" if spec.suspended else "Pending"
+        n = self._write(
+            "INSERT OR IGNORE INTO jobs(name, batch, item, attempt, state, suspended, spec_json,"
+            " created_at) VALUES (?,?,?,?,?,?,?,?)",
+            (spec.name, spec.batch, spec.item, spec.attempt, state, int(spec.suspended),
+             spec_json, time.time()),
+        )
+        return n == 1
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        return Job(
+            name=row["name"], batch=row["batch"], item=row["item"], attempt=row["attempt"],
+            state=JobState(row["state"]), message=row["message"],
+            suspended=bool(row["suspended"]), created_at=row["created_at"],
+            started_at=row["started_at"], finished_at=row["finished_at"],
+        )
+
+    def list_jobs(self, batch: str | None = None) -> list[Job]:
+        if batch is None:
+            rows = self.db.execute("SELECT * FROM jobs ORDER BY name").fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM jobs WHERE batch=? ORDER BY name", (batch,)
+            ).fetchall()
+        return [self._job(r) for r in rows]
+
+    def delete_jobs(self, batch: str) -> None:
+        self._write("DELETE FROM jobs WHERE batch=?", (batch,))
+
+    def delete_job(self, name: str) -> None:
+        """What an operator's `kubectl delete job` is on the embedded backend."""
+        self._write("DELETE FROM jobs WHERE name=?", (name,))
+
+    def set_suspended(self, batch: str, suspended: bool) -> None:
+        with self._tx():
+            self._write(
+                "UPDATE jobs SET suspended=? WHERE batch=? AND suspended<>?",
+                (int(suspended), batch, int(suspended)),
+            )
+            old, new = ("Pending", "Held") if suspended else ("Held", "Pending")
+            self._write(
+                "UPDATE jobs SET state=? WHERE batch=? AND state=?", (new, batch, old)
+            )
+
+    # --- local runner's view of the jobs table
+    def jobs_in_state(self, state: str, limit: int = -1) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM jobs WHERE state=? AND suspended=0 ORDER BY created_at, name LIMIT ?",
+            (state, limit),
+        ).fetchall()
+
+    def mark_job_started(self, name: str, pid: int) -> None:
+        self._write(
+            "UPDATE jobs SET state='Processing', pid=?, started_at=? WHERE name=? AND"
+            " state='Pending'",
+            (pid, time.time(), name),
+        )
+
+    def mark_job_finished(self, name: str, exit_code: int, message: str) -> None:
+        state = "Completed" if exit_code == 0 else "Failed"
+        self._write(
+            "UPDATE jobs SET state=?, exit_code=?, message=?, finished_at=? WHERE name=? AND"
+            " state='Processing'",
+            (state, exit_code, message, time.time(), name),
+        )
+
+    def job_spec(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT spec_json FROM jobs WHERE name=?", (name,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    # --- reports and outbox
+    def save_report(self, report: Report) -> bool:
+        """Save a report and, if it is to be emailed, queue it: both or neither."""
+        with self._tx():
+            n = self._write(
+                "INSERT OR IGNORE INTO reports(id, batch, kind, created_at, subject,"
+                " recipients_json, body, changed_json, job_states_json, emailed, message)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (report.id, report.batch, report.kind, report.created_at, report.subject,
+                 json.dumps(list(report.recipients)), report.body,
+                 json.dumps(list(report.changed)), canonical_json(report.job_states),
+                 int(report.emailed), report.message),
+            )
+            if n == 1 and report.emailed:
+                self._write(
+                    "INSERT OR IGNORE INTO outbox(report_id, batch, message) VALUES (?,?,?)",
+                    (report.id, report.batch, report.message),
+                )
+        return n == 1
+
+    def list_reports(self, batch: str) -> list[Report]:
+        rows = self.db.execute(
+            "SELECT * FROM reports WHERE batch=? ORDER BY created_at, id", (batch,)
+        ).fetchall()
+        return [
+            Report(
+                id=r["id"], batch=r["batch"], kind=r["kind"], created_at=r["created_at"],
+                subject=r["subject"], recipients=tuple(json.loads(r["recipients_json"])),
+                body=r["body"], changed=tuple(json.loads(r["changed_json"])),
+                job_states=json.loads(r["job_states_json"]), emailed=bool(r["emailed"]),
+                message=bytes(r["message"]),
+            )
+            for r in rows
+        ]
+
+    def delivered(self, report_id: str) -> bool:
+        row = self.db.execute(
+            "SELECT delivered_at FROM outbox WHERE report_id=?", (report_id,)
+        ).fetchone()
+        return row is not None and row[0] is not None
+
+    def pending_outbox(self, now: float) -> list[OutboxEntry]:
+        rows = self.db.execute(
+            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at<=?"
+            " ORDER BY rowid",
+            (now,),
+        ).fetchall()
+        return [
+            OutboxEntry(r["report_id"], r["batch"], bytes(r["message"]), r["attempts"],
+                        r["last_error"])
+            for r in rows
+        ]
+
+    def outbox_waiting(self) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
+        return int(row[0])
+
+    def mark_delivered(self, report_id: str) -> None:
+        self._write(
+            "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE report_id=?",
+            (time.time(), report_id),
+        )
+
+    def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None:
+        self._write(
+            "UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? WHERE"
+            " report_id=?",
+            (error, retry_at, report_id),
+        )
+
+    # --- timeline
+    def add_event(self, event: Event) -> None:
+        self._write(
+            "INSERT INTO events(batch, at, reason, message, revision) VALUES (?,?,?,?,?)",
+            (event.batch, event.at, event.reason, event.message, event.revision),
+        )
+
+    def list_events(self, batch: str) -> list[Event]:
+        rows = self.db.execute(
+            "SELECT * FROM events WHERE batch=? ORDER BY id", (batch,)
+        ).fetchall()
+        return [Event(r["batch"], r["at"], r["reason"], r["message"], r["revision"])
+                for r in rows]
+
+
+class ConflictError(RuntimeError):
+    """Someone else wrote the object since we read it: re-read and try again."""

@@ -1,0 +1,157 @@
+"""Runs the embedded backend's Jobs as local subprocesses: the local "cluster".
+
+Each Job runs under a tiny `/bin/sh` shim in its own session that writes the exit code to
+`<jobdir>/rc` when the command ends. The reconciler may be killed at any moment: the shim
+outlives it and leaves its result behind, so after a restart a running Job is either still
+alive (we wait), finished (we read `rc`), or died without a result (we run the same attempt
+again, as the Job controller would restart its pod). Nothing is ever run twice under two
+names, and a finished Job's result is never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+from reconciler.store.local import SqliteStore
+
+SHIM = (
+    'cd "$0" || exit 97; "$@" >stdout 2>stderr </dev/null; rc=$?;'
+    ' echo $rc >rc.tmp && mv rc.tmp rc'
+)
+MESSAGE_LIMIT = 1024
+
+
+class LocalRunner:
+    """Starts Pending jobs (up to `parallel` at once) and records finished ones."""
+
+    def __init__(self, store: SqliteStore, jobs_dir: Path, parallel: int = 4) -> None:
+        self.store = store
+        self.jobs_dir = jobs_dir
+        self.parallel = parallel
+        self.wake = threading.Event()  # set when a child exits: the loop acts at once
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def job_dir(self, name: str) -> Path:
+        return self.jobs_dir / name
+
+    def tick(self) -> bool:
+        """One round: record finished jobs, start waiting ones. True if anything changed."""
+        changed = self._reap()
+        running = len(self.store.jobs_in_state("Processing"))
+        free = max(0, self.parallel - running)
+        if free:
+            for row in self.store.jobs_in_state("Pending", free):
+                self._start(row["name"])
+                changed = True
+        return changed
+
+    def busy(self) -> bool:
+        return bool(self.store.jobs_in_state("Processing")) or bool(
+            self.store.jobs_in_state("Pending", 1)
+        )
+
+    def _start(self, name: str) -> None:
+        spec = self.store.job_spec(name)
+        assert spec is not None
+        jdir = self.job_dir(name)
+        if jdir.exists():  # a previous try of this same attempt died without a result
+            shutil.rmtree(jdir)
+        jdir.mkdir(parents=True)
+        env = dict(os.environ)
+        env.update(spec["env"])
+        env["BATCHQ_TERMINATION_LOG"] = str(jdir / "termination-log")
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", SHIM, str(jdir), *spec["command"]],
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        self._children[name] = proc
+        self.store.mark_job_started(name, proc.pid)
+        threading.Thread(target=self._wait_child, args=(proc,), daemon=True).start()
+
+    def _wait_child(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self.wake.set()
+
+    def _reap(self) -> bool:
+        changed = False
+        for row in self.store.jobs_in_state("Processing"):
+            name = row["name"]
+            rc = self._read_rc(name)
+            if rc is None:
+                child = self._children.get(name)
+                if child is not None and child.poll() is None:
+                    continue
+                if child is None and _alive(row["pid"], self.job_dir(name)):
+                    continue
+                rc = self._read_rc(name)  # it may have finished between the two looks
+                if rc is None:
+                    self._rerun(name)
+                    changed = True
+                    continue
+            self.store.mark_job_finished(name, rc, self._message(name, rc))
+            self._children.pop(name, None)
+            changed = True
+        return changed
+
+    def _rerun(self, name: str) -> None:
+        """The shim died without a result (killed, machine reboot): run the attempt again."""
+        self._children.pop(name, None)
+        self.store._write(
+            "UPDATE jobs SET state='Pending', pid=NULL, started_at=NULL WHERE name=?", (name,)
+        )
+
+    def _read_rc(self, name: str) -> int | None:
+        try:
+            return int((self.job_dir(name) / "rc").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _message(self, name: str, rc: int) -> str:
+        """The one-line reason: the termination log, else the last line of stderr."""
+        if rc == 0:
+            return ""
+        jdir = self.job_dir(name)
+        for fname in ("termination-log", "stderr"):
+            try:
+                lines = (jdir / fname).read_text(errors="replace").strip().splitlines()
+            except FileNotFoundError:
+                continue
+            if lines:
+                return lines[-1][:MESSAGE_LIMIT]
+        return f"exited with code {rc}"
+
+    def kill_batch(self, batch: str) -> None:
+        """Stop every running job of a deleted batch (its rows are deleted by the caller)."""
+        for row in self.store.jobs_in_state("Processing"):
+            if row["batch"] != batch:
+                continue
+            if row["pid"] and _alive(row["pid"], self.job_dir(row["name"])):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(row["pid"], signal.SIGKILL)
+            self._children.pop(row["name"], None)
+
+    def remove_job_dirs(self, names: list[str]) -> None:
+        for name in names:
+            shutil.rmtree(self.job_dir(name), ignore_errors=True)
+
+
+def _alive(pid: int | None, jdir: Path) -> bool:
+    """Is `pid` still our shim for this job dir (not a recycled pid, not a zombie)?"""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    if ") Z" in status:
+        return False
+    return str(jdir).encode() in cmdline
