@@ -223,7 +223,6 @@ class BatchStatus:
     manifest_error: str = ""
     report_round: int = 0  # reports started; a report's id is batch + round
     update_generation: int = 0  # last generation whose UpdateReporting was acted on
-    last_report_states: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

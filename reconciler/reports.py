@@ -1,6 +1,7 @@
 """StatusReports: what the depositor is told, built from observed state (DESIGN §5).
 
-A report is a pure function of the batch, its items and the previous report's job states,
+A report is a pure function of the batch, its items and the previous report's job states
+(kept in that report, so nothing unbounded needs to live in the Batch status),
 so rebuilding it after a crash gives the same content; its id (batch + report round) makes
 saving it twice a no-op. The email is built here too, with a Message-ID derived from the
 report id, so a message that is ever re-sent is recognisably the same message.
@@ -86,13 +87,13 @@ def build_report(
     *,
     kind: str,
     round_: int,
+    previous: dict[str, str],
     now: float | None = None,
 ) -> Report:
     """Build the report (and its email) for one reporting round of `batch`."""
     assert batch.spec is not None
     now = time.time() if now is None else now
     current = job_states(items)
-    previous = batch.status.last_report_states
     changed = changed_since(previous, current) if kind == "update" else []
     completed = [s for s in items if s.state == JobState.COMPLETED]
     failed = [s for s in items if s.state == JobState.FAILED]

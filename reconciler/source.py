@@ -37,6 +37,7 @@ class SyncResult:
     full: bool
     changed: list[FileVersion] = field(default_factory=list)
     batch_paths: set[str] = field(default_factory=set)  # every batch file at head
+    listed: bool = False  # batch_paths was read from the tree (the head moved)
 
 
 class SourceError(RuntimeError):
@@ -95,6 +96,7 @@ class GitSource:
             f"batches/{b.name}" for b in _subtree_blobs(tree, "batches")
             if b.name.endswith(EXTENSIONS)
         }
+        result.listed = True
         if full:
             paths = {p for p in _all_paths(tree) if is_relevant(p)}
         else:
@@ -155,7 +157,7 @@ def _subtree_blobs(tree: git.Tree, name: str) -> list[git.Blob]:
 
 
 def _all_paths(tree: git.Tree) -> list[str]:
-    paths = [b.path for b in tree.blobs]
+    paths = [str(b.path) for b in tree.blobs]
     for name in ("batches", "profiles"):
-        paths += [b.path for b in _subtree_blobs(tree, name)]
+        paths += [str(b.path) for b in _subtree_blobs(tree, name)]
     return paths

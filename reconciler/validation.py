@@ -101,6 +101,13 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
 _Validator = extend(Draft202012Validator, {"pattern": _pattern})
 
 
+@cache
+def item_validator() -> Any:
+    """A validator for one manifest item, for items that come from a remote manifest."""
+    spec = load_schema("Batch")["properties"]["spec"]["properties"]
+    return _Validator(spec["manifest"]["properties"]["items"]["items"])
+
+
 def load_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema for a kind ("Batch" or "batch"), read once; do not mutate it."""
     return _read_schema(kind.lower())

@@ -309,9 +309,11 @@ class SqliteStore:
         self._write("DELETE FROM jobs WHERE name=?", (name,))
 
     def set_suspended(self, batch: str, suspended: bool) -> None:
+        """Suspend jobs that have not started (a running one goes on, as on Kubernetes)."""
         with self._tx():
             self._write(
-                "UPDATE jobs SET suspended=? WHERE batch=? AND suspended<>?",
+                "UPDATE jobs SET suspended=? WHERE batch=? AND suspended<>? AND state IN"
+                " ('Pending', 'Held')",
                 (int(suspended), batch, int(suspended)),
             )
             old, new = ("Pending", "Held") if suspended else ("Held", "Pending")

@@ -51,11 +51,6 @@ class LocalRunner:
                 changed = True
         return changed
 
-    def busy(self) -> bool:
-        return bool(self.store.jobs_in_state("Processing")) or bool(
-            self.store.jobs_in_state("Pending", 1)
-        )
-
     def _start(self, name: str) -> None:
         spec = self.store.job_spec(name)
         assert spec is not None

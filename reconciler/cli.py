@@ -1,0 +1,199 @@
+"""The `batchq` command (DESIGN §7). Every option also comes from a BATCHQ_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.service import Reconciler, Settings
+from reconciler.store.base import Store
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"BATCHQ_{name}", default)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "kubernetes"],
+                   default=_env("BACKEND", "local"))
+    p.add_argument("--state", type=Path, default=Path(_env("STATE", ".batchq") or ".batchq"),
+                   help="state dir: the embedded store and the outbox (BATCHQ_STATE)")
+    p.add_argument("--namespace", default=_env("NAMESPACE", "batchq"))
+    p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or os.environ.get("KUBECONFIG"))
+    p.add_argument("--smtp", default=_env("SMTP"), help="HOST:PORT of an SMTP server")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
+    p.add_argument("--branch", default=_env("BRANCH", "main"))
+    p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="batchq", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check batch, profile and queue files")
+    v.add_argument("paths", nargs="+")
+    r = sub.add_parser("reconcile", help="one pass, or passes until idle")
+    _common(r)
+    _source(r)
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true")
+    mode.add_argument("--until-idle", action="store_true")
+    r.add_argument("--timeout", type=float, default=3600.0)
+    run = sub.add_parser("run", help="the reconcile loop, with the web page")
+    _common(run)
+    _source(run)
+    run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"))
+    s = sub.add_parser("status", help="batches, jobs and reports")
+    _common(s)
+    s.add_argument("batch", nargs="?")
+    s.add_argument("--json", action="store_true")
+    w = sub.add_parser("web", help="serve the status page")
+    _common(w)
+    w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"))
+    d = sub.add_parser("demo", help="run the whole story on the embedded default")
+    d.add_argument("--keep", type=Path, help="keep the demo's repo and state here")
+    return top
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    if not getattr(args, "repo", None):
+        raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
+    return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
+                    backend=args.backend, namespace=args.namespace, smtp=args.smtp,
+                    interval=args.interval, kubeconfig=args.kubeconfig)
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    if args.backend == "local":
+        from reconciler.store.local import SqliteStore
+
+        return SqliteStore(args.state / "batchq.sqlite3")
+    from reconciler.store.kubernetes import KubernetesStore
+
+    store: Store = KubernetesStore.connect(args.namespace, args.kubeconfig)
+    return store
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
+    """The `status --json` document, in exactly the shape DESIGN §7 gives."""
+    batches = [b for b in store.list_batches() if name is None or b.name == name]
+    out = []
+    for b in batches:
+        jobs = [
+            {"item": s.item.id, "name": s.job_name, "state": str(s.state),
+             "attempt": s.attempts, "message": s.message}
+            for s in store.list_items(b.name)
+        ]
+        reports = [
+            {"kind": r.kind, "createdAt": _iso(r.created_at),
+             "emailed": bool(r.emailed and _delivered(store, r.id)),
+             "changed": list(r.changed)}
+            for r in store.list_reports(b.name)
+        ]
+        out.append({
+            "name": b.name, "state": str(b.status.state), "generation": b.generation,
+            "observedGeneration": b.status.observed_generation,
+            "sourceRevision": b.source_revision, "jobs": jobs, "reports": reports,
+        })
+    return {"batches": out}
+
+
+def _delivered(store: Store, report_id: str) -> bool:
+    check = getattr(store, "delivered", None)
+    return bool(check(report_id)) if callable(check) else True
+
+
+def print_status(store: Store, name: str | None) -> None:
+    doc = status_document(store, name)
+    for b in doc["batches"]:
+        batch = store.get_batch(b["name"])
+        print(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
+              f"{b['observedGeneration']}, commit {b['sourceRevision'][:12]})")
+        if batch is not None and batch.spec_error:
+            print(f"  file error: {batch.spec_error}")
+        if batch is not None and batch.status.message:
+            print(f"  {batch.status.message}")
+        for j in b["jobs"]:
+            msg = f"  {j['message']}" if j["message"] else ""
+            print(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")
+        for r in b["reports"]:
+            sent = "emailed" if r["emailed"] else "not emailed"
+            changed = f", changed: {', '.join(r['changed'])}" if r["changed"] else ""
+            print(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
+    errors = json.loads(store.get_meta("file_errors") or "{}")
+    for err in errors.values():
+        print(f"error: {err}", file=sys.stderr)
+    refused = store.get_meta("deletion_refused")
+    if refused:
+        print(f"warning: {refused}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "validate":
+        from reconciler.validation import validate_main
+
+        return validate_main(args.paths)
+    if args.command == "demo":
+        from reconciler.demo import run_demo
+
+        return run_demo(args.keep)
+    if args.command == "status":
+        store = open_store(args)
+        try:
+            if args.json:
+                json.dump(status_document(store, args.batch), sys.stdout, indent=2)
+                print()
+            else:
+                print_status(store, args.batch)
+        finally:
+            store.close()
+        return 0
+    if args.command == "web":
+        from web.app import serve
+
+        serve(open_store(args), args.listen, state_dir=args.state)
+        return 0
+    rec = Reconciler(settings_from(args))
+    try:
+        if args.command == "reconcile":
+            if args.until_idle:
+                rec.run_until_idle(timeout=args.timeout)
+            else:
+                rec.run_pass()
+            return 0
+        stop = threading.Event()
+        if args.web:
+            from web.app import serve_in_thread
+
+            serve_in_thread(args, rec)
+        try:
+            rec.run_forever(stop)
+        except KeyboardInterrupt:
+            stop.set()
+        return 0
+    finally:
+        rec.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The controller: Batch → Jobs, Jobs → Batch status, terminal batch → report (DESIGN §4).
+
+Level-triggered: every pass reads the current state of each batch and its jobs and does the
+next step that state calls for; it never remembers events. Each step writes something that
+makes it unnecessary next time (a Job with a deterministic name, a status with a report
+round, a report with a deterministic id), so a pass interrupted anywhere and run again
+does the remaining steps and nothing twice. Requests made by commits (restart an item,
+UpdateReporting) are compared with what was already done for them, never replayed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler import failpoints
+from reconciler.jobs import build_job
+from reconciler.manifests import ManifestError, resolve_items
+from reconciler.model import Batch, BatchStatus, Condition, ItemStatus, Job, Profile
+from reconciler.reports import build_report
+from reconciler.states import (
+    BATCH_TERMINAL,
+    JOB_TERMINAL,
+    BatchState,
+    JobState,
+    batch_transition,
+    job_observed,
+)
+from reconciler.store.base import Event, Store
+from reconciler.sync import RepoState, deletion_done, pending_deletions
+
+log = logging.getLogger(__name__)
+B = BatchState
+J = JobState
+ACTIVE_BATCH = frozenset({B.PROCESSING, B.REPORTING, B.UPDATE_REPORTING})
+MAX_FAILURES_IN_STATUS = 20
+
+
+@dataclass
+class JobBudget:
+    """How many more jobs may be active (Pending or Processing) across the whole queue."""
+
+    free: int
+
+    def take(self) -> bool:
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        return True
+
+
+@dataclass
+class PassContext:
+    repo: RepoState
+    jobs_by_batch: dict[str, list[Job]]
+    budget: JobBudget
+    active_batches: int
+    base_dir: str | None
+    storage_root: Path
+    progressed: bool = False
+    changed_batches: set[str] = field(default_factory=set)
+
+
+class Controller:
+    """Drives every batch one step further on each pass; see the module docstring."""
+
+    def __init__(self, store: Store, *, storage_root: Path, kill_batch: object = None) -> None:
+        self.store = store
+        self.storage_root = storage_root
+        self._kill_batch = kill_batch
+
+    # --- one pass over every batch
+    def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
+        """Return True if anything changed (the caller loops until nothing does)."""
+        jobs_by_batch: dict[str, list[Job]] = defaultdict(list)
+        for job in self.store.list_jobs():
+            jobs_by_batch[job.batch].append(job)
+        active_jobs = sum(
+            1 for jobs in jobs_by_batch.values() for j in jobs if j.state in (J.PENDING,
+                                                                            J.PROCESSING)
+        )
+        batches = self.store.list_batches()
+        ctx = PassContext(
+            repo=repo,
+            jobs_by_batch=jobs_by_batch,
+            budget=JobBudget(repo.queue.max_active_jobs - active_jobs),
+            active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
+            base_dir=base_dir,
+            storage_root=self.storage_root,
+        )
+        deletions = pending_deletions(self.store)
+        for batch in sorted(batches, key=_queue_order):
+            if batch.name in deletions:
+                self._delete(batch, deletions[batch.name], ctx)
+                continue
+            try:
+                self.reconcile(batch, ctx)
+            except Exception:  # one broken batch never stops the others
+                log.exception("reconciling batch %s failed; the others go on", batch.name)
+        return ctx.progressed
+
+    def reconcile(self, batch: Batch, ctx: PassContext) -> None:
+        if batch.status.state == B.DELETED:
+            self._expire(batch, ctx)
+            return
+        status = copy.deepcopy(batch.status)
+        if batch.spec is None:
+            self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
+            self._write_status(batch, status, ctx)
+            return
+        jobs = ctx.jobs_by_batch.get(batch.name, [])
+        items = self._observe(batch, jobs, ctx) if status.items_loaded or jobs else []
+        self._step(batch, status, items, jobs, ctx)
+        status.observed_generation = batch.generation
+        self._set_condition(status, "Invalid", bool(batch.spec_error), "FileInvalid"
+                            if batch.spec_error else "FileValid", batch.spec_error)
+        self._set_condition(status, "Ready", status.state in BATCH_TERMINAL,
+                            str(status.state), status.message)
+        self._write_status(batch, status, ctx)
+
+    # --- observing jobs into item status
+    def _observe(self, batch: Batch, jobs: list[Job], ctx: PassContext) -> list[ItemStatus]:
+        items = self.store.list_items(batch.name)
+        latest: dict[str, Job] = {}
+        for j in jobs:
+            if j.item not in latest or j.attempt > latest[j.item].attempt:
+                latest[j.item] = j
+        changed: list[ItemStatus] = []
+        for s in items:
+            job = latest.get(s.item.id)
+            if job is None or job.attempt < s.attempts:
+                continue  # a finished Job may vanish: the status is the record
+            before = (s.state, s.attempts, s.message, s.job_name, s.started_at, s.finished_at)
+            if job.attempt > s.attempts:  # created before a crash could record it
+                s.attempts, s.state = job.attempt, J.PENDING
+            target = J.HELD if job.suspended and job.state == J.PENDING else job.state
+            if s.state in JOB_TERMINAL and target not in JOB_TERMINAL:
+                continue
+            s.state = job_observed(s.state, target)
+            s.message, s.job_name = job.message, job.name
+            s.started_at, s.finished_at = job.started_at, job.finished_at
+            if before != (s.state, s.attempts, s.message, s.job_name, s.started_at,
+                          s.finished_at):
+                changed.append(s)
+        if changed:
+            self.store.update_items(batch.name, changed)
+            ctx.progressed = True
+        return items
+
+    # --- the state machine
+    def _step(self, batch: Batch, status: BatchStatus, items: list[ItemStatus], jobs: list[Job],
+              ctx: PassContext) -> None:
+        assert batch.spec is not None
+        spec = batch.spec
+        state = status.state
+        profile = ctx.repo.profiles.get(spec.profile)
+        if state == B.PENDING:
+            if spec.state == "Held":
+                self._move(batch, status, B.HELD, "held by admin")
+                self.store.set_suspended(batch.name, True)
+            elif self._admissible(ctx):
+                ctx.active_batches += 1
+                status.started_at = status.started_at or time.time()
+                self._move(batch, status, B.PROCESSING, "admitted by the queue")
+                self.store.set_suspended(batch.name, False)
+        elif state == B.HELD:
+            if spec.state != "Held":
+                self._move(batch, status, B.PENDING, "released by admin")
+        elif state == B.PROCESSING:
+            if spec.state == "Held":
+                self.store.set_suspended(batch.name, True)
+                ctx.active_batches -= 1
+                self._move(batch, status, B.HELD, "held by admin")
+                return
+            if not status.items_loaded:
+                items = self._load_items(batch, status, profile, ctx)
+                if not status.items_loaded:
+                    return
+            self._restart_failed(batch, items, jobs, profile, ctx)
+            self._ensure_jobs(batch, items, jobs, profile, ctx)
+            if all(s.state in JOB_TERMINAL for s in items):
+                self._begin_report(batch, status, B.REPORTING, "every job is terminal")
+        elif state in (B.REPORTING, B.UPDATE_REPORTING):
+            self._report(batch, status, items, profile, ctx)
+        elif state in (B.COMPLETED, B.FAILED):
+            self._restart_failed(batch, items, jobs, profile, ctx)
+            wants_update = (spec.state == "UpdateReporting"
+                            and status.update_generation < batch.generation)
+            if wants_update and state == B.FAILED and not status.manifest_error:
+                running = any(s.state not in JOB_TERMINAL for s in items)
+                if not running:
+                    status.update_generation = batch.generation
+                    self._begin_report(batch, status, B.UPDATE_REPORTING,
+                                       "admin requested UpdateReporting")
+            elif wants_update:
+                status.update_generation = batch.generation
+                status.message = (f"UpdateReporting ignored: it applies to Failed batches"
+                                  f" (this one is {state})")
+        status.counts = _counts(items) if items else status.counts
+        status.failures = [
+            {"item": s.item.id, "message": s.message} for s in items if s.state == J.FAILED
+        ][:MAX_FAILURES_IN_STATUS] if items else status.failures
+
+    def _admissible(self, ctx: PassContext) -> bool:
+        return (not ctx.repo.queue.paused
+                and ctx.active_batches < ctx.repo.queue.max_active_batches)
+
+    def _load_items(self, batch: Batch, status: BatchStatus, profile: Profile | None,
+                    ctx: PassContext) -> list[ItemStatus]:
+        assert batch.spec is not None and profile is not None
+        if not self.store.count_items(batch.name):
+            try:
+                base = Path(ctx.base_dir) if ctx.base_dir else None
+                found = resolve_items(batch.spec, profile, base_dir=base)
+            except ManifestError as exc:
+                status.manifest_error = str(exc)
+                status.message = f"manifest error: {exc}"
+                self._begin_report(batch, status, B.REPORTING, status.message)
+                return []
+            self.store.set_items(batch.name, found)
+            failpoints.hit("after-items")
+        items = self.store.list_items(batch.name)
+        status.items_loaded = True
+        status.item_count = len(items)
+        ctx.progressed = True
+        return items
+
+    def _ensure_jobs(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
+                     profile: Profile | None, ctx: PassContext) -> None:
+        """Create the Job of every item's current attempt that has none (budget allowing)."""
+        existing = {j.name for j in jobs}
+        for s in items:
+            if s.state in JOB_TERMINAL:
+                continue
+            attempt = max(s.attempts, 1)
+            self._create_job(batch, s, attempt, existing, profile, ctx)
+
+    def _restart_failed(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
+                        profile: Profile | None, ctx: PassContext) -> None:
+        """Run one more attempt of each failed item whose `restarts` total is not used up."""
+        assert batch.spec is not None
+        existing = {j.name for j in jobs}
+        for s in items:
+            wanted = batch.spec.restarts.get(s.item.id, 0)
+            if s.state != J.FAILED or wanted <= s.attempts - 1:
+                continue
+            self._create_job(batch, s, s.attempts + 1, existing, profile, ctx)
+
+    def _create_job(self, batch: Batch, s: ItemStatus, attempt: int, existing: set[str],
+                    profile: Profile | None, ctx: PassContext) -> None:
+        assert batch.spec is not None and profile is not None
+        spec = build_job(batch.name, s.item, attempt, profile,
+                         suspended=batch.spec.state == "Held", base_dir=ctx.base_dir,
+                         storage_root=str(_storage_path(ctx.storage_root, profile)))
+        if spec.name in existing:
+            return
+        if not spec.suspended and not ctx.budget.take():
+            return
+        self.store.create_job(spec)
+        failpoints.hit("after-job-created")
+        restarted = attempt > s.attempts and s.attempts > 0
+        s.attempts, s.job_name = attempt, spec.name
+        s.state = J.HELD if spec.suspended else J.PENDING
+        if restarted:
+            s.message, s.started_at, s.finished_at = "", None, None
+            self.store.add_event(Event(batch.name, time.time(), "Restarted",
+                                       f"{s.item.id}: attempt {attempt}",
+                                       batch.source_revision))
+        self.store.update_items(batch.name, [s])
+        existing.add(spec.name)
+        ctx.progressed = True
+
+    # --- reporting
+    def _begin_report(self, batch: Batch, status: BatchStatus, target: BatchState,
+                      why: str) -> None:
+        status.report_round += 1
+        self._move(batch, status, target, why)
+
+    def _report(self, batch: Batch, status: BatchStatus, items: list[ItemStatus],
+                profile: Profile | None, ctx: PassContext) -> None:
+        kind = ("manifest-error" if status.manifest_error
+                else "update" if status.state == B.UPDATE_REPORTING else "initial")
+        view = copy.copy(batch)
+        view.status = status
+        earlier = [r for r in self.store.list_reports(batch.name)
+                   if r.id != f"{batch.name}:{status.report_round}"]
+        previous = earlier[-1].job_states if earlier else {}
+        report = build_report(view, items, profile, kind=kind, round_=status.report_round,
+                              previous=previous)
+        if self.store.save_report(report):
+            ctx.progressed = True
+            failpoints.hit("after-report-saved")
+        ok = kind != "manifest-error" and all(s.state == J.COMPLETED for s in items)
+        status.finished_at = time.time()
+        why = (f"report sent ({report.subject})" if report.emailed
+               else "no change since the last report: no email" if kind == "update"
+               else "report kept (email suppressed)")
+        status.message = (status.manifest_error and f"manifest error: {status.manifest_error}") \
+            or why
+        self._move(batch, status, B.COMPLETED if ok else B.FAILED, why)
+
+    # --- deletion
+    def _delete(self, batch: Batch, revision: str, ctx: PassContext) -> None:
+        if callable(self._kill_batch):
+            self._kill_batch(batch.name)
+        self.store.delete_jobs(batch.name)
+        if batch.spec is None:
+            self.store.remove_batch(batch.name)
+        elif batch.status.state != B.DELETED:
+            status = copy.deepcopy(batch.status)
+            status.deleted_at = time.time()
+            self._move(batch, status, B.DELETED, "batch file deleted", revision)
+            self._write_status(batch, status, ctx)
+        deletion_done(self.store, batch.name)
+        ctx.progressed = True
+
+    def _expire(self, batch: Batch, ctx: PassContext) -> None:
+        deleted_at = batch.status.deleted_at or 0.0
+        if time.time() - deleted_at > ctx.repo.queue.deleted_retention_seconds:
+            self.store.remove_batch(batch.name)
+            ctx.progressed = True
+
+    # --- helpers
+    def _move(self, batch: Batch, status: BatchStatus, target: BatchState, why: str,
+              revision: str | None = None) -> None:
+        old = status.state
+        status.state = batch_transition(old, target)
+        if old != target:
+            status.message = why if not status.manifest_error else status.message
+            self.store.add_event(Event(batch.name, time.time(), str(target), why,
+                                       revision or batch.source_revision))
+
+    def _set_condition(self, status: BatchStatus, type_: str, value: bool, reason: str,
+                       message: str) -> None:
+        for c in status.conditions:
+            if c.type == type_:
+                if (c.status, c.reason, c.message) != (value, reason, message):
+                    if c.status != value:
+                        c.last_transition = time.time()
+                    c.status, c.reason, c.message = value, reason, message
+                return
+        status.conditions.append(Condition(type_, value, reason, message, time.time()))
+
+    def _write_status(self, batch: Batch, status: BatchStatus, ctx: PassContext) -> None:
+        if status != batch.status:
+            self.store.update_status(batch.name, batch.status, status)
+            failpoints.hit("after-status")
+            ctx.progressed = True
+
+
+def _queue_order(b: Batch) -> tuple[int, float, str]:
+    priority = b.spec.priority if b.spec is not None else 99
+    return (priority, b.submitted_at, b.name)
+
+
+def _counts(items: list[ItemStatus]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in items:
+        out[str(s.state)] = out.get(str(s.state), 0) + 1
+    return out
+
+
+def _storage_path(root: Path, profile: Profile) -> Path:
+    p = Path(profile.storage)
+    return p if p.is_absolute() else root / p

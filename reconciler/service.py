@@ -1,0 +1,198 @@
+"""One reconciler process: Git sync, controller, job runner and outbox, in passes.
+
+A pass is: fetch and apply the branch; let the backend move jobs along; take every batch
+one step; deliver due email. `run_until_idle` repeats passes until nothing can progress
+without a new commit; `run_forever` also wakes at once when a local job ends or a webhook
+asks for a sync. A heartbeat file records when the last pass and the last sync finished,
+so the web page can show the sync time and `/healthz` can fail when the loop stalls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import failpoints
+from reconciler.controller import Controller
+from reconciler.notify import deliver
+from reconciler.source import GitSource, SourceError
+from reconciler.states import JobState
+from reconciler.store.base import Store
+from reconciler.store.local import SqliteStore
+from reconciler.store.local_runner import LocalRunner
+from reconciler.sync import RepoState, apply_sync, load_repo_state
+
+log = logging.getLogger(__name__)
+ACTIVE_JOB = frozenset({JobState.PENDING, JobState.PROCESSING})
+
+
+@dataclass
+class Settings:
+    """Where desired state comes from, where observed state goes, how to tell people."""
+
+    repo: str
+    branch: str = "main"
+    state_dir: Path = field(default_factory=lambda: Path(".batchq"))
+    backend: str = "local"  # local | kubernetes
+    namespace: str = "batchq"
+    smtp: str | None = None  # HOST:PORT; None: write .eml files to state_dir/outbox
+    interval: float = 10.0  # seconds between passes when nothing wakes the loop
+    kubeconfig: str | None = None
+    leader_election: bool = True  # kubernetes: only the Lease holder acts
+    identity: str | None = None  # this candidate's name in the Lease (default host-pid)
+
+
+class Reconciler:
+    """Runs passes; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
+        self.runner: LocalRunner | None = None
+        self._k8s_wake = threading.Event()
+        self.elector: Any = None
+        self.store: Store
+        if settings.backend == "local":
+            local = SqliteStore(settings.state_dir / "batchq.sqlite3")
+            self.runner = LocalRunner(local, settings.state_dir / "jobs")
+            self.store = local
+            kill = self._kill_local
+        else:
+            from reconciler.store.kubernetes import KubernetesStore
+
+            k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig)
+            self.store = k8s
+            self._k8s_wake = k8s.wake
+            kill = None
+            if settings.leader_election:
+                from reconciler.leader import LeaderElector  # noqa: PLC0415
+
+                self.elector = LeaderElector(k8s.api, settings.namespace,
+                                             identity=settings.identity)
+        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage",
+                                     kill_batch=kill)
+        self.wake = self.runner.wake if self.runner else self._k8s_wake
+        self.heartbeat = settings.state_dir / "heartbeat.json"
+
+    def _kill_local(self, batch: str) -> None:
+        assert self.runner is not None
+        names = [j.name for j in self.store.list_jobs(batch)]
+        self.runner.kill_batch(batch)
+        self.runner.remove_job_dirs(names)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- passes
+    def sync(self) -> RepoState:
+        last = self.store.get_meta("synced_commit")
+        try:
+            result = self.source.sync(last)
+        except SourceError as exc:
+            log.error("%s", exc)
+            self.store.set_meta("sync_error", str(exc))
+            return load_repo_state(self.store)
+        if result.changed or result.listed:
+            repo = apply_sync(self.store, self.source, result)
+        else:
+            repo = load_repo_state(self.store)
+        self.store.set_meta("synced_commit", result.head)
+        self.store.set_meta("sync_error", "")
+        self._beat(sync=True, head=result.head)
+        failpoints.hit("after-sync")
+        return repo
+
+    def tick_jobs(self) -> bool:
+        """Let the local runner start and finish jobs (the cluster does it on Kubernetes)."""
+        return self.runner.tick() if self.runner is not None else False
+
+    def reconcile(self, repo: RepoState) -> bool:
+        if self.runner is not None:
+            self.runner.parallel = repo.queue.max_active_jobs
+        base_dir = str(self.source.base_dir) if self.source.base_dir else None
+        return self.controller.reconcile_all(repo, base_dir)
+
+    def deliver(self) -> int:
+        return deliver(self.store, smtp=self.settings.smtp,
+                       outbox_dir=self.settings.state_dir / "outbox")
+
+    def run_pass(self) -> bool:
+        """One pass; True if anything changed."""
+        started = time.monotonic()
+        repo = self.sync()
+        progressed = self.tick_jobs()
+        progressed |= self.reconcile(repo)
+        progressed |= self.tick_jobs()
+        progressed |= self.deliver() > 0
+        self._beat(duration=time.monotonic() - started)
+        return progressed
+
+    def busy(self) -> bool:
+        """Is something still moving that needs no new commit (jobs, email due now)?"""
+        if any(j.state in ACTIVE_JOB and not j.suspended for j in self.store.list_jobs()):
+            return True
+        return bool(self.store.pending_outbox(time.time()))
+
+    def run_until_idle(self, timeout: float = 3600.0, on_pass: object = None) -> int:
+        """Pass until nothing can progress without a new commit; return passes made."""
+        deadline = time.monotonic() + timeout
+        passes = 0
+        while time.monotonic() < deadline:
+            self.wake.clear()
+            progressed = self.run_pass()
+            passes += 1
+            if callable(on_pass):
+                on_pass(self)
+            if progressed:
+                continue
+            if not self.busy():
+                return passes
+            self.wake.wait(0.5)
+        raise TimeoutError(f"not idle after {timeout:.0f} s")
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            if self.elector is not None and not self.elector.try_acquire_or_renew():
+                self._beat(duration=0.0)  # alive, standing by
+                stop.wait(self.elector.duration / 3)
+                continue
+            try:
+                progressed = self.run_pass()
+            except Exception:  # the loop must outlive one bad pass; /healthz shows stalls
+                log.exception("reconcile pass failed")
+                progressed = False
+            if not progressed:
+                wait = self.settings.interval if not self.busy() else 0.5
+                if self.elector is not None:
+                    wait = min(wait, self.elector.duration / 3)
+                self.wake.wait(wait)
+
+    # --- heartbeat (not store state: a no-op pass must write nothing to the store)
+    def _beat(self, *, sync: bool = False, head: str = "", duration: float | None = None) -> None:
+        try:
+            data = json.loads(self.heartbeat.read_text())
+        except (FileNotFoundError, ValueError):
+            data = {}
+        now = time.time()
+        if sync:
+            data.update(lastSync=now, head=head)
+        if duration is not None:
+            data.update(lastPass=now, passSeconds=duration, interval=self.settings.interval)
+        tmp = self.heartbeat.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.heartbeat)
+
+
+def read_heartbeat(state_dir: Path) -> dict[str, float | str]:
+    try:
+        return dict(json.loads((state_dir / "heartbeat.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}

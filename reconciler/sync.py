@@ -1,0 +1,209 @@
+"""Git → store: apply what the branch says to the stored specs (DESIGN §3, §4, §8).
+
+A file that does not validate never replaces or deletes anything: the last good spec stays
+and the error is recorded where `status` and the page show it. Deletion is explicit: a
+batch is deleted only when its file is gone from a tree that was listed successfully, and
+a commit that would delete more than `maxDeletesPerSync` batches deletes none, visibly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from reconciler import failpoints
+from reconciler.model import Profile, QueueSettings
+from reconciler.source import FileVersion, GitSource, SyncResult
+from reconciler.store.base import Event, Store
+from reconciler.validation import batch_name, validate_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepoState:
+    """Repo-wide settings as last read successfully."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    errors: dict[str, str] = field(default_factory=dict)  # file path -> its current error
+
+
+def load_repo_state(store: Store) -> RepoState:
+    raw_profiles = json.loads(store.get_meta("profiles") or "{}")
+    raw_queue = json.loads(store.get_meta("queue") or "{}")
+    return RepoState(
+        profiles={n: Profile.from_dict(n, s) for n, s in raw_profiles.items()},
+        queue=QueueSettings.from_dict(raw_queue),
+        errors=json.loads(store.get_meta("file_errors") or "{}"),
+    )
+
+
+def _too_big(f: FileVersion) -> str:
+    return (f"{f.path}:1:1: file is {f.too_big} bytes, over the 1048576-byte limit;"
+            " split it or use manifest.url for large item lists")
+
+
+def _validate(f: FileVersion, kind: str) -> tuple[dict[str, Any] | None, str]:
+    if f.data is None:
+        return None, _too_big(f)
+    data, problems = validate_text(f.data, f.path, kind)
+    if problems:
+        return None, "\n".join(str(p) for p in problems)
+    return data, ""
+
+
+def apply_sync(store: Store, source: GitSource, result: SyncResult) -> RepoState:
+    """Apply one fetched commit to the store; return the repo-wide settings now in force."""
+    raw_profiles: dict[str, Any] = json.loads(store.get_meta("profiles") or "{}")
+    raw_queue: dict[str, Any] = json.loads(store.get_meta("queue") or "{}")
+    errors: dict[str, str] = json.loads(store.get_meta("file_errors") or "{}")
+    profile_paths: dict[str, str] = json.loads(store.get_meta("profile_paths") or "{}")
+    present = {f.path for f in result.changed if f.data is not None or f.too_big}
+
+    for f in result.changed:
+        if f.path == "queue.yaml":
+            if f.data is None and not f.too_big:
+                raw_queue = {}
+                errors.pop(f.path, None)
+                continue
+            data, err = _validate(f, "Queue")
+            _record(errors, f.path, err)
+            if data is not None:
+                raw_queue = data.get("spec") or {}
+        elif f.path.startswith("profiles/"):
+            if f.data is None and not f.too_big:
+                name = profile_paths.pop(f.path, None)
+                if name:
+                    raw_profiles.pop(name, None)
+                errors.pop(f.path, None)
+                continue
+            data, err = _validate(f, "Profile")
+            _record(errors, f.path, err)
+            if data is not None:
+                name = (data.get("metadata") or {}).get("name") or PurePosixPath(f.path).stem
+                raw_profiles[name] = data.get("spec") or {}
+                profile_paths[f.path] = name
+    store.set_meta("profiles", json.dumps(raw_profiles, sort_keys=True))
+    store.set_meta("queue", json.dumps(raw_queue, sort_keys=True))
+    store.set_meta("profile_paths", json.dumps(profile_paths, sort_keys=True))
+
+    by_path = {b.source_path: b for b in store.list_batches()}
+    for f in result.changed:
+        if not f.path.startswith("batches/") or f.path not in present:
+            continue
+        _apply_batch_file(store, f, raw_profiles, by_path, result, errors)
+    failpoints.hit("after-apply")
+
+    queue = QueueSettings.from_dict(raw_queue)
+    if result.listed:
+        _prune(store, result, queue, errors)
+    store.set_meta("file_errors", json.dumps(errors, sort_keys=True))
+    return RepoState(
+        profiles={n: Profile.from_dict(n, s) for n, s in raw_profiles.items()},
+        queue=queue,
+        errors=errors,
+    )
+
+
+def _record(errors: dict[str, str], path: str, err: str) -> None:
+    if err:
+        errors[path] = err
+    else:
+        errors.pop(path, None)
+
+
+def _apply_batch_file(
+    store: Store,
+    f: FileVersion,
+    profiles: dict[str, Any],
+    by_path: dict[str, Any],
+    result: SyncResult,
+    errors: dict[str, str],
+) -> None:
+    data, err = _validate(f, "Batch")
+    name = batch_name(f.path, data) if data is not None else _guess_name(f)
+    if data is not None:
+        profile = (data.get("spec") or {}).get("profile")
+        if profile not in profiles:
+            err = (f"{f.path}: profile \"{profile}\" not found (expected profiles/{profile}.yaml);"
+                   " add the profile or fix spec.profile")
+            data = None
+    existing = store.get_batch(name)
+    if existing is not None and existing.source_path != f.path and (
+        existing.source_path in result.batch_paths
+    ):
+        _record(errors, f.path, f"{f.path}: batch name \"{name}\" is already used by "
+                f"{existing.source_path}; give this batch another metadata.name")
+        return
+    _record(errors, f.path, err)
+    old = by_path.get(f.path)
+    if old is not None and old.name != name:
+        if data is None:
+            name = old.name  # a broken edit cannot rename: the error shows on the old batch
+            existing = old
+        elif old.spec is None:
+            store.remove_batch(old.name)  # placeholder of a file that never parsed
+    if existing is not None and str(existing.status.state) == "Deleted" and data is not None:
+        store.remove_batch(name)  # a new file with a deleted batch's name starts afresh
+        existing = None
+    batch = store.apply_spec(
+        name,
+        data.get("spec") if data is not None else None,
+        source_path=f.path,
+        revision=f.revision,
+        committed_at=f.committed_at,
+        error=err,
+    )
+    if existing is None or batch.generation != existing.generation:
+        store.add_event(Event(name, time.time(), "SpecApplied",
+                              f"generation {batch.generation} from {f.path}", f.revision))
+    elif err and existing.spec_error != err:
+        store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
+
+
+def _guess_name(f: FileVersion) -> str:
+    """A broken new file's batch is named after the file's stem until it parses."""
+    return PurePosixPath(f.path).stem
+
+
+def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[str, str]) -> None:
+    gone = [
+        b for b in store.list_batches()
+        if b.source_path not in result.batch_paths and str(b.status.state) != "Deleted"
+    ]
+    for path in list(errors):
+        if path.startswith("batches/") and path not in result.batch_paths:
+            errors.pop(path)
+    if not gone:
+        store.set_meta("deletion_refused", "")
+        return
+    if len(gone) > queue.max_deletes_per_sync:
+        msg = (f"refused to delete {len(gone)} batches at {result.head[:12]}: more than"
+               f" maxDeletesPerSync={queue.max_deletes_per_sync}; raise it in queue.yaml"
+               " to allow this")
+        if store.get_meta("deletion_refused") != msg:
+            store.set_meta("deletion_refused", msg)
+            for b in gone:
+                store.add_event(Event(b.name, time.time(), "DeletionRefused", msg, result.head))
+        log.warning(msg)
+        return
+    store.set_meta("deletion_refused", "")
+    decided = pending_deletions(store)
+    decided.update({b.name: result.head for b in gone})
+    store.set_meta("deletions", json.dumps(decided, sort_keys=True))
+
+
+def pending_deletions(store: Store) -> dict[str, str]:
+    """Batches whose deletion was decided (name -> commit) and not yet carried out."""
+    return dict(json.loads(store.get_meta("deletions") or "{}"))
+
+
+def deletion_done(store: Store, name: str) -> None:
+    decided = pending_deletions(store)
+    decided.pop(name, None)
+    store.set_meta("deletions", json.dumps(decided, sort_keys=True))
