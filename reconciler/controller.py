@@ -215,7 +215,9 @@ class Controller:
         if not self.store.count_items(batch.name):
             try:
                 base = Path(ctx.base_dir) if ctx.base_dir else None
-                found = resolve_items(batch.spec, profile, base_dir=base)
+                found = resolve_items(batch.spec, profile, base_dir=base,
+                                      max_bytes=profile.manifest_max_bytes,
+                                      timeout=profile.manifest_timeout)
             except ManifestError as exc:
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"

@@ -116,6 +116,8 @@ class Profile:
     deadline_seconds: int | None = None
     storage: str = "storage"
     allowed_prefixes: tuple[str, ...] = ()
+    manifest_max_bytes: int = 50 * 1024 * 1024
+    manifest_timeout: float = 30.0
     notification: Notification = field(default_factory=Notification)
 
     @classmethod
@@ -131,6 +133,8 @@ class Profile:
             deadline_seconds=job.get("activeDeadlineSeconds"),
             storage=str(spec.get("storage", {}).get("path", "storage")),
             allowed_prefixes=tuple(spec.get("allowedUrlPrefixes") or ()),
+            manifest_max_bytes=int((spec.get("manifest") or {}).get("maxBytes", 50 * 1024**2)),
+            manifest_timeout=float((spec.get("manifest") or {}).get("timeoutSeconds", 30.0)),
             notification=Notification(
                 recipients=tuple(notif.get("recipients") or ()),
                 bcc=tuple(notif.get("bccAdmins") or ()),

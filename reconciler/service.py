@@ -72,7 +72,7 @@ class Reconciler:
             self._k8s_wake = k8s.wake
             kill = None
             if settings.leader_election:
-                from reconciler.leader import LeaderElector  # noqa: PLC0415
+                from reconciler.leader import LeaderElector
 
                 self.elector = LeaderElector(k8s.api, settings.namespace,
                                              identity=settings.identity)

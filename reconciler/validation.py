@@ -19,8 +19,8 @@ from functools import cache
 from pathlib import Path, PurePath
 from typing import Any
 
-from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
-from jsonschema.validators import extend  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.validators import extend
 
 from reconciler.model import DNS_LABEL
 from reconciler.yamlsafe import DocumentError, LoadedDocument, load_document, read_document

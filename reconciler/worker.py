@@ -24,6 +24,7 @@ line on stderr and in the termination log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,10 +123,10 @@ def _already_stored(root: Path, batch: str, item: str, url: str, want_size: int 
                     return None
     if want is not None and want[0] == "sha256":
         stored = cas_path(root, want[1])
-        if stored.exists() and _hash_file(stored, "sha256") == want[1]:
-            if want_size is None or stored.stat().st_size == want_size:
-                _write_record(root, batch, item, url, stored.stat().st_size, want[1], want)
-                return str(stored)
+        if (stored.exists() and _hash_file(stored, "sha256") == want[1]
+                and (want_size is None or stored.stat().st_size == want_size)):
+            _write_record(root, batch, item, url, stored.stat().st_size, want[1], want)
+            return str(stored)
     return None
 
 
@@ -217,10 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"batchq-worker: {reason}", file=sys.stderr, flush=True)
     log = _termination_log()
     if log is not None:
-        try:
+        with contextlib.suppress(OSError):
             log.write_text(reason + "\n")
-        except OSError:
-            pass
     return code
 
 

@@ -1,0 +1,112 @@
+"""The `batchq` command as other tools drive it (DESIGN §7), as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def batchq(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_demo_runs_the_whole_story_within_a_minute(tmp_path: Path) -> None:
+    started = time.monotonic()
+    out = batchq("demo", "--keep", str(tmp_path / "demo"), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - started < 60
+    text = out.stdout
+    assert "Subject: Ingest: OK -- Submission Processed: maps-2026-11" in text
+    assert "Subject: Ingest: FAIL -- Submission Failed: letters-2026-11" in text
+    assert "Subject: Ingest: OK -- Submission Updated: letters-2026-11" in text
+    assert "letter-003: Failed -> Completed" in text
+    assert "letters-2026-11: Completed\n  maps-2026-11: Completed" in text
+    emls = sorted(p.name for p in (tmp_path / "demo" / "state" / "outbox").glob("*.eml"))
+    assert emls == ["letters-2026-11_1.eml", "letters-2026-11_2.eml", "maps-2026-11_1.eml"]
+
+
+def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: PayloadServer,
+                                   smtp: SmtpServer) -> None:
+    items = [payloads.add("s1", b"one\n"), payloads.add("s2", b"two\n")]
+    payloads.files["s2"] = b"bad\n"
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/st.yaml", batch_doc(items))
+    rev = git_repo.commit("submit")
+    state = str(tmp_path / "state")
+    env = {"BATCHQ_STATE": state, "BATCHQ_SMTP": smtp.hostport}
+    once = batchq("reconcile", "--repo", str(git_repo.path), "--once", env=env)
+    assert once.returncode == 0, once.stderr
+    doc = json.loads(batchq("status", "--json", env=env).stdout)
+    assert doc["batches"][0]["state"] == "Pending" or doc["batches"][0]["state"] == "Processing"
+    idle = batchq("reconcile", "--repo", str(git_repo.path), "--until-idle", env=env)
+    assert idle.returncode == 0, idle.stderr
+    git_repo.edit_batch("batches/st.yaml", state="UpdateReporting")
+    assert batchq("reconcile", "--repo", str(git_repo.path), "--until-idle",
+                  env=env).returncode == 0
+    doc = json.loads(batchq("status", "st", "--json", env=env).stdout)
+    assert list(doc) == ["batches"]
+    [b] = doc["batches"]
+    assert list(b) == ["name", "state", "generation", "observedGeneration", "sourceRevision",
+                       "jobs", "reports"]
+    assert (b["name"], b["state"], b["generation"], b["observedGeneration"]) == (
+        "st", "Failed", 2, 2)
+    assert b["sourceRevision"] != rev and len(b["sourceRevision"]) == 40
+    assert b["jobs"] == [
+        {"item": "s1", "name": "st-s1-1", "state": "Completed", "attempt": 1, "message": ""},
+        {"item": "s2", "name": "st-s2-1", "state": "Failed", "attempt": 1,
+         "message": b["jobs"][1]["message"]},
+    ]
+    assert b["jobs"][1]["message"].startswith("digest mismatch")
+    assert [list(r) for r in b["reports"]] == [["kind", "createdAt", "emailed", "changed"]] * 2
+    assert [(r["kind"], r["emailed"], r["changed"]) for r in b["reports"]] == [
+        ("initial", True, []), ("update", False, [])]
+    assert b["reports"][0]["createdAt"].endswith("Z")
+    text = batchq("status", env=env).stdout
+    assert "st: Failed (generation 2" in text and "digest mismatch" in text
+    assert len(smtp.mailbox.messages) == 1
+
+
+def test_validate_exit_codes_and_lines(tmp_path: Path) -> None:
+    ok = batchq("validate", str(ROOT / "manifests"))
+    assert ok.returncode == 0 and ok.stdout == ""
+    bad = tmp_path / "batches" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text("apiVersion: batchq.dev/v1\nkind: Batch\nspec:\n  profile: nope\n"
+                   "  depositor: {email: a@b.org}\n  manifest: {items: [{id: ../x, url: "
+                   "'http://h/x'}]}\n")
+    out = batchq("validate", str(bad))
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert any(line.startswith(f"{bad}:6:") and "../x" in line for line in lines), lines
+    assert any(f"{bad}:4:" in line and 'profile "nope" not found' in line for line in lines)
+
+
+def test_admin_identity_is_kept_in_the_timeline(git_repo: GitRepo, tmp_path: Path,
+                                                payloads: PayloadServer) -> None:
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/t.yaml", batch_doc([payloads.add("t1", b"t\n")], state="Held"))
+    git_repo.commit("submit held")
+    held_rev = git_repo.git("rev-parse", "HEAD")
+    env = {"BATCHQ_STATE": str(tmp_path / "state")}
+    assert batchq("reconcile", "--repo", str(git_repo.path), "--until-idle",
+                  env=env).returncode == 0
+    git_repo.edit_batch("batches/t.yaml", who=ADMIN, state="Active")
+    assert batchq("reconcile", "--repo", str(git_repo.path), "--until-idle",
+                  env=env).returncode == 0
+    from reconciler.store.local import SqliteStore
+
+    store = SqliteStore(tmp_path / "state" / "batchq.sqlite3")
+    events = [(e.reason, e.revision) for e in store.list_events("t")]
+    store.close()
+    assert events[1] == ("Held", held_rev)
+    assert events[-1][0] == "Completed"
