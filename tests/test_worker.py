@@ -70,7 +70,7 @@ def test_verification_failures(tmp_path: Path, payloads: PayloadServer, served: 
 
 
 def test_http_404_and_refused_prefix(tmp_path: Path, payloads: PayloadServer) -> None:
-    rc, err, log = run(tmp_path, payloads.base + "missing")
+    rc, _, log = run(tmp_path, payloads.base + "missing")
     assert rc == 1 and log == f"HTTP 404 fetching {payloads.base}missing"
     rc, _, log = run(tmp_path, "http://192.0.2.7/x",
                        BATCHQ_ALLOWED_PREFIXES=payloads.base + "\nfile:")
