@@ -76,23 +76,17 @@ class Controller:
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
         """Return True if anything changed (the caller loops until nothing does)."""
-        jobs_by_batch: dict[str, list[Job]] = defaultdict(list)
-        for job in self.store.list_jobs():
-            jobs_by_batch[job.batch].append(job)
-        active_jobs = sum(
-            1 for jobs in jobs_by_batch.values() for j in jobs if j.state in (J.PENDING,
-                                                                            J.PROCESSING)
-        )
         batches = self.store.list_batches()
+        deletions = pending_deletions(self.store)
+        jobs_by_batch: dict[str, list[Job]] = {}
         ctx = PassContext(
             repo=repo,
             jobs_by_batch=jobs_by_batch,
-            budget=JobBudget(repo.queue.max_active_jobs - active_jobs),
+            budget=JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs()),
             active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
             base_dir=base_dir,
             storage_root=self.storage_root,
         )
-        deletions = pending_deletions(self.store)
         for batch in sorted(batches, key=_queue_order):
             if batch.name in deletions:
                 self._delete(batch, deletions[batch.name], ctx)
@@ -107,14 +101,20 @@ class Controller:
         if batch.status.state == B.DELETED:
             self._expire(batch, ctx)
             return
+        if batch.status.observed_generation == batch.generation and (
+            batch.status.settled or self._waiting_in_queue(batch, ctx)
+        ):
+            return  # nothing can change without a new commit: read nothing, write nothing
         status = copy.deepcopy(batch.status)
         if batch.spec is None:
             self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
             self._write_status(batch, status, ctx)
             return
-        jobs = ctx.jobs_by_batch.get(batch.name, [])
+        jobs = (self.store.list_jobs(batch.name)
+                if status.items_loaded or status.state != B.PENDING else [])
         items = self._observe(batch, jobs, ctx) if status.items_loaded or jobs else []
         self._step(batch, status, items, jobs, ctx)
+        status.settled = self._settled(batch, status, items)
         status.observed_generation = batch.generation
         self._set_condition(status, "Invalid", bool(batch.spec_error), "FileInvalid"
                             if batch.spec_error else "FileValid", batch.spec_error)
@@ -204,6 +204,29 @@ class Controller:
         status.failures = [
             {"item": s.item.id, "message": s.message} for s in items if s.state == J.FAILED
         ][:MAX_FAILURES_IN_STATUS] if items else status.failures
+
+    def _waiting_in_queue(self, batch: Batch, ctx: PassContext) -> bool:
+        """A Pending batch the queue cannot admit yet, whose file state is already shown."""
+        if batch.status.state != B.PENDING or batch.spec is None:
+            return False
+        if batch.spec.state == "Held" or self._admissible(ctx):
+            return False
+        shown = next((c.status for c in batch.status.conditions if c.type == "Invalid"), None)
+        return shown == bool(batch.spec_error)
+
+    @staticmethod
+    def _settled(batch: Batch, status: BatchStatus, items: list[ItemStatus]) -> bool:
+        """Terminal, every job terminal, every requested restart and update done."""
+        assert batch.spec is not None
+        if status.state not in (B.COMPLETED, B.FAILED):
+            return False
+        if any(s.state not in JOB_TERMINAL for s in items):
+            return False
+        if any(s.state == J.FAILED and batch.spec.restarts.get(s.item.id, 0) > s.attempts - 1
+               for s in items):
+            return False
+        return not (batch.spec.state == "UpdateReporting"
+                    and status.update_generation < batch.generation)
 
     def _admissible(self, ctx: PassContext) -> bool:
         return (not ctx.repo.queue.paused

@@ -225,6 +225,7 @@ class BatchStatus:
     counts: dict[str, int] = field(default_factory=dict)  # items by state
     failures: list[dict[str, str]] = field(default_factory=list)  # bounded: first failures
     manifest_error: str = ""
+    settled: bool = False  # terminal with nothing left to do until a new generation
     report_round: int = 0  # reports started; a report's id is batch + round
     update_generation: int = 0  # last generation whose UpdateReporting was acted on
 

@@ -22,14 +22,12 @@ from reconciler import failpoints
 from reconciler.controller import Controller
 from reconciler.notify import deliver
 from reconciler.source import GitSource, SourceError
-from reconciler.states import JobState
 from reconciler.store.base import Store
 from reconciler.store.local import SqliteStore
 from reconciler.store.local_runner import LocalRunner
 from reconciler.sync import RepoState, apply_sync, load_repo_state
 
 log = logging.getLogger(__name__)
-ACTIVE_JOB = frozenset({JobState.PENDING, JobState.PROCESSING})
 
 
 @dataclass
@@ -136,7 +134,7 @@ class Reconciler:
 
     def busy(self) -> bool:
         """Is something still moving that needs no new commit (jobs, email due now)?"""
-        if any(j.state in ACTIVE_JOB and not j.suspended for j in self.store.list_jobs()):
+        if self.store.count_active_jobs():
             return True
         return bool(self.store.pending_outbox(time.time()))
 

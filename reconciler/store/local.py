@@ -301,6 +301,13 @@ class SqliteStore:
             ).fetchall()
         return [self._job(r) for r in rows]
 
+    def count_active_jobs(self) -> int:
+        """Jobs that hold a slot of maxActiveJobs: waiting to start or running."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('Pending', 'Processing') AND suspended=0"
+        ).fetchone()
+        return int(row[0])
+
     def delete_jobs(self, batch: str) -> None:
         self._write("DELETE FROM jobs WHERE batch=?", (batch,))
 
