@@ -26,6 +26,7 @@ from reconciler.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
     BatchState,
+    IllegalTransition,
     JobState,
     batch_transition,
     job_observed,
@@ -140,7 +141,12 @@ class Controller:
             target = J.HELD if job.suspended and job.state == J.PENDING else job.state
             if s.state in JOB_TERMINAL and target not in JOB_TERMINAL:
                 continue
-            s.state = job_observed(s.state, target)
+            try:
+                s.state = job_observed(s.state, target)
+            except IllegalTransition:
+                log.warning("batch %s item %s: ignoring an observation of job %s going from"
+                            " %s to %s", batch.name, s.item.id, job.name, s.state, target)
+                continue
             s.message, s.job_name = job.message, job.name
             s.started_at, s.finished_at = job.started_at, job.finished_at
             if before != (s.state, s.attempts, s.message, s.job_name, s.started_at,

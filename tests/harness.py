@@ -20,6 +20,9 @@ class Harness:
         self.rec = Reconciler(self.settings)
         self.store = self.rec.store
         self.repo_state: RepoState | None = None
+        self.world: Any = None
+        self.world_api: Any = None
+        self.cluster: Any = None
 
     def close(self) -> None:
         self.rec.close()
@@ -53,7 +56,7 @@ class Harness:
             self.reconcile()
         wait_for(pred, timeout=timeout, step=step, what=what)
 
-    def until_idle(self, timeout: float = 120.0) -> int:
+    def until_idle(self, timeout: float = 60.0) -> int:
         return self.rec.run_until_idle(timeout=timeout)
 
     # --- observations

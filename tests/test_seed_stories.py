@@ -7,13 +7,12 @@ state, every job state, and the emails the loopback SMTP server received.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from email.message import Message
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from tests.fixtures import ADMIN, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
 
 BATCH = "batches/maps.yaml"
@@ -23,19 +22,15 @@ F = "Failed"
 
 
 @pytest.fixture
-def h(git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(git_repo, tmp_path / "state", smtp.hostport)
-    yield harness
-    harness.close()
+def h(world_and_harness: tuple[Any, Harness]) -> Harness:
+    return world_and_harness[1]
 
 
-def submit_three(repo: GitRepo, payloads: PayloadServer, *, fail_third: bool) -> None:
-    items = [payloads.add(f"job{i}", f"payload {i}\n".encode(), gated=True) for i in (1, 2, 3)]
-    if fail_third:  # the payload on the server is not what the manifest describes
-        payloads.files["job3"] = b"payload 9\n"  # same size, other bytes
-    repo.write("profiles/test.yaml", profile_doc(payloads.base))
-    repo.write(BATCH, batch_doc(items))
-    repo.commit("depositor: submit manifest with 3 items")
+def submit_three(h: Harness, *, fail_third: bool) -> None:
+    items = [h.world.item(f"job{i}", fail=fail_third and i == 3) for i in (1, 2, 3)]
+    h.repo.write("profiles/test.yaml", profile_doc(h.world.prefix))
+    h.repo.write(BATCH, batch_doc(items))
+    h.repo.commit("depositor: submit manifest with 3 items")
 
 
 def attachment(msg: Message, name: str) -> list[dict[str, object]]:
@@ -54,10 +49,9 @@ def body(msg: Message) -> str:
     return payload.decode().replace("\r\n", "\n")
 
 
-def run_to_first_report(h: Harness, payloads: PayloadServer, smtp: SmtpServer,
-                        *, fail_third: bool) -> None:
+def run_to_first_report(h: Harness, smtp: SmtpServer, *, fail_third: bool) -> None:
     """The steps every story shares, from submission to the first report."""
-    submit_three(h.repo, payloads, fail_third=fail_third)
+    submit_three(h, fail_third=fail_third)
     # User submits manifest with 3 items -> Batch: Pending
     h.sync()
     assert h.state("maps") == "Pending"
@@ -70,23 +64,22 @@ def run_to_first_report(h: Harness, payloads: PayloadServer, smtp: SmtpServer,
     assert h.jobs("maps") == {"job1": "Pending", "job2": "Pending", "job3": "Pending"}
     assert len(h.job_names("maps")) == 3
     # Jobs begin
-    h.rec.tick_jobs()
-    h.reconcile()
+    h.until(lambda: set(h.jobs("maps").values()) == {P}, "every job to start")
     assert h.state("maps") == P
     assert h.jobs("maps") == {"job1": P, "job2": P, "job3": P}
     # Job 2 completes
-    payloads.release("job2")
+    h.world.release("job2")
     h.until(lambda: h.jobs("maps")["job2"] == C, "job2 to complete")
     assert h.state("maps") == P
     assert h.jobs("maps") == {"job1": P, "job2": C, "job3": P}
     # Job 3 completes / fails
-    payloads.release("job3")
+    h.world.release("job3")
     third = F if fail_third else C
     h.until(lambda: h.jobs("maps")["job3"] == third, f"job3 to be {third}")
     assert h.state("maps") == P
     assert h.jobs("maps") == {"job1": P, "job2": C, "job3": third}
     # Job 1 completes -> Batch: Reporting
-    payloads.release("job1")
+    h.world.release("job1")
     h.until(lambda: h.jobs("maps")["job1"] == C, "job1 to complete")
     assert h.state("maps") == "Reporting"
     assert smtp.mailbox.messages == []
@@ -97,8 +90,8 @@ def run_to_first_report(h: Harness, payloads: PayloadServer, smtp: SmtpServer,
     assert len(smtp.mailbox.messages) == 1
 
 
-def test_successful_batch(h: Harness, payloads: PayloadServer, smtp: SmtpServer) -> None:
-    run_to_first_report(h, payloads, smtp, fail_third=False)
+def test_successful_batch(h: Harness, smtp: SmtpServer) -> None:
+    run_to_first_report(h, smtp, fail_third=False)
     msg = smtp.mailbox.messages[0]
     assert msg["Subject"] == "Ingest: OK -- Submission Processed: maps"
     assert msg["To"] == "jane@example.org"
@@ -118,9 +111,8 @@ def test_successful_batch(h: Harness, payloads: PayloadServer, smtp: SmtpServer)
     assert h.state("maps") == C
 
 
-def test_failed_batch_then_deleted(h: Harness, payloads: PayloadServer,
-                                   smtp: SmtpServer) -> None:
-    run_to_first_report(h, payloads, smtp, fail_third=True)
+def test_failed_batch_then_deleted(h: Harness, smtp: SmtpServer) -> None:
+    run_to_first_report(h, smtp, fail_third=True)
     msg = smtp.mailbox.messages[0]
     assert msg["Subject"] == "Ingest: FAIL -- Submission Failed: maps"
     text = body(msg)
@@ -134,26 +126,24 @@ def test_failed_batch_then_deleted(h: Harness, payloads: PayloadServer,
     # Admin deletes the batch after deciding resubmission is not possible
     h.repo.remove(BATCH)
     h.repo.commit("admin: delete maps", who=ADMIN)
-    h.full_pass()
+    h.sync()
+    h.reconcile()
     assert h.state("maps") == "Deleted"
     assert h.job_names("maps") == []
     assert len(smtp.mailbox.messages) == 1
 
 
-def test_failed_batch_with_successful_retry(h: Harness, payloads: PayloadServer,
-                                            smtp: SmtpServer) -> None:
-    run_to_first_report(h, payloads, smtp, fail_third=True)
+def test_failed_batch_with_successful_retry(h: Harness, smtp: SmtpServer) -> None:
+    run_to_first_report(h, smtp, fail_third=True)
     # the depositor uploads the payload again; the admin restarts job 3
-    payloads.files["job3"] = b"payload 3\n"
+    h.world.set_outcome("job3", fail=False)
     h.repo.edit_batch(BATCH, restarts={"job3": 1})
     h.sync()
     h.reconcile()
     # Job 3 is restarted: the batch stays Failed
     assert h.state("maps") == F
     assert h.attempts("maps")["job3"] == 2
-    h.rec.tick_jobs()
-    h.reconcile()
-    assert h.jobs("maps")["job3"] in (P, C)
+    assert h.jobs("maps")["job3"] in ("Pending", P, C)
     # Job 3 completes; the batch is still Failed, and no email yet
     h.until(lambda: h.jobs("maps")["job3"] == C, "job3 attempt 2 to complete")
     assert h.state("maps") == F
@@ -187,18 +177,15 @@ def test_failed_batch_with_successful_retry(h: Harness, payloads: PayloadServer,
     assert h.attempts("maps") == {"job1": 1, "job2": 1, "job3": 2}
 
 
-def test_failed_batch_with_unsuccessful_retry(h: Harness, payloads: PayloadServer,
-                                              smtp: SmtpServer) -> None:
-    run_to_first_report(h, payloads, smtp, fail_third=True)
+def test_failed_batch_with_unsuccessful_retry(h: Harness, smtp: SmtpServer) -> None:
+    run_to_first_report(h, smtp, fail_third=True)
     # Job 3 is restarted (nothing was fixed)
     h.repo.edit_batch(BATCH, restarts={"job3": 1})
     h.sync()
     h.reconcile()
     assert h.state("maps") == F
     assert h.attempts("maps")["job3"] == 2
-    h.rec.tick_jobs()
-    h.reconcile()
-    assert h.jobs("maps")["job3"] in (P, F)
+    assert h.jobs("maps")["job3"] in ("Pending", P, F)
     # Job 3 fails again
     h.until(lambda: h.jobs("maps")["job3"] == F and h.attempts("maps")["job3"] == 2,
             "job3 attempt 2 to fail")

@@ -1,0 +1,92 @@
+"""Leader election on a coordination.k8s.io Lease, so only one reconciler acts (DESIGN §8).
+
+The holder renews the Lease every `renew` seconds; another candidate takes it over once
+`renewTime + leaseDurationSeconds` has passed without a renewal. Every write carries the
+resourceVersion read, so two candidates racing for an expired Lease cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    parsed = datetime.fromisoformat(str(value))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+class LeaderElector:
+    """Try to hold a Lease; `is_leader()` says whether this process may act."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, name: str = "batchq-reconciler",
+                 identity: str | None = None, duration: int = 15) -> None:
+        self.coord = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        self.duration = duration
+        self.leader = False
+
+    def _body(self, rv: str | None, transitions: int, acquired: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name}
+        if rv:
+            meta["resourceVersion"] = rv
+        now = _now()
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+                "spec": {"holderIdentity": self.identity,
+                         "leaseDurationSeconds": self.duration,
+                         "acquireTime": acquired or now, "renewTime": now,
+                         "leaseTransitions": transitions}}
+
+    def try_acquire_or_renew(self) -> bool:
+        try:
+            lease = self.coord.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            try:
+                self.coord.create_namespaced_lease(self.namespace, self._body(None, 0, None))
+                self.leader = True
+            except ApiException as exc2:
+                if exc2.status != 409:
+                    raise
+                self.leader = False
+            return self.leader
+        spec = lease.spec
+        holder = spec.holder_identity
+        renewed = _parse(spec.renew_time) if spec.renew_time else 0.0
+        expired = time.time() > renewed + (spec.lease_duration_seconds or self.duration)
+        if holder != self.identity and not expired:
+            self.leader = False
+            return False
+        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
+        acquired = (spec.acquire_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                    if holder == self.identity and spec.acquire_time else None)
+        try:
+            self.coord.replace_namespaced_lease(
+                self.name, self.namespace,
+                self._body(lease.metadata.resource_version, transitions, acquired))
+            if not self.leader:
+                log.info("%s is now the leader", self.identity)
+            self.leader = True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.leader = False
+        return self.leader

@@ -1,0 +1,691 @@
+"""The `kubernetes` backend: Batch custom resources, batch/v1 Jobs, ConfigMaps (DESIGN §8).
+
+- A Batch's spec is server-side applied by the Git sync (field manager `batchq-sync`);
+  `metadata.generation` is the API server's. Its status is written only through the
+  status subresource, with the resourceVersion we read (a conflict raises ConflictError
+  and the batch is simply reconciled again on the next pass).
+- Status stays small: counts, a bounded list of failures, the report round. Per-item
+  detail lives in ConfigMaps `<batch>-items-NNNN` (500 items each), reports in
+  `<batch>-report-<round>` (the outbox is their `batchq.dev/outbox` label), the timeline
+  in `<batch>-timeline`; all are owned by the Batch, so deleting it removes them.
+- One Job per item attempt, owned by the Batch, labelled batch/item/attempt; a Job that
+  finished and vanished is never re-run because the item ConfigMap recorded it.
+- Reads come from watch caches (informer.py); a write that would change nothing is not
+  sent, so a pass with no change makes no API write.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import hashlib
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from reconciler.model import (
+    Batch,
+    BatchSpec,
+    BatchStatus,
+    Condition,
+    Item,
+    ItemStatus,
+    Job,
+    Report,
+)
+from reconciler.states import BatchState, JobState
+from reconciler.store.base import Event, JobSpec, OutboxEntry, Page
+from reconciler.store.codec import canonical_json
+from reconciler.store.informer import Informer, Obj
+from reconciler.store.local import ConflictError
+
+GROUP, VERSION, PLURAL = "batchq.dev", "v1", "batches"
+MANAGER = "batchq-sync"
+A = "batchq.dev/"
+CHUNK = 500
+TIMELINE_MAX = 500
+META = "batchq-meta"
+
+
+def _ts(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(int(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    parsed = datetime.fromisoformat(str(value))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "state": str(s.state),
+        "observedGeneration": s.observed_generation,
+        "message": s.message[:4096],
+        "conditions": [
+            {"type": c.type, "status": "True" if c.status else "False", "reason": c.reason or
+             "Unknown", "message": c.message[:32768],
+             "lastTransitionTime": _ts(c.last_transition) or _ts(0)}
+            for c in s.conditions
+        ],
+        "itemsLoaded": s.items_loaded,
+        "itemCount": s.item_count,
+        "counts": dict(s.counts),
+        "failures": [dict(f) for f in s.failures[:20]],
+        "manifestError": s.manifest_error[:4096],
+        "reportRound": s.report_round,
+        "updateGeneration": s.update_generation,
+        "settled": s.settled,
+    }
+    for key, value in (("startedAt", s.started_at), ("finishedAt", s.finished_at),
+                       ("deletedAt", s.deleted_at)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
+    d = d or {}
+    return BatchStatus(
+        state=BatchState(d.get("state", "Pending")),
+        observed_generation=int(d.get("observedGeneration", 0)),
+        message=d.get("message", ""),
+        conditions=[
+            Condition(c["type"], c.get("status") == "True", c.get("reason", ""),
+                      c.get("message", ""), _parse_ts(c.get("lastTransitionTime")) or 0.0)
+            for c in d.get("conditions", [])
+        ],
+        started_at=d.get("startedAt"),
+        finished_at=d.get("finishedAt"),
+        deleted_at=d.get("deletedAt"),
+        items_loaded=bool(d.get("itemsLoaded", False)),
+        item_count=int(d.get("itemCount", 0)),
+        counts=dict(d.get("counts", {})),
+        failures=list(d.get("failures", [])),
+        manifest_error=d.get("manifestError", ""),
+        report_round=int(d.get("reportRound", 0)),
+        update_generation=int(d.get("updateGeneration", 0)),
+        settled=bool(d.get("settled", False)),
+    )
+
+
+def _normal(status: BatchStatus) -> str:
+    """Compare statuses as they would round-trip through the API server."""
+    return canonical_json(status_to_k8s(status))
+
+
+class KubernetesStore:
+    """The store on a cluster; see the module docstring."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.ns = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.batch_api = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.writes = 0
+        self.wake = threading.Event()
+        self._lock = threading.RLock()
+        self._decoded: dict[str, tuple[str, Any]] = {}
+        self._failure_messages: dict[str, str] = {}
+        wake = self.wake.set
+        self.batches = Informer("batches", self._list_batches, dict, wake)
+        self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, self._to_dict, wake,
+                             namespace=namespace, label_selector=f"{A}batch")
+        self.cms = Informer("configmaps", self.core.list_namespaced_config_map, self._to_dict,
+                            wake, namespace=namespace, label_selector=f"{A}kind")
+
+    @classmethod
+    def connect(cls, namespace: str, kubeconfig: str | None = None) -> KubernetesStore:
+        if kubeconfig:
+            api = config.new_client_from_config(config_file=kubeconfig)
+        else:
+            config.load_incluster_config()
+            api = client.ApiClient()
+        store = cls(api, namespace)
+        store.start()
+        return store
+
+    def start(self) -> None:
+        for inf in (self.batches, self.jobs, self.cms):
+            inf.start()
+
+    def close(self) -> None:
+        for inf in (self.batches, self.jobs, self.cms):
+            inf.stop()
+        self.api.close()
+
+    def _list_batches(self, **kwargs: Any) -> Any:
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
+                                                         **kwargs)
+
+    def _to_dict(self, obj: Any) -> Obj:
+        return dict(self.api.sanitize_for_serialization(obj))
+
+    @staticmethod
+    def _raw(fn: Any, *args: Any, **kwargs: Any) -> Obj:
+        """Call the API and decode the JSON body ourselves (the generated client returns
+        None for some content types, e.g. server-side apply)."""
+        resp = fn(*args, _preload_content=False, **kwargs)
+        return dict(json.loads(resp.data))
+
+    def _wrote(self) -> None:
+        self.writes += 1
+
+    # --- ConfigMap helpers
+    def _cm_json(self, name: str, key: str, default: Any) -> Any:
+        cm = self.cms.get(name)
+        if cm is None:
+            return copy.deepcopy(default)
+        rv = cm["metadata"].get("resourceVersion", "")
+        memo = self._decoded.get(f"{name}/{key}")
+        if memo is None or memo[0] != rv:
+            memo = (rv, json.loads((cm.get("data") or {}).get(key, "null") or "null"))
+            self._decoded[f"{name}/{key}"] = memo
+        value = memo[1]
+        return copy.deepcopy(value if value is not None else default)
+
+    def _owner(self, batch: str) -> list[dict[str, Any]]:
+        cr = self.batches.get(batch)
+        if cr is None:
+            return []
+        return [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch", "name": batch,
+                 "uid": cr["metadata"]["uid"], "controller": True,
+                 "blockOwnerDeletion": True}]
+
+    def _create_cm(self, name: str, kind: str, batch: str | None, data: dict[str, str],
+                   labels: dict[str, str] | None = None,
+                   annotations: dict[str, str] | None = None,
+                   binary: dict[str, str] | None = None) -> bool:
+        meta: dict[str, Any] = {"name": name, "labels": {f"{A}kind": kind, **(labels or {})},
+                                "annotations": annotations or {}}
+        if batch is not None:
+            meta["labels"][f"{A}batch"] = batch
+            meta["ownerReferences"] = self._owner(batch)
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+                                "data": data}
+        if binary:
+            body["binaryData"] = binary
+        try:
+            created = self.core.create_namespaced_config_map(self.ns, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        self._wrote()
+        self.cms.remember(self._to_dict(created))
+        return True
+
+    def _put_cm_json(self, name: str, key: str, value: Any, kind: str,
+                     batch: str | None) -> None:
+        """Read-modify-write of one ConfigMap key, guarded by resourceVersion."""
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        cm = self.cms.get(name)
+        if cm is None:
+            if self._create_cm(name, kind, batch, {key: text}):
+                return
+            cm = self._to_dict(self.core.read_namespaced_config_map(name, self.ns))
+        if (cm.get("data") or {}).get(key) == text:
+            return
+        body = copy.deepcopy(cm)
+        body.setdefault("data", {})[key] = text
+        try:
+            new = self.core.replace_namespaced_config_map(name, self.ns, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise ConflictError(f"ConfigMap {name} changed under us") from exc
+            raise
+        self._wrote()
+        self.cms.remember(self._to_dict(new))
+
+    # --- meta
+    def get_meta(self, key: str) -> str | None:
+        cm = self.cms.get(META)
+        value = ((cm or {}).get("data") or {}).get(key)
+        return None if value is None else str(value)
+
+    def set_meta(self, key: str, value: str) -> None:
+        if self.get_meta(key) == value:
+            return
+        if self.cms.get(META) is None and self._create_cm(META, "meta", None, {key: value}):
+            return
+        new = self.core.patch_namespaced_config_map(META, self.ns, {"data": {key: value}})
+        self._wrote()
+        self.cms.remember(self._to_dict(new))
+
+    def _placeholders(self) -> dict[str, dict[str, Any]]:
+        return dict(json.loads(self.get_meta("placeholders") or "{}"))
+
+    # --- batches
+    def _batch(self, cr: Obj) -> Batch:
+        meta = cr["metadata"]
+        ann = meta.get("annotations") or {}
+        return Batch(
+            name=meta["name"],
+            spec=BatchSpec.from_dict(cr["spec"]),
+            generation=int(meta.get("generation", 1)),
+            source_path=ann.get(f"{A}source-path", ""),
+            source_revision=ann.get(f"{A}source-revision", ""),
+            submitted_at=float(ann.get(f"{A}submitted-at", "0")),
+            status=status_from_k8s(cr.get("status")),
+            spec_error=ann.get(f"{A}spec-error", ""),
+            updated_at=float(ann.get(f"{A}updated-at", "0") or 0)
+            or (_parse_ts(meta.get("creationTimestamp")) or 0.0),
+        )
+
+    def _placeholder_batch(self, name: str, p: dict[str, Any]) -> Batch:
+        return Batch(name=name, spec=None, generation=1, source_path=p["source_path"],
+                     source_revision=p["revision"], submitted_at=p["committed_at"],
+                     spec_error=p["error"], updated_at=p["committed_at"])
+
+    def list_batches(self) -> list[Batch]:
+        out = [self._batch(cr) for cr in self.batches.snapshot()]
+        out += [self._placeholder_batch(n, p) for n, p in self._placeholders().items()]
+        return sorted(out, key=lambda b: b.name)
+
+    def page_batches(self, *, state: str | None = None, offset: int = 0,
+                     limit: int = 50) -> Page:
+        rows = [b for b in self.list_batches() if not state or str(b.status.state) == state]
+        rows.sort(key=lambda b: (-b.updated_at, b.name))
+        return Page(total=len(rows), rows=rows[offset:offset + limit])
+
+    def count_batches(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self.list_batches():
+            out[str(b.status.state)] = out.get(str(b.status.state), 0) + 1
+        return out
+
+    def get_batch(self, name: str) -> Batch | None:
+        cr = self.batches.get(name)
+        if cr is not None:
+            return self._batch(cr)
+        p = self._placeholders().get(name)
+        return self._placeholder_batch(name, p) if p else None
+
+    def apply_spec(self, name: str, spec: dict[str, Any] | None, *, source_path: str,
+                   revision: str, committed_at: float, error: str) -> Batch:
+        cr = self.batches.get(name)
+        error = error[:32768]
+        if spec is None and cr is None:
+            places = self._placeholders()
+            entry = {"source_path": source_path, "revision": revision,
+                     "committed_at": committed_at, "error": error}
+            if places.get(name) != entry:
+                places[name] = entry
+                self.set_meta("placeholders", json.dumps(places, sort_keys=True))
+            batch = self.get_batch(name)
+            assert batch is not None
+            return batch
+        ann = (cr or {}).get("metadata", {}).get("annotations") or {}
+        if spec is None:
+            wanted = {f"{A}spec-error": error, f"{A}source-revision": revision,
+                      f"{A}source-path": source_path}
+            if any(ann.get(k) != v for k, v in wanted.items()):
+                new = self._raw(
+                    self.custom.patch_namespaced_custom_object,
+                    GROUP, VERSION, self.ns, PLURAL, name,
+                    {"metadata": {"annotations": {**wanted, f"{A}updated-at": str(time.time())}}},
+                )
+                self._wrote()
+                self.batches.remember(new)
+        else:
+            digest = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+            changed = ann.get(f"{A}spec-hash") != digest
+            annotations = {
+                f"{A}source-path": source_path,
+                f"{A}source-revision": revision if changed or cr is None
+                else ann.get(f"{A}source-revision", revision),
+                f"{A}submitted-at": ann.get(f"{A}submitted-at", str(committed_at)),
+                f"{A}spec-error": error,
+                f"{A}spec-hash": digest,
+            }
+            if changed or any(ann.get(k) != v for k, v in annotations.items()):
+                body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
+                        "metadata": {"name": name,
+                                     "labels": {"app.kubernetes.io/managed-by": "batchq"},
+                                     "annotations": {**annotations,
+                                                     f"{A}updated-at": str(time.time())}},
+                        "spec": spec}
+                new = self._raw(
+                    self.custom.patch_namespaced_custom_object,
+                    GROUP, VERSION, self.ns, PLURAL, name, body, field_manager=MANAGER,
+                    force=True, _content_type="application/apply-patch+yaml")
+                self._wrote()
+                self.batches.remember(new)
+            places = self._placeholders()
+            if name in places:
+                places.pop(name)
+                self.set_meta("placeholders", json.dumps(places, sort_keys=True))
+        batch = self.get_batch(name)
+        assert batch is not None
+        return batch
+
+    def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None:
+        cr = self.batches.get(name)
+        if cr is None:
+            return  # a placeholder (file never parsed) has no object to hold a status
+        if _normal(new) == _normal(old):
+            return
+        if _normal(status_from_k8s(cr.get("status"))) != _normal(old):
+            raise ConflictError(f"status of batch {name} changed under us")
+        body = copy.deepcopy(cr)
+        body["status"] = status_to_k8s(new)
+        body["metadata"].setdefault("annotations", {})[f"{A}updated-at"] = str(time.time())
+        try:
+            result = self._raw(self.custom.replace_namespaced_custom_object_status,
+                               GROUP, VERSION, self.ns, PLURAL, name, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise ConflictError(f"status of batch {name} changed under us") from exc
+            raise
+        self._wrote()
+        self.batches.remember(result)
+
+    def remove_batch(self, name: str) -> None:
+        places = self._placeholders()
+        if name in places:
+            places.pop(name)
+            self.set_meta("placeholders", json.dumps(places, sort_keys=True))
+        if self.batches.get(name) is None:
+            return
+        with contextlib.suppress(ApiException):
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, name, propagation_policy="Background")
+            self._wrote()
+        self.batches.forget(name)
+
+    # --- items
+    def _chunk_names(self, batch: str) -> list[str]:
+        prefix = f"{batch}-items-"
+        return sorted(
+            cm["metadata"]["name"] for cm in self.cms.snapshot()
+            if (cm["metadata"].get("labels") or {}).get(f"{A}batch") == batch
+            and cm["metadata"]["name"].startswith(prefix)
+        )
+
+    def set_items(self, batch: str, items: list[Item]) -> None:
+        for k in range(0, len(items), CHUNK):
+            records = [
+                {"item": it.to_dict(), "seq": k + i, "state": "Pending", "attempts": 0,
+                 "message": "", "jobName": None, "startedAt": None, "finishedAt": None}
+                for i, it in enumerate(items[k:k + CHUNK])
+            ]
+            name = f"{batch}-items-{k // CHUNK:04d}"
+            if self.cms.get(name) is None:
+                self._create_cm(name, "items", batch, {"items.json": json.dumps(records)})
+
+    def _records(self, batch: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name in self._chunk_names(batch):
+            out += self._cm_json(name, "items.json", [])
+        return out
+
+    @staticmethod
+    def _item(r: dict[str, Any]) -> ItemStatus:
+        return ItemStatus(item=Item.from_dict(r["item"]), seq=r["seq"],
+                          state=JobState(r["state"]), attempts=r["attempts"],
+                          message=r["message"], job_name=r["jobName"],
+                          started_at=r["startedAt"], finished_at=r["finishedAt"])
+
+    def _filtered(self, batch: str, state: str | None, query: str | None) -> list[ItemStatus]:
+        items = [self._item(r) for r in self._records(batch)]
+        if state:
+            items = [s for s in items if str(s.state) == state]
+        if query:
+            q = query.lower()
+            items = [s for s in items if q in s.item.id.lower()
+                     or q in (s.item.title or "").lower() or q in s.item.url.lower()]
+        return items
+
+    def list_items(self, batch: str, *, state: str | None = None, offset: int = 0,
+                   limit: int | None = None, query: str | None = None) -> list[ItemStatus]:
+        items = self._filtered(batch, state, query)
+        return items[offset:] if limit is None else items[offset:offset + limit]
+
+    def total_items(self, batch: str, *, state: str | None = None,
+                    query: str | None = None) -> int:
+        return len(self._filtered(batch, state, query))
+
+    def count_items(self, batch: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self._records(batch):
+            out[r["state"]] = out.get(r["state"], 0) + 1
+        return out
+
+    def update_items(self, batch: str, items: list[ItemStatus]) -> None:
+        by_chunk: dict[int, list[ItemStatus]] = {}
+        for s in items:
+            by_chunk.setdefault(s.seq // CHUNK, []).append(s)
+        for k, changed in by_chunk.items():
+            name = f"{batch}-items-{k:04d}"
+            records = self._cm_json(name, "items.json", [])
+            for s in changed:
+                records[s.seq - k * CHUNK].update(
+                    state=str(s.state), attempts=s.attempts, message=s.message,
+                    jobName=s.job_name, startedAt=s.started_at, finishedAt=s.finished_at)
+            self._put_cm_json(name, "items.json", records, "items", batch)
+
+    # --- jobs
+    def create_job(self, spec: JobSpec) -> bool:
+        if self.jobs.get(spec.name) is not None:
+            return False
+        labels = {f"{A}batch": spec.batch, f"{A}item": _label(spec.item),
+                  f"{A}attempt": str(spec.attempt), "app.kubernetes.io/managed-by": "batchq"}
+        container: dict[str, Any] = {
+            "name": "worker", "image": spec.image, "command": list(spec.command),
+            "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+            + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"}],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+        if spec.resources:
+            container["resources"] = spec.resources
+        job_spec: dict[str, Any] = {
+            "suspend": spec.suspended,
+            "backoffLimit": spec.backoff_limit,
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": "worker",
+                                                      "operator": "NotIn", "values": [0]}},
+            ]},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {
+                    f"{A}item-id": spec.item, **spec.annotations}},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        }
+        if spec.deadline_seconds:
+            job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
+        body = {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": spec.name, "labels": labels,
+                             "annotations": {f"{A}item-id": spec.item},
+                             "ownerReferences": self._owner(spec.batch)},
+                "spec": job_spec}
+        try:
+            created = self.batch_api.create_namespaced_job(self.ns, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        self._wrote()
+        self.jobs.remember(self._to_dict(created))
+        return True
+
+    def _job(self, obj: Obj) -> Job:
+        meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+        labels = meta.get("labels") or {}
+        conds = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
+        state = JobState.PENDING
+        message = ""
+        finished = None
+        if "Complete" in conds:
+            state, finished = JobState.COMPLETED, _parse_ts(st.get("completionTime"))
+        elif "Failed" in conds:
+            state = JobState.FAILED
+            finished = _parse_ts(conds["Failed"].get("lastTransitionTime"))
+            message = self._failure_message(meta["name"], conds["Failed"])
+        elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
+            state = JobState.PROCESSING  # started; stays so while a pod is being replaced
+        return Job(name=meta["name"], batch=labels.get(f"{A}batch", ""),
+                   item=(meta.get("annotations") or {}).get(f"{A}item-id", ""),
+                   attempt=int(labels.get(f"{A}attempt", "1")), state=state, message=message,
+                   suspended=bool(spec.get("suspend")),
+                   created_at=_parse_ts(meta.get("creationTimestamp")),
+                   started_at=_parse_ts(st.get("startTime")), finished_at=finished)
+
+    def _failure_message(self, name: str, cond: dict[str, Any]) -> str:
+        """The worker's one-line reason, from its pod's termination message (read once)."""
+        if name not in self._failure_messages:
+            message = ""
+            pods = self.core.list_namespaced_pod(self.ns, label_selector=f"job-name={name}")
+            for pod in pods.items:
+                for cs in (pod.status.container_statuses or []) if pod.status else []:
+                    term = cs.state.terminated if cs.state else None
+                    if term is not None and term.message:
+                        message = term.message.strip().splitlines()[-1][:1024]
+            self._failure_messages[name] = message or str(
+                cond.get("message") or cond.get("reason") or "failed")
+        return self._failure_messages[name]
+
+    def list_jobs(self, batch: str | None = None) -> list[Job]:
+        jobs = [
+            self._job(o) for o in self.jobs.snapshot()
+            if batch is None or (o["metadata"].get("labels") or {}).get(f"{A}batch") == batch
+        ]
+        return sorted(jobs, key=lambda j: j.name)
+
+    def count_active_jobs(self) -> int:
+        return sum(1 for j in self.list_jobs()
+                   if j.state in (JobState.PENDING, JobState.PROCESSING) and not j.suspended)
+
+    def delete_jobs(self, batch: str) -> None:
+        mine = [o for o in self.jobs.snapshot()
+                if (o["metadata"].get("labels") or {}).get(f"{A}batch") == batch]
+        if not mine:
+            return
+        self.batch_api.delete_collection_namespaced_job(
+            self.ns, label_selector=f"{A}batch={batch}", propagation_policy="Background")
+        self._wrote()
+        for o in mine:
+            self.jobs.forget(o["metadata"]["name"])
+
+    def set_suspended(self, batch: str, suspended: bool) -> None:
+        """Suspend Jobs that have not started (suspending a running Job would kill it)."""
+        for o in self.jobs.snapshot():
+            if (o["metadata"].get("labels") or {}).get(f"{A}batch") != batch:
+                continue
+            spec, st = o.get("spec") or {}, o.get("status") or {}
+            is_suspended = bool(spec.get("suspend"))
+            if suspended and (is_suspended or st.get("startTime")):
+                continue
+            if not suspended and not is_suspended:
+                continue
+            new = self.batch_api.patch_namespaced_job(o["metadata"]["name"], self.ns,
+                                                      {"spec": {"suspend": suspended}})
+            self._wrote()
+            self.jobs.remember(self._to_dict(new))
+
+    # --- reports and outbox
+    @staticmethod
+    def _report_cm(report_id: str) -> str:
+        batch, _, round_ = report_id.rpartition(":")
+        return f"{batch}-report-{round_}"
+
+    def save_report(self, report: Report) -> bool:
+        data = {"id": report.id, "batch": report.batch, "kind": report.kind,
+                "createdAt": report.created_at, "subject": report.subject,
+                "recipients": list(report.recipients), "body": report.body,
+                "changed": list(report.changed), "jobStates": report.job_states,
+                "emailed": report.emailed}
+        return self._create_cm(
+            self._report_cm(report.id), "report", report.batch,
+            {"report.json": json.dumps(data)},
+            labels={f"{A}outbox": "pending" if report.emailed else "none"},
+            annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0"},
+            binary={"message.eml": base64.b64encode(report.message).decode()},
+        )
+
+    def _report_cms(self, batch: str | None = None) -> list[Obj]:
+        return [cm for cm in self.cms.snapshot()
+                if (cm["metadata"].get("labels") or {}).get(f"{A}kind") == "report"
+                and (batch is None
+                     or (cm["metadata"].get("labels") or {}).get(f"{A}batch") == batch)]
+
+    def list_reports(self, batch: str) -> list[Report]:
+        out = []
+        for cm in self._report_cms(batch):
+            d = json.loads(cm["data"]["report.json"])
+            out.append(Report(
+                id=d["id"], batch=d["batch"], kind=d["kind"], created_at=d["createdAt"],
+                subject=d["subject"], recipients=tuple(d["recipients"]), body=d["body"],
+                changed=tuple(d["changed"]), job_states=d["jobStates"], emailed=d["emailed"],
+                message=base64.b64decode((cm.get("binaryData") or {}).get("message.eml", "")),
+            ))
+        return sorted(out, key=lambda r: (r.created_at, r.id))
+
+    def delivered(self, report_id: str) -> bool:
+        cm = self.cms.get(self._report_cm(report_id))
+        return bool(cm) and (cm or {})["metadata"]["labels"].get(f"{A}outbox") == "delivered"
+
+    def pending_outbox(self, now: float) -> list[OutboxEntry]:
+        out = []
+        for cm in self._report_cms():
+            meta = cm["metadata"]
+            ann = meta.get("annotations") or {}
+            if meta["labels"].get(f"{A}outbox") != "pending":
+                continue
+            if float(ann.get(f"{A}next-attempt-at", "0")) > now:
+                continue
+            d = json.loads(cm["data"]["report.json"])
+            out.append(OutboxEntry(
+                d["id"], d["batch"], base64.b64decode(cm["binaryData"]["message.eml"]),
+                int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", "")))
+        return out
+
+    def _patch_report(self, report_id: str, labels: dict[str, str],
+                      annotations: dict[str, str]) -> None:
+        new = self.core.patch_namespaced_config_map(
+            self._report_cm(report_id), self.ns,
+            {"metadata": {"labels": labels, "annotations": annotations}})
+        self._wrote()
+        self.cms.remember(self._to_dict(new))
+
+    def mark_delivered(self, report_id: str) -> None:
+        self._patch_report(report_id, {f"{A}outbox": "delivered"},
+                           {f"{A}delivered-at": str(time.time())})
+
+    def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None:
+        cm = self.cms.get(self._report_cm(report_id)) or {"metadata": {}}
+        attempts = int((cm["metadata"].get("annotations") or {}).get(f"{A}attempts", "0"))
+        self._patch_report(report_id, {}, {f"{A}attempts": str(attempts + 1),
+                                           f"{A}last-error": error[:1024],
+                                           f"{A}next-attempt-at": str(retry_at)})
+
+    # --- timeline
+    def add_event(self, event: Event) -> None:
+        name = f"{event.batch}-timeline"
+        events = self._cm_json(name, "events.json", [])
+        events.append([event.at, event.reason, event.message[:2048], event.revision])
+        self._put_cm_json(name, "events.json", events[-TIMELINE_MAX:], "timeline", event.batch)
+
+    def list_events(self, batch: str) -> list[Event]:
+        return [Event(batch, at, reason, message, rev)
+                for at, reason, message, rev in self._cm_json(f"{batch}-timeline",
+                                                              "events.json", [])]
+
+
+def _label(value: str) -> str:
+    """A label value (≤63, alphanumeric ends); long or odd ids get a hash instead."""
+    if len(value) <= 63 and value[:1].isalnum() and value[-1:].isalnum():
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
