@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +101,7 @@ class Controller:
         if batch.status.state == B.DELETED:
             self._expire(batch, ctx)
             return
-        if batch.status.observed_generation == batch.generation and (
+        if batch.status.observed_generation == batch.generation and self._error_shown(batch) and (
             batch.status.settled or self._waiting_in_queue(batch, ctx)
         ):
             return  # nothing can change without a new commit: read nothing, write nothing
@@ -215,10 +214,14 @@ class Controller:
         """A Pending batch the queue cannot admit yet, whose file state is already shown."""
         if batch.status.state != B.PENDING or batch.spec is None:
             return False
-        if batch.spec.state == "Held" or self._admissible(ctx):
-            return False
-        shown = next((c.status for c in batch.status.conditions if c.type == "Invalid"), None)
-        return shown == bool(batch.spec_error)
+        return not (batch.spec.state == "Held" or self._admissible(ctx))
+
+    @staticmethod
+    def _error_shown(batch: Batch) -> bool:
+        """Does the Invalid condition already say what the newest file version says?"""
+        shown = next((c for c in batch.status.conditions if c.type == "Invalid"), None)
+        return shown is not None and shown.status == bool(batch.spec_error) and (
+            shown.message == batch.spec_error)
 
     @staticmethod
     def _settled(batch: Batch, status: BatchStatus, items: list[ItemStatus]) -> bool:
