@@ -44,6 +44,7 @@ class Settings:
     kubeconfig: str | None = None
     leader_election: bool = True  # kubernetes: only the Lease holder acts
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
+    lease_seconds: int = 15  # a silent leader is replaced after this long
 
 
 class Reconciler:
@@ -73,7 +74,8 @@ class Reconciler:
                 from reconciler.leader import LeaderElector
 
                 self.elector = LeaderElector(k8s.api, settings.namespace,
-                                             identity=settings.identity)
+                                             identity=settings.identity,
+                                             duration=settings.lease_seconds)
         self.controller = Controller(self.store, storage_root=settings.state_dir / "storage",
                                      kill_batch=kill)
         self.wake = self.runner.wake if self.runner else self._k8s_wake
