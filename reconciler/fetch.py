@@ -1,106 +1,380 @@
 """Bounded downloads for manifests and payloads: http, https and file URLs.
 
-The timeout is a deadline for the whole transfer, not per read, so a server that hangs or
-trickles a byte a second fails on time; the size limit is enforced while streaming.
-Relative `file:` URLs resolve against a base directory and may not climb out of it.
+Everything fetched here comes from a depositor's manifest, so nothing is trusted:
+
+- `timeout` is a DEADLINE for the whole transfer (connect, headers, body), not a per-read
+  socket timeout, so a server that hangs or trickles a byte a second fails on time. A
+  watchdog shuts the socket down at the deadline, which wakes a read blocked in the
+  kernel; the socket timeout is set as well, as a second line of defence.
+- the size limit is checked against Content-Length (or a file's size) up front and again
+  while streaming, and a body shorter than its Content-Length is an error, not a payload;
+- relative `file:` URLs resolve against a base directory and may not leave it (symlinks
+  included); only regular files are read (no FIFOs or devices, which could block forever);
+- redirects stay on http/https, at most `MAX_REDIRECTS`, and each target must pass the
+  caller's `allowed` check, so a redirect cannot lead out of a profile's allowed prefixes.
+
+Errors are `FetchError` with a one-line message a person can act on; `FetchRefused` (a
+subclass) marks input refused by policy rather than a transfer that failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import os
+import posixpath
+import re
+import socket
+import ssl
+import stat
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import unquote, urlparse
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 CHUNK = 256 * 1024
+MAX_REDIRECTS = 5
+USER_AGENT = "batchq"
+
+Allowed = Callable[[str], bool]
 
 
 class FetchError(RuntimeError):
     """A download failed; the message is one line a person can act on."""
 
 
+class FetchRefused(FetchError):
+    """The URL was refused before anything was transferred (scheme, path escape, redirect)."""
+
+
+class FetchTooLarge(FetchError):
+    """The body is over the size limit: announced up front (`announced`), or seen while
+    streaming (`announced` is None: more than `limit` bytes arrived)."""
+
+    def __init__(self, message: str, *, limit: int, announced: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.announced = announced
+
+
+def _clean_path(path: str) -> str:
+    """A URL path with `.`/`..` segments (also written %2e) resolved, its form kept."""
+    path = re.sub("%2e", ".", path, flags=re.IGNORECASE)
+    if not path:
+        return path
+    clean = posixpath.normpath(path)
+    if path.startswith("/"):
+        clean = "/" + clean.lstrip("/")  # POSIX keeps a leading "//"; URLs do not
+    if clean not in ("/", ".") and path.endswith(("/", "/.", "/..")):
+        clean += "/"
+    return clean
+
+
+def normalized_url(url: str) -> str:
+    """`url` with `.`/`..` path segments resolved, for prefix checks.
+
+    A prefix check on the raw text would let `http://host/ok/../secret` or
+    `file:///data/../etc/passwd` pass as "under /ok/" or "under /data/".
+    """
+    if url[:5].lower() == "file:":
+        rest, host = url[5:], ""
+        if rest.startswith("//"):
+            slash = rest.find("/", 2)
+            host, rest = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+        return url[:5] + host + _clean_path(rest)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    clean = _clean_path(parts.path)
+    return urlunsplit((parts.scheme, parts.netloc, clean, parts.query, parts.fragment))
+
+
+def _scheme(url: str) -> str:
+    head, sep, _ = url.partition(":")
+    return head.lower() if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head) else ""
+
+
 def _file_path(url: str, base_dir: Path | None) -> Path:
+    """The local path a `file:` URL names; relative ones must stay inside `base_dir`."""
     rest = url[len("file:"):]
     if rest.startswith("//"):
-        parsed = urlparse(url)
+        parsed = urlsplit(url)
         if parsed.netloc not in ("", "localhost"):
-            raise FetchError(f"file URL with a host is not supported: {url}")
-        return Path(unquote(parsed.path))
-    if rest.startswith("/"):
-        return Path(unquote(rest))
+            raise FetchRefused(f"file URL with a host is not supported: {url}")
+        rest = parsed.path
+    path_text = unquote(rest)
+    if "\0" in path_text:
+        raise FetchRefused(f"file URL {url} contains a NUL byte")
+    if path_text.startswith("/"):
+        if ".." in path_text.split("/"):
+            raise FetchRefused(f"file URL {url} contains a '..' segment")
+        return Path(path_text)
     if base_dir is None:
-        raise FetchError(f"relative file URL {url} has no base directory to resolve against")
+        raise FetchRefused(f"relative file URL {url} has no base directory to resolve against")
     base = base_dir.resolve()
-    path = (base / unquote(rest)).resolve()
-    if base != path and base not in path.parents:
-        raise FetchError(f"file URL {url} points outside {base}")
+    path = (base / path_text).resolve()
+    if path == base or base not in path.parents:
+        raise FetchRefused(f"file URL {url} points outside {base}")
     return path
 
 
-def _chunks(url: str, *, timeout: float, base_dir: Path | None,
-            max_bytes: int | None) -> Iterator[bytes]:
-    deadline = time.monotonic() + timeout
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    stream: BinaryIO
-    if scheme == "file":
-        path = _file_path(url, base_dir)
-        try:
-            stream = path.open("rb")
-        except OSError as exc:
-            raise FetchError(f"cannot read {url}: {exc.strerror or exc}") from exc
-    elif scheme in ("http", "https"):
-        req = urllib.request.Request(url, headers={"User-Agent": "batchq"})
-        try:
-            resp = urllib.request.urlopen(req, timeout=min(timeout, 30.0))
-        except urllib.error.HTTPError as exc:
-            raise FetchError(f"HTTP {exc.code} fetching {url}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-                raise FetchError(f"timed out after {timeout:.1f} s fetching {url}") from exc
-            raise FetchError(f"cannot fetch {url}: {reason}") from exc
-        length = resp.headers.get("Content-Length")
-        if max_bytes is not None and length and length.isdigit() and int(length) > max_bytes:
-            resp.close()
-            raise FetchError(f"{url} is larger than the {max_bytes}-byte limit")
-        stream = resp
-    else:
-        raise FetchError(f'unsupported URL scheme "{scheme}" in {url}')
-    total = 0
-    with stream:
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once per process."""
+    return ssl.create_default_context()
+
+
+class _Watchdog:
+    """Shuts down every socket of one transfer at its deadline, waking blocked reads."""
+
+    def __init__(self, timeout: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(max(timeout, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        # The plain socket method, also for an SSLSocket: SSLSocket.shutdown would drop
+        # the TLS object under a thread that is still reading from it.
+        with contextlib.suppress(OSError):  # already closed: nothing left to wake
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                self._shutdown(sock)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._timer.cancel()
+            self._socks.clear()
+
+
+def _opener(watchdog: _Watchdog, url: str,
+            allowed: Allowed | None) -> urllib.request.OpenerDirector:
+    """An opener for http/https only, whose sockets the watchdog can reach."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watchdog.attach(self.sock)
+
+    class TLSConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            # As HTTPSConnection.connect, but the socket is watched during the handshake.
+            http.client.HTTPConnection.connect(self)
+            watchdog.attach(self.sock)
+            hostname = getattr(self, "_tunnel_host", None) or self.host
+            tls = _tls_context().wrap_socket(self.sock, server_hostname=hostname,
+                                             do_handshake_on_connect=False)
+            self.sock = tls
+            watchdog.attach(tls)
+            tls.do_handshake()
+
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Connection, req)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(TLSConnection, req)
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = MAX_REDIRECTS
+
+        def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                           msg: str, headers: Any) -> Any:
+            location = headers.get("Location") or headers.get("URI")
+            if location:
+                target = urljoin(req.full_url, location)
+                problem = ("is not http or https" if _scheme(target) not in ("http", "https")
+                           else "is not allowed" if allowed is not None and not allowed(target)
+                           else None)
+                if problem:
+                    fp.close()
+                    raise FetchRefused(f"{url} redirects to {target}, which {problem}")
+            return super().http_error_302(req, fp, code, msg, headers)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), HTTP(),
+                    HTTPS(), urllib.request.HTTPDefaultErrorHandler(), Redirects(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+class Download:
+    """One open transfer. Use as a context manager and read it with `chunks()`.
+
+    `length` is the size announced up front (Content-Length, or a file's size), if any.
+    The deadline set by `open_url` covers everything up to the last chunk.
+    """
+
+    def __init__(self, url: str, stream: Any, length: int | None, deadline: float,
+                 timeout: float, watchdog: _Watchdog | None) -> None:
+        self.url = url
+        self.length = length
+        self._stream = stream
+        self._deadline = deadline
+        self._timeout = timeout
+        self._watchdog = watchdog
+
+    def timed_out(self) -> FetchError:
+        return FetchError(f"timed out after {self._timeout:.1f} s fetching {self.url}")
+
+    def _expired(self) -> bool:
+        return (self._watchdog is not None and self._watchdog.expired) or (
+            time.monotonic() > self._deadline)
+
+    def chunks(self, *, max_bytes: int | None = None) -> Iterator[bytes]:
+        """The body, chunk by chunk; raise FetchError past the deadline or the limit."""
+        if max_bytes is not None and self.length is not None and self.length > max_bytes:
+            raise FetchTooLarge(f"{self.url} is larger than the {max_bytes}-byte limit"
+                                f" ({self.length} bytes)", limit=max_bytes,
+                                announced=self.length)
+        total = 0
         while True:
-            if time.monotonic() > deadline:
-                raise FetchError(f"timed out after {timeout:.1f} s fetching {url}")
+            if self._expired():
+                raise self.timed_out()
             try:
-                chunk = stream.read1(CHUNK) if hasattr(stream, "read1") else stream.read(CHUNK)
-            except TimeoutError as exc:
-                raise FetchError(f"timed out after {timeout:.1f} s fetching {url}") from exc
-            except OSError as exc:
-                raise FetchError(f"error reading {url}: {exc}") from exc
+                chunk: bytes = self._stream.read1(CHUNK)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if self._expired():
+                    raise self.timed_out() from exc
+                raise FetchError(f"error reading {self.url}: {_reason(exc)}") from exc
             if not chunk:
+                if self._expired():
+                    raise self.timed_out()
+                if self.length is not None and total < self.length:
+                    raise FetchError(f"{self.url} ended after {total} of {self.length} bytes")
                 return
             total += len(chunk)
             if max_bytes is not None and total > max_bytes:
-                raise FetchError(f"{url} is larger than the {max_bytes}-byte limit")
+                raise FetchTooLarge(f"{self.url} is larger than the {max_bytes}-byte limit",
+                                    limit=max_bytes, announced=None)
             yield chunk
 
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._stream.close()
 
-def fetch_bytes(url: str, *, max_bytes: int, timeout: float,
-                base_dir: Path | None = None) -> bytes:
-    return b"".join(_chunks(url, timeout=timeout, base_dir=base_dir, max_bytes=max_bytes))
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
-def fetch_to_file(url: str, dest: BinaryIO, *, max_bytes: int | None, timeout: float,
+def _reason(exc: BaseException) -> str:
+    """A short, one-line reason for an exception from the socket or HTTP layer."""
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    elif isinstance(exc, urllib.error.URLError):
+        return " ".join(str(exc.reason).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def open_url(url: str, *, timeout: float, base_dir: Path | None = None,
+             allowed: Allowed | None = None) -> Download:
+    """Open `url` for reading within `timeout` seconds in all; raise FetchError.
+
+    `allowed` (optional) is checked for every redirect target.
+    """
+    deadline = time.monotonic() + timeout
+    scheme = _scheme(url)
+    if scheme == "file":
+        path = _file_path(url, base_dir)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise FetchError(f"cannot read {url}: {exc.strerror or exc}") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise FetchRefused(f"{url} is not a regular file")
+        stream = os.fdopen(fd, "rb")
+        return Download(url, stream, info.st_size, deadline, timeout, None)
+    if scheme not in ("http", "https"):
+        if ":" not in url:
+            raise FetchRefused(f"not a URL: {url}")
+        raise FetchRefused(f'unsupported URL scheme "{url.partition(":")[0]}" in {url}')
+    watchdog = _Watchdog(timeout)
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT,
+                                                   "Accept-Encoding": "identity"})
+        resp = _opener(watchdog, url, allowed).open(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        watchdog.cancel()
+        exc.close()
+        raise FetchError(f"HTTP {exc.code} fetching {url}") from exc
+    except FetchError:
+        watchdog.cancel()
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        watchdog.cancel()
+        if watchdog.expired or isinstance(getattr(exc, "reason", exc), TimeoutError):
+            raise FetchError(f"timed out after {timeout:.1f} s fetching {url}") from exc
+        raise FetchError(f"cannot fetch {url}: {_reason(exc)}") from exc
+    except BaseException:
+        watchdog.cancel()
+        raise
+    length_text = (resp.headers.get("Content-Length") or "").strip()
+    length = int(length_text) if re.fullmatch(r"[0-9]{1,20}", length_text) else None
+    return Download(url, resp, length, deadline, timeout, watchdog)
+
+
+def fetch_bytes(url: str, *, max_bytes: int, timeout: float, base_dir: Path | None = None,
+                allowed: Allowed | None = None) -> bytes:
+    """The whole body of `url` (at most `max_bytes`), e.g. a manifest."""
+    with open_url(url, timeout=timeout, base_dir=base_dir, allowed=allowed) as download:
+        return b"".join(download.chunks(max_bytes=max_bytes))
+
+
+def fetch_to_file(url: str, dest: Path, *, max_bytes: int | None, timeout: float,
                   base_dir: Path | None = None,
-                  on_chunk: Callable[[bytes], None] | None = None) -> int:
-    """Stream `url` into the open file `dest`; return the byte count."""
+                  on_chunk: Callable[[bytes], None] | None = None,
+                  allowed: Allowed | None = None) -> int:
+    """Stream `url` into `dest` (created or truncated), flushed and fsynced; return the
+    byte count. On failure `dest` is removed, so no partial payload is left behind.
+
+    `on_chunk` sees every chunk as it is written (hashing while streaming).
+    """
     total = 0
-    for chunk in _chunks(url, timeout=timeout, base_dir=base_dir, max_bytes=max_bytes):
-        dest.write(chunk)
-        if on_chunk is not None:
-            on_chunk(chunk)
-        total += len(chunk)
+    try:
+        with open_url(url, timeout=timeout, base_dir=base_dir, allowed=allowed) as download, \
+                dest.open("wb") as out:
+            for chunk in download.chunks(max_bytes=max_bytes):
+                out.write(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                total += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
     return total

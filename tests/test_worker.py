@@ -1,91 +1,281 @@
-"""The worker as a real program: real HTTP, real files, exit codes, termination log."""
+"""The worker as a real program: a subprocess configured by environment only, real HTTP on
+loopback, real files; exit code, stderr line, termination log, stored file and record."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from reconciler.worker import cas_path, record_path
-from tests.fixtures import PayloadServer
+from tests.test_fetch import LoopbackServer
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = b"a map of oakland\n"
+SHA = hashlib.sha256(BODY).hexdigest()
 
 
-def run(tmp: Path, url: str, **extra: str) -> tuple[int, str, str]:
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    log: str  # the termination log ("" when not written)
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    s = LoopbackServer()
+    yield s
+    s.close()
+
+
+def worker_env(tmp: Path, url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
+    env.update(PYTHONPATH=str(REPO), BATCHQ_BATCH="maps", BATCHQ_ITEM_ID="map-001",
+               BATCHQ_ITEM_URL=url, BATCHQ_STORAGE=str(tmp / "store"),
+               BATCHQ_TERMINATION_LOG=str(tmp / "termination-log"))
+    env.update(extra)
+    return env
+
+
+def run(tmp: Path, url: str, **extra: str) -> Run:
     log = tmp / "termination-log"
     log.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
-    env.update(BATCHQ_BATCH="b", BATCHQ_ITEM_ID="i", BATCHQ_ITEM_URL=url,
-               BATCHQ_STORAGE=str(tmp / "store"), BATCHQ_TERMINATION_LOG=str(log))
-    env.update(extra)
-    p = subprocess.run([sys.executable, "-m", "reconciler.worker"], env=env,
-                       capture_output=True, text=True, timeout=60)
-    return p.returncode, p.stderr.strip(), log.read_text().strip() if log.exists() else ""
+    p = subprocess.run([sys.executable, "-m", "reconciler.worker"], cwd=REPO,
+                       env=worker_env(tmp, url, **extra), capture_output=True, text=True,
+                       timeout=60)
+    return Run(p.returncode, p.stdout, p.stderr, log.read_text() if log.exists() else "")
 
 
-def digest_env(body: bytes, alg: str = "sha256") -> dict[str, str]:
-    return {"BATCHQ_DIGEST_ALGORITHM": alg,
-            "BATCHQ_DIGEST_VALUE": hashlib.new(alg, body).hexdigest(),
-            "BATCHQ_ITEM_SIZE": str(len(body))}
+def expect(sha256: bytes, size: int | None = None, alg: str = "sha256") -> dict[str, str]:
+    env = {"BATCHQ_DIGEST_ALGORITHM": alg, "BATCHQ_DIGEST_VALUE": hashlib.new(alg, sha256)
+           .hexdigest()}
+    if size is not None:
+        env["BATCHQ_ITEM_SIZE"] = str(size)
+    return env
 
 
-def test_stores_content_addressed_and_resumes_without_downloading(
-        tmp_path: Path, payloads: PayloadServer) -> None:
-    body = b"a map of oakland\n"
-    payloads.add("p", body)
-    rc, err, log = run(tmp_path, payloads.base + "p", **digest_env(body, "md5"))
-    assert (rc, err, log) == (0, "", "")
-    sha = hashlib.sha256(body).hexdigest()
-    stored = cas_path(tmp_path / "store", sha)
-    assert stored.read_bytes() == body
-    record = json.loads(record_path(tmp_path / "store", "b", "i").read_text())
-    assert record["sha256"] == sha and record["url"] == payloads.base + "p"
-    assert [p.name for p in (tmp_path / "store").iterdir() if p.name.startswith(".")] == []
-    rc, _, _ = run(tmp_path, payloads.base + "p", **digest_env(body, "md5"))
-    assert rc == 0
-    assert payloads.requests == ["p"]  # the restart downloaded nothing
-    stored.write_bytes(b"bit rot")  # a stored copy that no longer verifies is fetched again
-    assert run(tmp_path, payloads.base + "p", **digest_env(body, "md5"))[0] == 0
-    assert payloads.requests == ["p", "p"] and stored.read_bytes() == body
+def leftovers(tmp: Path) -> list[str]:
+    """Temp files anywhere under the storage root."""
+    store = tmp / "store"
+    return [str(p) for p in store.rglob(".*")] if store.exists() else []
 
 
-@pytest.mark.parametrize(("served", "expect"), [
-    (b"other bytes, same size!", "digest mismatch: expected sha256 "),
-    (b"short", "size mismatch: expected 23 bytes, got 5"),
-])
-def test_verification_failures(tmp_path: Path, payloads: PayloadServer, served: bytes,
-                               expect: str) -> None:
-    payloads.add("v", served)
-    rc, err, log = run(tmp_path, payloads.base + "v", **digest_env(b"the expected payload!!\n"))
-    assert rc == 1
-    assert err.startswith("batchq-worker: " + expect)
-    assert log.startswith(expect) and "\n" not in log
-    assert not (tmp_path / "store" / "sha256").exists() or not any(
-        (tmp_path / "store" / "sha256").rglob("*"))
-    assert [p.name for p in (tmp_path / "store").iterdir() if p.name.startswith(".")] == []
+def assert_failed(r: Run, code: int, reason: str) -> None:
+    assert r.code == code, r
+    assert r.stderr == f"batchq-worker: {reason}\n"
+    assert r.log == reason + "\n"
 
 
-def test_http_404_and_refused_prefix(tmp_path: Path, payloads: PayloadServer) -> None:
-    rc, _, log = run(tmp_path, payloads.base + "missing")
-    assert rc == 1 and log == f"HTTP 404 fetching {payloads.base}missing"
-    rc, _, log = run(tmp_path, "http://192.0.2.7/x",
-                       BATCHQ_ALLOWED_PREFIXES=payloads.base + "\nfile:")
-    assert rc == 2
-    assert log == (f"URL http://192.0.2.7/x is not allowed (allowed prefixes: "
-                   f"{payloads.base}, file:)")
-    assert payloads.requests == ["missing"]
+def test_stores_content_addressed_then_resumes_without_downloading(
+        tmp_path: Path, server: LoopbackServer) -> None:
+    url = server.add("map-001.tif", BODY)
+    r = run(tmp_path, url, **expect(BODY, len(BODY), "md5"))
+    assert (r.code, r.stderr, r.log) == (0, "", "")
+    assert r.stdout.splitlines()[0] == f"start: batch maps item map-001 from {url}"
+    assert f"fetched: {len(BODY)} bytes, sha256 {SHA}" in r.stdout
+    assert r.stdout.splitlines()[-1].startswith("done: stored map-001 (17 bytes) at ")
+    stored = cas_path(tmp_path / "store", SHA)
+    assert stored == tmp_path / "store" / "sha256" / SHA[:2] / SHA
+    assert stored.read_bytes() == BODY
+    assert oct(stored.stat().st_mode & 0o777) == "0o644"
+    rec = record_path(tmp_path / "store", "maps", "map-001")
+    assert rec.name == hashlib.sha256(b"maps/map-001").hexdigest() + ".json"
+    assert json.loads(rec.read_text()) == {
+        "batch": "maps", "item": "map-001", "url": url, "size": len(BODY), "sha256": SHA,
+        "digest": {"algorithm": "md5", "value": hashlib.md5(BODY).hexdigest()},
+        "stored": f"sha256/{SHA[:2]}/{SHA}",
+    }
+    assert leftovers(tmp_path) == []
+
+    again = run(tmp_path, url, **expect(BODY, len(BODY), "md5"))
+    assert (again.code, again.stderr, again.log) == (0, "", "")
+    assert f"already stored: map-001 at {stored}" in again.stdout
+    assert server.requests == ["map-001.tif"]  # the second run made no request
+
+
+def test_a_stored_copy_that_no_longer_verifies_is_fetched_again(
+        tmp_path: Path, server: LoopbackServer) -> None:
+    url = server.add("p", BODY)
+    assert run(tmp_path, url).code == 0
+    stored = cas_path(tmp_path / "store", SHA)
+    stored.write_bytes(b"bit rot")
+    assert run(tmp_path, url).code == 0
+    assert stored.read_bytes() == BODY and server.requests == ["p", "p"]
+    moved = server.add("elsewhere", BODY)  # the manifest now names another URL
+    assert run(tmp_path, moved).code == 0
+    assert server.requests == ["p", "p", "elsewhere"]
+
+
+def test_temp_files_of_a_killed_attempt_are_removed(tmp_path: Path,
+                                                    server: LoopbackServer) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    key = hashlib.sha256(b"maps/map-001").hexdigest()[:16]
+    stale, fresh = store / f".incoming-{key}-stale", store / f".incoming-{key}-live"
+    for f in (stale, fresh):
+        f.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert run(tmp_path, server.add("p", BODY), BATCHQ_TIMEOUT="60").code == 0
+    assert not stale.exists() and fresh.exists()  # a live attempt's file is not touched
+
+
+def test_a_known_sha256_already_in_storage_needs_no_download(
+        tmp_path: Path, server: LoopbackServer) -> None:
+    url = server.add("p", BODY)
+    assert run(tmp_path, url, BATCHQ_ITEM_ID="first").code == 0
+    r = run(tmp_path, server.base + "same-bytes", BATCHQ_ITEM_ID="second", **expect(BODY))
+    assert r.code == 0 and "already stored: second" in r.stdout
+    assert server.requests == ["p"]
+    record = json.loads(record_path(tmp_path / "store", "maps", "second").read_text())
+    assert record["sha256"] == SHA and record["url"] == server.base + "same-bytes"
+
+
+def test_digest_mismatch(tmp_path: Path, server: LoopbackServer) -> None:
+    url = server.add("p", b"other bytes, same size!")
+    want = hashlib.sha256(b"the expected payload!!\n").hexdigest()
+    got = hashlib.sha256(b"other bytes, same size!").hexdigest()
+    r = run(tmp_path, url, BATCHQ_ITEM_SIZE="23", BATCHQ_DIGEST_ALGORITHM="sha256",
+            BATCHQ_DIGEST_VALUE=want)
+    assert_failed(r, 1, f"digest mismatch: expected sha256 {want}, got {got}")
+    assert not (tmp_path / "store" / "sha256").exists()
+    assert not record_path(tmp_path / "store", "maps", "map-001").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_size_mismatch(tmp_path: Path, server: LoopbackServer) -> None:
+    short = server.add("short", b"short")
+    assert_failed(run(tmp_path, short, BATCHQ_ITEM_SIZE="23"), 1,
+                  "size mismatch: expected 23 bytes, got 5")
+    long = server.add("long", b"twelve bytes")
+    assert_failed(run(tmp_path, long, BATCHQ_ITEM_SIZE="10"), 1,
+                  "size mismatch: expected 10 bytes, got 12")
+    assert_failed(run(tmp_path, server.base + "stream/long", BATCHQ_ITEM_SIZE="10"), 1,
+                  "size mismatch: expected 10 bytes, got more than 10")
+    assert leftovers(tmp_path) == []
+
+
+def test_http_404_and_size_limit(tmp_path: Path, server: LoopbackServer) -> None:
+    assert_failed(run(tmp_path, server.base + "missing"), 1,
+                  f"HTTP 404 fetching {server.base}missing")
+    url = server.add("big", b"x" * 100)
+    assert_failed(run(tmp_path, url, BATCHQ_MAX_BYTES="99"), 1,
+                  f"{url} is larger than the 99-byte limit (100 bytes)")
+    assert leftovers(tmp_path) == []
+
+
+def test_refused_urls_exit_2_without_a_request(tmp_path: Path, server: LoopbackServer) -> None:
+    prefixes = f"{server.base}pub/\nfile:"
+    assert_failed(run(tmp_path, "http://evil.example/x", BATCHQ_ALLOWED_PREFIXES=prefixes), 2,
+                  f"URL http://evil.example/x is not allowed (allowed prefixes:"
+                  f" {server.base}pub/, file:)")
+    climbing = f"{server.base}pub/../private"
+    assert_failed(run(tmp_path, climbing, BATCHQ_ALLOWED_PREFIXES=prefixes), 2,
+                  f"URL {climbing} is not allowed (allowed prefixes: {server.base}pub/, file:)")
+    assert_failed(run(tmp_path, server.base + "pub/x", BATCHQ_ALLOWED_PREFIXES=""), 2,
+                  f"URL {server.base}pub/x is not allowed (allowed prefixes: none)")
+    assert_failed(run(tmp_path, "ftp://example.org/x"), 2,
+                  'unsupported URL scheme "ftp" in ftp://example.org/x')
+    assert server.requests == []
+    # A redirect is checked against the prefixes too.
+    hop = f"{server.base}redirect?to=http://evil.example/"
+    r = run(tmp_path, hop, BATCHQ_ALLOWED_PREFIXES=f"{server.base}redirect")
+    assert_failed(r, 2, f"{hop} redirects to http://evil.example/, which is not allowed")
 
 
 def test_relative_file_urls_stay_inside_the_base(tmp_path: Path) -> None:
     base = tmp_path / "repo"
     (base / "payloads").mkdir(parents=True)
-    (base / "payloads" / "x.txt").write_bytes(b"x\n")
+    (base / "payloads" / "x.txt").write_bytes(BODY)
     (tmp_path / "secret").write_text("s")
-    assert run(tmp_path, "file:payloads/x.txt", BATCHQ_BASE_DIR=str(base))[0] == 0
-    rc, _, log = run(tmp_path, "file:../secret", BATCHQ_BASE_DIR=str(base),
-                     BATCHQ_ITEM_ID="j")
-    assert rc == 1 and log == f"file URL file:../secret points outside {base}"
+    r = run(tmp_path, "file:payloads/x.txt", BATCHQ_BASE_DIR=str(base),
+            BATCHQ_ALLOWED_PREFIXES="file:", **expect(BODY, len(BODY)))
+    assert r.code == 0 and cas_path(tmp_path / "store", SHA).read_bytes() == BODY
+    assert_failed(run(tmp_path, "file:../secret", BATCHQ_BASE_DIR=str(base),
+                      BATCHQ_ITEM_ID="j"), 2, f"file URL file:../secret points outside {base}")
+    assert_failed(run(tmp_path, "file:payloads/x.txt", BATCHQ_ITEM_ID="k"), 2,
+                  "relative file URL file:payloads/x.txt has no base directory to resolve"
+                  " against")
+
+
+def test_a_hanging_server_fails_at_the_deadline(tmp_path: Path, server: LoopbackServer) -> None:
+    started = time.monotonic()
+    r = run(tmp_path, server.base + "trickle", BATCHQ_TIMEOUT="1")
+    assert_failed(r, 1, f"timed out after 1.0 s fetching {server.base}trickle")
+    r = run(tmp_path, server.base + "hang", BATCHQ_TIMEOUT="1")
+    assert_failed(r, 1, f"timed out after 1.0 s fetching {server.base}hang")
+    assert time.monotonic() - started < 15  # two runs, interpreter start-up included
+    assert leftovers(tmp_path) == []
+
+
+def test_sigterm_removes_the_temp_file_and_logs_a_reason(
+        tmp_path: Path, server: LoopbackServer) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler.worker"], cwd=REPO,
+                            env=worker_env(tmp_path, server.base + "trickle"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while "trickle" not in server.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few bytes are in the temp file now
+        assert len(leftovers(tmp_path)) == 1
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    reason = "terminated by SIGTERM (deadline exceeded or job deleted)"
+    assert proc.returncode == 1 and stderr == f"batchq-worker: {reason}\n"
+    assert (tmp_path / "termination-log").read_text() == reason + "\n"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ({"BATCHQ_BATCH": ""}, "BATCHQ_BATCH is not set"),
+    ({"BATCHQ_STORAGE": ""}, "BATCHQ_STORAGE is not set"),
+    ({"BATCHQ_ITEM_SIZE": "12kB"}, "BATCHQ_ITEM_SIZE must be a whole number of bytes, not"
+     " '12kB'"),
+    ({"BATCHQ_TIMEOUT": "0"}, "BATCHQ_TIMEOUT must be a positive number of seconds, not '0'"),
+    ({"BATCHQ_DIGEST_ALGORITHM": "sha1", "BATCHQ_DIGEST_VALUE": "ab"},
+     "BATCHQ_DIGEST_ALGORITHM must be md5, sha256 or sha512, not 'sha1'"),
+    ({"BATCHQ_DIGEST_ALGORITHM": "md5", "BATCHQ_DIGEST_VALUE": "abc"},
+     "BATCHQ_DIGEST_VALUE 'abc' is not a md5 digest (32 hex digits)"),
+])
+def test_bad_configuration_exits_2(tmp_path: Path, extra: dict[str, str], reason: str) -> None:
+    assert_failed(run(tmp_path, "http://127.0.0.1:9/x", **extra), 2, reason)
+
+
+def test_the_reason_is_one_bounded_line(tmp_path: Path, server: LoopbackServer) -> None:
+    url = server.base + "missing/" + "a" * 3000
+    r = run(tmp_path, url)
+    assert r.code == 1 and len(r.log) <= 1025 and r.log.endswith("…\n")
+    assert r.log.startswith("HTTP 404 fetching ") and r.log.count("\n") == 1
+    assert r.stderr == f"batchq-worker: {r.log}"
+
+
+def test_no_termination_log_is_invented(tmp_path: Path) -> None:
+    default = Path("/dev/termination-log")
+    if default.exists():
+        pytest.skip("this machine has a /dev/termination-log")
+    r = run(tmp_path, "ftp://example.org/x", BATCHQ_TERMINATION_LOG="")
+    assert r.code == 2 and r.stderr and not default.exists()
+
+
+def test_help_and_arguments() -> None:
+    p = subprocess.run([sys.executable, "-m", "reconciler.worker", "--help"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "BATCHQ_ITEM_URL" in p.stdout and "Exit codes" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "reconciler.worker", "extra"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("batchq-worker: batchq-worker takes no")

@@ -1,0 +1,218 @@
+"""Merritt checkm batch manifests: the three batch profiles, Merritt's variations, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from reconciler.checkm import ManifestError, normalise_algorithm, parse_checkm, sanitise_id
+from reconciler.manifests import ManifestError as ReExported
+from reconciler.manifests import check_items
+
+PROFILE = "http://uc3.cdlib.org/registry/ingest/manifest/"
+FIELDS = ("#%fields | nfo:fileUrl | nfo:hashAlgorithm | nfo:hashValue | nfo:fileSize | "
+          "nfo:fileLastModified | nfo:fileName | mrt:primaryIdentifier | mrt:localIdentifier | "
+          "mrt:creator | mrt:title | mrt:date")
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+MD5 = "098f6bcd4621d373cade4e832627b4f6"
+
+
+def manifest(profile: str, *rows: str, fields: str = FIELDS) -> str:
+    return "\n".join([
+        "#%checkm_0.7",
+        f"#%profile | {PROFILE}{profile}",
+        "#%prefix | mrt: | http://merritt.cdlib.org/terms#",
+        "#%prefix | nfo: | http://www.semanticdesktop.org/ontologies/2007/03/22/nfo#",
+        fields,
+        *rows,
+        "#%eof",
+        "",
+    ])
+
+
+def test_single_file_batch_manifest() -> None:
+    text = manifest(
+        "mrt-single-file-batch-manifest",
+        f"http://repo.example.org/maps/map-001.tif | SHA-256 | {SHA.upper()} | 48213 |"
+        " 2010-06-02T13:54:43-07:00 | map-001.tif | ark:/13030/m5 | map-001 | Jane Doe |"
+        " Map of Oakland | 1911",
+        f"http://repo.example.org/maps/map-002.tif | md5 | {MD5} | 12 | | map-002.tif | | |"
+        " | |",
+    )
+    items = parse_checkm(text, "maps.checkm")
+    assert items == [
+        {
+            "id": "map-001",
+            "url": "http://repo.example.org/maps/map-001.tif",
+            "digest": {"algorithm": "sha256", "value": SHA},
+            "size": 48213,
+            "title": "Map of Oakland",
+            "metadata": {
+                "creator": "Jane Doe",
+                "date": "1911",
+                "primaryIdentifier": "ark:/13030/m5",
+                "localIdentifier": "map-001",
+                "fileName": "map-001.tif",
+                "lastModified": "2010-06-02T13:54:43-07:00",
+                "profile": "mrt-single-file-batch-manifest",
+            },
+        },
+        {
+            "id": "map-002.tif",  # no local identifier: the file name
+            "url": "http://repo.example.org/maps/map-002.tif",
+            "digest": {"algorithm": "md5", "value": MD5},
+            "size": 12,
+            "metadata": {"fileName": "map-002.tif",
+                         "profile": "mrt-single-file-batch-manifest"},
+        },
+    ]
+    built = check_items(items, "maps.checkm")  # the same shape as inline items
+    assert built[0].digest is not None and built[0].digest.value == SHA
+    assert built[1].title is None
+
+
+def test_container_batch_manifest() -> None:
+    text = manifest(
+        "mrt-container-batch-manifest",
+        "https://h.example.org/box/letters.zip | | | 1048576 | | letters.zip | | letters-1 |"
+        " Smith | Letters | 1890",
+        "https://h.example.org/box/diaries.tar.gz | | | | | diaries.tar.gz",
+    )
+    items = parse_checkm(text, "box.checkm")
+    assert [(i["id"], i["url"], i.get("size")) for i in items] == [
+        ("letters-1", "https://h.example.org/box/letters.zip", 1048576),
+        ("diaries.tar.gz", "https://h.example.org/box/diaries.tar.gz", None),
+    ]
+    assert all(i["metadata"]["profile"] == "mrt-container-batch-manifest" for i in items)
+    assert "digest" not in items[0]
+
+
+def test_batch_of_manifests_one_item_per_object_manifest() -> None:
+    # Merritt's own test data: each line names an object manifest; trailing fields left out.
+    text = manifest(
+        "mrt-batch-manifest",
+        f"http://localhost:28080/feederout/1/manifest1.txt | sha256 | {SHA} | 739 |"
+        " 2010-06-02T13:54:43-07:00 | manifest1.txt | ark://ark1",
+        f"http://localhost:28080/feederout/1/manifest2.txt | sha256 | {SHA} | 278 |"
+        " 2010-06-02T13:54:44-07:00 | manifest2.txt |  | local://id1",
+        f"http://localhost:28080/feederout/1/manifest3.txt | sha256 | {SHA} | 278 |"
+        " 2010-06-02T13:54:44-07:00 | manifest3.txt |  | local://id2 | me | my title |"
+        " 2010-06-02T13:54:44-07:00",
+    )
+    items = parse_checkm(text, "batch.checkm")
+    assert [i["id"] for i in items] == ["manifest1.txt", "local___id1", "local___id2"]
+    assert [i["url"].rsplit("/", 1)[1] for i in items] == [
+        "manifest1.txt", "manifest2.txt", "manifest3.txt"]
+    assert items[0]["metadata"]["primaryIdentifier"] == "ark://ark1"
+    assert items[2]["title"] == "my title" and items[2]["metadata"]["creator"] == "me"
+    assert items[1]["metadata"]["localIdentifier"] == "local://id1"
+    assert len(check_items(items, "batch.checkm")) == 3
+
+
+def test_merritt_variations_are_read() -> None:
+    text = "\n".join([
+        "\ufeff#%checkm_0.7",
+        "# a comment",
+        "#%profile | http://uc3.cdlib.org/registry/mrt/mrt-batch-manifest",
+        "#%columns | nfo:fileURL | nfo:hashalgorithm | nfo:hashvalue | mrt:title",
+        "",
+        f"http://h/a | SHA256 | {SHA} | Pipes %7C in a title",
+        "http://h/b",
+        "#%EOF",
+        "http://h/after-eof | | | ignored",
+    ])
+    items = parse_checkm(text, "m")
+    assert [i["id"] for i in items] == ["line-6", "line-7"]
+    assert items[0]["title"] == "Pipes | in a title"
+    assert items[0]["digest"] == {"algorithm": "sha256", "value": SHA}
+
+
+@pytest.mark.parametrize(("name", "normal"), [
+    ("SHA-256", "sha256"), ("sha-256", "sha256"), ("SHA256", "sha256"), ("sha_256", "sha256"),
+    ("MD5", "md5"), ("SHA-512", "sha512"), ("sha1", None), ("crc32", None), ("", None),
+])
+def test_algorithm_names(name: str, normal: str | None) -> None:
+    assert normalise_algorithm(name) == normal
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("map-001", "map-001"),
+    ("local b!", "local_b_"),
+    ("../../etc/passwd", "etc_passwd"),
+    ("..", ""),
+    ("...", ""),
+    ("_hidden", "hidden"),
+    ("ark:/13030/m5", "ark__13030_m5"),
+    ("Café Müller", "Cafe_Muller"),
+    ("日本", ""),
+    ("a" * 200, "a" * 128),
+])
+def test_ids_are_sanitised(raw: str, clean: str) -> None:
+    result = sanitise_id(raw)
+    assert result == clean
+    assert result == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", result)
+
+
+def test_unusable_identifiers_fall_back_to_the_line_number() -> None:
+    text = manifest("mrt-single-file-batch-manifest",
+                    "http://h/1 | | | | | ... | | !!!", "http://h/2 | | | | | 日本")
+    assert [i["id"] for i in parse_checkm(text, "m")] == ["line-6", "line-7"]
+
+
+def test_colliding_ids_name_both_lines() -> None:
+    text = manifest("mrt-single-file-batch-manifest",
+                    "http://h/1 | | | | | | | a b", "http://h/2 | | | | | | | a_b")
+    with pytest.raises(ManifestError) as info:
+        parse_checkm(text, "m.checkm")
+    assert str(info.value) == ("m.checkm:7: item id 'a_b' (from 'a_b') is already used on"
+                               " line 6 (from 'a b')")
+    assert ManifestError is ReExported  # one definition, re-exported by manifests
+
+
+HEAD = manifest("mrt-single-file-batch-manifest").replace("#%eof\n", "")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "m:1: not a checkm manifest (the first line must be #%checkm_0.7)"),
+    ("nfo:fileUrl | x\n", "m:1: not a checkm manifest"),
+    ("#%checkm_0.7\n#%profile | http://uc3.cdlib.org/registry/ingest/manifest/"
+     "mrt-ingest-manifest\n", "m:2: unknown manifest profile 'http://uc3.cdlib.org/registry/"
+     "ingest/manifest/mrt-ingest-manifest' (expected"),
+    ("#%checkm_0.7\n" + FIELDS + "\nhttp://h/a\n", "m:3: data line before the #%profile"
+     " header"),
+    (f"#%checkm_0.7\n#%profile | {PROFILE}mrt-batch-manifest\nhttp://h/a\n",
+     "m:3: data line before the #%fields header"),
+    (f"#%checkm_0.7\n#%profile | {PROFILE}mrt-batch-manifest\n#%fields | nfo:fileName\n",
+     "m:3: the #%fields header has no nfo:fileUrl"),
+    (f"#%checkm_0.7\n#%profile | {PROFILE}mrt-batch-manifest\n#%fields | nfo:fileUrl |"
+     " nfo:fileurl\n", "m:3: field nfo:fileUrl is listed twice"),
+    (HEAD + "http://h/a | | | | | | | | | | | extra\n",
+     "m:6: 12 values, but the #%fields header (line 5) names 11 fields"),
+    (HEAD + " | | | | | a\n", "m:6: missing nfo:fileUrl"),
+    (HEAD + "ftp://h/a\n", "m:6: nfo:fileUrl 'ftp://h/a' is not an http://, https:// or"
+     " file: URL"),
+    (HEAD + "http://h/a | | | 12kB\n", "m:6: file size '12kB' is not a whole number"),
+    (HEAD + "http://h/a | | | -1\n", "m:6: file size '-1' is not a whole number"),
+    (HEAD + "http://h/a | crc32 | 1234\n", "m:6: unknown hash algorithm 'crc32' (md5,"
+     " sha256, sha512)"),
+    (HEAD + f"http://h/a | | {MD5}\n", "m:6: nfo:hashValue is given without"
+     " nfo:hashAlgorithm"),
+    (HEAD + "http://h/a | md5 |\n", "m:6: nfo:hashAlgorithm md5 is given without"
+     " nfo:hashValue"),
+    (HEAD + f"http://h/a | sha256 | {MD5}\n", f"m:6: hash value '{MD5}' is not a sha256"
+     " digest (64 hex digits)"),
+    (HEAD + "#%eof\nhttp://h/a\n", "m:7: the manifest lists no items"),
+])
+def test_errors_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_checkm(text, "m")
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_item_count_is_bounded() -> None:
+    text = manifest("mrt-batch-manifest", *(f"http://h/{n}" for n in range(4)))
+    assert len(parse_checkm(text, "m", max_items=4)) == 4
+    with pytest.raises(ManifestError, match=r"^m:9: more than 3 items$"):
+        parse_checkm(text, "m", max_items=3)
