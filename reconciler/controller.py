@@ -62,7 +62,7 @@ class PassContext:
     base_dir: str | None
     storage_root: Path
     progressed: bool = False
-    changed_batches: set[str] = field(default_factory=set)
+    dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
 
 
 class Controller:
@@ -113,7 +113,10 @@ class Controller:
         jobs = (self.store.list_jobs(batch.name)
                 if status.items_loaded or status.state != B.PENDING else [])
         items = self._observe(batch, jobs, ctx) if status.items_loaded or jobs else []
+        ctx.dirty_items = {}
         self._step(batch, status, items, jobs, ctx)
+        if ctx.dirty_items:  # one write for every job created this pass (crash: adopted)
+            self.store.update_items(batch.name, list(ctx.dirty_items.values()))
         status.settled = self._settled(batch, status, items)
         status.observed_generation = batch.generation
         self._set_condition(status, "Invalid", bool(batch.spec_error), "FileInvalid"
@@ -304,7 +307,7 @@ class Controller:
             self.store.add_event(Event(batch.name, time.time(), "Restarted",
                                        f"{s.item.id}: attempt {attempt}",
                                        batch.source_revision))
-        self.store.update_items(batch.name, [s])
+        ctx.dirty_items[s.item.id] = s
         existing.add(spec.name)
         ctx.progressed = True
 

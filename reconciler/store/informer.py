@@ -9,6 +9,7 @@ from the watch never replaces a newer one.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,14 @@ from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+
+
+class _RawWatch(watch.Watch):  # type: ignore[misc]
+    """Events as plain dicts: deserialising every event into models costs more than the
+    API call that caused it."""
+
+    def get_return_type(self, func: Any) -> None:
+        return None
 
 
 def _rv(obj: Obj) -> int:
@@ -36,13 +45,11 @@ class Informer:
         self,
         kind: str,
         list_fn: Callable[..., Any],
-        to_dict: Callable[[Any], Obj],
         on_change: Callable[[], None],
         **list_kwargs: Any,
     ) -> None:
         self.kind = kind
         self._list = list_fn
-        self._to_dict = to_dict
         self._on_change = on_change
         self._kwargs = list_kwargs
         self.objects: dict[str, Obj] = {}
@@ -102,7 +109,8 @@ class Informer:
             backoff = min(backoff * 2, 10.0)
 
     def _relist(self) -> str:
-        result = self._to_dict(self._list(**self._kwargs))
+        resp = self._list(_preload_content=False, **self._kwargs)
+        result = json.loads(resp.data)
         fresh = {o["metadata"]["name"]: o for o in result.get("items", [])}
         for o in fresh.values():
             o.setdefault("apiVersion", result.get("apiVersion"))
@@ -113,15 +121,14 @@ class Informer:
         return str(result["metadata"].get("resourceVersion", ""))
 
     def _watch_from(self, rv: str) -> None:
-        self._watch = watch.Watch()
+        self._watch = _RawWatch()
         for event in self._watch.stream(self._list, resource_version=rv,
                                         timeout_seconds=300, allow_watch_bookmarks=True,
                                         **self._kwargs):
             if self._stop.is_set():
                 return
             kind = event["type"]
-            obj = event["object"]
-            obj = obj if isinstance(obj, dict) else self._to_dict(obj)
+            obj = event["raw_object"]
             if kind == "ERROR":
                 code = obj.get("code")
                 raise ApiException(status=code, reason=str(obj.get("message")))

@@ -140,11 +140,11 @@ class KubernetesStore:
         self._decoded: dict[str, tuple[str, Any]] = {}
         self._failure_messages: dict[str, str] = {}
         wake = self.wake.set
-        self.batches = Informer("batches", self._list_batches, dict, wake)
-        self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, self._to_dict, wake,
+        self.batches = Informer("batches", self._list_batches, wake)
+        self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, wake,
                              namespace=namespace, label_selector=f"{A}batch")
-        self.cms = Informer("configmaps", self.core.list_namespaced_config_map, self._to_dict,
-                            wake, namespace=namespace, label_selector=f"{A}kind")
+        self.cms = Informer("configmaps", self.core.list_namespaced_config_map, wake,
+                            namespace=namespace, label_selector=f"{A}kind")
 
     @classmethod
     def connect(cls, namespace: str, kubeconfig: str | None = None) -> KubernetesStore:
@@ -169,9 +169,6 @@ class KubernetesStore:
     def _list_batches(self, **kwargs: Any) -> Any:
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
                                                          **kwargs)
-
-    def _to_dict(self, obj: Any) -> Obj:
-        return dict(self.api.sanitize_for_serialization(obj))
 
     @staticmethod
     def _raw(fn: Any, *args: Any, **kwargs: Any) -> Obj:
@@ -218,13 +215,13 @@ class KubernetesStore:
         if binary:
             body["binaryData"] = binary
         try:
-            created = self.core.create_namespaced_config_map(self.ns, body)
+            created = self._raw(self.core.create_namespaced_config_map, self.ns, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         self._wrote()
-        self.cms.remember(self._to_dict(created))
+        self.cms.remember(created)
         return True
 
     def _put_cm_json(self, name: str, key: str, value: Any, kind: str,
@@ -235,19 +232,19 @@ class KubernetesStore:
         if cm is None:
             if self._create_cm(name, kind, batch, {key: text}):
                 return
-            cm = self._to_dict(self.core.read_namespaced_config_map(name, self.ns))
+            cm = self._raw(self.core.read_namespaced_config_map, name, self.ns)
         if (cm.get("data") or {}).get(key) == text:
             return
         body = copy.deepcopy(cm)
         body.setdefault("data", {})[key] = text
         try:
-            new = self.core.replace_namespaced_config_map(name, self.ns, body)
+            new = self._raw(self.core.replace_namespaced_config_map, name, self.ns, body)
         except ApiException as exc:
             if exc.status == 409:
                 raise ConflictError(f"ConfigMap {name} changed under us") from exc
             raise
         self._wrote()
-        self.cms.remember(self._to_dict(new))
+        self.cms.remember(new)
 
     # --- meta
     def get_meta(self, key: str) -> str | None:
@@ -260,9 +257,10 @@ class KubernetesStore:
             return
         if self.cms.get(META) is None and self._create_cm(META, "meta", None, {key: value}):
             return
-        new = self.core.patch_namespaced_config_map(META, self.ns, {"data": {key: value}})
+        new = self._raw(self.core.patch_namespaced_config_map, META, self.ns,
+                        {"data": {key: value}})
         self._wrote()
-        self.cms.remember(self._to_dict(new))
+        self.cms.remember(new)
 
     def _placeholders(self) -> dict[str, dict[str, Any]]:
         return dict(json.loads(self.get_meta("placeholders") or "{}"))
@@ -512,13 +510,13 @@ class KubernetesStore:
                              "ownerReferences": self._owner(spec.batch)},
                 "spec": job_spec}
         try:
-            created = self.batch_api.create_namespaced_job(self.ns, body)
+            created = self._raw(self.batch_api.create_namespaced_job, self.ns, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         self._wrote()
-        self.jobs.remember(self._to_dict(created))
+        self.jobs.remember(created)
         return True
 
     def _job(self, obj: Obj) -> Job:
@@ -590,10 +588,10 @@ class KubernetesStore:
                 continue
             if not suspended and not is_suspended:
                 continue
-            new = self.batch_api.patch_namespaced_job(o["metadata"]["name"], self.ns,
-                                                      {"spec": {"suspend": suspended}})
+            new = self._raw(self.batch_api.patch_namespaced_job, o["metadata"]["name"],
+                            self.ns, {"spec": {"suspend": suspended}})
             self._wrote()
-            self.jobs.remember(self._to_dict(new))
+            self.jobs.remember(new)
 
     # --- reports and outbox
     @staticmethod
@@ -654,11 +652,10 @@ class KubernetesStore:
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
                       annotations: dict[str, str]) -> None:
-        new = self.core.patch_namespaced_config_map(
-            self._report_cm(report_id), self.ns,
-            {"metadata": {"labels": labels, "annotations": annotations}})
+        new = self._raw(self.core.patch_namespaced_config_map, self._report_cm(report_id),
+                        self.ns, {"metadata": {"labels": labels, "annotations": annotations}})
         self._wrote()
-        self.cms.remember(self._to_dict(new))
+        self.cms.remember(new)
 
     def mark_delivered(self, report_id: str) -> None:
         self._patch_report(report_id, {f"{A}outbox": "delivered"},
