@@ -180,3 +180,23 @@ def test_deploy_applies_with_server_dry_run(k8s_cluster: Any) -> None:
                  "batchq-reconciler", "deployment.apps/batchq-reconciler",
                  "deployment.apps/batchq-web", "service/batchq-web"):
         assert kind in out.stdout, out.stdout
+
+
+@pytest.mark.kubernetes
+def test_a_watch_that_ends_is_restarted_and_changes_still_arrive(
+        k8s_cluster: Any, k8s_namespace: str) -> None:
+    """The API server ends every watch after 1 s here (as it does after its timeout)."""
+    store = KubernetesStore.connect(k8s_namespace, str(k8s_cluster.kubeconfig),
+                                    watch_timeout=1)
+    try:
+        informer = store.cms
+        wait_for(lambda: informer.restarts >= 3, 20, what="the watch to end and restart")
+        store.wake.clear()
+        k8s_cluster.request("POST", f"/api/v1/namespaces/{k8s_namespace}/configmaps", {
+            "metadata": {"name": "after-restarts", "labels": {"batchq.dev/kind": "test"}},
+            "data": {}})
+        wait_for(lambda: informer.get("after-restarts") is not None, 20,
+                 what="a change after the restarts to reach the cache")
+        assert store.wake.is_set()  # and the loop was woken at once
+    finally:
+        store.close()

@@ -46,12 +46,14 @@ class Informer:
         kind: str,
         list_fn: Callable[..., Any],
         on_change: Callable[[], None],
+        watch_timeout: int = 300,
         **list_kwargs: Any,
     ) -> None:
         self.kind = kind
         self._list = list_fn
         self._on_change = on_change
         self._kwargs = list_kwargs
+        self.watch_timeout = watch_timeout  # the server ends each watch after this long
         self.objects: dict[str, Obj] = {}
         self.lock = threading.Lock()
         self.synced = threading.Event()
@@ -123,7 +125,7 @@ class Informer:
     def _watch_from(self, rv: str) -> None:
         self._watch = _RawWatch()
         for event in self._watch.stream(self._list, resource_version=rv,
-                                        timeout_seconds=300, allow_watch_bookmarks=True,
+                                        timeout_seconds=self.watch_timeout, allow_watch_bookmarks=True,
                                         **self._kwargs):
             if self._stop.is_set():
                 return

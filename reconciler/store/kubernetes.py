@@ -128,7 +128,7 @@ def _normal(status: BatchStatus) -> str:
 class KubernetesStore:
     """The store on a cluster; see the module docstring."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, watch_timeout: int = 300) -> None:
         self.api = api
         self.ns = namespace
         self.custom = client.CustomObjectsApi(api)
@@ -140,20 +140,21 @@ class KubernetesStore:
         self._decoded: dict[str, tuple[str, Any]] = {}
         self._failure_messages: dict[str, str] = {}
         wake = self.wake.set
-        self.batches = Informer("batches", self._list_batches, wake)
-        self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, wake,
+        self.batches = Informer("batches", self._list_batches, wake, watch_timeout)
+        self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, wake, watch_timeout,
                              namespace=namespace, label_selector=f"{A}batch")
         self.cms = Informer("configmaps", self.core.list_namespaced_config_map, wake,
-                            namespace=namespace, label_selector=f"{A}kind")
+                            watch_timeout, namespace=namespace, label_selector=f"{A}kind")
 
     @classmethod
-    def connect(cls, namespace: str, kubeconfig: str | None = None) -> KubernetesStore:
+    def connect(cls, namespace: str, kubeconfig: str | None = None,
+                watch_timeout: int = 300) -> KubernetesStore:
         if kubeconfig:
             api = config.new_client_from_config(config_file=kubeconfig)
         else:
             config.load_incluster_config()
             api = client.ApiClient()
-        store = cls(api, namespace)
+        store = cls(api, namespace, watch_timeout)
         store.start()
         return store
 
