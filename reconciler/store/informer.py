@@ -124,9 +124,10 @@ class Informer:
 
     def _watch_from(self, rv: str) -> None:
         self._watch = _RawWatch()
-        for event in self._watch.stream(self._list, resource_version=rv,
-                                        timeout_seconds=self.watch_timeout, allow_watch_bookmarks=True,
-                                        **self._kwargs):
+        events = self._watch.stream(self._list, resource_version=rv,
+                                    timeout_seconds=self.watch_timeout,
+                                    allow_watch_bookmarks=True, **self._kwargs)
+        for event in events:
             if self._stop.is_set():
                 return
             kind = event["type"]
