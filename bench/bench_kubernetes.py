@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,8 @@ from kubernetes import client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import commit_all  # noqa: E402
 
 from reconciler.service import Reconciler, Settings  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, find_or_build_binaries  # noqa: E402
@@ -53,10 +54,7 @@ def make_repo(root: Path, n: int) -> None:
                  "manifest": {"items": [{"id": f"i{n:05d}",
                                          "url": f"http://payloads.invalid/{n}"}
                                         for n in range(n)]}}}))
-    env = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@x", "PATH": "/usr/bin:/bin"}
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
-        subprocess.run(["git", *cmd], cwd=root, env=env, check=True)
+    commit_all(root)
 
 
 def main() -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from common import commit_all
 
 from reconciler.service import Reconciler, Settings
 
@@ -40,10 +40,7 @@ def make_repo(root: Path, batches: int, items: int, parallel: int) -> None:
                             {"id": f"item-{i:02d}", "url": f"http://127.0.0.1/{b}/{i}"}
                             for i in range(items)]}}}
         (root / "batches" / f"bench-{b:04d}.yaml").write_text(yaml.safe_dump(doc))
-    env = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@x", "PATH": "/usr/bin:/bin"}
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
-        subprocess.run(["git", *cmd], cwd=root, env=env, check=True)
+    commit_all(root)
 
 
 def main() -> None:

@@ -215,14 +215,18 @@ class KubernetesStore:
                                 "data": data}
         if binary:
             body["binaryData"] = binary
+        return self._create(self.core.create_namespaced_config_map, body, self.cms)
+
+    def _create(self, create: Any, body: Obj, cache: Informer) -> bool:
+        """Create an object; False if it exists already (creating twice is a no-op)."""
         try:
-            created = self._raw(self.core.create_namespaced_config_map, self.ns, body)
+            created = self._raw(create, self.ns, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         self._wrote()
-        self.cms.remember(created)
+        cache.remember(created)
         return True
 
     def _put_cm_json(self, name: str, key: str, value: Any, kind: str,
@@ -510,15 +514,7 @@ class KubernetesStore:
                              "annotations": {f"{A}item-id": spec.item},
                              "ownerReferences": self._owner(spec.batch)},
                 "spec": job_spec}
-        try:
-            created = self._raw(self.batch_api.create_namespaced_job, self.ns, body)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        self._wrote()
-        self.jobs.remember(created)
-        return True
+        return self._create(self.batch_api.create_namespaced_job, body, self.jobs)
 
     def _job(self, obj: Obj) -> Job:
         meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
