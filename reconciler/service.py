@@ -173,7 +173,19 @@ class Reconciler:
                 wait = self.settings.interval if not self.busy() else 0.5
                 if self.elector is not None:
                     wait = min(wait, self.elector.duration / 3)
-                self.wake.wait(wait)
+                self._sleep(wait, stop)
+
+    def _sleep(self, seconds: float, stop: threading.Event) -> None:
+        """Wait for a wake-up: a job ended, a watch event, or a webhook asked for a sync
+        (in-process, or as the `sync-requested` file a separate `batchq web` leaves)."""
+        request = self.settings.state_dir / "sync-requested"
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            if request.exists():
+                request.unlink(missing_ok=True)
+                return
+            if self.wake.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                return
 
     # --- heartbeat (not store state: a no-op pass must write nothing to the store)
     def _beat(self, *, sync: bool = False, head: str = "", duration: float | None = None) -> None:

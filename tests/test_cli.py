@@ -110,3 +110,34 @@ def test_admin_identity_is_kept_in_the_timeline(git_repo: GitRepo, tmp_path: Pat
     store.close()
     assert events[1] == ("Held", held_rev)
     assert events[-1][0] == "Completed"
+
+
+def test_run_loop_syncs_at_once_when_asked(git_repo: GitRepo, tmp_path: Path,
+                                           payloads: PayloadServer) -> None:
+    """`batchq run` with a long interval acts within seconds of a sync request."""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.commit("profile only")
+    state = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--repo",
+                             str(git_repo.path), "--state", str(state), "--interval", "120"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (state / "heartbeat.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        git_repo.write("batches/now.yaml", batch_doc([payloads.add("n1", b"n\n")]))
+        git_repo.commit("submit")
+        (state / "sync-requested").touch()
+        started = time.monotonic()
+        while time.monotonic() - started < 20:
+            out = batchq("status", "--json", env={"BATCHQ_STATE": str(state)})
+            if '"state": "Completed"' in out.stdout:
+                break
+            time.sleep(0.3)
+        assert '"state": "Completed"' in out.stdout
+        assert time.monotonic() - started < 20
+        assert not (state / "sync-requested").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
