@@ -69,6 +69,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.writes = 0
+        self._specs: dict[str, BatchSpec] = {}  # spec JSON -> parsed (immutable) spec
 
     def close(self) -> None:
         self.db.close()
@@ -100,10 +101,9 @@ class SqliteStore:
 
     # --- batches
     def _batch(self, row: sqlite3.Row) -> Batch:
-        spec_raw = json.loads(row["spec_json"]) if row["spec_json"] else None
         return Batch(
             name=row["name"],
-            spec=BatchSpec.from_dict(spec_raw) if spec_raw is not None else None,
+            spec=self._spec(row["spec_json"]),
             generation=row["generation"],
             source_path=row["source_path"],
             source_revision=row["source_revision"],
@@ -112,6 +112,17 @@ class SqliteStore:
             spec_error=row["spec_error"],
             updated_at=row["updated_at"],
         )
+
+    def _spec(self, spec_json: str | None) -> BatchSpec | None:
+        """Parse a spec once: a 10,000-item spec is read on every pass otherwise."""
+        if not spec_json:
+            return None
+        spec = self._specs.get(spec_json)
+        if spec is None:
+            if len(self._specs) > 10_000:
+                self._specs.clear()
+            spec = self._specs[spec_json] = BatchSpec.from_dict(json.loads(spec_json))
+        return spec
 
     def list_batches(self) -> list[Batch]:
         rows = self.db.execute("SELECT * FROM batches ORDER BY name").fetchall()
