@@ -171,7 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "web":
         from web.app import serve
 
-        serve(open_store(args), args.listen, state_dir=args.state)
+        if args.backend == "local":
+            serve(lambda: open_store(args), args.listen, args.state)
+        else:
+            shared = open_store(args)  # watch caches: one store for every request
+            serve(lambda: shared, args.listen, args.state, shared=True)
         return 0
     rec = Reconciler(settings_from(args))
     try:

@@ -654,6 +654,19 @@ class KubernetesStore:
         self._wrote()
         self.cms.remember(new)
 
+    def outbox_stats(self) -> dict[str, int]:
+        out = {"delivered": 0, "failed": 0, "waiting": 0}
+        for cm in self._report_cms():
+            meta = cm["metadata"]
+            box = (meta.get("labels") or {}).get(f"{A}outbox")
+            attempts = int((meta.get("annotations") or {}).get(f"{A}attempts", "0"))
+            if box == "delivered":
+                out["delivered"] += 1
+            elif box == "pending":
+                out["waiting"] += 1
+                out["failed"] += attempts
+        return out
+
     def mark_delivered(self, report_id: str) -> None:
         self._patch_report(report_id, {f"{A}outbox": "delivered"},
                            {f"{A}delivered-at": str(time.time())})

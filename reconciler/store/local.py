@@ -422,6 +422,14 @@ class SqliteStore:
         row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
         return int(row[0])
 
+    def outbox_stats(self) -> dict[str, int]:
+        """Emails delivered, failed delivery attempts, and messages still waiting."""
+        row = self.db.execute(
+            "SELECT COUNT(delivered_at), COALESCE(SUM(attempts - (delivered_at IS NOT NULL)), 0),"
+            " COUNT(*) - COUNT(delivered_at) FROM outbox"
+        ).fetchone()
+        return {"delivered": int(row[0]), "failed": int(row[1]), "waiting": int(row[2])}
+
     def mark_delivered(self, report_id: str) -> None:
         self._write(
             "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE report_id=?",
