@@ -141,3 +141,59 @@ def test_run_loop_syncs_at_once_when_asked(git_repo: GitRepo, tmp_path: Path,
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_run_with_web_serves_pages_and_a_webhook_wakes_the_loop(
+        git_repo: GitRepo, tmp_path: Path, payloads: PayloadServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests.fixtures import free_port
+
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.commit("profile only")
+    state = tmp_path / "state"
+    port = free_port()
+    env = {**os.environ, "BATCHQ_GITLAB_TOKEN": "tok"}
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--repo",
+                             str(git_repo.path), "--state", str(state), "--interval", "120",
+                             "--web", f"127.0.0.1:{port}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        git_repo.write("batches/hook.yaml", batch_doc([payloads.add("h1", b"h\n")]))
+        git_repo.commit("submit")
+        bad = urllib.request.Request(base + "/hooks/git", data=b"{}", method="POST",
+                                     headers={"X-Gitlab-Token": "nope"})
+        try:
+            urllib.request.urlopen(bad, timeout=5)
+            raise AssertionError("a bad token was accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        good = urllib.request.Request(base + "/hooks/git", data=b"{}", method="POST",
+                                      headers={"X-Gitlab-Token": "tok"})
+        with urllib.request.urlopen(good, timeout=5) as r:
+            assert r.status == 202
+        started = time.monotonic()
+        page = ""
+        while time.monotonic() - started < 20:
+            try:
+                with urllib.request.urlopen(base + "/batches/hook", timeout=5) as r:
+                    page = r.read().decode()
+            except urllib.error.HTTPError:  # 404 until the sync has seen the file
+                page = ""
+            if "Completed" in page:
+                break
+            time.sleep(0.3)
+        assert "Completed" in page
+    finally:
+        proc.terminate()
+        proc.wait(10)
