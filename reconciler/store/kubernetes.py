@@ -242,14 +242,19 @@ class KubernetesStore:
             return
         body = copy.deepcopy(cm)
         body.setdefault("data", {})[key] = text
+        self._replace(self.cms, f"ConfigMap {name}", self.core.replace_namespaced_config_map,
+                      name, self.ns, body)
+
+    def _replace(self, cache: Informer, what: str, replace: Any, *args: Any) -> None:
+        """Write back an object read from the cache; its resourceVersion guards the write."""
         try:
-            new = self._raw(self.core.replace_namespaced_config_map, name, self.ns, body)
+            new = self._raw(replace, *args)
         except ApiException as exc:
             if exc.status == 409:
-                raise ConflictError(f"ConfigMap {name} changed under us") from exc
+                raise ConflictError(f"{what} changed under us") from exc
             raise
         self._wrote()
-        self.cms.remember(new)
+        cache.remember(new)
 
     # --- meta
     def get_meta(self, key: str) -> str | None:
@@ -385,15 +390,9 @@ class KubernetesStore:
         body = copy.deepcopy(cr)
         body["status"] = status_to_k8s(new)
         body["metadata"].setdefault("annotations", {})[f"{A}updated-at"] = str(time.time())
-        try:
-            result = self._raw(self.custom.replace_namespaced_custom_object_status,
-                               GROUP, VERSION, self.ns, PLURAL, name, body)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise ConflictError(f"status of batch {name} changed under us") from exc
-            raise
-        self._wrote()
-        self.batches.remember(result)
+        self._replace(self.batches, f"status of batch {name}",
+                      self.custom.replace_namespaced_custom_object_status,
+                      GROUP, VERSION, self.ns, PLURAL, name, body)
 
     def remove_batch(self, name: str) -> None:
         places = self._placeholders()
