@@ -92,7 +92,8 @@ class Controller:
                 self._delete(batch, deletions[batch.name], ctx)
                 continue
             try:
-                self.reconcile(batch, ctx)
+                with self.store.transaction():  # one batch's step lands whole, or not at all
+                    self.reconcile(batch, ctx)
             except Exception:  # one broken batch never stops the others
                 log.exception("reconciling batch %s failed; the others go on", batch.name)
         return ctx.progressed

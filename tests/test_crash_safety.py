@@ -24,7 +24,7 @@ from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc,
 POINTS = [
     "after-sync:1", "after-apply:1", "after-items:1", "after-job-created:1",
     "after-job-created:2", "after-job-created:3", "after-status:1", "after-status:2",
-    "after-status:3", "after-status:4", "after-status:5", "after-status:6",
+    "after-status:3", "after-status:4",
     "after-report-saved:1", "before-deliver:1", "after-deliver:1",
 ]
 

@@ -11,6 +11,7 @@ what lets a reconciler killed at any point start again without duplicating anyth
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -121,4 +122,5 @@ class Store(Protocol):
     def list_events(self, batch: str) -> list[Event]: ...
     def delivered(self, report_id: str) -> bool: ...
 
+    def transaction(self) -> AbstractContextManager[Any]: ...
     def close(self) -> None: ...

@@ -178,6 +178,11 @@ class KubernetesStore:
         resp = fn(*args, _preload_content=False, **kwargs)
         return dict(json.loads(resp.data))
 
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """The API server has no multi-object transactions: each write stands alone, and
+        the controller's steps are ordered so that any prefix of them is safe."""
+        return contextlib.nullcontext()
+
     def _wrote(self) -> None:
         self.writes += 1
 

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.writes = 0
+        self._depth = 0
         self._specs: dict[str, BatchSpec] = {}  # spec JSON -> parsed (immutable) spec
 
     def close(self) -> None:
@@ -76,13 +77,23 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._depth:  # inside an outer transaction: its commit covers this write
+            yield self.db
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth -= 1
         self.db.execute("COMMIT")
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Everything written inside commits together (one fsync), or not at all."""
+        return self._tx()
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         cur = self.db.execute(sql, args)
