@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,8 @@ class PassContext:
 class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
-    def __init__(self, store: Store, *, storage_root: Path, kill_batch: object = None) -> None:
+    def __init__(self, store: Store, *, storage_root: Path,
+                 kill_batch: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
         self._kill_batch = kill_batch
@@ -343,7 +345,7 @@ class Controller:
 
     # --- deletion
     def _delete(self, batch: Batch, revision: str, ctx: PassContext) -> None:
-        if callable(self._kill_batch):
+        if self._kill_batch is not None:
             self._kill_batch(batch.name)
         self.store.delete_jobs(batch.name)
         if batch.spec is None:

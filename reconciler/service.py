@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ class Reconciler:
             self.store.set_meta("sync_error", str(exc))
             return load_repo_state(self.store)
         if result.changed or result.listed:
-            repo = apply_sync(self.store, self.source, result)
+            repo = apply_sync(self.store, result)
         else:
             repo = load_repo_state(self.store)
         self.store.set_meta("synced_commit", result.head)
@@ -140,7 +141,8 @@ class Reconciler:
             return True
         return bool(self.store.pending_outbox(time.time()))
 
-    def run_until_idle(self, timeout: float = 3600.0, on_pass: object = None) -> int:
+    def run_until_idle(self, timeout: float = 3600.0,
+                       on_pass: Callable[[Reconciler], None] | None = None) -> int:
         """Pass until nothing can progress without a new commit; return passes made."""
         deadline = time.monotonic() + timeout
         passes = 0
@@ -148,7 +150,7 @@ class Reconciler:
             self.wake.clear()
             progressed = self.run_pass()
             passes += 1
-            if callable(on_pass):
+            if on_pass is not None:
                 on_pass(self)
             if progressed:
                 continue

@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler import failpoints
 from reconciler.model import Profile, QueueSettings
-from reconciler.source import FileVersion, GitSource, SyncResult
+from reconciler.source import FileVersion, SyncResult
 from reconciler.store.base import Event, Store
 from reconciler.validation import batch_name, validate_text
 
@@ -57,7 +57,7 @@ def _validate(f: FileVersion, kind: str) -> tuple[dict[str, Any] | None, str]:
     return data, ""
 
 
-def apply_sync(store: Store, source: GitSource, result: SyncResult) -> RepoState:
+def apply_sync(store: Store, result: SyncResult) -> RepoState:
     """Apply one fetched commit to the store; return the repo-wide settings now in force."""
     raw_profiles: dict[str, Any] = json.loads(store.get_meta("profiles") or "{}")
     raw_queue: dict[str, Any] = json.loads(store.get_meta("queue") or "{}")
