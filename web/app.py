@@ -1,9 +1,16 @@
 """The status site: read-only pages over the store interface, so it serves both backends.
 
-`create_app(config)` is the factory (defaults → `BATCHQ_WEB_CONFIG` file → `config`);
-blueprints: pages (HTML), api (JSON), ops (/healthz, /metrics, /hooks/git). A store is
-opened lazily per request and closed in teardown, unless the config shares one store
-(the Kubernetes store reads from watch caches and is safe to share between threads).
+`create_app(config)` is the factory. Configuration is layered: `DEFAULTS`, then the file
+named by `BATCHQ_WEB_CONFIG` (`.json`, or a Python file of UPPERCASE names), then the
+`config` argument. Nothing runs at import time; the blueprints are registered explicitly:
+`pages` (HTML), `api` (JSON under /api), `ops` (/healthz, /metrics, /hooks/git).
+
+A store is opened lazily per request and closed in teardown (`web.storage`): SQLite
+connections belong to one thread, and the threaded server runs each request in its own.
+The Kubernetes store reads from watch caches and is shared instead (`SHARED_STORE`).
+
+`serve` runs the site on HOST:PORT for `batchq web`; `serve_in_thread` runs it beside the
+reconcile loop for `batchq run --web`, where a verified push webhook wakes the loop.
 """
 
 from __future__ import annotations
@@ -12,102 +19,143 @@ import argparse
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, g
-from werkzeug.serving import make_server
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from reconciler.store.base import Store
 
 DEFAULTS: dict[str, Any] = {
-    "STORE_FACTORY": None,  # () -> Store
-    "SHARED_STORE": False,  # True: the factory's store is shared, never closed per request
+    # () -> Store, called once per request that needs the store. None: the local
+    # backend's SQLite file under STATE_DIR.
+    "STORE_FACTORY": None,
+    # True: the factory returns one store shared by every request (the Kubernetes store,
+    # which reads from watch caches); it is never closed by the site.
+    "SHARED_STORE": False,
+    # The reconciler's state dir: heartbeat.json (last sync, last pass) and the
+    # sync-requested file the webhook leaves when TRIGGER_SYNC is None.
     "STATE_DIR": Path(".batchq"),
-    "TRIGGER_SYNC": None,  # () -> None; None: touch STATE_DIR/sync-requested
-    "WEBHOOK_SECRET": None,  # GitHub X-Hub-Signature-256 secret
-    "GITLAB_TOKEN": None,  # GitLab X-Gitlab-Token
-    "REPO_WEB_URL": None,  # e.g. https://github.com/org/repo: links to commits and files
+    # () -> None: ask the reconcile loop for a sync now (`rec.wake.set` in `batchq run`).
+    "TRIGGER_SYNC": None,
+    "WEBHOOK_SECRET": None,  # GitHub: HMAC-SHA256 secret for X-Hub-Signature-256
+    "GITLAB_TOKEN": None,  # GitLab: the X-Gitlab-Token value
+    # e.g. https://github.com/org/repo: commits link to {url}/commit/{sha}, files to
+    # {url}/blob/{sha}/{path}. None: revisions are shown, not linked.
+    "REPO_WEB_URL": None,
+    # /healthz fails when the last pass is older than max(STALL_SECONDS, 3 x interval).
     "STALL_SECONDS": 120.0,
-    "PAGE_SIZE": 50,
-    "JOB_PAGE_SIZE": 100,
+    "PAGE_SIZE": 50,  # batches per page of the list
+    "JOB_PAGE_SIZE": 100,  # jobs per page of a batch
+    "TIMELINE_LIMIT": 200,  # newest timeline lines on a batch page (the API has them all)
+    "REFRESH_SECONDS": 10,  # pages reload themselves this often while work is moving
+    "MAX_CONTENT_LENGTH": 25 * 1024 * 1024,  # GitHub's largest push payload
+}
+
+ENVIRONMENT = {  # for `batchq web` / `batchq run --web`: deployment secrets from the env
+    "WEBHOOK_SECRET": "BATCHQ_WEBHOOK_SECRET",
+    "GITLAB_TOKEN": "BATCHQ_GITLAB_TOKEN",
+    "REPO_WEB_URL": "BATCHQ_REPO_WEB_URL",
 }
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the site; see the module docstring for the configuration layers."""
     app = Flask(__name__)
     app.config.update(DEFAULTS)
     path = os.environ.get("BATCHQ_WEB_CONFIG")
     if path:
-        app.config.update(json.loads(Path(path).read_text()))
+        if path.endswith(".json"):
+            app.config.update(json.loads(Path(path).read_text()))
+        else:
+            app.config.from_pyfile(os.path.abspath(path))
     app.config.update(config or {})
     app.config["STATE_DIR"] = Path(app.config["STATE_DIR"])
+    app.config.setdefault("STARTED_AT", time.time())  # /healthz: a new process's grace
+    if app.config["STORE_FACTORY"] is None:
+        from web.storage import local_store_factory
 
-    from web import api, ops, pages
+        app.config["STORE_FACTORY"] = local_store_factory(
+            app.config["STATE_DIR"] / "batchq.sqlite3")
+
+    from web import api, ops, pages, storage
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
-    app.teardown_appcontext(_close_store)
-    app.jinja_env.filters.update(pages.FILTERS)
+    app.teardown_appcontext(storage.close_store)
+    pages.install(app)
     return app
-
-
-def get_store() -> Store:
-    """This request's store, opened on first use."""
-    from flask import current_app
-
-    if "store" not in g:
-        factory = current_app.config["STORE_FACTORY"]
-        if factory is None:
-            raise RuntimeError("STORE_FACTORY is not configured")
-        g.store = factory()
-    store: Store = g.store
-    return store
-
-
-def _close_store(_exc: BaseException | None) -> None:
-    from flask import current_app
-
-    store = g.pop("store", None)
-    if store is not None and not current_app.config["SHARED_STORE"]:
-        store.close()
 
 
 def _split(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(store_factory: Callable[[], Store], listen: str, state_dir: Path,
-          trigger: Callable[[], None] | None = None, shared: bool = False,
-          block: bool = True) -> Any:
-    """Serve the site on HOST:PORT (threaded). With block=False return the server."""
-    app = create_app({"STORE_FACTORY": store_factory, "STATE_DIR": state_dir,
-                      "TRIGGER_SYNC": trigger, "SHARED_STORE": shared,
-                      "WEBHOOK_SECRET": os.environ.get("BATCHQ_WEBHOOK_SECRET"),
-                      "GITLAB_TOKEN": os.environ.get("BATCHQ_GITLAB_TOKEN"),
-                      "REPO_WEB_URL": os.environ.get("BATCHQ_REPO_WEB_URL")})
+def _factory(store: Store | Callable[[], Store], shared: bool) -> tuple[Callable[[], Store],
+                                                                        bool]:
+    """A per-request factory from a factory or an open store (see `serve`)."""
+    if callable(store):
+        return store, shared
+    from reconciler.store.local import SqliteStore
+
+    if isinstance(store, SqliteStore):  # a connection serves one thread: open one per request
+        from web.storage import local_store_factory
+
+        return local_store_factory(store.path), False
+    instance = store
+    return (lambda: instance), True
+
+
+def build_server(store: Store | Callable[[], Store], listen: str, state_dir: Path,
+                 trigger: Callable[[], None] | None = None, *, shared: bool = False,
+                 config: dict[str, Any] | None = None) -> BaseWSGIServer:
+    """The threaded werkzeug server for the site, bound but not yet serving.
+
+    `store` is a zero-argument factory (called per request; `shared=True` when it always
+    returns the same store) or an open store: a SQLite store is reopened per request from
+    its path, any other store is shared. Port 0 binds a free port (`server.server_port`).
+    """
+    factory, shared = _factory(store, shared)
+    settings: dict[str, Any] = {key: os.environ[var] for key, var in ENVIRONMENT.items()
+                                if os.environ.get(var)}
+    settings.update({"STORE_FACTORY": factory, "SHARED_STORE": shared,
+                     "STATE_DIR": Path(state_dir), "TRIGGER_SYNC": trigger})
+    settings.update(config or {})
     host, port = _split(listen)
-    server = make_server(host, port, app, threaded=True)
-    if block:
+    return make_server(host, port, create_app(settings), threaded=True)
+
+
+def serve(store: Store | Callable[[], Store], listen: str, state_dir: Path,
+          trigger: Callable[[], None] | None = None, *, shared: bool = False,
+          config: dict[str, Any] | None = None) -> None:
+    """`batchq web`: serve the site on HOST:PORT until interrupted (see `build_server`)."""
+    server = build_server(store, listen, state_dir, trigger, shared=shared, config=config)
+    try:
         server.serve_forever()
-    return server
+    finally:
+        server.server_close()
 
 
 def serve_in_thread(args: argparse.Namespace, rec: Any) -> threading.Thread:
-    """`batchq run --web`: the site beside the loop; a webhook wakes the loop at once."""
+    """`batchq run --web HOST:PORT`: the site beside the loop, in a daemon thread.
+
+    The local backend gets a new SQLite connection per request; the Kubernetes store
+    (watch caches) is shared with the loop. A verified webhook wakes the loop at once.
+    """
+    state = Path(args.state)
+    store: Store | Callable[[], Store]
     if args.backend == "local":
-        from reconciler.store.local import SqliteStore
+        from web.storage import local_store_factory
 
-        def factory() -> Store:
-            return SqliteStore(args.state / "batchq.sqlite3")
-
-        server = serve(factory, args.web, args.state, trigger=rec.wake.set, block=False)
+        store = local_store_factory(state / "batchq.sqlite3")
     else:
-        server = serve(lambda: rec.store, args.web, args.state, trigger=rec.wake.set,
-                       shared=True, block=False)
-    thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
+        store = rec.store
+    server = build_server(store, args.web, state, trigger=rec.wake.set)
+    thread = threading.Thread(target=server.serve_forever, name="batchq-web", daemon=True)
     thread.start()
     return thread

@@ -2,109 +2,163 @@
 
 The webhook is the site's only POST and changes nothing itself: it asks the reconciler
 for an immediate sync, after checking GitHub's `X-Hub-Signature-256` (HMAC-SHA256 of the
-body with the shared secret) or GitLab's `X-Gitlab-Token`; anything else gets 401.
+raw body with the shared secret) or GitLab's `X-Gitlab-Token`. A request with neither, a
+bad one, or one for a scheme that is not configured gets 401 and triggers nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from flask.blueprints import BlueprintSetupState
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from reconciler.service import read_heartbeat
-from reconciler.store.base import Store
-from web.app import get_store
+from web.storage import get_store
 from web.views import JOB_STATES, STATES
 
 bp = Blueprint("ops", __name__)
 
 
+@bp.record_once
+def _registry(state: BlueprintSetupState) -> None:
+    """One registry per app; its collector reads the store at scrape time."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector())
+    state.app.extensions["batchq.metrics"] = registry
+
+
 @bp.get("/healthz")
 def healthz() -> tuple[dict[str, Any], int]:
-    beat = read_heartbeat(current_app.config["STATE_DIR"])
-    last = beat.get("lastPass")
+    """200 while the reconcile loop passes; 503 once its last pass is too old."""
+    cfg = current_app.config
+    beat = read_heartbeat(cfg["STATE_DIR"])
     interval = float(beat.get("interval") or 0)
-    limit = max(float(current_app.config["STALL_SECONDS"]), 3 * interval)
+    limit = max(float(cfg["STALL_SECONDS"]), 3 * interval)
+    now = time.time()
+    last = beat.get("lastPass")
+    sync = beat.get("lastSync")
+    facts: dict[str, Any] = {
+        "limitSeconds": limit,
+        "lastSyncAgeSeconds": round(now - float(sync), 1) if sync else None,
+        "head": beat.get("head") or None,
+    }
     if not last:
-        return {"status": "stalled", "reason": "no reconcile pass recorded yet"}, 503
-    age = time.time() - float(last)
+        up = now - float(cfg["STARTED_AT"])
+        if up <= limit:  # a new process: its first pass may still be running
+            return {"status": "starting", "uptimeSeconds": round(up, 1), **facts}, 200
+        return {"status": "stalled", "reason": "no reconcile pass recorded", **facts}, 503
+    age = round(now - float(last), 1)
     if age > limit:
-        return {"status": "stalled", "lastPassAgeSeconds": round(age, 1),
-                "limitSeconds": limit}, 503
-    return {"status": "ok", "lastPassAgeSeconds": round(age, 1)}, 200
+        return {"status": "stalled", "reason": f"the last reconcile pass was {age:.0f} s ago",
+                "lastPassAgeSeconds": age, **facts}, 503
+    return {"status": "ok", "lastPassAgeSeconds": age, **facts}, 200
 
 
 class StoreCollector:
     """Reads the store at scrape time, so the numbers are never stale or duplicated."""
 
-    def __init__(self, store: Store, state_dir: Any) -> None:
-        self.store = store
-        self.state_dir = state_dir
+    def describe(self) -> list[Metric]:
+        return []
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[Metric]:
+        store = get_store()
+        state_dir = current_app.config["STATE_DIR"]
         batches = GaugeMetricFamily("batchq_batches", "Batches by state", labels=["state"])
-        counts = self.store.count_batches()
+        counts = store.count_batches()
         for state in STATES:
             batches.add_metric([state], counts.get(state, 0))
         yield batches
-        jobs = GaugeMetricFamily("batchq_jobs", "Jobs (current attempt of each item) by state",
-                                 labels=["state"])
         totals = dict.fromkeys(JOB_STATES, 0)
-        for b in self.store.list_batches():
+        for b in store.list_batches():
+            if str(b.status.state) == "Deleted":  # its jobs are gone
+                continue
             for state, n in b.status.counts.items():
                 totals[state] = totals.get(state, 0) + n
+        jobs = GaugeMetricFamily("batchq_jobs", "Jobs (the current attempt of each item) by "
+                                 "state, across batches that are not deleted",
+                                 labels=["state"])
         for state, n in totals.items():
             jobs.add_metric([state], n)
         yield jobs
-        beat = read_heartbeat(self.state_dir)
+        beat = read_heartbeat(state_dir)
+        now = time.time()
         yield GaugeMetricFamily("batchq_reconcile_duration_seconds",
                                 "Duration of the last reconcile pass",
                                 value=float(beat.get("passSeconds") or 0))
-        stats = self.store.outbox_stats()
+        last_pass = beat.get("lastPass")
+        yield GaugeMetricFamily("batchq_reconcile_last_pass_age_seconds",
+                                "Seconds since the last reconcile pass finished",
+                                value=now - float(last_pass) if last_pass else float("nan"))
+        stats = store.outbox_stats()
         yield CounterMetricFamily("batchq_emails_sent", "Report emails delivered",
-                                  value=stats["delivered"])
-        yield CounterMetricFamily("batchq_emails_failed", "Failed delivery attempts",
-                                  value=stats["failed"])
+                                  value=stats.get("delivered", 0))
+        yield CounterMetricFamily("batchq_emails_failed", "Failed email delivery attempts",
+                                  value=stats.get("failed", 0))
         yield GaugeMetricFamily("batchq_emails_waiting", "Report emails not yet delivered",
-                                value=stats["waiting"])
-        last = beat.get("lastSync")
-        yield GaugeMetricFamily("batchq_git_sync_age_seconds", "Seconds since the last sync",
-                                value=time.time() - float(last) if last else float("nan"))
+                                value=stats.get("waiting", 0))
+        last_sync = beat.get("lastSync")
+        yield GaugeMetricFamily("batchq_git_sync_age_seconds",
+                                "Seconds since the last successful Git sync",
+                                value=now - float(last_sync) if last_sync else float("nan"))
+        yield GaugeMetricFamily("batchq_git_sync_error",
+                                "1 while the last Git sync failed",
+                                value=1 if store.get_meta("sync_error") else 0)
+        yield GaugeMetricFamily("batchq_file_errors",
+                                "Files in the repository that cannot be used",
+                                value=_file_error_count(store.get_meta("file_errors")))
+
+
+def _file_error_count(raw: str | None) -> int:
+    try:
+        return len(json.loads(raw or "{}"))
+    except ValueError:
+        return 0
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    registry = CollectorRegistry()
-    registry.register(StoreCollector(get_store(), current_app.config["STATE_DIR"]))
-    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
+    registry: CollectorRegistry = current_app.extensions["batchq.metrics"]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def _verified() -> bool:
-    body = request.get_data(cache=True)
-    secret = current_app.config.get("WEBHOOK_SECRET")
-    signature = request.headers.get("X-Hub-Signature-256", "")
-    if secret and signature.startswith("sha256="):
+    """GitHub's body signature or GitLab's token, whichever the request carries."""
+    cfg = current_app.config
+    signature = request.headers.get("X-Hub-Signature-256")
+    if signature is not None:
+        secret = cfg.get("WEBHOOK_SECRET")
+        if not secret or not signature.startswith("sha256="):
+            return False
+        body = request.get_data(cache=False)
         expected = hmac.new(str(secret).encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(signature[len("sha256="):], expected)
-    token = current_app.config.get("GITLAB_TOKEN")
-    given = request.headers.get("X-Gitlab-Token")
-    if token and given is not None:
-        return hmac.compare_digest(given.encode(), str(token).encode())
+        return hmac.compare_digest(signature[len("sha256="):].encode(), expected.encode())
+    token = request.headers.get("X-Gitlab-Token")
+    if token is not None:
+        wanted = cfg.get("GITLAB_TOKEN")
+        return bool(wanted) and hmac.compare_digest(token.encode(), str(wanted).encode())
     return False
 
 
 @bp.post("/hooks/git")
 def git_hook() -> tuple[dict[str, str], int]:
     if not _verified():
-        return {"error": "missing or bad signature"}, 401
+        return {"error": "missing or bad webhook signature or token"}, 401
+    if request.headers.get("X-GitHub-Event") == "ping":  # sent once when the hook is added
+        return {"status": "pong"}, 200
     trigger = current_app.config.get("TRIGGER_SYNC")
     if trigger is not None:
         trigger()
-    else:
-        (current_app.config["STATE_DIR"] / "sync-requested").touch()
+    else:  # a separate `batchq web`: the loop looks for this file while it waits
+        state_dir = current_app.config["STATE_DIR"]
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "sync-requested").touch()
     return {"status": "sync requested"}, 202
+

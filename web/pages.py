@@ -1,4 +1,10 @@
-"""HTML pages: the batch list and one batch. They read; they never change anything."""
+"""HTML pages: the batch list and one batch. They read; they never change anything.
+
+Templates autoescape everything (no `|safe` on data anywhere), and every response carries
+a Content-Security-Policy that allows no script at all, so even a title crafted to break
+out of the markup could not run. The pages need no JavaScript: filters are links and GET
+forms, and a `<meta http-equiv="refresh">` reloads a page only while work is moving.
+"""
 
 from __future__ import annotations
 
@@ -6,71 +12,124 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    render_template,
+    request,
+)
+from werkzeug.exceptions import HTTPException
 
-from web.app import get_store
+from web.storage import get_store
 from web.views import (
-    ACTIVE,
     JOB_STATES,
     STATES,
     batch_summary,
-    iso,
+    event_view,
+    job_page,
     paging,
-    report_view,
+    reports_view,
     site_status,
 )
 
 bp = Blueprint("pages", __name__)
 
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+       "base-uri 'none'; frame-ancestors 'none'")
+
+
+def _parse(value: str) -> float:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
 
 def ago(value: str | None) -> str:
     """'3 min ago' for an ISO time (the exact time goes in a title attribute)."""
     if not value:
-        return "—"
-    then = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    delta = max(0, int(time.time() - then))
+        return "never"
+    delta = int(time.time() - _parse(value))
+    if delta < 0:
+        return "just now"
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
         if delta >= seconds:
             return f"{delta // seconds} {unit} ago"
     return f"{delta} s ago"
 
 
+def utc(value: str | None) -> str:
+    """'2026-11-28 16:54:46 UTC' for an ISO time."""
+    return value.replace("T", " ").replace("Z", " UTC") if value else ""
+
+
 def short(rev: str | None) -> str:
     return (rev or "")[:10]
 
 
-FILTERS = {"ago": ago, "short": short}
+def number(n: int | float) -> str:
+    return f"{n:,}"
 
 
-def _links() -> dict[str, Any]:
-    base = (current_app.config.get("REPO_WEB_URL") or "").rstrip("/")
+def _repo_url() -> str:
+    return str(current_app.config.get("REPO_WEB_URL") or "").rstrip("/")
 
-    def commit_url(rev: str) -> str | None:
-        return f"{base}/commit/{rev}" if base and rev else None
 
-    def file_url(rev: str, path: str) -> str | None:
-        return f"{base}/blob/{rev}/{path}" if base and rev and path else None
+def commit_url(rev: str | None) -> str | None:
+    """The commit on the repository's web host, when REPO_WEB_URL is configured."""
+    base = _repo_url()
+    return f"{base}/commit/{rev}" if base and rev else None
 
-    return {"commit_url": commit_url, "file_url": file_url}
+
+def file_url(rev: str | None, path: str | None) -> str | None:
+    """A file as of a commit on the repository's web host, when REPO_WEB_URL is set."""
+    base = _repo_url()
+    return f"{base}/blob/{rev}/{path}" if base and rev and path else None
+
+
+def install(app: Flask) -> None:
+    """Filters, globals, headers and error pages the templates rely on."""
+    app.jinja_env.filters.update(ago=ago, utc=utc, short=short, number=number)
+    app.jinja_env.globals.update(commit_url=commit_url, file_url=file_url)
+
+    @app.after_request
+    def headers(resp: Response) -> Response:
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        if request.path.startswith(("/api/", "/hooks/", "/healthz", "/metrics")):
+            return {"error": exc.name, "message": exc.description}, code
+        return render_template("error.html", code=code, name=exc.name,
+                               description=exc.description, site=None, refresh=False), code
+
+
+def _site() -> dict[str, Any]:
+    cfg = current_app.config
+    return site_status(get_store(), cfg["STATE_DIR"], float(cfg["STALL_SECONDS"]))
 
 
 @bp.get("/")
 def index() -> str:
     store = get_store()
     state = request.args.get("state") or None
-    if state not in STATES:
-        state = None
+    if state is not None and state not in STATES:
+        abort(400, f"unknown state {state!r}; one of {', '.join(STATES)}")
     size = int(current_app.config["PAGE_SIZE"])
-    first = store.page_batches(state=state, offset=0, limit=size)
-    pg = paging(request.args.get("page"), size, first.total)
-    page = first if pg.offset == 0 else store.page_batches(state=state, offset=pg.offset,
-                                                          limit=size)
     counts = store.count_batches()
+    total = counts.get(state, 0) if state else sum(counts.values())
+    pg = paging(request.args.get("page"), size, total)
+    page = store.page_batches(state=state, offset=pg.offset, limit=pg.size)
+    pg.total = page.total
     rows = [batch_summary(b) for b in page.rows]
-    refresh = any(counts.get(s, 0) for s in ACTIVE)
+    moving = ("Processing", "Reporting", "UpdateReporting")
+    refresh = any(counts.get(s) for s in moving) or any(r["active"] for r in rows)
     return render_template("index.html", rows=rows, counts=counts, states=STATES,
-                           state=state, paging=pg, site=site_status(store,
-                           current_app.config["STATE_DIR"]), refresh=refresh, **_links())
+                           state=state, paging=pg, site=_site(), refresh=refresh)
 
 
 @bp.get("/batches/<name>")
@@ -78,21 +137,31 @@ def batch(name: str) -> str:
     store = get_store()
     b = store.get_batch(name)
     if b is None:
-        abort(404)
+        abort(404, f"There is no batch named {name!r} (it may have been removed after its "
+                   "retention period, or not synced yet).")
     state = request.args.get("state") or None
-    if state not in JOB_STATES:
-        state = None
+    if state is not None and state not in JOB_STATES:
+        abort(400, f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
     query = (request.args.get("q") or "").strip()[:200] or None
-    size = int(current_app.config["JOB_PAGE_SIZE"])
-    total = store.total_items(name, state=state, query=query)
-    pg = paging(request.args.get("page"), size, total)
-    items = store.list_items(name, state=state, query=query, offset=pg.offset, limit=size)
-    events = [{"at": iso(e.at), "reason": e.reason, "message": e.message,
-               "revision": e.revision} for e in store.list_events(name)]
-    reports = [report_view(store, r) for r in store.list_reports(name)]
+    pg, jobs = job_page(store, name, state=state, query=query, page=request.args.get("page"),
+                        size=int(current_app.config["JOB_PAGE_SIZE"]))
+    events = [event_view(e) for e in store.list_events(name)]
+    limit = int(current_app.config["TIMELINE_LIMIT"])
+    reports = reports_view(store, store.list_reports(name))
     summary = batch_summary(b)
     return render_template(
-        "batch.html", b=summary, items=items, events=list(reversed(events)),
-        reports=list(reversed(reports)), job_states=JOB_STATES, state=state, query=query or "",
-        paging=pg, iso=iso, site=site_status(store, current_app.config["STATE_DIR"]),
-        refresh=summary["state"] in ACTIVE, **_links())
+        "batch.html", b=summary, jobs=jobs, job_states=JOB_STATES, state=state,
+        query=query or "", paging=pg, events=events[::-1][:limit],
+        hidden_events=max(0, len(events) - limit), reports=reports[::-1], site=_site(),
+        refresh=summary["active"])
+
+
+@bp.get("/batches/<name>/reports/<round_>.eml")
+def report_message(name: str, round_: str) -> Response:
+    """A report's email exactly as queued for sending (RFC 5322), as a download."""
+    for r in get_store().list_reports(name):
+        if r.id == f"{name}:{round_}" and r.message:
+            return Response(r.message, mimetype="message/rfc822", headers={
+                "Content-Disposition": f'attachment; filename="{name}-report-{round_}.eml"'})
+    abort(404, f"no report {round_} of batch {name!r}")
+

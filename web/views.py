@@ -1,4 +1,9 @@
-"""What the pages and the JSON API show, computed once from the store for both."""
+"""What the pages and the JSON API show, computed once from the store for both.
+
+Every function here reads through the `Store` protocol and returns plain JSON-ready
+values, so the HTML templates and /api/... can never disagree. Times are ISO 8601 UTC
+strings; the templates turn them into "3 min ago" with the exact time in a title.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,20 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from reconciler.model import Batch, Report
+from reconciler.model import Batch, ItemStatus, Report
 from reconciler.service import read_heartbeat
-from reconciler.store.base import Store
+from reconciler.states import BatchState, JobState
+from reconciler.store.base import Event, Store
 
+STATES = [str(s) for s in BatchState]
+JOB_STATES = [str(s) for s in JobState]
+# batch states in which something will move without a new commit: the pages refresh
 ACTIVE = {"Pending", "Processing", "Reporting", "UpdateReporting"}
-STATES = ["Pending", "Held", "Processing", "Reporting", "UpdateReporting", "Completed",
-          "Failed", "Deleted"]
-JOB_STATES = ["Pending", "Held", "Processing", "Completed", "Failed"]
+RUNNING_JOBS = ("Pending", "Processing")
+CHANGES_SHOWN = 200  # of one report's changes; the count says how many there are in all
 
 
 def iso(ts: float | None) -> str | None:
@@ -38,31 +47,44 @@ class Paging:
     def offset(self) -> int:
         return (self.page - 1) * self.size
 
+    def to_json(self) -> dict[str, int]:
+        return {"total": self.total, "page": self.page, "pages": self.pages,
+                "pageSize": self.size}
+
 
 def paging(raw: str | None, size: int, total: int) -> Paging:
+    """Page `raw` (1-based) of `total` rows, clamped to the pages that exist."""
     try:
         page = max(1, int(raw or 1))
     except ValueError:
         page = 1
-    p = Paging(page, size, total)
+    p = Paging(page, max(1, size), total)
     p.page = min(p.page, p.pages)
     return p
 
 
+def percent(part: int, whole: int) -> float:
+    return round(100 * part / whole, 1) if whole else 0.0
+
+
 def batch_summary(b: Batch) -> dict[str, Any]:
-    counts = dict(b.status.counts)
+    """One batch as the list shows it (the detail adds to it)."""
+    counts = {k: v for k, v in b.status.counts.items() if v}
     total = b.status.item_count or sum(counts.values())
-    done = counts.get("Completed", 0) + counts.get("Failed", 0)
+    completed, failed = counts.get("Completed", 0), counts.get("Failed", 0)
+    running = sum(counts.get(s, 0) for s in RUNNING_JOBS)
     spec = b.spec
+    state = str(b.status.state)
     return {
         "name": b.name,
-        "state": str(b.status.state),
+        "state": state,
         "message": b.status.message,
         "generation": b.generation,
         "observedGeneration": b.status.observed_generation,
         "sourcePath": b.source_path,
         "sourceRevision": b.source_revision,
         "specError": b.spec_error,
+        "manifestError": b.status.manifest_error,
         "profile": spec.profile if spec else None,
         "depositor": {"name": spec.depositor.name, "email": spec.depositor.email}
         if spec else None,
@@ -70,34 +92,86 @@ def batch_summary(b: Batch) -> dict[str, Any]:
         "requestedState": spec.state if spec else None,
         "jobs": total,
         "counts": counts,
-        "progress": round(100 * done / total) if total else 0,
-        "completedPercent": round(100 * counts.get("Completed", 0) / total) if total else 0,
-        "failedPercent": round(100 * counts.get("Failed", 0) / total) if total else 0,
+        "progress": round(percent(completed + failed, total)),
+        "completedPercent": percent(completed, total),
+        "failedPercent": percent(failed, total),
+        "processingPercent": percent(counts.get("Processing", 0), total),
+        # something moves without a new commit: queued, running, reporting, a restart
+        "active": (state in ACTIVE and spec is not None)
+        or (state not in ("Held", "Deleted") and running > 0),
+        "submittedAt": iso(b.submitted_at),
         "updatedAt": iso(b.updated_at),
         "startedAt": iso(b.status.started_at),
         "finishedAt": iso(b.status.finished_at),
+        "deletedAt": iso(b.status.deleted_at),
         "conditions": [{"type": c.type, "status": c.status, "reason": c.reason,
-                        "message": c.message} for c in b.status.conditions],
+                        "message": c.message, "lastTransition": iso(c.last_transition)}
+                       for c in b.status.conditions],
         "failures": list(b.status.failures),
     }
 
 
-def report_view(store: Store, r: Report) -> dict[str, Any]:
-    return {
-        "id": r.id, "kind": r.kind, "createdAt": iso(r.created_at), "subject": r.subject,
-        "recipients": list(r.recipients), "body": r.body, "changed": list(r.changed),
-        "emailed": r.emailed, "delivered": bool(r.emailed and store.delivered(r.id)),
-    }
+def job_view(s: ItemStatus) -> dict[str, Any]:
+    return {"item": s.item.id, "title": s.item.title, "url": s.item.url, "name": s.job_name,
+            "state": str(s.state), "attempts": s.attempts, "message": s.message,
+            "startedAt": iso(s.started_at), "finishedAt": iso(s.finished_at)}
 
 
-def site_status(store: Store, state_dir: Any) -> dict[str, Any]:
+def job_page(store: Store, name: str, *, state: str | None, query: str | None,
+             page: str | None, size: int) -> tuple[Paging, list[dict[str, Any]]]:
+    """One page of a batch's jobs: a COUNT and a LIMIT/OFFSET read, whatever its size."""
+    total = store.total_items(name, state=state, query=query)
+    pg = paging(page, size, total)
+    rows = store.list_items(name, state=state, query=query, offset=pg.offset, limit=pg.size)
+    return pg, [job_view(s) for s in rows]
+
+
+def event_view(e: Event) -> dict[str, Any]:
+    return {"at": iso(e.at), "reason": e.reason, "message": e.message,
+            "revision": e.revision}
+
+
+def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
+    """Reports oldest first, each with what changed since the one before it."""
+    out: list[dict[str, Any]] = []
+    previous: Report | None = None
+    for r in reports:
+        view: dict[str, Any] = {
+            "id": r.id, "round": r.id.rpartition(":")[2], "kind": r.kind,
+            "createdAt": iso(r.created_at), "subject": r.subject,
+            "recipients": list(r.recipients), "body": r.body, "changed": list(r.changed),
+            "emailed": r.emailed, "delivered": bool(r.emailed and store.delivered(r.id)),
+            "previous": previous.id if previous else None,
+        }
+        if previous is None:
+            view["changes"], view["changesTotal"] = [], 0
+        else:
+            before = previous.job_states
+            changed = [i for i, s in r.job_states.items() if before.get(i) != s]
+            view["changesTotal"] = len(changed)
+            view["changes"] = [{"item": i, "from": before.get(i), "to": r.job_states[i]}
+                               for i in changed[:CHANGES_SHOWN]]
+        out.append(view)
+        previous = r
+    return out
+
+
+def site_status(store: Store, state_dir: Path, stall_seconds: float) -> dict[str, Any]:
+    """The repository-wide facts every page shows: last sync, sync and file errors."""
     beat = read_heartbeat(state_dir)
     last_sync = beat.get("lastSync")
+    age = round(time.time() - float(last_sync), 1) if last_sync else None
+    interval = float(beat.get("interval") or 0)
+    try:
+        file_errors = dict(json.loads(store.get_meta("file_errors") or "{}"))
+    except ValueError:
+        file_errors = {}
     return {
         "lastSync": iso(float(last_sync)) if last_sync else None,
-        "syncAgeSeconds": round(time.time() - float(last_sync), 1) if last_sync else None,
-        "head": beat.get("head") or store.get_meta("synced_commit"),
+        "syncAgeSeconds": age,
+        "syncStale": age is None or age > max(stall_seconds, 3 * interval),
+        "head": str(beat.get("head") or store.get_meta("synced_commit") or ""),
         "syncError": store.get_meta("sync_error") or "",
         "deletionRefused": store.get_meta("deletion_refused") or "",
-        "fileErrors": json.loads(store.get_meta("file_errors") or "{}"),
+        "fileErrors": {str(k): str(v) for k, v in sorted(file_errors.items())},
     }
