@@ -171,11 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "web":
         from web.app import serve
 
-        if args.backend == "local":
-            serve(lambda: open_store(args), args.listen, args.state)
-        else:
-            shared = open_store(args)  # watch caches: one store for every request
-            serve(lambda: shared, args.listen, args.state, shared=True)
+        serve(open_store(args), args.listen, state_dir=args.state)  # SQLite: reopened per request
         return 0
     rec = Reconciler(settings_from(args))
     try:

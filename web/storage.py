@@ -9,17 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flask import current_app, g
 
 from reconciler.store.base import Store
-
-# Parsed batch specs, shared by the per-request SQLite stores of this process. A spec is
-# immutable and keyed by its JSON, so sharing is safe; without it every request would parse
-# a 10,000-item spec again (about 200 ms). Interim: SqliteStore keeps this cache per
-# instance; once the store shares it per process, this module needs no part of it.
-_SPECS: dict[str, Any] = {}
 
 
 def local_store_factory(path: Path) -> Callable[[], Store]:
@@ -27,10 +20,7 @@ def local_store_factory(path: Path) -> Callable[[], Store]:
     from reconciler.store.local import SqliteStore
 
     def open_store() -> Store:
-        store = SqliteStore(path)
-        if isinstance(getattr(store, "_specs", None), dict):
-            store._specs = _SPECS
-        return store
+        return SqliteStore(path)  # parsed specs are shared by every store of the process
 
     return open_store
 
