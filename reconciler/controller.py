@@ -57,7 +57,6 @@ class JobBudget:
 @dataclass
 class PassContext:
     repo: RepoState
-    jobs_by_batch: dict[str, list[Job]]
     budget: JobBudget
     active_batches: int
     base_dir: str | None
@@ -80,10 +79,8 @@ class Controller:
         """Return True if anything changed (the caller loops until nothing does)."""
         batches = self.store.list_batches()
         deletions = pending_deletions(self.store)
-        jobs_by_batch: dict[str, list[Job]] = {}
         ctx = PassContext(
             repo=repo,
-            jobs_by_batch=jobs_by_batch,
             budget=JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs()),
             active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
             base_dir=base_dir,

@@ -126,7 +126,8 @@ def _apply_batch_file(
     errors: dict[str, str],
 ) -> None:
     data, err = _validate(f, "Batch")
-    name = batch_name(f.path, data) if data is not None else _guess_name(f)
+    # a broken new file's batch is named after the file's stem until it parses
+    name = batch_name(f.path, data) if data is not None else PurePosixPath(f.path).stem
     if data is not None:
         profile = (data.get("spec") or {}).get("profile")
         if profile not in profiles:
@@ -164,11 +165,6 @@ def _apply_batch_file(
                               f"generation {batch.generation} from {f.path}", f.revision))
     elif err and existing.spec_error != err:
         store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
-
-
-def _guess_name(f: FileVersion) -> str:
-    """A broken new file's batch is named after the file's stem until it parses."""
-    return PurePosixPath(f.path).stem
 
 
 def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[str, str]) -> None:

@@ -226,10 +226,6 @@ class SqliteStore:
                                ("reports", "batch"), ("outbox", "batch"), ("batches", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col}=?", (name,))
 
-    def reset_batch(self, name: str) -> None:
-        """Forget a deleted batch's record so that a new file of that name starts afresh."""
-        self.remove_batch(name)
-
     # --- items
     def set_items(self, batch: str, items: list[Item]) -> None:
         with self._tx():
@@ -432,10 +428,6 @@ class SqliteStore:
                         r["last_error"])
             for r in rows
         ]
-
-    def outbox_waiting(self) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
-        return int(row[0])
 
     def outbox_stats(self) -> dict[str, int]:
         """Emails delivered, failed delivery attempts, and messages still waiting."""
