@@ -101,7 +101,7 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
         ]
         reports = [
             {"kind": r.kind, "createdAt": _iso(r.created_at),
-             "emailed": bool(r.emailed and _delivered(store, r.id)),
+             "emailed": bool(r.emailed and store.delivered(r.id)),
              "changed": list(r.changed)}
             for r in store.list_reports(b.name)
         ]
@@ -111,11 +111,6 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
             "sourceRevision": b.source_revision, "jobs": jobs, "reports": reports,
         })
     return {"batches": out}
-
-
-def _delivered(store: Store, report_id: str) -> bool:
-    check = getattr(store, "delivered", None)
-    return bool(check(report_id)) if callable(check) else True
 
 
 def print_status(store: Store, name: str | None) -> None:

@@ -60,7 +60,6 @@ class PassContext:
     budget: JobBudget
     active_batches: int
     base_dir: str | None
-    storage_root: Path
     progressed: bool = False
     dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
 
@@ -84,7 +83,6 @@ class Controller:
             budget=JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs()),
             active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
             base_dir=base_dir,
-            storage_root=self.storage_root,
         )
         for batch in sorted(batches, key=_queue_order):
             if batch.name in deletions:
@@ -292,7 +290,7 @@ class Controller:
         assert batch.spec is not None and profile is not None
         spec = build_job(batch.name, s.item, attempt, profile,
                          suspended=batch.spec.state == "Held", base_dir=ctx.base_dir,
-                         storage_root=str(_storage_path(ctx.storage_root, profile)))
+                         storage_root=str(_storage_path(self.storage_root, profile)))
         if spec.name in existing:
             return
         if not spec.suspended and not ctx.budget.take():
