@@ -8,11 +8,13 @@ an SMTP outage delays reports but never drops them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import smtplib
 import time
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -46,11 +48,19 @@ def write_eml(outbox: Path, report_id: str, message: bytes) -> Path:
     return path
 
 
-def send_smtp(hostport: str, message: bytes, timeout: float = 10.0) -> None:
+def send_smtp(hostport: str, message: bytes, accepted: Callable[[], None],
+              timeout: float = 10.0) -> None:
+    """Send one message; `accepted` runs as soon as the server has taken it, before QUIT,
+    so the window in which a crash could make us send it again is as short as it can be."""
     host, port = parse_hostport(hostport)
     msg = message_from_bytes(message, policy=policy.SMTP)
-    with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+    smtp = smtplib.SMTP(host, port, timeout=timeout)
+    try:
         smtp.send_message(msg)
+        accepted()
+    finally:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            smtp.quit()
 
 
 def deliver(store: Store, *, smtp: str | None, outbox_dir: Path, now: float | None = None) -> int:
@@ -59,11 +69,15 @@ def deliver(store: Store, *, smtp: str | None, outbox_dir: Path, now: float | No
     sent = 0
     for entry in store.pending_outbox(now):
         failpoints.hit("before-deliver")
+        def accepted(report_id: str = entry.report_id) -> None:
+            store.mark_delivered(report_id)
+
         try:
             if smtp:
-                send_smtp(smtp, entry.message)
+                send_smtp(smtp, entry.message, accepted)
             else:
                 write_eml(outbox_dir, entry.report_id, entry.message)
+                accepted()
         except (OSError, smtplib.SMTPException) as exc:
             delay = BACKOFF[min(entry.attempts, len(BACKOFF) - 1)]
             log.warning("report %s not delivered (%s); next try in %.0f s",
@@ -71,7 +85,6 @@ def deliver(store: Store, *, smtp: str | None, outbox_dir: Path, now: float | No
             store.mark_delivery_failed(entry.report_id, str(exc) or type(exc).__name__,
                                        now + delay)
             continue
-        store.mark_delivered(entry.report_id)
         failpoints.hit("after-deliver")
         sent += 1
     return sent
