@@ -21,6 +21,7 @@ str), except that timestamps stay strings so the result is plain JSON-like data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -196,37 +197,50 @@ def _preflight(text: str, path: str, max_nodes: int, max_depth: int) -> None:
 
     The composer (C or Python) recurses once per nesting level and holds every node, so
     nesting, node count and document count are bounded here, before it runs.
+
+    libyaml scans ahead of the events it hands out and, from PyYAML 6.0.4 on, refuses deep
+    nesting itself with a message of its own. So when the C parser refuses a document, the
+    pure-Python parser walks it again: if one of our bounds is crossed first, that error is
+    the one reported, whichever libyaml is installed; otherwise the C parser's error stands.
     """
-    depth = nodes = documents = 0
     try:
-        for event in yaml.parse(text, Loader=_LOADER):
-            if isinstance(event, ScalarEvent | AliasEvent):
-                nodes += 1
-            elif isinstance(event, CollectionStartEvent):
-                nodes += 1
-                depth += 1
-                if depth > max_depth:
-                    line, col = _mark(event)
-                    raise DocumentError(
-                        path, line, col, f"nested more than {max_depth} levels deep"
-                    )
-            elif isinstance(event, CollectionEndEvent):
-                depth -= 1
-            elif isinstance(event, DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    line, col = _mark(event)
-                    raise DocumentError(
-                        path,
-                        line,
-                        col,
-                        "a second YAML document starts here; a file holds exactly one",
-                    )
-            if nodes > max_nodes:
-                line, col = _mark(event)
-                raise DocumentError(path, line, col, f"more than {max_nodes} YAML nodes")
+        _walk_events(text, path, max_nodes, max_depth, _LOADER)
     except yaml.YAMLError as exc:
+        if _LOADER is not yaml.SafeLoader:
+            with contextlib.suppress(yaml.YAMLError):
+                _walk_events(text, path, max_nodes, max_depth, yaml.SafeLoader)
         raise _yaml_error(path, exc) from None
+
+
+def _walk_events(text: str, path: str, max_nodes: int, max_depth: int, loader: Any) -> None:
+    """Count nodes, depth and documents; raise DocumentError at the first bound crossed."""
+    depth = nodes = documents = 0
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, ScalarEvent | AliasEvent):
+            nodes += 1
+        elif isinstance(event, CollectionStartEvent):
+            nodes += 1
+            depth += 1
+            if depth > max_depth:
+                line, col = _mark(event)
+                raise DocumentError(
+                    path, line, col, f"nested more than {max_depth} levels deep"
+                )
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                line, col = _mark(event)
+                raise DocumentError(
+                    path,
+                    line,
+                    col,
+                    "a second YAML document starts here; a file holds exactly one",
+                )
+        if nodes > max_nodes:
+            line, col = _mark(event)
+            raise DocumentError(path, line, col, f"more than {max_nodes} YAML nodes")
 
 
 def _tag_name(tag: str) -> str:

@@ -61,10 +61,9 @@ def k8s_namespace(k8s_cluster: Any) -> Iterator[str]:
     k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture(params=["local", "kubernetes"])
+@pytest.fixture(params=["local", pytest.param("kubernetes", marks=pytest.mark.kubernetes)])
 def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "kubernetes":
-        request.applymarker(pytest.mark.kubernetes)
+    """The marks are set at collection, so `-m "not kubernetes"` deselects those cases."""
     return str(request.param)
 
 
