@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.service import Reconciler, Settings
+from reconciler.statelock import StateDirLocked
 from reconciler.store.base import Store
 
 
@@ -133,6 +134,9 @@ def print_status(store: Store, name: str | None) -> None:
     errors = json.loads(store.get_meta("file_errors") or "{}")
     for err in errors.values():
         print(f"error: {err}", file=sys.stderr)
+    sync_error = store.get_meta("sync_error")
+    if sync_error:
+        print(f"sync error: {sync_error}", file=sys.stderr)
     refused = store.get_meta("deletion_refused")
     if refused:
         print(f"warning: {refused}", file=sys.stderr)
@@ -168,13 +172,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(open_store(args), args.listen, state_dir=args.state)  # SQLite: reopened per request
         return 0
-    rec = Reconciler(settings_from(args))
+    try:
+        rec = Reconciler(settings_from(args))
+    except StateDirLocked as exc:
+        print(f"batchq: {exc}", file=sys.stderr)
+        return 3
     try:
         if args.command == "reconcile":
             if args.until_idle:
                 rec.run_until_idle(timeout=args.timeout)
             else:
                 rec.run_pass()
+            if rec.last_sync_error:  # the work went on from the last good commit
+                print(f"batchq: sync failed: {rec.last_sync_error}", file=sys.stderr)
+                return 1
             return 0
         stop = threading.Event()
         if args.web:

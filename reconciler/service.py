@@ -22,7 +22,9 @@ from typing import Any
 from reconciler import failpoints
 from reconciler.controller import Controller
 from reconciler.notify import deliver
+from reconciler.redaction import redact_text
 from reconciler.source import GitSource, SourceError
+from reconciler.statelock import StateLock
 from reconciler.store.base import Store
 from reconciler.store.local import SqliteStore
 from reconciler.store.local_runner import LocalRunner
@@ -46,6 +48,7 @@ class Settings:
     leader_election: bool = True  # kubernetes: only the Lease holder acts
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
     lease_seconds: int = 15  # a silent leader is replaced after this long
+    git_timeout: float = 120.0  # overall deadline of one `git fetch`
 
 
 class Reconciler:
@@ -54,7 +57,13 @@ class Reconciler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
+        self.lock = StateLock(settings.state_dir)
+        self.lock.acquire()  # StateDirLocked: another reconciler acts on this state dir
+        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git",
+                                fetch_timeout=settings.git_timeout)
+        for leftover in self.source.clear_stale_locks():
+            log.warning("removed %s, left by a process that was killed", leftover)
+        self.last_sync_error = ""
         self.runner: LocalRunner | None = None
         self._k8s_wake = threading.Event()
         self.elector: Any = None
@@ -89,7 +98,10 @@ class Reconciler:
         self.runner.remove_job_dirs(names)
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.store.close()
+        finally:
+            self.lock.release()
 
     # --- passes
     def sync(self) -> RepoState:
@@ -97,15 +109,20 @@ class Reconciler:
         try:
             result = self.source.sync(last)
         except SourceError as exc:
-            log.error("%s", exc)
-            self.store.set_meta("sync_error", str(exc))
+            self.last_sync_error = redact_text(str(exc))
+            log.error("%s", self.last_sync_error)
+            self.store.set_meta("sync_error", self.last_sync_error)
             return load_repo_state(self.store)
-        if result.changed or result.listed:
-            repo = apply_sync(self.store, result)
-        else:
-            repo = load_repo_state(self.store)
-        self.store.set_meta("synced_commit", result.head)
-        self.store.set_meta("sync_error", "")
+        self.last_sync_error = ""
+        # On SQLite the specs and the synced commit land in one transaction: a kill leaves
+        # both or neither, never the marker ahead of the batches it stands for.
+        with self.store.transaction():
+            if result.changed or result.listed:
+                repo = apply_sync(self.store, result)
+            else:
+                repo = load_repo_state(self.store)
+            self.store.set_meta("synced_commit", result.head)
+            self.store.set_meta("sync_error", "")
         self._beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo

@@ -10,10 +10,16 @@ batch's `sourceRevision` and, for a new batch, its place in the queue.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
+
+from reconciler import failpoints
+from reconciler.redaction import redact_text, redact_url
 
 RELEVANT = ("batches", "profiles", "queue.yaml")
 EXTENSIONS = (".yaml", ".yml", ".json")
@@ -54,9 +60,11 @@ def is_relevant(path: str) -> bool:
 class GitSource:
     """A branch of a repository (a local path or a clone URL), mirrored under `workdir`."""
 
-    def __init__(self, url: str, branch: str, workdir: Path) -> None:
+    def __init__(self, url: str, branch: str, workdir: Path, *,
+                 fetch_timeout: float = 120.0) -> None:
         self.url = url
         self.branch = branch
+        self.fetch_timeout = fetch_timeout
         key = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:16]
         self.mirror = workdir / f"mirror-{key}.git"
         self.ref = f"refs/remotes/origin/{branch}"
@@ -65,23 +73,59 @@ class GitSource:
         self._repo: git.Repo | None = None
 
     def _open(self) -> git.Repo:
+        """The mirror, created whole or not at all: it is built beside its final place and
+        renamed into it, so a process killed half-way leaves no mirror without a remote."""
         if self._repo is None:
             if not (self.mirror / "HEAD").exists():
                 self.mirror.parent.mkdir(parents=True, exist_ok=True)
-                repo = git.Repo.init(self.mirror, bare=True)
+                if self.mirror.exists():  # a directory without HEAD: never finished
+                    shutil.rmtree(self.mirror)
+                building = Path(tempfile.mkdtemp(prefix=f"{self.mirror.name}.new-",
+                                                 dir=self.mirror.parent))
+                repo = git.Repo.init(building, bare=True)
                 repo.create_remote("origin", self.url)
+                repo.close()
+                failpoints.hit("mirror-built")
+                os.rename(building, self.mirror)
             self._repo = git.Repo(self.mirror)
         return self._repo
 
+    def clear_stale_locks(self) -> list[str]:
+        """Remove the `*.lock` files a killed `git fetch` leaves in the mirror, and
+        half-built mirrors beside it; only for the holder of the state-dir lock (nothing
+        else writes there). Returns what was removed."""
+        removed: list[str] = []
+        parent = self.mirror.parent
+        if parent.is_dir():
+            for half in parent.glob(f"{self.mirror.name}.new-*"):
+                shutil.rmtree(half, ignore_errors=True)
+                removed.append(str(half))
+        if self.mirror.is_dir():
+            for lock in [*self.mirror.glob("*.lock"), *self.mirror.glob("refs/**/*.lock")]:
+                lock.unlink(missing_ok=True)
+                removed.append(str(lock))
+        return removed
+
     def fetch(self) -> str:
-        """Fetch the branch (force, so a rewritten branch is followed) and return its head."""
+        """Fetch the branch (force, so a rewritten branch is followed) and return its head.
+
+        The fetch has an overall deadline: a remote that hangs, trickles or asks for a
+        password is a SourceError after `fetch_timeout` seconds, and the last good state
+        stays.
+        """
         repo = self._open()
         try:
-            repo.git.fetch("origin", f"+refs/heads/{self.branch}:{self.ref}", "--no-tags")
+            with repo.git.custom_environment(GIT_TERMINAL_PROMPT="0",
+                                             GIT_SSH_COMMAND="ssh -o BatchMode=yes"):
+                repo.git.fetch("origin", f"+refs/heads/{self.branch}:{self.ref}", "--no-tags",
+                               kill_after_timeout=self.fetch_timeout)
             return str(repo.git.rev_parse(self.ref))
         except git.GitCommandError as exc:
-            raise SourceError(f"cannot fetch branch {self.branch} of {self.url}: "
-                              f"{exc.stderr.strip() or exc}") from exc
+            detail = redact_text(str(exc.stderr or "").strip() or str(exc))
+            if "did not complete in" in detail or "Timeout" in detail:
+                detail = f"no answer within {self.fetch_timeout:g} s"
+            raise SourceError(f"cannot fetch branch {self.branch} of "
+                              f"{redact_url(self.url)}: {detail}") from exc
 
     def sync(self, last: str | None) -> SyncResult:
         """Read what changed between `last` and the branch head."""
