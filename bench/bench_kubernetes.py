@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import commit_all  # noqa: E402
 
-from reconciler.service import Reconciler, Settings  # noqa: E402
+from reconciler.app.service import Reconciler, Settings  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, find_or_build_binaries  # noqa: E402
 
 

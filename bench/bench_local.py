@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from common import commit_all
 
-from reconciler.service import Reconciler, Settings
+from reconciler.app.service import Reconciler, Settings
 
 
 def make_repo(root: Path, batches: int, items: int, parallel: int) -> None:

@@ -8,7 +8,7 @@ templates), the list page `/`, the 10,000-item batch's page `/batches/big`, and 
 neighbours (a later page of jobs, a filtered page, the JSON API, /metrics).
 
 Each request opens a new store, as the site does in production (one SQLite connection
-per request, parsed batch specs shared through `web.storage.local_store_factory`); the
+per request, parsed batch specs shared through `reconciler.store.backends.store_factory`); the
 same two pages are then timed with a plain `SqliteStore` per request, for comparison.
 Prints JSON: median and p95 in milliseconds per route; exits 1 if the list or the
 10,000-item page takes 200 ms or more (median).
@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.model import BatchStatus, Item, Report
-from reconciler.states import BatchState, JobState
+from reconciler.domain.model import BatchStatus, Item, Report
+from reconciler.domain.states import BatchState, JobState
+from reconciler.store.backends import BackendSettings, store_factory
 from reconciler.store.base import Event
-from reconciler.store.local import SqliteStore
+from reconciler.store.local.sqlite import SqliteStore
 from web.app import create_app
-from web.storage import local_store_factory
 
 STATES = [BatchState.COMPLETED, BatchState.FAILED, BatchState.PROCESSING,
           BatchState.PENDING, BatchState.HELD, BatchState.DELETED]
@@ -152,7 +152,8 @@ def main() -> None:
             {"lastSync": time.time(), "lastPass": time.time(), "passSeconds": 0.1,
              "interval": 10, "head": rev(0)}))
         load = os.getloadavg()
-        app = create_app({"STORE_FACTORY": local_store_factory(db), "STATE_DIR": state})
+        app = create_app({"STORE_FACTORY": store_factory(BackendSettings(state_dir=state))[0],
+                          "STATE_DIR": state})
         client = app.test_client()
         routes = {
             "list /": "/",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reconciler.model import Batch
-from reconciler.service import Reconciler, Settings
-from reconciler.sync import RepoState
+from reconciler.app.service import Reconciler, Settings
+from reconciler.domain.model import Batch
+from reconciler.source.sync import RepoState
 from tests.fixtures import GitRepo, wait_for
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.notify import deliver
+from reconciler.control.notify import deliver
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
 

@@ -6,9 +6,14 @@ import re
 
 import pytest
 
-from reconciler.checkm import ManifestError, normalise_algorithm, parse_checkm, sanitise_id
-from reconciler.manifests import ManifestError as ReExported
-from reconciler.manifests import check_items
+from reconciler.manifests.checkm import (
+    ManifestError,
+    normalise_algorithm,
+    parse_checkm,
+    sanitise_id,
+)
+from reconciler.manifests.resolve import ManifestError as ReExported
+from reconciler.manifests.resolve import check_items
 
 PROFILE = "http://uc3.cdlib.org/registry/ingest/manifest/"
 FIELDS = ("#%fields | nfo:fileUrl | nfo:hashAlgorithm | nfo:hashValue | nfo:fileSize | "

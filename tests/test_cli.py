@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def batchq(*args: str, env: dict[str, str] | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -103,7 +103,7 @@ def test_admin_identity_is_kept_in_the_timeline(git_repo: GitRepo, tmp_path: Pat
     git_repo.edit_batch("batches/t.yaml", who=ADMIN, state="Active")
     assert batchq("reconcile", "--repo", str(git_repo.path), "--until-idle",
                   env=env).returncode == 0
-    from reconciler.store.local import SqliteStore
+    from reconciler.store.local.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "state" / "batchq.sqlite3")
     events = [(e.reason, e.revision) for e in store.list_events("t")]
@@ -118,7 +118,7 @@ def test_run_loop_syncs_at_once_when_asked(git_repo: GitRepo, tmp_path: Path,
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.commit("profile only")
     state = tmp_path / "state"
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--repo",
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--repo",
                              str(git_repo.path), "--state", str(state), "--interval", "120"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -155,7 +155,7 @@ def test_run_with_web_serves_pages_and_a_webhook_wakes_the_loop(
     state = tmp_path / "state"
     port = free_port()
     env = {**os.environ, "BATCHQ_GITLAB_TOKEN": "tok"}
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--repo",
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--repo",
                              str(git_repo.path), "--state", str(state), "--interval", "120",
                              "--web", f"127.0.0.1:{port}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

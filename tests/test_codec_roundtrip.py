@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler.model import BatchStatus, Condition
-from reconciler.states import BatchState
+from reconciler.domain.model import BatchStatus, Condition
+from reconciler.domain.states import BatchState
 from reconciler.store.codec import status_from_dict, status_to_dict
-from reconciler.store.kubernetes import status_from_k8s, status_to_k8s
+from reconciler.store.kubernetes.store import status_from_k8s, status_to_k8s
 
 
 def sample() -> BatchStatus:

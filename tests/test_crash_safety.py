@@ -32,7 +32,7 @@ POINTS = [
 def reconcile(repo: GitRepo, state: Path, smtp: SmtpServer, failpoint: str = "") -> int:
     env = dict(os.environ, BATCHQ_FAILPOINTS=failpoint)
     proc = subprocess.run(
-        [sys.executable, "-m", "reconciler.cli", "reconcile", "--repo", str(repo.path),
+        [sys.executable, "-m", "reconciler", "reconcile", "--repo", str(repo.path),
          "--state", str(state), "--smtp", smtp.hostport, "--until-idle", "--timeout", "60"],
         env=env, capture_output=True, text=True, timeout=120,
     )
@@ -112,7 +112,7 @@ def test_killed_from_outside_at_random_moments(tmp_path: Path, smtp: SmtpServer,
         items = [payloads.add(f"r{n}-{i}", f"payload {n} {i}\n".encode()) for i in range(5)]
         repo.write(f"batches/r{n}.yaml", batch_doc(items))
     repo.commit("submit four batches")
-    cmd = [sys.executable, "-m", "reconciler.cli", "run", "--repo", str(repo.path), "--state",
+    cmd = [sys.executable, "-m", "reconciler", "run", "--repo", str(repo.path), "--state",
            str(state), "--smtp", smtp.hostport, "--interval", "0.2"]
     kills = 0
     for _ in range(8):

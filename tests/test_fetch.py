@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from reconciler.fetch import (
+from reconciler.manifests.fetch import (
     FetchError,
     FetchRefused,
     FetchTooLarge,

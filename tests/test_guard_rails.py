@@ -17,7 +17,7 @@ from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profil
 def batchq(*args: str, failpoint: str = "",
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, BATCHQ_FAILPOINTS=failpoint)
-    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -38,7 +38,7 @@ def test_second_reconciler_on_one_state_dir_exits_with_a_clear_message(
     one_batch(git_repo, payloads)
     state = tmp_path / "state"
     first = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "run", "--repo", str(git_repo.path),
+        [sys.executable, "-m", "reconciler", "run", "--repo", str(git_repo.path),
          "--state", str(state), "--smtp", smtp.hostport, "--interval", "0.2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

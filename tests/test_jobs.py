@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from reconciler.jobs import job_name
-from reconciler.model import DNS_LABEL
+from reconciler.control.jobs import job_name
+from reconciler.domain.model import DNS_LABEL
 
 
 def test_names_are_deterministic_and_readable() -> None:

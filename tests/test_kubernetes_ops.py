@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.crd import render
-from reconciler.model import BatchStatus, Item, ItemStatus
-from reconciler.service import Reconciler, Settings
-from reconciler.states import BatchState, JobState
-from reconciler.store.kubernetes import KubernetesStore
+from reconciler.app.service import Reconciler, Settings
+from reconciler.domain.model import BatchStatus, Item, ItemStatus
+from reconciler.domain.states import BatchState, JobState
+from reconciler.spec.crd import render
+from reconciler.store.kubernetes.store import KubernetesStore
 from tests.fixtures import GitRepo, SmtpServer, batch_doc, profile_doc, wait_for
 from tests.harness import Harness
 from tests.world import KubeWorld
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_crd_is_generated_from_the_schemas() -> None:
     committed = (ROOT / "deploy" / "crds" / "batches.batchq.dev.yaml").read_text()
-    assert committed == render(), "regenerate: python -m reconciler.crd > deploy/crds/..."
+    assert committed == render(), "regenerate: python -m reconciler.spec.crd > deploy/crds/..."
     crd = yaml.safe_load(committed)
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}

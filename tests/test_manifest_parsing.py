@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.checkm import parse_checkm
-from reconciler.fetch import FetchError, fetch_bytes
-from reconciler.manifests import ManifestError, check_items
+from reconciler.manifests.checkm import parse_checkm
+from reconciler.manifests.fetch import FetchError, fetch_bytes
+from reconciler.manifests.resolve import ManifestError, check_items
 
 HEAD = ("#%checkm_0.7\n#%profile | http://uc3.cdlib.org/registry/ingest/manifest/{p}\n"
         "#%fields | nfo:fileUrl | nfo:hashAlgorithm | nfo:hashValue | nfo:fileSize | "

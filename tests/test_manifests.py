@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.manifests import ManifestError, parse_manifest, resolve_items
-from reconciler.model import BatchSpec, Depositor, Digest, Item, Profile
+from reconciler.domain.model import BatchSpec, Depositor, Digest, Item, Profile
+from reconciler.manifests.resolve import ManifestError, parse_manifest, resolve_items
 from tests.test_fetch import LoopbackServer
 
 SHA = hashlib.sha256(b"test").hexdigest()

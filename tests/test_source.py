@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.source import GitSource, SourceError
+from reconciler.source.gitrepo import GitSource, SourceError
 from tests.fixtures import GitRepo
 
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from reconciler.states import (
+from reconciler.domain.states import (
     BATCH_TRANSITIONS,
     JOB_TRANSITIONS,
     BatchState,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
-from reconciler.model import BatchSpec, Profile, QueueSettings
-from reconciler.validation import (
+from reconciler.domain.model import BatchSpec, Profile, QueueSettings
+from reconciler.spec.validation import (
     PATTERN_HINTS,
     Problem,
     batch_name,

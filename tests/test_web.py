@@ -24,14 +24,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.model import BatchStatus, Item
-from reconciler.states import BatchState, JobState
+from reconciler.domain.model import BatchStatus, Item
+from reconciler.domain.states import BatchState, JobState
+from reconciler.store.backends import BackendSettings, store_factory
 from reconciler.store.base import Event
-from reconciler.store.local import SqliteStore
+from reconciler.store.local.sqlite import SqliteStore
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
 from web.app import build_server, create_app
-from web.storage import local_store_factory
 
 REPO_URL = "https://git.example.org/ingest/batches"
 
@@ -60,7 +60,7 @@ def filled(git_repo: GitRepo, smtp: SmtpServer, payloads: PayloadServer,
 def make_app(state: Path, **extra: Any) -> Flask:
     triggered: list[int] = []
     config: dict[str, Any] = {
-        "STORE_FACTORY": local_store_factory(state / "batchq.sqlite3"),
+        "STORE_FACTORY": store_factory(BackendSettings(state_dir=state))[0],
         "STATE_DIR": state, "WEBHOOK_SECRET": "s3cret", "GITLAB_TOKEN": "gl-token",
         "TRIGGER_SYNC": lambda: triggered.append(1), "PAGE_SIZE": 2, "JOB_PAGE_SIZE": 2,
         "REPO_WEB_URL": REPO_URL, "TESTING": True,
@@ -298,7 +298,7 @@ def test_metrics(client: FlaskClient, filled: Harness) -> None:
 def test_metrics_count_failed_deliveries(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "batchq.sqlite3")
     fill_batch(store, "mail", ["a"], BatchState.FAILED)
-    from reconciler.model import Report
+    from reconciler.domain.model import Report
 
     store.save_report(Report("mail:1", "mail", "initial", time.time(), "Ingest: FAIL", ("x@y",),
                              "body", (), {"a": "Failed"}, True, b"Subject: s\r\n\r\nb"))
@@ -511,13 +511,14 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_serve_takes_a_factory_or_a_store(filled: Harness,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_opens_a_local_store_per_request(filled: Harness,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     state = filled.settings.state_dir
     monkeypatch.setenv("BATCHQ_GITLAB_TOKEN", "from-env")
     woken = threading.Event()
-    opened = SqliteStore(state / "batchq.sqlite3")  # an open store: reopened per request
-    for store in (opened, local_store_factory(state / "batchq.sqlite3")):
+    factory, shared = store_factory(BackendSettings(state_dir=state))
+    assert not shared  # a SQLite connection serves one thread: one per request
+    for store in (factory,):
         server = build_server(store, "127.0.0.1:0", state, trigger=woken.set)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -544,7 +545,6 @@ def test_serve_takes_a_factory_or_a_store(filled: Harness,
         finally:
             server.shutdown()
             server.server_close()
-    opened.close()
 
 
 # --- both backends read the same way
@@ -560,8 +560,8 @@ def test_the_site_reads_either_backend(world_and_harness: tuple[Any, Harness]) -
     h.until(lambda: h.state("both") == "Failed", "the batch to fail", timeout=120)
     h.rec.deliver()
     shared = h.settings.backend != "local"
-    factory = (lambda: h.store) if shared else local_store_factory(
-        h.settings.state_dir / "batchq.sqlite3")
+    factory = (lambda: h.store) if shared else store_factory(
+        BackendSettings(state_dir=h.settings.state_dir))[0]
     client = create_app({"STORE_FACTORY": factory, "SHARED_STORE": shared,
                          "STATE_DIR": h.settings.state_dir}).test_client()
     listing = client.get("/api/batches").get_json()

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+from reconciler.store.backends import BackendSettings, store_factory
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
 from web.app import build_server
-from web.storage import local_store_factory
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,7 +66,7 @@ def site(git_repo: GitRepo, smtp: SmtpServer, payloads: PayloadServer,
     """A reconciler under test and the real site (werkzeug, threaded) on a free port."""
     state = tmp_path / "state"
     h = Harness(git_repo, state, smtp.hostport)
-    server = build_server(local_store_factory(state / "batchq.sqlite3"), "127.0.0.1:0", state,
+    server = build_server(store_factory(BackendSettings(state_dir=state))[0], "127.0.0.1:0", state,
                           config={"REFRESH_SECONDS": 600, "REPO_WEB_URL": REPO_URL,
                                   "JOB_PAGE_SIZE": 50})
     thread = threading.Thread(target=server.serve_forever, daemon=True)

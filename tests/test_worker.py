@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.worker import cas_path, record_path
+from reconciler.worker.program import cas_path, record_path
 from tests.test_fetch import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent

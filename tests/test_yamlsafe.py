@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler import yamlsafe
-from reconciler.yamlsafe import DocumentError, load_document, read_document
+from reconciler.spec import yamlsafe
+from reconciler.spec.yamlsafe import DocumentError, load_document, read_document
 
 BOMB = "".join(
     [

@@ -27,6 +27,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from reconciler.store.backends import BackendSettings, store_factory
 from reconciler.store.base import Store
 
 DEFAULTS: dict[str, Any] = {
@@ -76,10 +77,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["STATE_DIR"] = Path(app.config["STATE_DIR"])
     app.config.setdefault("STARTED_AT", time.time())  # /healthz: a new process's grace
     if app.config["STORE_FACTORY"] is None:
-        from web.storage import local_store_factory
-
-        app.config["STORE_FACTORY"] = local_store_factory(
-            app.config["STATE_DIR"] / "batchq.sqlite3")
+        factory, shared = store_factory(BackendSettings(state_dir=app.config["STATE_DIR"]))
+        app.config.update(STORE_FACTORY=factory, SHARED_STORE=shared)
 
     from web import api, ops, pages, storage
 
@@ -96,31 +95,16 @@ def _split(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _factory(store: Store | Callable[[], Store], shared: bool) -> tuple[Callable[[], Store],
-                                                                        bool]:
-    """A per-request factory from a factory or an open store (see `serve`)."""
-    if callable(store):
-        return store, shared
-    from reconciler.store.local import SqliteStore
-
-    if isinstance(store, SqliteStore):  # a connection serves one thread: open one per request
-        from web.storage import local_store_factory
-
-        return local_store_factory(store.path), False
-    instance = store
-    return (lambda: instance), True
-
-
-def build_server(store: Store | Callable[[], Store], listen: str, state_dir: Path,
+def build_server(store: Callable[[], Store], listen: str, state_dir: Path,
                  trigger: Callable[[], None] | None = None, *, shared: bool = False,
                  config: dict[str, Any] | None = None) -> BaseWSGIServer:
     """The threaded werkzeug server for the site, bound but not yet serving.
 
-    `store` is a zero-argument factory (called per request; `shared=True` when it always
-    returns the same store) or an open store: a SQLite store is reopened per request from
-    its path, any other store is shared. Port 0 binds a free port (`server.server_port`).
+    `store` is a zero-argument factory (`reconciler.store.backends.store_factory`), called
+    per request; `shared=True` when it always returns the same store, which is then never
+    closed. Port 0 binds a free port (`server.server_port`).
     """
-    factory, shared = _factory(store, shared)
+    factory = store
     settings: dict[str, Any] = {key: os.environ[var] for key, var in ENVIRONMENT.items()
                                 if os.environ.get(var)}
     settings.update({"STORE_FACTORY": factory, "SHARED_STORE": shared,
@@ -130,7 +114,7 @@ def build_server(store: Store | Callable[[], Store], listen: str, state_dir: Pat
     return make_server(host, port, create_app(settings), threaded=True)
 
 
-def serve(store: Store | Callable[[], Store], listen: str, state_dir: Path,
+def serve(store: Callable[[], Store], listen: str, state_dir: Path,
           trigger: Callable[[], None] | None = None, *, shared: bool = False,
           config: dict[str, Any] | None = None) -> None:
     """`batchq web`: serve the site on HOST:PORT until interrupted (see `build_server`)."""
@@ -148,14 +132,10 @@ def serve_in_thread(args: argparse.Namespace, rec: Any) -> threading.Thread:
     (watch caches) is shared with the loop. A verified webhook wakes the loop at once.
     """
     state = Path(args.state)
-    store: Store | Callable[[], Store]
-    if args.backend == "local":
-        from web.storage import local_store_factory
-
-        store = local_store_factory(state / "batchq.sqlite3")
-    else:
-        store = rec.store
-    server = build_server(store, args.web, state, trigger=rec.wake.set)
+    settings = BackendSettings(backend=args.backend, state_dir=state,
+                               namespace=args.namespace, kubeconfig=args.kubeconfig)
+    store, shared = store_factory(settings, shared=rec.store)
+    server = build_server(store, args.web, state, trigger=rec.wake.set, shared=shared)
     thread = threading.Thread(target=server.serve_forever, name="batchq-web", daemon=True)
     thread.start()
     return thread

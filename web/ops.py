@@ -20,7 +20,7 @@ from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from reconciler.service import read_heartbeat
+from reconciler.support.heartbeat import read_heartbeat
 from web.storage import get_store
 from web.views import JOB_STATES, STATES
 

@@ -7,22 +7,9 @@ request; a shared store (Kubernetes watch caches) is handed out as is and never 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 from flask import current_app, g
 
 from reconciler.store.base import Store
-
-
-def local_store_factory(path: Path) -> Callable[[], Store]:
-    """Open the local backend's SQLite file, one connection per call (per request)."""
-    from reconciler.store.local import SqliteStore
-
-    def open_store() -> Store:
-        return SqliteStore(path)  # parsed specs are shared by every store of the process
-
-    return open_store
 
 
 def get_store() -> Store:

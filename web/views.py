@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.model import Batch, ItemStatus, Report
-from reconciler.service import read_heartbeat
-from reconciler.states import BatchState, JobState
+from reconciler.domain.model import Batch, ItemStatus, Report
+from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import Event, Store
+from reconciler.support.heartbeat import read_heartbeat
 
 STATES = [str(s) for s in BatchState]
 JOB_STATES = [str(s) for s in JobState]

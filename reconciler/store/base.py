@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from reconciler.model import Batch, BatchStatus, Item, ItemStatus, Job, Report
+from reconciler.domain.model import Batch, BatchStatus, Item, ItemStatus, Job, Report
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,7 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractContextManager[Any]: ...
     def close(self) -> None: ...
+
+
+class ConflictError(RuntimeError):
+    """Someone else wrote the object since we read it: re-read and try again."""

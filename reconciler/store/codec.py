@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from reconciler.model import BatchStatus, Condition
-from reconciler.states import BatchState
+from reconciler.domain.model import BatchStatus, Condition
+from reconciler.domain.states import BatchState
 
 
 def status_to_dict(status: BatchStatus) -> dict[str, Any]:

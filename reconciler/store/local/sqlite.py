@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from reconciler.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
-from reconciler.states import JobState
-from reconciler.store.base import Event, JobSpec, OutboxEntry, Page
+from reconciler.domain.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
+from reconciler.domain.states import JobState
+from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
 from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
 
 SCHEMA = """
@@ -75,6 +75,7 @@ class SqliteStore:
         self.db.executescript(SCHEMA)
         self.writes = 0
         self._depth = 0
+        self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
 
     def close(self) -> None:
         self.db.close()
@@ -331,6 +332,9 @@ class SqliteStore:
         return int(row[0])
 
     def delete_jobs(self, batch: str) -> None:
+        """Delete a batch's jobs; with a runner attached, running ones are stopped first."""
+        if self.on_delete_jobs is not None:
+            self.on_delete_jobs(batch)
         self._write("DELETE FROM jobs WHERE batch=?", (batch,))
 
     def delete_job(self, name: str) -> None:
@@ -463,7 +467,3 @@ class SqliteStore:
         ).fetchall()
         return [Event(r["batch"], r["at"], r["reason"], r["message"], r["revision"])
                 for r in rows]
-
-
-class ConflictError(RuntimeError):
-    """Someone else wrote the object since we read it: re-read and try again."""

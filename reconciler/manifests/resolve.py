@@ -1,12 +1,12 @@
 """A batch's items: inline, or downloaded from `manifest.url` (DESIGN §3).
 
-A remote manifest is a checkm batch manifest (`reconciler.checkm`) or a YAML/JSON list of
+A remote manifest is a checkm batch manifest (`reconciler.manifests.checkm`) or a YAML/JSON list of
 items (or a mapping `{items: [...]}`). Whatever the format, each item is checked against
 the same item schema as inline items (`schemas/batch.schema.json`), ids are unique, and
 every URL — the manifest's own, every item's, inline ones too, and every redirect — must
 be allowed by the profile, so a manifest can never send a worker somewhere the profile did
-not allow. The download is bounded in time and size (`reconciler.fetch`), and YAML goes
-through `reconciler.yamlsafe`, which refuses alias bombs and deep nesting.
+not allow. The download is bounded in time and size (`reconciler.manifests.fetch`), and YAML goes
+through `reconciler.spec.yamlsafe`, which refuses alias bombs and deep nesting.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from reconciler.checkm import MAX_ITEMS, ManifestError, parse_checkm
-from reconciler.fetch import FetchError, fetch_bytes, normalized_url
-from reconciler.model import BatchSpec, Item, Profile
-from reconciler.validation import DIGEST_HEX_DIGITS, PATTERN_HINTS, item_validator
-from reconciler.yamlsafe import DocumentError, load_document
+from reconciler.domain.model import BatchSpec, Item, Profile
+from reconciler.manifests.checkm import MAX_ITEMS, ManifestError, parse_checkm
+from reconciler.manifests.fetch import FetchError, fetch_bytes, normalized_url
+from reconciler.spec.validation import DIGEST_HEX_DIGITS, PATTERN_HINTS, item_validator
+from reconciler.spec.yamlsafe import DocumentError, load_document
 
 __all__ = ["MAX_ITEMS", "ManifestError", "check_items", "parse_manifest", "resolve_items",
            "url_allowed"]

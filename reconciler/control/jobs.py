@@ -12,7 +12,7 @@ import hashlib
 import re
 import sys
 
-from reconciler.model import Item, Profile
+from reconciler.domain.model import Item, Profile
 from reconciler.store.base import JobSpec
 
 MAX_NAME = 63

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from reconciler import failpoints
 from reconciler.store.base import Store
+from reconciler.support import failpoints
 
 log = logging.getLogger(__name__)
 BACKOFF = (5.0, 15.0, 60.0, 300.0)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import git
 
-from reconciler import failpoints
-from reconciler.redaction import redact_text, redact_url
+from reconciler.support import failpoints
+from reconciler.support.redaction import redact_text, redact_url
 
 RELEVANT = ("batches", "profiles", "queue.yaml")
 EXTENSIONS = (".yaml", ".yml", ".json")

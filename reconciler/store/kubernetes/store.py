@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from reconciler.model import (
+from reconciler.domain.model import (
     Batch,
     BatchSpec,
     BatchStatus,
@@ -39,11 +39,10 @@ from reconciler.model import (
     Job,
     Report,
 )
-from reconciler.states import BatchState, JobState
-from reconciler.store.base import Event, JobSpec, OutboxEntry, Page
+from reconciler.domain.states import BatchState, JobState
+from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
 from reconciler.store.codec import canonical_json
-from reconciler.store.informer import Informer, Obj
-from reconciler.store.local import ConflictError
+from reconciler.store.kubernetes.informer import Informer, Obj
 
 GROUP, VERSION, PLURAL = "batchq.dev", "v1", "batches"
 MANAGER = "batchq-sync"

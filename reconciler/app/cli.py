@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.service import Reconciler, Settings
-from reconciler.statelock import StateDirLocked
+from reconciler.app.service import Reconciler, Settings
+from reconciler.app.statelock import StateDirLocked
+from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Store
 
 
@@ -75,15 +76,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     interval=args.interval, kubeconfig=args.kubeconfig)
 
 
-def open_store(args: argparse.Namespace) -> Store:
-    if args.backend == "local":
-        from reconciler.store.local import SqliteStore
-
-        return SqliteStore(args.state / "batchq.sqlite3")
-    from reconciler.store.kubernetes import KubernetesStore
-
-    store: Store = KubernetesStore.connect(args.namespace, args.kubeconfig)
-    return store
+def backend_settings(args: argparse.Namespace) -> BackendSettings:
+    return BackendSettings(backend=args.backend, state_dir=args.state,
+                           namespace=args.namespace, kubeconfig=args.kubeconfig)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -149,15 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "validate":
-        from reconciler.validation import validate_main
+        from reconciler.spec.validation import validate_main
 
         return validate_main(args.paths)
     if args.command == "demo":
-        from reconciler.demo import run_demo
+        from reconciler.app.demo import run_demo
 
         return run_demo(args.keep)
     if args.command == "status":
-        store = open_store(args)
+        store = open_store(backend_settings(args))
         try:
             if args.json:
                 json.dump(status_document(store, args.batch), sys.stdout, indent=2)
@@ -170,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "web":
         from web.app import serve
 
-        serve(open_store(args), args.listen, state_dir=args.state)  # SQLite: reopened per request
+        factory, shared = store_factory(backend_settings(args))
+        serve(factory, args.listen, state_dir=args.state, shared=shared)
         return 0
     try:
         rec = Reconciler(settings_from(args))

@@ -9,9 +9,7 @@ so the web page can show the sync time and `/healthz` can fail when the loop sta
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import failpoints
-from reconciler.controller import Controller
-from reconciler.notify import deliver
-from reconciler.redaction import redact_text
-from reconciler.source import GitSource, SourceError
-from reconciler.statelock import StateLock
+from reconciler.app.statelock import StateLock
+from reconciler.control.controller import Controller
+from reconciler.control.notify import deliver
+from reconciler.source.gitrepo import GitSource, SourceError
+from reconciler.source.sync import RepoState, apply_sync, load_repo_state
+from reconciler.store.backends import BackendSettings, open_backend
 from reconciler.store.base import Store
-from reconciler.store.local import SqliteStore
-from reconciler.store.local_runner import LocalRunner
-from reconciler.sync import RepoState, apply_sync, load_repo_state
+from reconciler.support import failpoints
+from reconciler.support.heartbeat import Heartbeat
+from reconciler.support.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +48,10 @@ class Settings:
     lease_seconds: int = 15  # a silent leader is replaced after this long
     git_timeout: float = 120.0  # overall deadline of one `git fetch`
 
+    def backend_settings(self) -> BackendSettings:
+        return BackendSettings(backend=self.backend, state_dir=self.state_dir,
+                               namespace=self.namespace, kubeconfig=self.kubeconfig)
+
 
 class Reconciler:
     """Runs passes; see the module docstring."""
@@ -64,38 +66,19 @@ class Reconciler:
         for leftover in self.source.clear_stale_locks():
             log.warning("removed %s, left by a process that was killed", leftover)
         self.last_sync_error = ""
-        self.runner: LocalRunner | None = None
-        self._k8s_wake = threading.Event()
+        backend = open_backend(settings.backend_settings())
+        self.store: Store = backend.store
+        self.runner = backend.runner
+        self.wake = backend.wake
         self.elector: Any = None
-        self.store: Store
-        if settings.backend == "local":
-            local = SqliteStore(settings.state_dir / "batchq.sqlite3")
-            self.runner = LocalRunner(local, settings.state_dir / "jobs")
-            self.store = local
-            kill = self._kill_local
-        else:
-            from reconciler.store.kubernetes import KubernetesStore
+        if backend.api is not None and settings.leader_election:
+            from reconciler.store.kubernetes.leader import LeaderElector
 
-            k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig)
-            self.store = k8s
-            self._k8s_wake = k8s.wake
-            kill = None
-            if settings.leader_election:
-                from reconciler.leader import LeaderElector
-
-                self.elector = LeaderElector(k8s.api, settings.namespace,
-                                             identity=settings.identity,
-                                             duration=settings.lease_seconds)
-        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage",
-                                     kill_batch=kill)
-        self.wake = self.runner.wake if self.runner else self._k8s_wake
-        self.heartbeat = settings.state_dir / "heartbeat.json"
-
-    def _kill_local(self, batch: str) -> None:
-        assert self.runner is not None
-        names = [j.name for j in self.store.list_jobs(batch)]
-        self.runner.kill_batch(batch)
-        self.runner.remove_job_dirs(names)
+            self.elector = LeaderElector(backend.api, settings.namespace,
+                                         identity=settings.identity,
+                                         duration=settings.lease_seconds)
+        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage")
+        self.heartbeat = Heartbeat(settings.state_dir)
 
     def close(self) -> None:
         try:
@@ -123,7 +106,7 @@ class Reconciler:
                 repo = load_repo_state(self.store)
             self.store.set_meta("synced_commit", result.head)
             self.store.set_meta("sync_error", "")
-        self._beat(sync=True, head=result.head)
+        self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo
 
@@ -149,7 +132,7 @@ class Reconciler:
         progressed |= self.reconcile(repo)
         progressed |= self.tick_jobs()
         progressed |= self.deliver() > 0
-        self._beat(duration=time.monotonic() - started)
+        self.heartbeat.beat(interval=self.settings.interval, duration=time.monotonic() - started)
         return progressed
 
     def busy(self) -> bool:
@@ -180,7 +163,8 @@ class Reconciler:
         while not stop.is_set():
             self.wake.clear()
             if self.elector is not None and not self.elector.try_acquire_or_renew():
-                self._beat(duration=0.0)  # alive, standing by
+                # alive, standing by
+                self.heartbeat.beat(interval=self.settings.interval, duration=0.0)
                 stop.wait(self.elector.duration / 3)
                 continue
             try:
@@ -205,25 +189,3 @@ class Reconciler:
                 return
             if self.wake.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
                 return
-
-    # --- heartbeat (not store state: a no-op pass must write nothing to the store)
-    def _beat(self, *, sync: bool = False, head: str = "", duration: float | None = None) -> None:
-        try:
-            data = json.loads(self.heartbeat.read_text())
-        except (FileNotFoundError, ValueError):
-            data = {}
-        now = time.time()
-        if sync:
-            data.update(lastSync=now, head=head)
-        if duration is not None:
-            data.update(lastPass=now, passSeconds=duration, interval=self.settings.interval)
-        tmp = self.heartbeat.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.heartbeat)
-
-
-def read_heartbeat(state_dir: Path) -> dict[str, float | str]:
-    try:
-        return dict(json.loads((state_dir / "heartbeat.json").read_text()))
-    except (FileNotFoundError, ValueError):
-        return {}

@@ -57,7 +57,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler.fetch import (
+from reconciler.manifests.fetch import (
     FetchError,
     FetchRefused,
     FetchTooLarge,

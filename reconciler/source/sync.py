@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from reconciler import failpoints
-from reconciler.model import Profile, QueueSettings
-from reconciler.source import FileVersion, SyncResult
+from reconciler.domain.model import Profile, QueueSettings
+from reconciler.source.gitrepo import FileVersion, SyncResult
+from reconciler.spec.validation import batch_name, validate_text
 from reconciler.store.base import Event, Store
-from reconciler.validation import batch_name, validate_text
+from reconciler.support import failpoints
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,13 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler import failpoints
-from reconciler.jobs import build_job
-from reconciler.manifests import ManifestError, resolve_items
-from reconciler.model import Batch, BatchStatus, Condition, ItemStatus, Job, Profile
-from reconciler.reports import build_report
-from reconciler.states import (
+from reconciler.control.jobs import build_job
+from reconciler.control.reports import build_report
+from reconciler.domain.model import Batch, BatchStatus, Condition, ItemStatus, Job, Profile
+from reconciler.domain.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
     BatchState,
@@ -31,8 +28,10 @@ from reconciler.states import (
     batch_transition,
     job_observed,
 )
+from reconciler.manifests.resolve import ManifestError, resolve_items
+from reconciler.source.sync import RepoState, deletion_done, pending_deletions
 from reconciler.store.base import Event, Store
-from reconciler.sync import RepoState, deletion_done, pending_deletions
+from reconciler.support import failpoints
 
 log = logging.getLogger(__name__)
 B = BatchState
@@ -67,11 +66,9 @@ class PassContext:
 class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
-    def __init__(self, store: Store, *, storage_root: Path,
-                 kill_batch: Callable[[str], None] | None = None) -> None:
+    def __init__(self, store: Store, *, storage_root: Path) -> None:
         self.store = store
         self.storage_root = storage_root
-        self._kill_batch = kill_batch
 
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
@@ -340,9 +337,7 @@ class Controller:
 
     # --- deletion
     def _delete(self, batch: Batch, revision: str, ctx: PassContext) -> None:
-        if self._kill_batch is not None:
-            self._kill_batch(batch.name)
-        self.store.delete_jobs(batch.name)
+        self.store.delete_jobs(batch.name)  # running ones are stopped, as on Kubernetes
         if batch.spec is None:
             self.store.remove_batch(batch.name)
         elif batch.status.state != B.DELETED:

@@ -19,7 +19,7 @@ as `#%fields`, other `#%` directives (`#%prefix`) and `#` comments are skipped, 
 may leave out trailing empty fields (Merritt's own tests do); more values than fields is an
 error. A `|` inside a value is written `%7C`. Anything after `#%eof` is ignored.
 
-`ManifestError` is defined here, the leaf module, and re-exported by `reconciler.manifests`.
+`ManifestError` is defined here, the leaf module, and re-exported by `reconciler.manifests.resolve`.
 """
 
 from __future__ import annotations

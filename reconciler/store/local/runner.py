@@ -18,7 +18,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from reconciler.store.local import SqliteStore
+from reconciler.store.local.sqlite import SqliteStore
 
 SHIM = (
     'cd "$0" || exit 97; "$@" >stdout 2>stderr </dev/null; rc=$?;'
@@ -36,6 +36,7 @@ class LocalRunner:
         self.parallel = parallel
         self.wake = threading.Event()  # set when a child exits: the loop acts at once
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        store.on_delete_jobs = self.stop_batch  # deleting a batch's jobs stops them
 
     def job_dir(self, name: str) -> Path:
         return self.jobs_dir / name
@@ -123,8 +124,10 @@ class LocalRunner:
                 return lines[-1][:MESSAGE_LIMIT]
         return f"exited with code {rc}"
 
-    def kill_batch(self, batch: str) -> None:
-        """Stop every running job of a deleted batch (its rows are deleted by the caller)."""
+    def stop_batch(self, batch: str) -> None:
+        """Kill every running job of a batch whose jobs are being deleted, and remove
+        their job dirs (the store deletes the rows), as the Job controller does."""
+        names = [j.name for j in self.store.list_jobs(batch)]
         for row in self.store.jobs_in_state("Processing"):
             if row["batch"] != batch:
                 continue
@@ -132,11 +135,8 @@ class LocalRunner:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(row["pid"], signal.SIGKILL)
             self._children.pop(row["name"], None)
-
-    def remove_job_dirs(self, names: list[str]) -> None:
         for name in names:
             shutil.rmtree(self.job_dir(name), ignore_errors=True)
-
 
 def _alive(pid: int | None, jdir: Path) -> bool:
     """Is `pid` still our shim for this job dir (not a recycled pid, not a zombie)?"""

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from reconciler.service import Reconciler, Settings
+from reconciler.app.service import Reconciler, Settings
 
-BUNDLED = Path(__file__).resolve().parent.parent / "manifests"
+BUNDLED = Path(__file__).resolve().parents[2] / "manifests"
 LATE_PAYLOAD = "payloads/letter-003.txt"
 FAILING = "batches/letters-2026-11.yaml"
 

@@ -15,8 +15,8 @@ import time
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from reconciler.model import Batch, ItemStatus, Profile, Report
-from reconciler.states import JobState
+from reconciler.domain.model import Batch, ItemStatus, Profile, Report
+from reconciler.domain.states import JobState
 
 BODY_ROWS = 500  # beyond this the per-job table is in the attachments only
 

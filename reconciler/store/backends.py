@@ -1,0 +1,89 @@
+"""The one place that chooses a backend (DESIGN §1): everything else asks for a Store.
+
+`open_backend` gives the reconciler its store plus what only the process running the loop
+needs (the local job runner, the event that wakes the loop, the API client for leader
+election); `store_factory` gives read-only users (the site, `batchq status`) a way to open
+stores, one per request where a connection belongs to one thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.store.base import Store
+
+if TYPE_CHECKING:
+    from reconciler.store.local.runner import LocalRunner
+
+LOCAL_DB = "batchq.sqlite3"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where observed state lives."""
+
+    backend: str = "local"  # local | kubernetes
+    state_dir: Path = Path(".batchq")  # local: the SQLite file and the job dirs
+    namespace: str = "batchq"  # kubernetes: where Batches, Jobs and ConfigMaps live
+    kubeconfig: str | None = None  # kubernetes: None means in-cluster config
+
+
+@dataclass
+class Backend:
+    """An open backend for the reconciler loop."""
+
+    store: Store
+    wake: threading.Event  # set when a job ends or a watch sees a change
+    runner: LocalRunner | None = None  # local: starts and reaps the job processes
+    api: Any = field(default=None)  # kubernetes: the API client (leader election)
+
+
+def local_db_path(state_dir: Path) -> Path:
+    return state_dir / LOCAL_DB
+
+
+def open_backend(settings: BackendSettings) -> Backend:
+    if settings.backend == "local":
+        from reconciler.store.local.runner import LocalRunner
+        from reconciler.store.local.sqlite import SqliteStore
+
+        local = SqliteStore(local_db_path(settings.state_dir))
+        runner = LocalRunner(local, settings.state_dir / "jobs")
+        return Backend(store=local, wake=runner.wake, runner=runner)
+    if settings.backend == "kubernetes":
+        from reconciler.store.kubernetes.store import KubernetesStore
+
+        k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig)
+        return Backend(store=k8s, wake=k8s.wake, api=k8s.api)
+    raise ValueError(f"unknown backend {settings.backend!r}: use local or kubernetes")
+
+
+def open_store(settings: BackendSettings) -> Store:
+    """A store for reading (no runner): `batchq status`, `batchq web`."""
+    if settings.backend == "local":
+        from reconciler.store.local.sqlite import SqliteStore
+
+        return SqliteStore(local_db_path(settings.state_dir))
+    return open_backend(settings).store
+
+
+def store_factory(settings: BackendSettings,
+                  shared: Store | None = None) -> tuple[Callable[[], Store], bool]:
+    """(factory, shared): a SQLite connection serves one thread, so the local backend opens
+    one per call; any other store (watch caches) is opened once, or `shared` is reused, and
+    handed out as is."""
+    if settings.backend == "local":
+        path = local_db_path(settings.state_dir)
+
+        def open_local() -> Store:
+            from reconciler.store.local.sqlite import SqliteStore
+
+            return SqliteStore(path)  # parsed specs are shared by every store of the process
+
+        return open_local, False
+    instance = shared if shared is not None else open_store(settings)
+    return (lambda: instance), True
