@@ -104,7 +104,8 @@ def test_killed_at_a_named_point(tmp_path: Path, smtp: SmtpServer, payloads: Pay
 def test_killed_from_outside_at_random_moments(tmp_path: Path, smtp: SmtpServer,
                                                payloads: PayloadServer) -> None:
     """`batchq run` killed with SIGKILL at random times, 8 times, then left to finish."""
-    rng = random.Random(20261128)
+    seed = int(os.environ.get("BATCHQ_CRASH_SEED", "20261128"))  # scripts/stress-crash
+    rng = random.Random(seed)
     repo = GitRepo(tmp_path / "repo")
     state = tmp_path / "state"
     repo.write("profiles/test.yaml", profile_doc(payloads.base))
@@ -124,7 +125,7 @@ def test_killed_from_outside_at_random_moments(tmp_path: Path, smtp: SmtpServer,
     assert reconcile(repo, state, smtp) == 0
     with db(state) as c:
         states = {r[0]: r[1] for r in c.execute("SELECT name, state FROM batches")}
-        assert states == {f"r{n}": "Completed" for n in range(4)}
+        assert states == {f"r{n}": "Completed" for n in range(4)}, f"seed {seed}"
         assert c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 20
     subjects = sorted(m["Subject"] for m in smtp.mailbox.messages)
     assert subjects == sorted(f"Ingest: OK -- Submission Processed: r{n}" for n in range(4))
