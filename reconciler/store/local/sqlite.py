@@ -442,10 +442,24 @@ class SqliteStore:
         return {"delivered": int(row[0]), "failed": int(row[1]), "waiting": int(row[2])}
 
     def mark_delivered(self, report_id: str) -> None:
-        self._write(
-            "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE report_id=?",
-            (time.time(), report_id),
-        )
+        """Record at once that the server took the message.
+
+        Between the server's "250" and this commit a killed reconciler would send the
+        message again on restart, so the commit is made as short as it can be: without
+        its own fsync. In WAL mode such a commit survives the process being killed (the
+        write is in the OS's hands); only a power loss before the next fsync'd commit
+        could undo it, and that would repeat the email, never lose it.
+        """
+        args = (time.time(), report_id)
+        sql = "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE report_id=?"
+        if self._depth:  # inside a transaction the safety level cannot change
+            self._write(sql, args)
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write(sql, args)
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
 
     def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None:
         self._write(
