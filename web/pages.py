@@ -9,7 +9,6 @@ forms, and a `<meta http-equiv="refresh">` reloads a page only while work is mov
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -23,6 +22,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
+from reconciler.support.timefmt import parse_rfc3339
 from web.storage import get_store
 from web.views import (
     JOB_STATES,
@@ -41,15 +41,11 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 
        "base-uri 'none'; frame-ancestors 'none'")
 
 
-def _parse(value: str) -> float:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
-
-
 def ago(value: str | None) -> str:
     """'3 min ago' for an ISO time (the exact time goes in a title attribute)."""
     if not value:
         return "never"
-    delta = int(time.time() - _parse(value))
+    delta = int(time.time() - parse_rfc3339(value))
     if delta < 0:
         return "just now"
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):

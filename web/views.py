@@ -1,8 +1,9 @@
 """What the pages and the JSON API show, computed once from the store for both.
 
 Every function here reads through the `Store` protocol and returns plain JSON-ready
-values, so the HTML templates and /api/... can never disagree. Times are ISO 8601 UTC
-strings; the templates turn them into "3 min ago" with the exact time in a title.
+values, so the HTML templates and /api/... can never disagree. Times are RFC 3339 UTC
+strings (`reconciler.support.timefmt`); the templates turn them into "3 min ago" with the
+exact time in a title.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import Event, Store
 from reconciler.support.heartbeat import read_heartbeat
+from reconciler.support.timefmt import rfc3339_or_none as iso
 
 STATES = [str(s) for s in BatchState]
 JOB_STATES = [str(s) for s in JobState]
@@ -25,12 +26,6 @@ JOB_STATES = [str(s) for s in JobState]
 ACTIVE = {"Pending", "Processing", "Reporting", "UpdateReporting"}
 RUNNING_JOBS = ("Pending", "Processing")
 CHANGES_SHOWN = 200  # of one report's changes; the count says how many there are in all
-
-
-def iso(ts: float | None) -> str | None:
-    if not ts:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
