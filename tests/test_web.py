@@ -224,7 +224,7 @@ def test_api_detail_and_jobs_shape(client: FlaskClient) -> None:
             "finishedAt"} == row.keys()
     assert client.get("/api/batches/good/jobs?page=2").get_json()["rows"][0]["item"] == "ok2"
     bad = client.get("/api/batches/mixed/jobs?state=Nope")
-    assert bad.status_code == 400 and "unknown state" in bad.get_json()["message"]
+    assert bad.status_code == 400 and "unknown job state" in bad.get_json()["message"]
     assert client.get("/api/batches?state=Nope").status_code == 400
     missing = client.get("/api/batches/none")
     assert missing.status_code == 404 and missing.get_json()["error"] == "Not Found"

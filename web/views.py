@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ JOB_STATES = [str(s) for s in JobState]
 ACTIVE = {"Pending", "Processing", "Reporting", "UpdateReporting"}
 RUNNING_JOBS = ("Pending", "Processing")
 CHANGES_SHOWN = 200  # of one report's changes; the count says how many there are in all
+QUERY_MAX = 200  # characters of a job search that are used
+
+
+class BadFilter(ValueError):
+    """A query parameter a list cannot be filtered by (the site answers 400 with it)."""
 
 
 @dataclass
@@ -119,6 +125,54 @@ def job_page(store: Store, name: str, *, state: str | None, query: str | None,
     pg = paging(page, size, total)
     rows = store.list_items(name, state=state, query=query, offset=pg.offset, limit=pg.size)
     return pg, [job_view(s) for s in rows]
+
+
+def state_filter(raw: str | None, allowed: list[str], what: str) -> str | None:
+    """The `state=` filter: None for all, else one of `allowed` (else BadFilter)."""
+    state = raw or None
+    if state is not None and state not in allowed:
+        raise BadFilter(f"unknown {what} {state!r}; one of {', '.join(allowed)}")
+    return state
+
+
+@dataclass
+class BatchList:
+    """One page of the batch list, as the page and /api/batches both show it."""
+
+    state: str | None
+    counts: dict[str, int]  # batches by state, over all pages
+    paging: Paging
+    rows: list[dict[str, Any]]
+
+
+def batch_list(store: Store, args: Mapping[str, str], size: int) -> BatchList:
+    """The list for the request's `state=` and `page=` (newest activity first)."""
+    state = state_filter(args.get("state"), STATES, "state")
+    counts = store.count_batches()
+    total = counts.get(state, 0) if state else sum(counts.values())
+    pg = paging(args.get("page"), size, total)
+    page = store.page_batches(state=state, offset=pg.offset, limit=pg.size)
+    pg.total = page.total
+    return BatchList(state, counts, pg, [batch_summary(b) for b in page.rows])
+
+
+@dataclass
+class JobList:
+    """One page of a batch's jobs, as the batch page and /api/batches/<name> show it."""
+
+    state: str | None
+    query: str | None
+    paging: Paging
+    rows: list[dict[str, Any]]
+
+
+def job_list(store: Store, name: str, args: Mapping[str, str], size: int) -> JobList:
+    """The jobs for the request's `state=`, `q=` (a search) and `page=`."""
+    state = state_filter(args.get("state"), JOB_STATES, "job state")
+    query = (args.get("q") or "").strip()[:QUERY_MAX] or None
+    pg, rows = job_page(store, name, state=state, query=query, page=args.get("page"),
+                        size=size)
+    return JobList(state, query, pg, rows)
 
 
 def event_view(e: Event) -> dict[str, Any]:
