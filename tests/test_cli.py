@@ -103,9 +103,10 @@ def test_admin_identity_is_kept_in_the_timeline(git_repo: GitRepo, tmp_path: Pat
     git_repo.edit_batch("batches/t.yaml", who=ADMIN, state="Active")
     assert batchq("reconcile", "--repo", str(git_repo.path), "--until-idle",
                   env=env).returncode == 0
+    from reconciler.store.backends import local_db_path
     from reconciler.store.local.sqlite import SqliteStore
 
-    store = SqliteStore(tmp_path / "state" / "batchq.sqlite3")
+    store = SqliteStore(local_db_path(tmp_path / "state"))
     events = [(e.reason, e.revision) for e in store.list_events("t")]
     store.close()
     assert events[1] == ("Held", held_rev)

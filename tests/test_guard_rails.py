@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from reconciler.store.backends import local_db_path
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 
 
@@ -29,7 +30,7 @@ def one_batch(repo: GitRepo, payloads: PayloadServer, name: str = "b") -> None:
 
 
 def states(state: Path) -> dict[str, str]:
-    with sqlite3.connect(state / "batchq.sqlite3") as c:
+    with sqlite3.connect(local_db_path(state)) as c:
         return dict(c.execute("SELECT name, state FROM batches").fetchall())
 
 
@@ -88,7 +89,7 @@ def test_credentials_in_a_remote_url_never_show(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "s3cret-token" not in failed.stderr and "robot" not in failed.stderr
     assert "http://***@127.0.0.1:9/nothing.git" in failed.stderr
-    with sqlite3.connect(state / "batchq.sqlite3") as c:
+    with sqlite3.connect(local_db_path(state)) as c:
         stored = " ".join(str(v) for (v,) in c.execute("SELECT value FROM meta"))
     assert "s3cret-token" not in stored
 
