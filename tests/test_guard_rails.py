@@ -8,11 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from reconciler.store.backends import local_db_path
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc, wait_for
 
 
 def batchq(*args: str, failpoint: str = "",
@@ -44,9 +43,8 @@ def test_second_reconciler_on_one_state_dir_exits_with_a_clear_message(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lock = state / "reconciler.lock"
-        deadline = time.monotonic() + 30
-        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: lock.exists() and lock.read_text().strip(),
+                 what="the first reconciler to hold the state dir")
         for command in ("reconcile", "run"):
             second = batchq(command, "--repo", str(git_repo.path), "--state", str(state),
                             "--smtp", smtp.hostport)
