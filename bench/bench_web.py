@@ -33,7 +33,7 @@ from typing import Any
 
 from reconciler.domain.model import BatchStatus, Item, Report
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.backends import BackendSettings, store_factory
+from reconciler.store.backends import BackendSettings, local_db_path, store_factory
 from reconciler.store.base import Event
 from reconciler.store.local.sqlite import SqliteStore
 from web.app import create_app
@@ -144,7 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        db = state / "batchq.sqlite3"
+        db = local_db_path(state)
         t0 = time.monotonic()
         fill(db, args.batches, args.items)
         filled = time.monotonic() - t0

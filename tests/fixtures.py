@@ -9,15 +9,17 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from aiosmtpd.controller import Controller as SmtpController
 
+T = TypeVar("T")
 DEPOSITOR = ("Jane Depositor", "jane@example.org")
 ADMIN = ("Alex Admin", "admin@example.org")
 
@@ -167,15 +169,24 @@ class PayloadServer:
         self.httpd.server_close()
 
 
-def wait_for(pred: Any, timeout: float = 30.0, step: Any = None, what: str = "") -> None:
+def wait_for(pred: Callable[[], T], timeout: float = 30.0, step: Callable[[], object] | None = None,
+             what: str = "", *, interval: float = 0.05,
+             detail: Callable[[], str] | None = None) -> T:
+    """The one way tests wait: call `step` (if any) then `pred` until `pred` returns something
+    truthy, and return it; every `interval` seconds, for at most `timeout` seconds, then fail
+    naming `what` (and `detail()`, e.g. a log tail). Never a fixed sleep: a test waits for
+    the condition it needs, as long as it takes and no longer."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if step is not None:
             step()
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            more = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}{more}")
+        time.sleep(interval)
 
 
 def profile_doc(prefix: str, **notification: Any) -> dict[str, Any]:

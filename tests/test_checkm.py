@@ -15,6 +15,8 @@ from reconciler.manifests.checkm import (
 from reconciler.manifests.resolve import ManifestError as ReExported
 from reconciler.manifests.resolve import check_items
 
+pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
+
 PROFILE = "http://uc3.cdlib.org/registry/ingest/manifest/"
 FIELDS = ("#%fields | nfo:fileUrl | nfo:hashAlgorithm | nfo:hashValue | nfo:fileSize | "
           "nfo:fileLastModified | nfo:fileName | mrt:primaryIdentifier | mrt:localIdentifier | "

@@ -9,7 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from reconciler.support.heartbeat import read_heartbeat
+from tests.fixtures import (
+    ADMIN,
+    GitRepo,
+    PayloadServer,
+    SmtpServer,
+    batch_doc,
+    profile_doc,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,9 +112,10 @@ def test_admin_identity_is_kept_in_the_timeline(git_repo: GitRepo, tmp_path: Pat
     git_repo.edit_batch("batches/t.yaml", who=ADMIN, state="Active")
     assert batchq("reconcile", "--repo", str(git_repo.path), "--until-idle",
                   env=env).returncode == 0
+    from reconciler.store.backends import local_db_path
     from reconciler.store.local.sqlite import SqliteStore
 
-    store = SqliteStore(tmp_path / "state" / "batchq.sqlite3")
+    store = SqliteStore(local_db_path(tmp_path / "state"))
     events = [(e.reason, e.revision) for e in store.list_events("t")]
     store.close()
     assert events[1] == ("Held", held_rev)
@@ -122,21 +132,14 @@ def test_run_loop_syncs_at_once_when_asked(git_repo: GitRepo, tmp_path: Path,
                              str(git_repo.path), "--state", str(state), "--interval", "120"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not (state / "heartbeat.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        # the first pass is over: the loop now sleeps its 120 s unless asked
+        wait_for(lambda: "lastPass" in read_heartbeat(state), what="the loop's first pass")
         git_repo.write("batches/now.yaml", batch_doc([payloads.add("n1", b"n\n")]))
         git_repo.commit("submit")
         (state / "sync-requested").touch()
-        started = time.monotonic()
-        while time.monotonic() - started < 20:
-            out = batchq("status", "--json", env={"BATCHQ_STATE": str(state)})
-            if '"state": "Completed"' in out.stdout:
-                break
-            time.sleep(0.3)
-        assert '"state": "Completed"' in out.stdout
-        assert time.monotonic() - started < 20
+        wait_for(lambda: '"state": "Completed"' in batchq(
+            "status", "--json", env={"BATCHQ_STATE": str(state)}).stdout,
+            timeout=20, interval=0.3, what="the batch to complete long before the interval")
         assert not (state / "sync-requested").exists()
     finally:
         proc.terminate()
@@ -161,14 +164,14 @@ def test_run_with_web_serves_pages_and_a_webhook_wakes_the_loop(
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                    return bool(r.status == 200)
             except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
+                return False
+
+        wait_for(healthy, interval=0.2, what="the site to answer /healthz")
         git_repo.write("batches/hook.yaml", batch_doc([payloads.add("h1", b"h\n")]))
         git_repo.commit("submit")
         bad = urllib.request.Request(base + "/hooks/git", data=b"{}", method="POST",
@@ -182,18 +185,15 @@ def test_run_with_web_serves_pages_and_a_webhook_wakes_the_loop(
                                       headers={"X-Gitlab-Token": "tok"})
         with urllib.request.urlopen(good, timeout=5) as r:
             assert r.status == 202
-        started = time.monotonic()
-        page = ""
-        while time.monotonic() - started < 20:
+        def batch_page() -> str:
             try:
                 with urllib.request.urlopen(base + "/batches/hook", timeout=5) as r:
-                    page = r.read().decode()
+                    return str(r.read().decode())
             except urllib.error.HTTPError:  # 404 until the sync has seen the file
-                page = ""
-            if "Completed" in page:
-                break
-            time.sleep(0.3)
-        assert "Completed" in page
+                return ""
+
+        wait_for(lambda: "Completed" in batch_page(), timeout=20, interval=0.3,
+                 what="the page to show the batch Completed long before the interval")
     finally:
         proc.terminate()
         proc.wait(10)

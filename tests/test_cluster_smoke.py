@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
+from tests import fixtures
 from tests.cluster.controlplane import ControlPlane, cluster_or_skip
 
 pytestmark = pytest.mark.kubernetes
@@ -56,17 +57,10 @@ def namespace(cp: ControlPlane, api: client.ApiClient) -> Iterator[str]:
 
 
 def wait_for(cp: ControlPlane, what: str, probe: Callable[[], T | None]) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the logs after 60 s."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out after {WAIT_SECONDS:.0f} s waiting for {what}\n{cp.logs_tail()}"
-            )
-        time.sleep(0.2)
+    """`tests.fixtures.wait_for` with this module's patience; a timeout shows the logs."""
+    got = fixtures.wait_for(probe, WAIT_SECONDS, what=what, interval=0.2, detail=cp.logs_tail)
+    assert got is not None
+    return got
 
 
 def make_job(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from reconciler.domain.model import BatchStatus, Condition
 from reconciler.domain.states import BatchState
 from reconciler.store.codec import status_from_dict, status_to_dict
 from reconciler.store.kubernetes.store import status_from_k8s, status_to_k8s
+
+pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
 
 
 def sample() -> BatchStatus:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.store.backends import local_db_path
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 
 POINTS = [
@@ -42,7 +43,7 @@ def reconcile(repo: GitRepo, state: Path, smtp: SmtpServer, failpoint: str = "")
 
 
 def db(state: Path) -> sqlite3.Connection:
-    return sqlite3.connect(state / "batchq.sqlite3")
+    return sqlite3.connect(local_db_path(state))
 
 
 def scenario(tmp: Path, smtp: SmtpServer, payloads: PayloadServer, failpoint: str,

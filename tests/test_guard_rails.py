@@ -8,10 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from reconciler.store.backends import local_db_path
+from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc, wait_for
 
 
 def batchq(*args: str, failpoint: str = "",
@@ -29,7 +29,7 @@ def one_batch(repo: GitRepo, payloads: PayloadServer, name: str = "b") -> None:
 
 
 def states(state: Path) -> dict[str, str]:
-    with sqlite3.connect(state / "batchq.sqlite3") as c:
+    with sqlite3.connect(local_db_path(state)) as c:
         return dict(c.execute("SELECT name, state FROM batches").fetchall())
 
 
@@ -43,9 +43,8 @@ def test_second_reconciler_on_one_state_dir_exits_with_a_clear_message(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lock = state / "reconciler.lock"
-        deadline = time.monotonic() + 30
-        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: lock.exists() and lock.read_text().strip(),
+                 what="the first reconciler to hold the state dir")
         for command in ("reconcile", "run"):
             second = batchq(command, "--repo", str(git_repo.path), "--state", str(state),
                             "--smtp", smtp.hostport)
@@ -88,7 +87,7 @@ def test_credentials_in_a_remote_url_never_show(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "s3cret-token" not in failed.stderr and "robot" not in failed.stderr
     assert "http://***@127.0.0.1:9/nothing.git" in failed.stderr
-    with sqlite3.connect(state / "batchq.sqlite3") as c:
+    with sqlite3.connect(local_db_path(state)) as c:
         stored = " ".join(str(v) for (v,) in c.execute("SELECT value FROM meta"))
     assert "s3cret-token" not in stored
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
 from reconciler.control.jobs import job_name
 from reconciler.domain.model import DNS_LABEL
+
+pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
 
 
 def test_names_are_deterministic_and_readable() -> None:

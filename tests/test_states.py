@@ -17,6 +17,8 @@ from reconciler.domain.states import (
     job_transition,
 )
 
+pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
+
 
 @pytest.mark.parametrize(("src", "dst"), sorted(BATCH_TRANSITIONS))
 def test_every_batch_row_is_allowed(src: BatchState, dst: BatchState) -> None:

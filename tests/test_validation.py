@@ -22,6 +22,8 @@ from reconciler.spec.validation import (
     validate_text,
 )
 
+pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BATCH = """\

@@ -1,9 +1,14 @@
-"""The site through Flask's test client, over a store filled by a real reconciler.
+"""The site through Flask's test client, over a store that holds a reconciler's story.
 
 Every route, its filters and paging bounds, 404s and 400s, the JSON shapes, /healthz
 against a heartbeat file the test writes, /metrics parsed with prometheus_client, the
 webhook's signature checks, the serve() entry points, and the same story read from both
 backends (the Kubernetes run needs the test control plane and skips without it).
+
+Most tests read a story seeded in-process (`seed_story`: the real sync and controller on a
+SQLite store, jobs finished as the local runner finishes them; milliseconds). A few run
+the real reconciler on a real Git repository (`reconciled`), and one of them checks that
+the site shows the seeded story exactly as it shows the real one, so the seed stays true.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import sqlite3
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +31,122 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.domain.model import BatchStatus, Item
+from reconciler.control.controller import Controller
+from reconciler.control.notify import deliver
+from reconciler.domain.model import Batch, BatchStatus, Item
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.backends import BackendSettings, store_factory
+from reconciler.source.sync import RepoState, apply_sync
+from reconciler.store.backends import BackendSettings, local_db_path, store_factory
 from reconciler.store.base import Event
 from reconciler.store.local.sqlite import SqliteStore
+from reconciler.support.heartbeat import Heartbeat
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
+from tests.unit.world import MemoryRepo
 from web.app import build_server, create_app
 
 REPO_URL = "https://git.example.org/ingest/batches"
+BROKEN = "kind: Batch\nspec: [\n"
+# The story: good (ok0..ok2) completes; mixed (bad1, bad2) fails because bad2's payload is
+# not what its digest says, then an admin asks for an update report and nothing changed;
+# a batch file that never parsed. Payloads: (what the manifest's digest is of, what is served).
+PAYLOADS = {**{f"ok{i}": (f"ok {i}\n".encode(),) * 2 for i in range(3)},
+            "bad1": (b"b\n", b"b\n"), "bad2": (b"c\n", b"x\n")}
+
+
+def item_doc(base: str, name: str) -> dict[str, Any]:
+    """The manifest item for a payload, as `PayloadServer.add` gives it."""
+    body = PAYLOADS[name][0]
+    return {"id": name, "url": base + name, "title": f"Title of {name}", "size": len(body),
+            "digest": {"algorithm": "sha256", "value": hashlib.sha256(body).hexdigest()}}
+
+
+def worker_verdict(item: str) -> tuple[int, str]:
+    """What the worker says about an item's payload: (exit code, its one-line reason)."""
+    wanted, served = (hashlib.sha256(b).hexdigest() for b in PAYLOADS[item])
+    if wanted == served:
+        return 0, ""
+    return 1, f"digest mismatch: expected sha256 {wanted}, got {served}"
+
+
+@dataclass
+class Site:
+    """A state dir holding the story, and its store."""
+
+    state_dir: Path
+    store: SqliteStore
+
+    def batch(self, name: str) -> Batch:
+        b = self.store.get_batch(name)
+        assert b is not None, f"no batch {name}"
+        return b
+
+
+def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
+    """The story as a reconciler leaves it, made in-process: commits through the real sync,
+    passes of the real controller, jobs started and finished through the store's runner
+    methods with the worker's verdicts, reports through the real outbox, the heartbeat
+    a loop writes. No Git, no worker process, no SMTP: milliseconds."""
+    store = SqliteStore(local_db_path(state_dir))
+    repo, controller, beat = MemoryRepo(), Controller(store, storage_root=state_dir), \
+        Heartbeat(state_dir)
+
+    def commit(changes: dict[str, Any]) -> RepoState:
+        result = repo.commit(changes)
+        with store.transaction():  # what Reconciler.sync writes
+            state = apply_sync(store, result)
+            store.set_meta("synced_commit", result.head)
+            store.set_meta("sync_error", "")
+        beat.beat(sync=True, head=result.head)
+        return state
+
+    def until_idle(state: RepoState) -> None:
+        for _ in range(20):
+            for row in store.jobs_in_state("Pending"):  # the local runner's part
+                store.mark_job_started(row["name"], pid=0)
+                store.mark_job_finished(row["name"], *worker_verdict(row["item"]))
+            progressed = controller.reconcile_all(state, None)
+            deliver(store, smtp=None, outbox_dir=state_dir / "outbox")
+            if not progressed and not store.count_active_jobs():
+                beat.beat(interval=0.2, duration=0.05)
+                return
+        raise AssertionError("the seeded story does not settle")
+
+    mixed = batch_doc([item_doc(base, "bad1"), item_doc(base, "bad2")])
+    until_idle(commit({
+        "profiles/test.yaml": profile_doc(base),
+        "batches/good.yaml": batch_doc([item_doc(base, f"ok{i}") for i in range(3)]),
+        "batches/mixed.yaml": mixed}))
+    mixed["spec"]["state"] = "UpdateReporting"
+    until_idle(commit({"batches/broken.yaml": BROKEN, "batches/mixed.yaml": mixed}))
+    return Site(state_dir, store)
 
 
 @pytest.fixture
-def filled(git_repo: GitRepo, smtp: SmtpServer, payloads: PayloadServer,
-           tmp_path: Path) -> Iterator[Harness]:
+def filled(tmp_path: Path) -> Iterator[Site]:
     """Two finished batches (good: Completed; mixed: Failed, then an update report with
-    nothing changed) and a batch file that does not parse."""
+    nothing changed) and a batch file that does not parse; seeded (see `seed_story`)."""
+    site = seed_story(tmp_path / "state")
+    yield site
+    site.store.close()
+
+
+@pytest.fixture
+def reconciled(git_repo: GitRepo, smtp: SmtpServer, payloads: PayloadServer,
+               tmp_path: Path) -> Iterator[Harness]:
+    """The same story told by a real reconciler: Git, worker processes, SMTP."""
     h = Harness(git_repo, tmp_path / "state", smtp.hostport)
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
-    ok = [payloads.add(f"ok{i}", f"ok {i}\n".encode()) for i in range(3)]
-    bad = [payloads.add("bad1", b"b\n"), payloads.add("bad2", b"c\n")]
-    payloads.files["bad2"] = b"x\n"
-    git_repo.write("batches/good.yaml", batch_doc(ok))
-    git_repo.write("batches/mixed.yaml", batch_doc(bad))
+    for name, (body, served) in PAYLOADS.items():
+        payloads.add(name, body)
+        payloads.files[name] = served
+    git_repo.write("batches/good.yaml",
+                   batch_doc([item_doc(payloads.base, f"ok{i}") for i in range(3)]))
+    git_repo.write("batches/mixed.yaml",
+                   batch_doc([item_doc(payloads.base, n) for n in ("bad1", "bad2")]))
     git_repo.commit("two batches")
     h.until_idle()
-    git_repo.write("batches/broken.yaml", "kind: Batch\nspec: [\n")
+    git_repo.write("batches/broken.yaml", BROKEN)
     git_repo.edit_batch("batches/mixed.yaml", state="UpdateReporting")
     h.until_idle()
     yield h
@@ -72,8 +168,8 @@ def make_app(state: Path, **extra: Any) -> Flask:
 
 
 @pytest.fixture
-def app(filled: Harness) -> Flask:
-    return make_app(filled.settings.state_dir)
+def app(filled: Site) -> Flask:
+    return make_app(filled.state_dir)
 
 
 @pytest.fixture
@@ -117,7 +213,7 @@ def test_list_filter_and_paging_bounds(client: FlaskClient) -> None:
         assert "Page 1 of 2" in html(client, f"/?page={page}")
 
 
-def test_list_is_newest_activity_first(client: FlaskClient, filled: Harness) -> None:
+def test_list_is_newest_activity_first(client: FlaskClient, filled: Site) -> None:
     names = [b["name"] for b in client.get("/api/batches?page=1").get_json()["batches"]]
     names += [b["name"] for b in client.get("/api/batches?page=2").get_json()["batches"]]
     by_activity = sorted(filled.store.list_batches(), key=lambda b: (-b.updated_at, b.name))
@@ -128,7 +224,7 @@ def test_list_is_newest_activity_first(client: FlaskClient, filled: Harness) -> 
 # --- one batch
 
 
-def test_detail_jobs_timeline_and_reports(client: FlaskClient, filled: Harness) -> None:
+def test_detail_jobs_timeline_and_reports(client: FlaskClient, filled: Site) -> None:
     page = html(client, "/batches/mixed")
     assert "<code title=" in page and ">bad1</code>" in page
     assert "digest mismatch" in page
@@ -224,11 +320,37 @@ def test_api_detail_and_jobs_shape(client: FlaskClient) -> None:
             "finishedAt"} == row.keys()
     assert client.get("/api/batches/good/jobs?page=2").get_json()["rows"][0]["item"] == "ok2"
     bad = client.get("/api/batches/mixed/jobs?state=Nope")
-    assert bad.status_code == 400 and "unknown state" in bad.get_json()["message"]
+    assert bad.status_code == 400 and "unknown job state" in bad.get_json()["message"]
     assert client.get("/api/batches?state=Nope").status_code == 400
     missing = client.get("/api/batches/none")
     assert missing.status_code == 404 and missing.get_json()["error"] == "Not Found"
     assert client.get("/api/batches/none/jobs").status_code == 404
+
+
+@pytest.mark.parametrize("query", ["", "?page=2", "?page=99", "?state=Failed", "?state=Held"])
+def test_the_page_and_the_api_list_the_same_batches(client: FlaskClient, query: str) -> None:
+    api = [b["name"] for b in client.get(f"/api/batches{query}").get_json()["batches"]]
+    page = re.findall(r'data-label="Batch"><a href="/batches/([^"]+)"', html(client, "/" + query))
+    assert page == api
+
+
+@pytest.mark.parametrize("query", ["", "?page=2", "?q=ok", "?q=ok&page=2", "?state=Completed",
+                                   "?q=Title+of+ok1", "?state=Failed&q=ok"])
+def test_the_page_and_the_api_list_the_same_jobs(client: FlaskClient, query: str) -> None:
+    api = [j["item"] for j in client.get(f"/api/batches/good/jobs{query}").get_json()["rows"]]
+    page = re.findall(r'data-label="Item"><code title="[^"]*">([^<]+)</code>',
+                      html(client, f"/batches/good{query}"))
+    assert page == api
+
+
+@pytest.mark.parametrize(("page", "api"), [("/?state=Nope", "/api/batches?state=Nope"),
+                                           ("/batches/good?state=Nope",
+                                            "/api/batches/good/jobs?state=Nope")])
+def test_the_page_and_the_api_refuse_a_filter_alike(client: FlaskClient, page: str,
+                                                    api: str) -> None:
+    message = client.get(api).get_json()["message"]
+    assert message.startswith("unknown ") and "one of Pending" in message
+    assert message.replace("'", "&#39;") in html(client, page, 400)
 
 
 # --- for machines
@@ -238,8 +360,8 @@ def write_beat(state: Path, **fields: float) -> None:
     (state / "heartbeat.json").write_text(json.dumps(fields))
 
 
-def test_healthz_follows_the_heartbeat(filled: Harness) -> None:
-    state = filled.settings.state_dir
+def test_healthz_follows_the_heartbeat(filled: Site) -> None:
+    state = filled.state_dir
     client = make_app(state, STARTED_AT=time.time() - 3600).test_client()
     now = time.time()
     write_beat(state, lastSync=now - 5, lastPass=now - 5, passSeconds=0.2, interval=10)
@@ -269,7 +391,7 @@ def metric_values(text: str) -> dict[tuple[str, str], float]:
     return values
 
 
-def test_metrics(client: FlaskClient, filled: Harness) -> None:
+def test_metrics(client: FlaskClient, filled: Site) -> None:
     resp = client.get("/metrics")
     assert resp.status_code == 200 and resp.mimetype == "text/plain"
     values = metric_values(resp.get_data(as_text=True))
@@ -288,7 +410,7 @@ def test_metrics(client: FlaskClient, filled: Harness) -> None:
     assert values[("batchq_file_errors", "")] == 1
     assert values[("batchq_git_sync_error", "")] == 0
     # scraped from the store each time: a new pass shows at once
-    write_beat(filled.settings.state_dir, lastSync=time.time() - 42, lastPass=time.time(),
+    write_beat(filled.state_dir, lastSync=time.time() - 42, lastPass=time.time(),
                passSeconds=1.5, interval=10)
     again = metric_values(client.get("/metrics").get_data(as_text=True))
     assert again[("batchq_reconcile_duration_seconds", "")] == 1.5
@@ -296,7 +418,7 @@ def test_metrics(client: FlaskClient, filled: Harness) -> None:
 
 
 def test_metrics_count_failed_deliveries(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "batchq.sqlite3")
+    store = SqliteStore(local_db_path(tmp_path))
     fill_batch(store, "mail", ["a"], BatchState.FAILED)
     from reconciler.domain.model import Report
 
@@ -348,8 +470,8 @@ def test_webhook_checks_signatures(client: FlaskClient, app: Flask) -> None:
         assert getattr(client, method)("/hooks/git").status_code == 405
 
 
-def test_webhook_without_configured_secrets_refuses_everything(filled: Harness) -> None:
-    app = make_app(filled.settings.state_dir, WEBHOOK_SECRET=None, GITLAB_TOKEN="")
+def test_webhook_without_configured_secrets_refuses_everything(filled: Site) -> None:
+    app = make_app(filled.state_dir, WEBHOOK_SECRET=None, GITLAB_TOKEN="")
     client = app.test_client()
     body = b"{}"
     assert client.post("/hooks/git", data=body,
@@ -359,8 +481,8 @@ def test_webhook_without_configured_secrets_refuses_everything(filled: Harness) 
     assert app.config["TRIGGERED"] == []
 
 
-def test_webhook_leaves_a_sync_request_for_a_separate_loop(filled: Harness) -> None:
-    state = filled.settings.state_dir
+def test_webhook_leaves_a_sync_request_for_a_separate_loop(filled: Site) -> None:
+    state = filled.state_dir
     client = make_app(state, TRIGGER_SYNC=None).test_client()
     request = state / "sync-requested"
     assert not request.exists()
@@ -381,10 +503,10 @@ def dump(db: Path) -> list[str]:
         con.close()
 
 
-def test_the_site_changes_nothing(client: FlaskClient, filled: Harness) -> None:
-    db = filled.settings.state_dir / "batchq.sqlite3"
+def test_the_site_changes_nothing(client: FlaskClient, filled: Site) -> None:
+    db = local_db_path(filled.state_dir)
     before = dump(db)
-    files = sorted(p.name for p in filled.settings.state_dir.iterdir())
+    files = sorted(p.name for p in filled.state_dir.iterdir())
     for path in ("/", "/?state=Failed", "/?page=2", "/batches/mixed", "/batches/good?q=ok",
                  "/batches/mixed/reports/1.eml", "/api/batches", "/api/batches/mixed",
                  "/api/batches/mixed/jobs", "/metrics", "/healthz", "/batches/nope",
@@ -394,7 +516,7 @@ def test_the_site_changes_nothing(client: FlaskClient, filled: Harness) -> None:
         for method in ("post", "put", "delete", "patch"):
             assert getattr(client, method)(path).status_code == 405, (method, path)
     assert dump(db) == before
-    assert sorted(p.name for p in filled.settings.state_dir.iterdir()) == files
+    assert sorted(p.name for p in filled.state_dir.iterdir()) == files
 
 
 def test_pages_forbid_scripts_and_sniffing(client: FlaskClient) -> None:
@@ -405,9 +527,51 @@ def test_pages_forbid_scripts_and_sniffing(client: FlaskClient) -> None:
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_admin_edit_is_visible(client: FlaskClient, filled: Harness) -> None:
-    filled.repo.edit_batch("batches/good.yaml", who=ADMIN, state="Held")
-    filled.until_idle()
+# --- end to end: the real reconciler's story
+
+
+TIMES = {"at", "createdAt", "updatedAt", "submittedAt", "startedAt", "finishedAt",
+         "deletedAt", "lastTransition", "lastSync"}
+
+
+def comparable(value: Any, commits: dict[str, str]) -> Any:
+    """The site's JSON without what differs between two tellings of one story: times,
+    commit ids (numbered in order of appearance), payload hosts, the report's date."""
+    if isinstance(value, dict):
+        return {k: ("<time>" if k in TIMES and v else comparable(v, commits))
+                for k, v in value.items() if k != "syncAgeSeconds"}
+    if isinstance(value, list):
+        return [comparable(v, commits) for v in value]
+    if isinstance(value, str):
+        value = re.sub(r"https?://[^/\s]+/", "<payloads>/", value)
+        value = re.sub(r"Reported: .*", "Reported: <date>", value)
+        return re.sub(r"\b[0-9a-f]{40}\b",
+                      lambda m: commits.setdefault(m.group(), f"<commit {len(commits) + 1}>"),
+                      value)
+    return value
+
+
+def story(state: Path) -> Any:
+    client = make_app(state, PAGE_SIZE=50, JOB_PAGE_SIZE=50).test_client()
+    listing = client.get("/api/batches").get_json()
+    details = {b["name"]: client.get(f"/api/batches/{b['name']}").get_json()
+               for b in listing["batches"]}
+    return comparable({"list": listing, "details": details}, {})
+
+
+def test_the_seeded_story_is_the_real_reconcilers(reconciled: Harness, tmp_path: Path) -> None:
+    """What `filled` seeds in milliseconds is what Git, worker processes and SMTP leave."""
+    seeded = seed_story(tmp_path / "seeded")
+    seeded.store.close()
+    real = story(reconciled.settings.state_dir)
+    assert real["list"]["counts"] == {"Completed": 1, "Failed": 1, "Pending": 1}
+    assert story(seeded.state_dir) == real
+
+
+def test_admin_edit_is_visible(reconciled: Harness) -> None:
+    client = make_app(reconciled.settings.state_dir).test_client()
+    reconciled.repo.edit_batch("batches/good.yaml", who=ADMIN, state="Held")
+    reconciled.until_idle()
     detail = client.get("/api/batches/good").get_json()
     assert detail["requestedState"] == "Held" and detail["generation"] == 2
     assert "requested Held" in html(client, "/batches/good")
@@ -441,7 +605,7 @@ HOSTILE = '<script>alert("x")</script> "quoted" \'single\' ' + "W" * 300
 
 
 def test_hostile_text_is_escaped(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "batchq.sqlite3")
+    store = SqliteStore(local_db_path(tmp_path))
     fill_batch(store, "hostile", ["it-1"], BatchState.COMPLETED, titles={"it-1": HOSTILE},
                depositor=HOSTILE[:250], error=HOSTILE)
     store.set_meta("file_errors", json.dumps({"batches/x.yaml": HOSTILE}))
@@ -463,7 +627,7 @@ def test_hostile_text_is_escaped(tmp_path: Path) -> None:
 
 
 def test_a_large_batch_pages_on_the_server(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "batchq.sqlite3")
+    store = SqliteStore(local_db_path(tmp_path))
     ids = [f"item-{i:05d}" for i in range(2500)]
     fill_batch(store, "large", ids, BatchState.PROCESSING, done=1000)
     store.close()
@@ -511,9 +675,9 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_serve_opens_a_local_store_per_request(filled: Harness,
+def test_serve_opens_a_local_store_per_request(filled: Site,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    state = filled.settings.state_dir
+    state = filled.state_dir
     monkeypatch.setenv("BATCHQ_GITLAB_TOKEN", "from-env")
     woken = threading.Event()
     factory, shared = store_factory(BackendSettings(state_dir=state))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.worker.program import cas_path, record_path
+from tests.fixtures import wait_for
 from tests.test_fetch import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,11 +225,8 @@ def test_sigterm_removes_the_temp_file_and_logs_a_reason(
                             env=worker_env(tmp_path, server.base + "trickle"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while "trickle" not in server.requests and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # a few bytes are in the temp file now
-        assert len(leftovers(tmp_path)) == 1
+        wait_for(lambda: "trickle" in server.requests and len(leftovers(tmp_path)) == 1,
+                 timeout=20, what="the worker to be part-way through a download (temp file)")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
     finally:

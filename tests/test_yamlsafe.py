@@ -13,6 +13,8 @@ import yaml
 from reconciler.spec import yamlsafe
 from reconciler.spec.yamlsafe import DocumentError, load_document, read_document
 
+pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
+
 BOMB = "".join(
     [
         'lol0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n',

@@ -6,7 +6,8 @@
   whole timeline (oldest first) and its reports (oldest first, each with its changes).
 - `GET /api/batches/<name>/jobs?state=&q=&page=`: just the page of jobs.
 
-An unknown state is a 400, an unknown batch a 404; a page past the end is clamped.
+An unknown state is a 400, an unknown batch a 404; a page past the end is clamped. The
+lists are computed by `web.views`, as for the pages, so both always show the same rows.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from flask import Blueprint, abort, current_app, request
 
 from web.storage import get_store
 from web.views import (
-    JOB_STATES,
-    STATES,
+    batch_list,
     batch_summary,
     event_view,
-    job_page,
-    paging,
+    job_list,
     reports_view,
     site_status,
 )
@@ -30,35 +29,19 @@ from web.views import (
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _state(allowed: list[str]) -> str | None:
-    state = request.args.get("state") or None
-    if state is not None and state not in allowed:
-        abort(400, f"unknown state {state!r}; one of {', '.join(allowed)}")
-    return state
-
-
 def _jobs(name: str) -> dict[str, Any]:
-    state = _state(JOB_STATES)
-    query = (request.args.get("q") or "").strip()[:200] or None
-    pg, rows = job_page(get_store(), name, state=state, query=query,
-                        page=request.args.get("page"),
-                        size=int(current_app.config["JOB_PAGE_SIZE"]))
-    return {**pg.to_json(), "state": state, "q": query, "rows": rows}
+    jobs = job_list(get_store(), name, request.args, int(current_app.config["JOB_PAGE_SIZE"]))
+    return {**jobs.paging.to_json(), "state": jobs.state, "q": jobs.query, "rows": jobs.rows}
 
 
 @bp.get("/batches")
 def batches() -> dict[str, Any]:
     store = get_store()
-    state = _state(STATES)
-    counts = store.count_batches()
-    total = counts.get(state, 0) if state else sum(counts.values())
-    pg = paging(request.args.get("page"), int(current_app.config["PAGE_SIZE"]), total)
-    page = store.page_batches(state=state, offset=pg.offset, limit=pg.size)
-    pg.total = page.total
     cfg = current_app.config
-    return {**pg.to_json(), "state": state, "counts": counts,
+    listing = batch_list(store, request.args, int(cfg["PAGE_SIZE"]))
+    return {**listing.paging.to_json(), "state": listing.state, "counts": listing.counts,
             "site": site_status(store, cfg["STATE_DIR"], float(cfg["STALL_SECONDS"])),
-            "batches": [batch_summary(b) for b in page.rows]}
+            "batches": listing.rows}
 
 
 @bp.get("/batches/<name>")

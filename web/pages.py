@@ -9,7 +9,6 @@ forms, and a `<meta http-equiv="refresh">` reloads a page only while work is mov
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -21,16 +20,18 @@ from flask import (
     render_template,
     request,
 )
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
+from reconciler.support.timefmt import parse_rfc3339
 from web.storage import get_store
 from web.views import (
     JOB_STATES,
     STATES,
+    BadFilter,
+    batch_list,
     batch_summary,
     event_view,
-    job_page,
-    paging,
+    job_list,
     reports_view,
     site_status,
 )
@@ -41,15 +42,11 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 
        "base-uri 'none'; frame-ancestors 'none'")
 
 
-def _parse(value: str) -> float:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
-
-
 def ago(value: str | None) -> str:
     """'3 min ago' for an ISO time (the exact time goes in a title attribute)."""
     if not value:
         return "never"
-    delta = int(time.time() - _parse(value))
+    delta = int(time.time() - parse_rfc3339(value))
     if delta < 0:
         return "just now"
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -107,6 +104,11 @@ def install(app: Flask) -> None:
         return render_template("error.html", code=code, name=exc.name,
                                description=exc.description, site=None, refresh=False), code
 
+    @app.errorhandler(BadFilter)
+    def bad_filter(exc: BadFilter) -> Any:
+        """A filter the lists cannot apply, on a page or in the API: a 400 that says why."""
+        return http_error(BadRequest(str(exc)))
+
 
 def _site() -> dict[str, Any]:
     cfg = current_app.config
@@ -115,21 +117,13 @@ def _site() -> dict[str, Any]:
 
 @bp.get("/")
 def index() -> str:
-    store = get_store()
-    state = request.args.get("state") or None
-    if state is not None and state not in STATES:
-        abort(400, f"unknown state {state!r}; one of {', '.join(STATES)}")
-    size = int(current_app.config["PAGE_SIZE"])
-    counts = store.count_batches()
-    total = counts.get(state, 0) if state else sum(counts.values())
-    pg = paging(request.args.get("page"), size, total)
-    page = store.page_batches(state=state, offset=pg.offset, limit=pg.size)
-    pg.total = page.total
-    rows = [batch_summary(b) for b in page.rows]
+    listing = batch_list(get_store(), request.args, int(current_app.config["PAGE_SIZE"]))
     moving = ("Processing", "Reporting", "UpdateReporting")
-    refresh = any(counts.get(s) for s in moving) or any(r["active"] for r in rows)
-    return render_template("index.html", rows=rows, counts=counts, states=STATES,
-                           state=state, paging=pg, site=_site(), refresh=refresh)
+    refresh = (any(listing.counts.get(s) for s in moving)
+               or any(r["active"] for r in listing.rows))
+    return render_template("index.html", rows=listing.rows, counts=listing.counts,
+                           states=STATES, state=listing.state, paging=listing.paging,
+                           site=_site(), refresh=refresh)
 
 
 @bp.get("/batches/<name>")
@@ -139,19 +133,14 @@ def batch(name: str) -> str:
     if b is None:
         abort(404, f"There is no batch named {name!r} (it may have been removed after its "
                    "retention period, or not synced yet).")
-    state = request.args.get("state") or None
-    if state is not None and state not in JOB_STATES:
-        abort(400, f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
-    query = (request.args.get("q") or "").strip()[:200] or None
-    pg, jobs = job_page(store, name, state=state, query=query, page=request.args.get("page"),
-                        size=int(current_app.config["JOB_PAGE_SIZE"]))
+    jobs = job_list(store, name, request.args, int(current_app.config["JOB_PAGE_SIZE"]))
     events = [event_view(e) for e in store.list_events(name)]
     limit = int(current_app.config["TIMELINE_LIMIT"])
     reports = reports_view(store, store.list_reports(name))
     summary = batch_summary(b)
     return render_template(
-        "batch.html", b=summary, jobs=jobs, job_states=JOB_STATES, state=state,
-        query=query or "", paging=pg, events=events[::-1][:limit],
+        "batch.html", b=summary, jobs=jobs.rows, job_states=JOB_STATES, state=jobs.state,
+        query=jobs.query or "", paging=jobs.paging, events=events[::-1][:limit],
         hidden_events=max(0, len(events) - limit), reports=reports[::-1], site=_site(),
         refresh=summary["active"])
 

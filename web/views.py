@@ -1,16 +1,17 @@
 """What the pages and the JSON API show, computed once from the store for both.
 
 Every function here reads through the `Store` protocol and returns plain JSON-ready
-values, so the HTML templates and /api/... can never disagree. Times are ISO 8601 UTC
-strings; the templates turn them into "3 min ago" with the exact time in a title.
+values, so the HTML templates and /api/... can never disagree. Times are RFC 3339 UTC
+strings (`reconciler.support.timefmt`); the templates turn them into "3 min ago" with the
+exact time in a title.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import Event, Store
 from reconciler.support.heartbeat import read_heartbeat
+from reconciler.support.timefmt import rfc3339_or_none as iso
 
 STATES = [str(s) for s in BatchState]
 JOB_STATES = [str(s) for s in JobState]
@@ -25,12 +27,11 @@ JOB_STATES = [str(s) for s in JobState]
 ACTIVE = {"Pending", "Processing", "Reporting", "UpdateReporting"}
 RUNNING_JOBS = ("Pending", "Processing")
 CHANGES_SHOWN = 200  # of one report's changes; the count says how many there are in all
+QUERY_MAX = 200  # characters of a job search that are used
 
 
-def iso(ts: float | None) -> str | None:
-    if not ts:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+class BadFilter(ValueError):
+    """A query parameter a list cannot be filtered by (the site answers 400 with it)."""
 
 
 @dataclass
@@ -124,6 +125,54 @@ def job_page(store: Store, name: str, *, state: str | None, query: str | None,
     pg = paging(page, size, total)
     rows = store.list_items(name, state=state, query=query, offset=pg.offset, limit=pg.size)
     return pg, [job_view(s) for s in rows]
+
+
+def state_filter(raw: str | None, allowed: list[str], what: str) -> str | None:
+    """The `state=` filter: None for all, else one of `allowed` (else BadFilter)."""
+    state = raw or None
+    if state is not None and state not in allowed:
+        raise BadFilter(f"unknown {what} {state!r}; one of {', '.join(allowed)}")
+    return state
+
+
+@dataclass
+class BatchList:
+    """One page of the batch list, as the page and /api/batches both show it."""
+
+    state: str | None
+    counts: dict[str, int]  # batches by state, over all pages
+    paging: Paging
+    rows: list[dict[str, Any]]
+
+
+def batch_list(store: Store, args: Mapping[str, str], size: int) -> BatchList:
+    """The list for the request's `state=` and `page=` (newest activity first)."""
+    state = state_filter(args.get("state"), STATES, "state")
+    counts = store.count_batches()
+    total = counts.get(state, 0) if state else sum(counts.values())
+    pg = paging(args.get("page"), size, total)
+    page = store.page_batches(state=state, offset=pg.offset, limit=pg.size)
+    pg.total = page.total
+    return BatchList(state, counts, pg, [batch_summary(b) for b in page.rows])
+
+
+@dataclass
+class JobList:
+    """One page of a batch's jobs, as the batch page and /api/batches/<name> show it."""
+
+    state: str | None
+    query: str | None
+    paging: Paging
+    rows: list[dict[str, Any]]
+
+
+def job_list(store: Store, name: str, args: Mapping[str, str], size: int) -> JobList:
+    """The jobs for the request's `state=`, `q=` (a search) and `page=`."""
+    state = state_filter(args.get("state"), JOB_STATES, "job state")
+    query = (args.get("q") or "").strip()[:QUERY_MAX] or None
+    pg, rows = job_page(store, name, state=state, query=query, page=args.get("page"),
+                        size=size)
+    return JobList(state, query, pg, rows)
 
 
 def event_view(e: Event) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Store
+from reconciler.support.timefmt import rfc3339_or_none
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -81,10 +81,6 @@ def backend_settings(args: argparse.Namespace) -> BackendSettings:
                            namespace=args.namespace, kubeconfig=args.kubeconfig)
 
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
-
-
 def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
     """The `status --json` document, in exactly the shape DESIGN §7 gives."""
     batches = [b for b in store.list_batches() if name is None or b.name == name]
@@ -96,7 +92,7 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
             for s in store.list_items(b.name)
         ]
         reports = [
-            {"kind": r.kind, "createdAt": _iso(r.created_at),
+            {"kind": r.kind, "createdAt": rfc3339_or_none(r.created_at, micro=True),
              "emailed": bool(r.emailed and store.delivered(r.id)),
              "changed": list(r.changed)}
             for r in store.list_reports(b.name)

@@ -16,6 +16,15 @@ from reconciler.domain.states import BatchState, JobState
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_PRIORITY = 5
+# The digests a manifest may give, and how many lowercase hex digits each one has.
+DIGEST_HEX_DIGITS = {"md5": 32, "sha256": 64, "sha512": 128}
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def is_hex_digest(algorithm: str, value: str) -> bool:
+    """Is `value` a lowercase hex digest of the length `algorithm` gives?"""
+    digits = DIGEST_HEX_DIGITS.get(algorithm)
+    return digits is not None and len(value) == digits and _HEX.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

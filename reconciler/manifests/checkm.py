@@ -28,6 +28,8 @@ import re
 import unicodedata
 from typing import Any
 
+from reconciler.domain.model import DIGEST_HEX_DIGITS, is_hex_digest
+
 PROFILES = (
     "mrt-single-file-batch-manifest",
     "mrt-container-batch-manifest",
@@ -36,7 +38,6 @@ PROFILES = (
 PROFILE_BASE = "http://uc3.cdlib.org/registry/ingest/manifest/"
 MAX_ITEMS = 100_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-HEX_DIGITS = {"md5": 32, "sha256": 64, "sha512": 128}
 _URL = re.compile(r"(https?://|file:)\S+", re.IGNORECASE)
 
 FILE_URL = "nfo:fileUrl"
@@ -73,7 +74,7 @@ def sanitise_id(raw: str) -> str:
 def normalise_algorithm(name: str) -> str | None:
     """`SHA-256`, `sha_256`, `SHA256` -> `sha256`; `MD5` -> `md5`; None if unsupported."""
     key = re.sub(r"[-_\s]", "", name.lower())
-    return key if key in HEX_DIGITS else None
+    return key if key in DIGEST_HEX_DIGITS else None
 
 
 def _profile_name(value: str) -> str | None:
@@ -166,9 +167,9 @@ class _Parser:
                 raise self.error(n, f"nfo:hashAlgorithm {algorithm} is given without"
                                     " nfo:hashValue")
             value = value.lower()
-            if not re.fullmatch(r"[0-9a-f]+", value) or len(value) != HEX_DIGITS[norm]:
+            if not is_hex_digest(norm, value):
                 raise self.error(n, f"hash value {value!r} is not a {norm} digest"
-                                    f" ({HEX_DIGITS[norm]} hex digits)")
+                                    f" ({DIGEST_HEX_DIGITS[norm]} hex digits)")
             item["digest"] = {"algorithm": norm, "value": value}
         size = row.get("nfo:fileSize", "")
         if size:

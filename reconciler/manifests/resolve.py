@@ -18,10 +18,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from reconciler.domain.model import BatchSpec, Item, Profile
+from reconciler.domain.model import DIGEST_HEX_DIGITS, BatchSpec, Item, Profile
 from reconciler.manifests.checkm import MAX_ITEMS, ManifestError, parse_checkm
 from reconciler.manifests.fetch import FetchError, fetch_bytes, normalized_url
-from reconciler.spec.validation import DIGEST_HEX_DIGITS, PATTERN_HINTS, item_validator
+from reconciler.spec.validation import PATTERN_HINTS, item_validator
 from reconciler.spec.yamlsafe import DocumentError, load_document
 
 __all__ = ["MAX_ITEMS", "ManifestError", "check_items", "parse_manifest", "resolve_items",

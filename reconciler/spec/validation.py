@@ -22,13 +22,12 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend
 
-from reconciler.domain.model import DNS_LABEL
+from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 KINDS = ("Batch", "Profile", "Queue")
 _KIND_WORDS = "Batch, Profile or Queue"
-DIGEST_HEX_DIGITS = {"md5": 32, "sha256": 64, "sha512": 128}
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 JsonPath = tuple[str | int, ...]

@@ -57,6 +57,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reconciler.domain.model import DIGEST_HEX_DIGITS, is_hex_digest
 from reconciler.manifests.fetch import (
     FetchError,
     FetchRefused,
@@ -70,7 +71,6 @@ MESSAGE_LIMIT = 1024
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_BYTES = 10 * 1024**3
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
-HEX_DIGITS = {"md5": 32, "sha256": 64, "sha512": 128}
 PROGRESS_SECONDS = 5.0
 TEMP_PREFIX = ".incoming-"
 
@@ -145,12 +145,12 @@ def config_from_env(env: Mapping[str, str]) -> Config:
     value = env.get("BATCHQ_DIGEST_VALUE", "").strip().lower()
     digest = None
     if algorithm or value:
-        if algorithm not in HEX_DIGITS:
+        if algorithm not in DIGEST_HEX_DIGITS:
             raise WorkerError(f"BATCHQ_DIGEST_ALGORITHM must be md5, sha256 or sha512, not"
                               f" {algorithm!r}", EXIT_REFUSED)
-        if not re.fullmatch(r"[0-9a-f]+", value) or len(value) != HEX_DIGITS[algorithm]:
+        if not is_hex_digest(algorithm, value):
             raise WorkerError(f"BATCHQ_DIGEST_VALUE {value!r} is not a {algorithm} digest"
-                              f" ({HEX_DIGITS[algorithm]} hex digits)", EXIT_REFUSED)
+                              f" ({DIGEST_HEX_DIGITS[algorithm]} hex digits)", EXIT_REFUSED)
         digest = (algorithm, value)
     prefixes = env.get("BATCHQ_ALLOWED_PREFIXES")
     base = env.get("BATCHQ_BASE_DIR", "").strip()
@@ -277,7 +277,7 @@ def already_stored(cfg: Config) -> Path | None:
         record = None
     if (isinstance(record, dict) and record.get("url") == cfg.url
             and isinstance(record.get("sha256"), str)
-            and re.fullmatch(r"[0-9a-f]{64}", record["sha256"])):
+            and is_hex_digest("sha256", record["sha256"])):
         stored = cas_path(cfg.storage, record["sha256"])
         if _verified(cfg, stored, record["sha256"]):
             return stored

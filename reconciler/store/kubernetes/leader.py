@@ -11,24 +11,14 @@ import logging
 import os
 import socket
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from reconciler.support.timefmt import parse_rfc3339, rfc3339
+
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: Any) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    parsed = datetime.fromisoformat(str(value))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 class LeaderElector:
@@ -47,7 +37,7 @@ class LeaderElector:
         meta: dict[str, Any] = {"name": self.name}
         if rv:
             meta["resourceVersion"] = rv
-        now = _now()
+        now = rfc3339(time.time(), micro=True)  # a Lease's times are MicroTime
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": {"holderIdentity": self.identity,
                          "leaseDurationSeconds": self.duration,
@@ -70,13 +60,13 @@ class LeaderElector:
             return self.leader
         spec = lease.spec
         holder = spec.holder_identity
-        renewed = _parse(spec.renew_time) if spec.renew_time else 0.0
+        renewed = parse_rfc3339(spec.renew_time) if spec.renew_time else 0.0
         expired = time.time() > renewed + (spec.lease_duration_seconds or self.duration)
         if holder != self.identity and not expired:
             self.leader = False
             return False
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
-        acquired = (spec.acquire_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        acquired = (rfc3339(parse_rfc3339(spec.acquire_time), micro=True)
                     if holder == self.identity and spec.acquire_time else None)
         try:
             self.coord.replace_namespaced_lease(

@@ -23,7 +23,6 @@ import hashlib
 import json
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -43,6 +42,7 @@ from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
 from reconciler.store.codec import canonical_json
 from reconciler.store.kubernetes.informer import Informer, Obj
+from reconciler.support.timefmt import parse_rfc3339_or_none, rfc3339
 
 GROUP, VERSION, PLURAL = "batchq.dev", "v1", "batches"
 MANAGER = "batchq-sync"
@@ -50,21 +50,6 @@ A = "batchq.dev/"
 CHUNK = 500
 TIMELINE_MAX = 500
 META = "batchq-meta"
-
-
-def _ts(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(int(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_ts(value: Any) -> float | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    parsed = datetime.fromisoformat(str(value))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
@@ -75,7 +60,7 @@ def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
         "conditions": [
             {"type": c.type, "status": "True" if c.status else "False", "reason": c.reason or
              "Unknown", "message": c.message[:32768],
-             "lastTransitionTime": _ts(c.last_transition) or _ts(0)}
+             "lastTransitionTime": rfc3339(c.last_transition or 0)}
             for c in s.conditions
         ],
         "itemsLoaded": s.items_loaded,
@@ -102,7 +87,8 @@ def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
         message=d.get("message", ""),
         conditions=[
             Condition(c["type"], c.get("status") == "True", c.get("reason", ""),
-                      c.get("message", ""), _parse_ts(c.get("lastTransitionTime")) or 0.0)
+                      c.get("message", ""),
+                      parse_rfc3339_or_none(c.get("lastTransitionTime")) or 0.0)
             for c in d.get("conditions", [])
         ],
         started_at=d.get("startedAt"),
@@ -293,7 +279,7 @@ class KubernetesStore:
             status=status_from_k8s(cr.get("status")),
             spec_error=ann.get(f"{A}spec-error", ""),
             updated_at=float(ann.get(f"{A}updated-at", "0") or 0)
-            or (_parse_ts(meta.get("creationTimestamp")) or 0.0),
+            or (parse_rfc3339_or_none(meta.get("creationTimestamp")) or 0.0),
         )
 
     def _placeholder_batch(self, name: str, p: dict[str, Any]) -> Batch:
@@ -527,10 +513,10 @@ class KubernetesStore:
         message = ""
         finished = None
         if "Complete" in conds:
-            state, finished = JobState.COMPLETED, _parse_ts(st.get("completionTime"))
+            state, finished = JobState.COMPLETED, parse_rfc3339_or_none(st.get("completionTime"))
         elif "Failed" in conds:
             state = JobState.FAILED
-            finished = _parse_ts(conds["Failed"].get("lastTransitionTime"))
+            finished = parse_rfc3339_or_none(conds["Failed"].get("lastTransitionTime"))
             message = self._failure_message(meta["name"], conds["Failed"])
         elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
             state = JobState.PROCESSING  # started; stays so while a pod is being replaced
@@ -538,8 +524,8 @@ class KubernetesStore:
                    item=(meta.get("annotations") or {}).get(f"{A}item-id", ""),
                    attempt=int(labels.get(f"{A}attempt", "1")), state=state, message=message,
                    suspended=bool(spec.get("suspend")),
-                   created_at=_parse_ts(meta.get("creationTimestamp")),
-                   started_at=_parse_ts(st.get("startTime")), finished_at=finished)
+                   created_at=parse_rfc3339_or_none(meta.get("creationTimestamp")),
+                   started_at=parse_rfc3339_or_none(st.get("startTime")), finished_at=finished)
 
     def _failure_message(self, name: str, cond: dict[str, Any]) -> str:
         """The worker's one-line reason, from its pod's termination message (read once)."""

@@ -1,0 +1,205 @@
+"""The `Store` contract, checked on the SQLite store and on the unit layer's MemoryStore.
+
+The unit layer's controller tests are only worth what the MemoryStore is worth: these
+checks run the same calls on both and expect the same answers (idempotent writes, the
+last good spec kept, conflicts, suspension, the outbox, copies handed out, transactions
+that land whole or not at all), so the two cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.domain.model import Batch, BatchStatus, Item, Report
+from reconciler.domain.states import BatchState, JobState
+from reconciler.store.backends import local_db_path
+from reconciler.store.base import ConflictError, Event, JobSpec, Store
+from reconciler.store.local.sqlite import SqliteStore
+from tests.unit.memory_store import MemoryStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(
+        local_db_path(tmp_path))
+    yield s
+    s.close()
+
+
+def spec(*ids: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"profile": "p", "depositor": {"name": "D", "email": "d@example.org"},
+                            "manifest": {"items": [{"id": i, "url": f"http://h/{i}"}
+                                                   for i in ids]}}
+    body.update(extra)
+    return body
+
+
+def apply(store: Store, name: str, body: dict[str, Any] | None, rev: str = "r1",
+          error: str = "") -> Batch:
+    return store.apply_spec(name, body, source_path=f"batches/{name}.yaml", revision=rev,
+                            committed_at=1000.0, error=error)
+
+
+def stored(store: Store, name: str) -> Batch:
+    b = store.get_batch(name)
+    assert b is not None, f"no batch {name}"
+    return b
+
+
+def job(batch: str, item: str, attempt: int = 1, *, suspended: bool = False) -> JobSpec:
+    return JobSpec(name=f"{batch}-{item}-{attempt}", batch=batch, item=item, attempt=attempt,
+                   command=("true",), env={}, suspended=suspended)
+
+
+def report(batch: str, round_: int, *, emailed: bool) -> Report:
+    return Report(f"{batch}:{round_}", batch, "initial", 1000.0 + round_, "Ingest: OK", ("d@x",),
+                  "body", (), {"a": "Completed"}, emailed, b"Subject: s\r\n\r\nbody")
+
+
+def test_a_spec_is_versioned_by_generation_and_a_broken_one_keeps_the_last_good(
+        store: Store) -> None:
+    first = apply(store, "b", spec("a"))
+    assert (first.generation, first.status.state, first.spec_error) == (1, BatchState.PENDING, "")
+    writes = store.writes
+    assert apply(store, "b", spec("a"), rev="r2").generation == 1  # same spec: same version
+    assert store.writes == writes and stored(store, "b").source_revision == "r1"
+    second = apply(store, "b", spec("a", priority=1), rev="r3")
+    assert (second.generation, second.source_revision) == (2, "r3")
+    assert second.spec is not None and second.spec.priority == 1
+    broken = apply(store, "b", None, rev="r4", error="batches/b.yaml:1:1: broken")
+    assert broken.generation == 2 and broken.spec is not None and broken.spec.priority == 1
+    assert (broken.spec_error, broken.source_revision) == ("batches/b.yaml:1:1: broken", "r4")
+    never = apply(store, "n", None, error="bad")
+    assert never.spec is None and never.generation == 1
+
+
+def test_a_status_write_based_on_a_stale_read_is_a_conflict(store: Store) -> None:
+    b = apply(store, "b", spec("a"))
+    writes = store.writes
+    store.update_status("b", b.status, dataclasses.replace(b.status))  # no change: no write
+    assert store.writes == writes
+    mine = dataclasses.replace(b.status, state=BatchState.PROCESSING, message="admitted")
+    store.update_status("b", b.status, mine)
+    assert store.writes == writes + 1
+    theirs = dataclasses.replace(b.status, state=BatchState.HELD)
+    with pytest.raises(ConflictError):
+        store.update_status("b", b.status, theirs)  # based on what was there before mine
+    now = store.get_batch("b")
+    assert now is not None and now.status == mine
+    assert store.count_batches() == {"Processing": 1}
+
+
+def test_items_are_recorded_once_filtered_and_paged(store: Store) -> None:
+    apply(store, "b", spec("a", "b", "c"))
+    items = [Item("a", "http://h/a", title="Map of Oakland"), Item("b", "http://h/b"),
+             Item("c", "http://h/c")]
+    store.set_items("b", items)
+    store.set_items("b", items)  # again: nothing new
+    assert [s.item.id for s in store.list_items("b")] == ["a", "b", "c"]
+    assert [s.seq for s in store.list_items("b")] == [0, 1, 2]
+    rows = store.list_items("b")
+    rows[1].state, rows[1].attempts, rows[1].message = JobState.FAILED, 1, "digest mismatch"
+    rows[0].state = JobState.COMPLETED  # changed, but not written back: not stored
+    store.update_items("b", [rows[1]])
+    assert store.count_items("b") == {"Pending": 2, "Failed": 1}
+    assert [s.item.id for s in store.list_items("b", state="Failed")] == ["b"]
+    assert store.list_items("b", state="Failed")[0].message == "digest mismatch"
+    assert [s.item.id for s in store.list_items("b", offset=1, limit=1)] == ["b"]
+    assert [s.item.id for s in store.list_items("b", query="OAKLAND")] == ["a"]
+    assert store.total_items("b", state="Pending") == 2
+    assert store.total_items("b", query="nothing like it") == 0
+
+
+def test_jobs_are_created_once_and_suspension_moves_only_unstarted_ones(store: Store) -> None:
+    apply(store, "b", spec("a", "b", "c"))
+    assert store.create_job(job("b", "a")) is True
+    assert store.create_job(job("b", "a")) is False
+    store.create_job(job("b", "b"))
+    store.create_job(job("b", "c", suspended=True))
+    assert {j.name: j.state for j in store.list_jobs("b")} == {
+        "b-a-1": JobState.PENDING, "b-b-1": JobState.PENDING, "b-c-1": JobState.HELD}
+    assert store.count_active_jobs() == 2
+    store.set_suspended("b", True)
+    assert {j.name: (j.state, j.suspended) for j in store.list_jobs("b")} == {
+        "b-a-1": (JobState.HELD, True), "b-b-1": (JobState.HELD, True),
+        "b-c-1": (JobState.HELD, True)}
+    assert store.count_active_jobs() == 0
+    store.set_suspended("b", False)
+    assert {j.state for j in store.list_jobs("b")} == {JobState.PENDING}
+    assert store.count_active_jobs() == 3
+    store.delete_jobs("b")
+    assert store.list_jobs() == [] and store.count_active_jobs() == 0
+
+
+def test_reports_are_saved_once_and_only_emailed_ones_queue(store: Store) -> None:
+    apply(store, "b", spec("a"))
+    assert store.save_report(report("b", 1, emailed=True)) is True
+    assert store.save_report(report("b", 1, emailed=True)) is False
+    assert store.save_report(report("b", 2, emailed=False)) is True
+    assert [r.id for r in store.list_reports("b")] == ["b:1", "b:2"]
+    assert [e.report_id for e in store.pending_outbox(time.time())] == ["b:1"]
+    store.mark_delivery_failed("b:1", "connection refused", time.time() + 60)
+    assert store.pending_outbox(time.time()) == []
+    waiting = store.pending_outbox(time.time() + 61)
+    assert [(e.attempts, e.last_error) for e in waiting] == [(1, "connection refused")]
+    assert store.outbox_stats() == {"delivered": 0, "failed": 1, "waiting": 1}
+    store.mark_delivered("b:1")
+    assert store.delivered("b:1") and not store.delivered("b:2")
+    assert store.outbox_stats() == {"delivered": 1, "failed": 1, "waiting": 0}
+    assert store.pending_outbox(time.time() + 3600) == []
+
+
+def test_removing_a_batch_removes_everything_it_owns(store: Store) -> None:
+    apply(store, "b", spec("a"))
+    apply(store, "other", spec("a"))
+    for name in ("b", "other"):
+        store.set_items(name, [Item("a", "http://h/a")])
+        store.create_job(job(name, "a"))
+        store.save_report(report(name, 1, emailed=True))
+        store.add_event(Event(name, 1.0, "Processing", "admitted", "r1"))
+    store.remove_batch("b")
+    assert store.get_batch("b") is None
+    assert (store.list_items("b"), store.list_jobs("b"), store.list_reports("b"),
+            store.list_events("b")) == ([], [], [], [])
+    assert [e.report_id for e in store.pending_outbox(time.time())] == ["other:1"]
+    assert len(store.list_events("other")) == 1 and store.get_batch("other") is not None
+
+
+def test_a_transaction_lands_whole_or_not_at_all(store: Store) -> None:
+    b = apply(store, "b", spec("a"))
+    with pytest.raises(RuntimeError), store.transaction():
+        store.create_job(job("b", "a"))
+        store.update_status("b", b.status, BatchStatus(state=BatchState.PROCESSING))
+        raise RuntimeError("killed half-way")
+    assert store.list_jobs() == []
+    assert stored(store, "b").status.state == BatchState.PENDING
+    with store.transaction():
+        store.create_job(job("b", "a"))
+        store.add_event(Event("b", 1.0, "Processing", "admitted", "r1"))
+    assert [j.name for j in store.list_jobs()] == ["b-a-1"] and store.list_events("b")
+
+
+def test_the_list_pages_newest_activity_first_and_meta_is_kept(store: Store) -> None:
+    for name in ("a", "b", "c"):
+        apply(store, name, spec("x"))
+    b = store.get_batch("b")
+    assert b is not None
+    store.update_status("b", b.status, BatchStatus(state=BatchState.HELD))
+    newest_first = sorted(store.list_batches(), key=lambda x: (-x.updated_at, x.name))
+    assert newest_first[0].name == "b"  # its status was written last
+    page = store.page_batches(limit=2)
+    assert page.total == 3 and [x.name for x in page.rows] == [x.name for x in newest_first[:2]]
+    held = store.page_batches(state="Held")
+    assert held.total == 1 and [x.name for x in held.rows] == ["b"]
+    assert [x.name for x in store.list_batches()] == ["a", "b", "c"]
+    assert store.get_meta("synced_commit") is None
+    store.set_meta("synced_commit", "abc")
+    writes = store.writes
+    store.set_meta("synced_commit", "abc")
+    assert store.get_meta("synced_commit") == "abc" and store.writes == writes
