@@ -463,7 +463,7 @@ def test_profile_prefixes_and_storage_path_are_checked() -> None:
     assert problems(text, "profiles/demo.yaml") == [
         "profiles/demo.yaml:12:19: spec.storage.path: \"../outside\" must stay inside the"
         " storage root: remove the '..' segments",
-        'profiles/demo.yaml:13:24: spec.allowedUrlPrefixes[0]: "https://u:pw@repo.example.org/"'
+        'profiles/demo.yaml:13:24: spec.allowedUrlPrefixes[0]: "https://***@repo.example.org/"'
         " is not a usable prefix: a prefix cannot carry userinfo (credentials)",
         'profiles/demo.yaml:13:58: spec.allowedUrlPrefixes[1]: "https://repo.example.org/a/../b"'
         ' is not a usable prefix: it contains the dot segment ".."',

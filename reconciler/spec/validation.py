@@ -26,6 +26,7 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DNS_LABEL
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
+from reconciler.support.redaction import redact_text
 from reconciler.support.urls import UrlRefused, check_url, parse_url
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -68,12 +69,16 @@ _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    """One finding, ordered by file and position so output reads top to bottom."""
+    """One finding, ordered by file and position so output reads top to bottom. Its
+    message may quote a URL from the file: any credentials in it are hidden."""
 
     path: str
     line: int
     col: int
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", redact_text(self.message))
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
