@@ -472,3 +472,33 @@ def test_credentials_in_payload_urls_are_used_and_never_shown(
         kept = db.execute("SELECT COUNT(*) FROM credentials WHERE batch='creds'").fetchone()
     assert kept == (3,)
 
+
+
+def test_credentials_committed_to_git_are_refused_at_their_line(
+        git_repo: GitRepo, smtp: SmtpServer, payloads: PayloadServer, tmp_path: Path) -> None:
+    with_creds = payloads.base.replace("http://", f"http://depositor:{SECRET}@")
+    git_repo.write("profiles/test.yaml", profile(payloads.base))
+    git_repo.write("batches/inline.yaml", batch_doc([item("a", with_creds + "a")]))
+    git_repo.write("batches/remote.yaml", batch_doc(url=with_creds + "m.checkm"))
+    git_repo.commit("credentials committed by mistake")
+    state = tmp_path / "state"
+    reconcile(git_repo, state, smtp)
+    shown = payloads.base.replace("http://", "http://***@")
+    errors = [line for line in batchq("status", "--state", str(state)).stderr.splitlines()
+              if "carries credentials" in line]
+    assert errors == [
+        f'error: batches/inline.yaml:11:12: spec.manifest.items[0].url: "{shown}a" carries'
+        " credentials, which must not be committed to Git; remove the user:password@ part"
+        " (a remote manifest's file URLs may carry them)",
+        f'error: batches/remote.yaml:9:10: spec.manifest.url: "{shown}m.checkm" carries'
+        " credentials, which must not be committed to Git; remove the user:password@ part"
+        " (a remote manifest's file URLs may carry them)",
+    ]
+    assert {name: got[0] for name, got in outcome(state).items()} == {
+        "inline": "Pending", "remote": "Pending"}  # never applied, nothing ran
+    assert payloads.requests == []
+    assert SECRET.encode() not in (state / "batchq.sqlite3").read_bytes()
+    checked = batchq("validate", str(git_repo.path))
+    assert checked.returncode == 1
+    assert checked.stdout.splitlines() == [
+        f"{git_repo.path}/{line.removeprefix('error: ')}" for line in errors]

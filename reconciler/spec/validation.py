@@ -26,7 +26,7 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DNS_LABEL
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
-from reconciler.support.redaction import redact_text
+from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, parse_url
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -356,6 +356,25 @@ def _check_batch(doc: LoadedDocument) -> list[Problem]:
     return problems
 
 
+def _check_no_credentials(doc: LoadedDocument) -> list[Problem]:
+    """No URL in a batch file carries `user:password@`: whoever reads the repository (and
+    its history, for good) could use them (DESIGN §10: never from Git). A remote manifest
+    may carry them; the reconciler uses them and shows them nowhere."""
+    problems: list[Problem] = []
+    for at, url in _batch_urls(doc):
+        try:
+            userinfo = parse_url(url).userinfo
+        except UrlRefused:
+            continue  # reported by the URL check against the profile
+        if userinfo is not None:
+            problems.append(Problem.at(
+                doc, doc.position(at),
+                f"{format_path(at)}: {_show(redact_url(url))} carries credentials, which must"
+                " not be committed to Git; remove the user:password@ part (a remote"
+                " manifest's file URLs may carry them)"))
+    return problems
+
+
 def storage_path_problem(path: str) -> str | None:
     """Why a profile's storage.path could leave the storage root (the operator's, or the
     state dir's `storage/`), or None."""
@@ -409,6 +428,7 @@ def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> lis
         problems += _check_name(doc, kind)
     if kind == "Batch":
         problems += _check_batch(doc)
+        problems += _check_no_credentials(doc)
     if kind == "Profile":
         problems += _check_profile(doc)
     return sorted(problems)
