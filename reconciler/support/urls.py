@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
@@ -100,8 +101,8 @@ def _segments(url: str, path: str, *, file: bool) -> tuple[str, ...]:
 
 def _host_and_port(url: str, scheme: str, authority: str) -> tuple[str, int]:
     if authority.startswith("["):
-        end = authority.find("]") + 1
-        host, after = authority[:end or len(authority)], authority[end or len(authority):]
+        host, bracket, after = authority.partition("]")
+        host += bracket
     else:
         host, colon, port_text = authority.partition(":")
         after = colon + port_text
@@ -182,6 +183,16 @@ def parse_url(url: str, *, prefix: bool = False) -> Location:
     return location
 
 
+@lru_cache(maxsize=256)
+def _prefix(text: str) -> Location | None:
+    """A prefix parsed once (a 100,000-item manifest checks the same few each time); None
+    for an invalid one, which allows nothing (`batchq validate` reports it)."""
+    try:
+        return parse_url(text, prefix=True)
+    except UrlRefused:
+        return None
+
+
 def check_file_root(url: str, location: Location, file_roots: Sequence[str | Path]) -> None:
     """Raise UrlRefused unless the host path of an absolute `file:` URL lies under one of
     the operator's `file_roots` (as written: a reader resolves links and checks again)."""
@@ -203,12 +214,7 @@ def check_url(url: str, prefixes: Sequence[str], *, file_roots: Sequence[str | P
     `file:` URL must also lie under one of `file_roots` (the operator's setting).
     """
     location = parse_url(url)
-    allowed = []
-    for text in prefixes:
-        try:
-            allowed.append(parse_url(text, prefix=True))
-        except UrlRefused:
-            continue  # an invalid prefix allows nothing; `batchq validate` reports it
+    allowed = [p for p in (_prefix(text) for text in prefixes) if p is not None]
     if not any(location.within(p) for p in allowed):
         listed = ", ".join(redact_url(p) for p in prefixes) or "none"
         raise UrlRefused(f"URL {redact_url(url)} is not allowed{by} (allowed prefixes: {listed})")
