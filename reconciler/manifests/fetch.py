@@ -47,7 +47,13 @@ from urllib.parse import unquote, urljoin
 
 from reconciler.manifests.repofiles import RepoFileError, RepoSnapshot
 from reconciler.support.redaction import HIDDEN, redact_text, redact_url
-from reconciler.support.urls import Location, UrlRefused, check_file_root, parse_url
+from reconciler.support.urls import (
+    Location,
+    UrlRefused,
+    check_file_root,
+    parse_url,
+    without_userinfo,
+)
 
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
@@ -335,8 +341,7 @@ def open_url(url: str, *, timeout: float, repo: RepoSnapshot | None = None,
     userinfo = credentials if where.userinfo == HIDDEN else where.userinfo
     if where.userinfo == HIDDEN and not credentials:
         raise FetchRefused(f"URL {shown} needs credentials, and none were given")
-    target = url if where.userinfo is None else (
-        f"{where.scheme}://{url.partition('://')[2].partition('@')[2]}")
+    target = without_userinfo(url)
     authorization = _basic_auth(userinfo) if userinfo is not None else None
     watchdog = _Watchdog(timeout)
     try:

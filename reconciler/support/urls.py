@@ -233,13 +233,20 @@ def url_allowed(url: str, prefixes: Sequence[str], *,
     return True
 
 
+def without_userinfo(url: str) -> str:
+    """`url` as it goes on the wire: its userinfo (if any) taken out."""
+    if parse_url(url).userinfo is None:
+        return url
+    head, _, tail = url.partition("://")
+    return f"{head}://{tail.partition('@')[2]}"  # a parsed userinfo holds no other "@"
+
+
 def split_userinfo(url: str) -> tuple[str, str | None]:
     """(the URL with its userinfo shown as ***, the userinfo) — or (url, None) without any.
 
     The first is what may be stored and shown; the second travels only to the request.
     """
-    location = parse_url(url)
-    if location.userinfo is None:
+    userinfo = parse_url(url).userinfo
+    if userinfo is None:
         return url, None
-    head, _, tail = url.partition("://")
-    return f"{head}://{HIDDEN}@{tail.partition('@')[2]}", location.userinfo
+    return without_userinfo(url).replace("://", f"://{HIDDEN}@", 1), userinfo
