@@ -522,9 +522,11 @@ class KubernetesStore:
             "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
                               "readOnly": True}],
         }
+        # only this item's key; readable by the container's user whatever its uid (the
+        # image's, or a profile's image without fsGroup): the pod has this one container
         credentials = {"name": "credentials", "secret": {
             "secretName": _credentials_secret(spec.batch, spec.item), "optional": True,
-            "defaultMode": 0o400, "items": [{"key": spec.item, "path": "userinfo"}]}}
+            "defaultMode": 0o444, "items": [{"key": spec.item, "path": "userinfo"}]}}
         if spec.resources:
             container["resources"] = spec.resources
         job_spec: dict[str, Any] = {
