@@ -118,7 +118,8 @@ def test_manifest_url_that_hangs_fails_at_the_deadline(h: Harness, payloads: Pay
                                                        smtp: SmtpServer) -> None:
     hanging = Hanging()
     try:
-        profile = profile_doc("http://127.0.0.1:")
+        profile = profile_doc(payloads.base)
+        profile["spec"]["allowedUrlPrefixes"].append(hanging.url)
         profile["spec"]["manifest"] = {"timeoutSeconds": 1.5}
         h.repo.write("profiles/test.yaml", profile)
         h.repo.write("batches/slow.yaml", batch_doc(url=hanging.url))

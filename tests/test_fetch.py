@@ -24,9 +24,10 @@ from reconciler.manifests.fetch import (
     FetchTooLarge,
     fetch_bytes,
     fetch_to_file,
-    normalized_url,
     open_url,
 )
+from reconciler.manifests.repofiles import RepoSnapshot
+from tests.fixtures import GitRepo
 
 
 class LoopbackServer:
@@ -171,46 +172,66 @@ def test_the_timeout_is_a_deadline_for_the_whole_transfer(server: LoopbackServer
     assert 0.9 <= elapsed < 2.0
 
 
-def test_file_urls(tmp_path: Path) -> None:
-    base = tmp_path / "repo"
-    (base / "payloads").mkdir(parents=True)
-    (base / "payloads" / "x y.txt").write_bytes(b"x\n")
-    absolute = base / "payloads" / "x y.txt"
-    assert fetch_bytes(f"file://{absolute}", max_bytes=2, timeout=5) == b"x\n"
-    assert fetch_bytes(f"file://localhost{absolute}", max_bytes=2, timeout=5) == b"x\n"
-    assert fetch_bytes(f"file:{absolute}", max_bytes=2, timeout=5) == b"x\n"
-    assert fetch_bytes("file:payloads/x%20y.txt", max_bytes=2, timeout=5,
-                       base_dir=base) == b"x\n"
-    assert fetch_bytes("file:payloads/../payloads/x y.txt", max_bytes=2, timeout=5,
-                       base_dir=base) == b"x\n"  # `..` that stays inside is fine
+def test_relative_file_urls_are_read_from_git_at_one_commit(git_repo: GitRepo) -> None:
+    git_repo.write("payloads/x y.txt", b"x\n")
+    first = git_repo.commit("x")
+    git_repo.write("payloads/x y.txt", b"changed\n")
+    git_repo.commit("changed")
+    (git_repo.path / "payloads" / "x y.txt").write_bytes(b"work tree, not committed\n")
+    repo = RepoSnapshot(git_repo.path / ".git", first)
+    assert fetch_bytes("file:payloads/x%20y.txt", max_bytes=2, timeout=5, repo=repo) == b"x\n"
     with pytest.raises(FetchTooLarge, match=r"is larger than the 1-byte limit \(2 bytes\)"):
-        fetch_bytes(f"file://{absolute}", max_bytes=1, timeout=5)
-    with pytest.raises(FetchError, match=r"^cannot read file:nope: No such file or directory$"):
-        fetch_bytes("file:nope", max_bytes=1, timeout=5, base_dir=base)
+        fetch_bytes("file:payloads/x%20y.txt", max_bytes=1, timeout=5, repo=repo)
+    with pytest.raises(FetchError) as info:
+        fetch_bytes("file:nope", max_bytes=1, timeout=5, repo=repo)
+    assert str(info.value) == f"cannot read file:nope: not in the repository at commit {first[:12]}"
+    with pytest.raises(FetchRefused, match="needs the repository to read it from"):
+        fetch_bytes("file:payloads/x%20y.txt", max_bytes=2, timeout=5)
 
 
-def test_file_urls_cannot_escape(tmp_path: Path) -> None:
-    base = tmp_path / "repo"
-    base.mkdir()
+def test_absolute_file_urls_need_an_operator_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "payloads").mkdir(parents=True)
+    absolute = root / "payloads" / "x y.txt"
+    absolute.write_bytes(b"x\n")
+    encoded = str(absolute).replace(" ", "%20")
+    for url in (f"file://{encoded}", f"file://localhost{encoded}", f"file:{encoded}"):
+        assert fetch_bytes(url, max_bytes=2, timeout=5, file_roots=[root]) == b"x\n"
+        with pytest.raises(FetchRefused, match="names a file on the host, outside the"
+                                               " repository"):
+            fetch_bytes(url, max_bytes=2, timeout=5)
+    with pytest.raises(FetchRefused, match=r"is outside the allowed file roots"):
+        fetch_bytes(f"file://{encoded}", max_bytes=2, timeout=5, file_roots=[root / "other"])
+
+
+def test_file_urls_cannot_escape(git_repo: GitRepo, tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s")
-    (base / "link").symlink_to(tmp_path / "secret")
+    (git_repo.path / "link").symlink_to(tmp_path / "secret")
+    head = git_repo.commit("a link")
+    repo = RepoSnapshot(git_repo.path / ".git", head)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "out").symlink_to(tmp_path / "secret")
     refused = {
-        "file:../secret": f"file URL file:../secret points outside {base}",
-        "file:%2e%2e/secret": f"file URL file:%2e%2e/secret points outside {base}",
-        "file:link": f"file URL file:link points outside {base}",
-        f"file://{base}/../secret": f"file URL file://{base}/../secret contains a '..'"
-                                    " segment",
-        "file://example.org/etc/passwd": "file URL with a host is not supported:"
-                                         " file://example.org/etc/passwd",
-        "ftp://example.org/x": 'unsupported URL scheme "ftp" in ftp://example.org/x',
-        "/etc/passwd": "not a URL: /etc/passwd",
+        "file:../secret": 'URL file:../secret is refused: it contains the dot segment ".."',
+        "file:%2e%2e/secret": "URL file:%2e%2e/secret is refused: it contains the dot"
+                              ' segment "%2e%2e"',
+        "file:link": "file:link is a symbolic link in the repository; links are not followed",
+        f"file://{root}/../secret": f"URL file://{root}/../secret is refused: it contains"
+                                    ' the dot segment ".."',
+        f"file://{root}/out": f"URL file://{root}/out is refused: it leads outside the"
+                              f" allowed file roots ({root}) through a symbolic link",
+        "file://example.org/etc/passwd": "URL file://example.org/etc/passwd is refused: a"
+                                         ' file: URL cannot name a host ("example.org")',
+        "ftp://example.org/x": 'URL ftp://example.org/x is refused: unsupported scheme "ftp"'
+                               " (http, https or file)",
+        "/etc/passwd": "URL /etc/passwd is refused: it is not a URL (no scheme such as"
+                       " https:)",
     }
     for url, message in refused.items():
         with pytest.raises(FetchRefused) as info:
-            fetch_bytes(url, max_bytes=100, timeout=5, base_dir=base)
+            fetch_bytes(url, max_bytes=100, timeout=5, repo=repo, file_roots=[root])
         assert str(info.value) == message
-    with pytest.raises(FetchRefused, match="has no base directory"):
-        fetch_bytes("file:secret", max_bytes=100, timeout=5)
 
 
 def test_only_regular_files_are_read(tmp_path: Path) -> None:
@@ -218,9 +239,9 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
     os.mkfifo(fifo)  # opening it for reading would block until a writer came
     started = time.monotonic()
     with pytest.raises(FetchRefused, match="is not a regular file"):
-        fetch_bytes(f"file://{fifo}", max_bytes=100, timeout=5)
+        fetch_bytes(f"file://{fifo}", max_bytes=100, timeout=5, file_roots=[tmp_path])
     with pytest.raises(FetchRefused, match="is not a regular file"):
-        fetch_bytes(f"file://{tmp_path}", max_bytes=100, timeout=5)
+        fetch_bytes(f"file://{tmp_path}", max_bytes=100, timeout=5, file_roots=[tmp_path])
     assert time.monotonic() - started < 1
 
 
@@ -262,18 +283,13 @@ def test_open_url_announces_the_length(server: LoopbackServer) -> None:
         assert download.length is None
 
 
-@pytest.mark.parametrize(("url", "normal"), [
-    ("http://h/ok/../secret", "http://h/secret"),
-    ("http://h/ok/%2E%2e/secret", "http://h/secret"),
-    ("http://h/ok/./a/", "http://h/ok/a/"),
-    ("http://h/ok/a?x=../y", "http://h/ok/a?x=../y"),
-    ("http://h", "http://h"),
-    ("file:///data/../etc/passwd", "file:///etc/passwd"),
-    ("file:payloads/../../x", "file:../x"),
-    ("file:payloads/x.txt", "file:payloads/x.txt"),
-    ("file:/data/./x", "file:/data/x"),
-    ("file://localhost/data/a/../x", "file://localhost/data/x"),
-    ("file:///data/", "file:///data/"),
+@pytest.mark.parametrize("url", [
+    "http://h/ok/../secret", "http://h/ok/%2E%2e/secret", "http://h/ok/./a/",
+    "file:///data/../etc/passwd", "file:payloads/../../x", "file://localhost/data/a/../x",
 ])
-def test_normalized_url(url: str, normal: str) -> None:
-    assert normalized_url(url) == normal
+def test_dot_segments_are_refused_before_any_request(server: LoopbackServer,
+                                                     url: str) -> None:
+    with pytest.raises(FetchRefused, match="is refused: it contains the dot segment"):
+        fetch_bytes(url.replace("http://h", server.base.rstrip("/")), max_bytes=10,
+                    timeout=5, file_roots=["/data"])
+    assert server.requests == []

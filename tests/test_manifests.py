@@ -7,14 +7,15 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from reconciler.domain.model import BatchSpec, Depositor, Digest, Item, Profile
+from reconciler.manifests.repofiles import RepoSnapshot
 from reconciler.manifests.resolve import ManifestError, parse_manifest, resolve_items
+from tests.fixtures import GitRepo
 from tests.test_fetch import LoopbackServer
 
 SHA = hashlib.sha256(b"test").hexdigest()
@@ -46,20 +47,20 @@ def profile(*prefixes: str) -> Profile:
 def resolve(server: LoopbackServer, body: str, name: str = "m", *,
             max_bytes: int = 50 * 1024 * 1024) -> list[Item]:
     url = server.add(name, body.encode())
-    return resolve_items(spec(url), profile(server.base), base_dir=None, max_bytes=max_bytes)
+    return resolve_items(spec(url), profile(server.base), max_bytes=max_bytes)
 
 
 def test_inline_items_are_returned_as_they_are_but_checked_against_the_prefixes() -> None:
     items = (Item("a", "http://ok/a", Digest("sha256", SHA), 4, "A"), Item("b", "file:p/b"))
-    got = resolve_items(spec(items=items), profile("http://ok/", "file:p/"), base_dir=None)
+    got = resolve_items(spec(items=items), profile("http://ok/", "file:p/"))
     assert got == list(items)
     with pytest.raises(ManifestError) as info:
-        resolve_items(spec(items=items), profile("http://ok/"), base_dir=None)
+        resolve_items(spec(items=items), profile("http://ok/"))
     assert str(info.value) == ("item 'b': URL file:p/b is not allowed by profile \"demo\""
                                " (allowed prefixes: http://ok/)")
     climbing = (Item("c", "http://ok/pub/../admin/secret"),)
     with pytest.raises(ManifestError, match=re.escape("item 'c': URL http://ok/pub/../admin/")):
-        resolve_items(spec(items=climbing), profile("http://ok/pub/"), base_dir=None)
+        resolve_items(spec(items=climbing), profile("http://ok/pub/"))
 
 
 def test_checkm_manifest_over_http(server: LoopbackServer) -> None:
@@ -88,25 +89,28 @@ def test_yaml_and_json_lists_and_mappings(server: LoopbackServer) -> None:
     assert [i.id for i in resolve(server, flow, "flow.yaml")] == ["a"]
 
 
-def test_relative_file_manifest_resolves_against_the_base_dir(tmp_path: Path) -> None:
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "m.yaml").write_text("- {id: a, url: 'file:payloads/a.txt'}\n")
-    items = resolve_items(spec("file:manifests/m.yaml"), profile("file:"), base_dir=tmp_path)
+def test_relative_file_manifest_is_read_from_git_at_the_batch_commit(
+        git_repo: GitRepo) -> None:
+    git_repo.write("manifests/m.yaml", "- {id: a, url: 'file:payloads/a.txt'}\n")
+    head = git_repo.commit("a manifest")
+    git_repo.write("manifests/m.yaml", "- {id: b, url: 'file:payloads/b.txt'}\n")  # not committed
+    repo = RepoSnapshot(git_repo.path / ".git", head)
+    items = resolve_items(spec("file:manifests/m.yaml"), profile("file:"), repo=repo)
     assert items == [Item("a", "file:payloads/a.txt")]
     with pytest.raises(ManifestError) as info:
-        resolve_items(spec("file:../m.yaml"), profile("file:"), base_dir=tmp_path)
-    assert str(info.value) == ("cannot download the manifest: file URL file:../m.yaml points"
-                               f" outside {tmp_path}")
+        resolve_items(spec("file:../m.yaml"), profile("file:"), repo=repo)
+    assert str(info.value) == ('manifest URL file:../m.yaml is refused: it contains the dot'
+                               ' segment ".."')
 
 
 def test_manifest_url_must_be_allowed(server: LoopbackServer) -> None:
     url = server.add("m", b"- {id: a, url: 'http://x/'}\n")
     with pytest.raises(ManifestError) as info:
-        resolve_items(spec(url), profile("https://repo.example.org/", "file:"), base_dir=None)
+        resolve_items(spec(url), profile("https://repo.example.org/", "file:"))
     assert str(info.value) == (f"manifest URL {url} is not allowed by profile \"demo\""
                                " (allowed prefixes: https://repo.example.org/, file:)")
     with pytest.raises(ManifestError, match=r"\(allowed prefixes: none\)$"):
-        resolve_items(spec(url), profile(), base_dir=None)
+        resolve_items(spec(url), profile())
     assert server.requests == []  # refused before any request
 
 
@@ -122,14 +126,13 @@ def test_a_redirect_cannot_leave_the_allowed_prefixes(server: LoopbackServer) ->
     url = f"{server.base}redirect?to=http://evil.example/m.yaml"
     with pytest.raises(ManifestError, match=re.escape(
             "redirects to http://evil.example/m.yaml, which is not allowed")):
-        resolve_items(spec(url), profile(server.base), base_dir=None)
+        resolve_items(spec(url), profile(server.base))
 
 
 def test_a_hanging_manifest_url_fails_at_the_deadline(server: LoopbackServer) -> None:
     started = time.monotonic()
     with pytest.raises(ManifestError) as info:
-        resolve_items(spec(server.base + "hang"), profile(server.base), base_dir=None,
-                      timeout=1.0)
+        resolve_items(spec(server.base + "hang"), profile(server.base), timeout=1.0)
     assert str(info.value) == ("cannot download the manifest: timed out after 1.0 s fetching"
                                f" {server.base}hang")
     assert time.monotonic() - started < 2.0
@@ -144,7 +147,7 @@ def test_a_manifest_over_the_size_limit_is_refused(server: LoopbackServer) -> No
     server.files["stream/big.yaml"] = body.encode()
     with pytest.raises(ManifestError, match=r"is larger than the 100-byte limit$"):
         resolve_items(spec(server.base + "stream/big.yaml"), profile(server.base),
-                      base_dir=None, max_bytes=100)
+                      max_bytes=100)
 
 
 @pytest.mark.parametrize(("body", "message"), [

@@ -73,7 +73,6 @@ def test_clone_url_and_branch(git_repo: GitRepo, tmp_path: Path) -> None:
     src = GitSource(f"file://{git_repo.path}", "staging", tmp_path / "git")
     r = src.sync(None)
     assert r.head == staging and paths(r) == ["batches/a.yaml", "batches/s.yaml"]
-    assert src.base_dir is None  # a URL has no work tree for relative file: payloads
 
 
 def test_big_file_is_not_read(git_repo: GitRepo, tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ spec:
       limits: {cpu: "2", memory: 1Gi}
     backoffLimit: 2
     activeDeadlineSeconds: 600
-  storage: {path: /srv/storage}
+  storage: {path: maps/storage}
   allowedUrlPrefixes: ["https://repo.example.org/", "file:"]
   manifest: {maxBytes: 1000000, timeoutSeconds: 2.5}
   notification:
@@ -435,3 +435,40 @@ def test_json_files_are_validated_too(repo: Path) -> None:
 
 def test_the_example_repository_is_valid() -> None:
     assert validate_repo_paths([str(REPO_ROOT / "manifests")]) == []
+
+
+def test_batch_urls_get_the_reconcilers_check_at_their_line(repo: Path) -> None:
+    hostile = (BATCH.replace("maps-1", "hostile")
+               .replace("https://repo.example.org/maps/map-001.tif",
+                        "https://repo.example.org.evil/maps/x.tif")
+               .replace("file:payloads/map-002.tif", "file:///etc/passwd"))
+    write(repo, "batches/hostile.yaml", hostile)
+    found = [str(p) for p in validate_repo_paths([str(repo / "batches")])]
+    assert found == [
+        f"{repo}/batches/hostile.yaml:12:14: spec.manifest.items[0].url: URL"
+        " https://repo.example.org.evil/maps/x.tif is not allowed by profile \"demo\""
+        " (allowed prefixes: https://repo.example.org/, file:)",
+        f"{repo}/batches/hostile.yaml:18:14: spec.manifest.items[1].url: URL"
+        " file:///etc/passwd is refused: it names a file on the host, outside the repository"
+        " (only an operator can allow a host directory, with --allow-file-root)",
+    ]
+    # the operator's root counts as it does for `batchq reconcile --allow-file-root`
+    assert [str(p) for p in validate_repo_paths([str(repo / "batches")],
+                                                file_roots=["/etc"])] == found[:1]
+
+
+def test_profile_prefixes_and_storage_path_are_checked() -> None:
+    text = (PROFILE.replace("storage: {path: maps/storage}", "storage: {path: ../outside}")
+            .replace('["https://repo.example.org/", "file:"]',
+                     '["https://u:pw@repo.example.org/", "https://repo.example.org/a/../b",'
+                     ' "https://repo.example.org/?q"]'))
+    assert problems(text, "profiles/demo.yaml") == [
+        "profiles/demo.yaml:12:19: spec.storage.path: \"../outside\" must stay inside the"
+        " storage root: remove the '..' segments",
+        'profiles/demo.yaml:13:24: spec.allowedUrlPrefixes[0]: "https://***@repo.example.org/"'
+        " is not a usable prefix: a prefix cannot carry userinfo (credentials)",
+        'profiles/demo.yaml:13:58: spec.allowedUrlPrefixes[1]: "https://repo.example.org/a/../b"'
+        ' is not a usable prefix: it contains the dot segment ".."',
+        'profiles/demo.yaml:13:93: spec.allowedUrlPrefixes[2]: "https://repo.example.org/?q"'
+        " is not a usable prefix: a prefix has no query or fragment",
+    ]

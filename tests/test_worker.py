@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.worker.program import cas_path, record_path
-from tests.fixtures import wait_for
+from tests.fixtures import GitRepo, wait_for
 from tests.test_fetch import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,11 +182,14 @@ def test_refused_urls_exit_2_without_a_request(tmp_path: Path, server: LoopbackS
                   f" {server.base}pub/, file:)")
     climbing = f"{server.base}pub/../private"
     assert_failed(run(tmp_path, climbing, BATCHQ_ALLOWED_PREFIXES=prefixes), 2,
-                  f"URL {climbing} is not allowed (allowed prefixes: {server.base}pub/, file:)")
+                  f'URL {climbing} is refused: it contains the dot segment ".."')
+    assert_failed(run(tmp_path, climbing), 2,  # refused without any prefix too
+                  f'URL {climbing} is refused: it contains the dot segment ".."')
     assert_failed(run(tmp_path, server.base + "pub/x", BATCHQ_ALLOWED_PREFIXES=""), 2,
                   f"URL {server.base}pub/x is not allowed (allowed prefixes: none)")
     assert_failed(run(tmp_path, "ftp://example.org/x"), 2,
-                  'unsupported URL scheme "ftp" in ftp://example.org/x')
+                  'URL ftp://example.org/x is refused: unsupported scheme "ftp" (http, https'
+                  " or file)")
     assert server.requests == []
     # A redirect is checked against the prefixes too.
     hop = f"{server.base}redirect?to=http://evil.example/"
@@ -194,19 +197,40 @@ def test_refused_urls_exit_2_without_a_request(tmp_path: Path, server: LoopbackS
     assert_failed(r, 2, f"{hop} redirects to http://evil.example/, which is not allowed")
 
 
-def test_relative_file_urls_stay_inside_the_base(tmp_path: Path) -> None:
-    base = tmp_path / "repo"
-    (base / "payloads").mkdir(parents=True)
-    (base / "payloads" / "x.txt").write_bytes(BODY)
+def test_relative_file_urls_are_read_from_the_git_mirror_at_the_commit(
+        tmp_path: Path, git_repo: GitRepo) -> None:
+    git_repo.write("payloads/x.txt", BODY)
+    head = git_repo.commit("a payload")
+    git_repo.write("payloads/x.txt", b"edited, never committed\n")
     (tmp_path / "secret").write_text("s")
-    r = run(tmp_path, "file:payloads/x.txt", BATCHQ_BASE_DIR=str(base),
-            BATCHQ_ALLOWED_PREFIXES="file:", **expect(BODY, len(BODY)))
+    repo = {"BATCHQ_GIT_DIR": str(git_repo.path / ".git"), "BATCHQ_GIT_COMMIT": head}
+    r = run(tmp_path, "file:payloads/x.txt", BATCHQ_ALLOWED_PREFIXES="file:", **repo,
+            **expect(BODY, len(BODY)))
     assert r.code == 0 and cas_path(tmp_path / "store", SHA).read_bytes() == BODY
-    assert_failed(run(tmp_path, "file:../secret", BATCHQ_BASE_DIR=str(base),
-                      BATCHQ_ITEM_ID="j"), 2, f"file URL file:../secret points outside {base}")
+    assert_failed(run(tmp_path, "file:../secret", BATCHQ_ITEM_ID="j", **repo), 2,
+                  'URL file:../secret is refused: it contains the dot segment ".."')
+    assert_failed(run(tmp_path, f"file://{tmp_path}/secret", BATCHQ_ITEM_ID="h", **repo), 2,
+                  f"URL file://{tmp_path}/secret is refused: it names a file on the host,"
+                  " outside the repository (only an operator can allow a host directory,"
+                  " with --allow-file-root)")
     assert_failed(run(tmp_path, "file:payloads/x.txt", BATCHQ_ITEM_ID="k"), 2,
-                  "relative file URL file:payloads/x.txt has no base directory to resolve"
-                  " against")
+                  "relative file URL file:payloads/x.txt needs the repository to read it from")
+
+
+def test_credentials_come_from_the_credentials_file_and_are_never_shown(
+        tmp_path: Path, server: LoopbackServer) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("depositor:pa55word")
+    url = server.base.replace("http://", "http://***@") + "missing"
+    r = run(tmp_path, url, BATCHQ_CREDENTIALS_FILE=str(creds))
+    assert_failed(r, 1, f"HTTP 404 fetching {url}")
+    assert "pa55word" not in r.stdout + r.stderr
+    assert_failed(run(tmp_path, url, BATCHQ_ITEM_ID="nocreds"), 2,
+                  f"URL {url} needs credentials, and none were given")
+    plain = server.base.replace("http://", "http://depositor:pa55word@") + "missing"
+    r = run(tmp_path, plain, BATCHQ_ITEM_ID="inline")
+    assert_failed(r, 1, f"HTTP 404 fetching {url}")
+    assert "pa55word" not in r.stdout + r.stderr
 
 
 def test_a_hanging_server_fails_at_the_deadline(tmp_path: Path, server: LoopbackServer) -> None:

@@ -12,6 +12,8 @@ import hashlib
 import threading
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from tests.fixtures import PayloadServer
 
 
@@ -96,7 +98,11 @@ class KubeWorld:
                 "batchq.dev/simulate": "fail" if fail else "complete",
                 "batchq.dev/simulate-message":
                     f"digest mismatch: expected sha256 of {item}, got something else"}}}
-            self.core.patch_namespaced_pod(pod.metadata.name, self.ns, patch)
+            try:
+                self.core.patch_namespaced_pod(pod.metadata.name, self.ns, patch)
+            except ApiException as exc:  # deleted with its Job since the list: nothing to do
+                if exc.status != 404:
+                    raise
 
     def _pump_forever(self) -> None:
         while not self._stop.wait(0.2):

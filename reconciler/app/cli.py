@@ -16,6 +16,7 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Store
+from reconciler.support.redaction import RedactingFormatter
 from reconciler.support.timefmt import rfc3339_or_none
 
 
@@ -38,6 +39,25 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
     p.add_argument("--branch", default=_env("BRANCH", "main"))
     p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10))
+    p.add_argument("--storage-root", type=Path, default=_env("STORAGE_ROOT"),
+                   help="profiles' storage paths live under it (BATCHQ_STORAGE_ROOT;"
+                        " default STATE/storage)")
+    _file_roots(p)
+
+
+def _file_roots(p: argparse.ArgumentParser) -> None:
+    """Host directories absolute `file:` URLs may name: an operator's setting, never the
+    repository's (a profile in Git cannot grant it)."""
+    p.add_argument("--allow-file-root", dest="file_roots", action="append", metavar="DIR",
+                   default=[d for d in (_env("ALLOW_FILE_ROOTS") or "").split(os.pathsep)
+                            if d],
+                   help="a host directory absolute file: URLs may name; repeat for more"
+                        f" (BATCHQ_ALLOW_FILE_ROOTS, {os.pathsep}-separated)")
+
+
+def file_roots(args: argparse.Namespace) -> tuple[str, ...]:
+    """The operator's file roots as absolute paths (a job runs in its own directory)."""
+    return tuple(os.path.abspath(d) for d in args.file_roots)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check batch, profile and queue files")
     v.add_argument("paths", nargs="+")
+    _file_roots(v)
     r = sub.add_parser("reconcile", help="one pass, or passes until idle")
     _common(r)
     _source(r)
@@ -73,7 +94,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
     return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
-                    interval=args.interval, kubeconfig=args.kubeconfig)
+                    interval=args.interval, kubeconfig=args.kubeconfig,
+                    file_roots=file_roots(args),
+                    storage_root=Path(args.storage_root).absolute() if args.storage_root
+                    else None)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -135,14 +159,16 @@ def print_status(store: Store, name: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    handler = logging.StreamHandler()  # every log line with credentials hidden
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     if args.command == "validate":
         from reconciler.spec.validation import validate_main
 
-        return validate_main(args.paths)
+        return validate_main(args.paths, file_roots(args))
     if args.command == "demo":
         from reconciler.app.demo import run_demo
 

@@ -47,6 +47,8 @@ class Settings:
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
     lease_seconds: int = 15  # a silent leader is replaced after this long
     git_timeout: float = 120.0  # overall deadline of one `git fetch`
+    file_roots: tuple[str, ...] = ()  # host dirs absolute file: URLs may name (operator's)
+    storage_root: Path | None = None  # profiles' storage paths live under it (state/storage)
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -77,7 +79,9 @@ class Reconciler:
             self.elector = LeaderElector(backend.api, settings.namespace,
                                          identity=settings.identity,
                                          duration=settings.lease_seconds)
-        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage")
+        self.controller = Controller(
+            self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
+            file_roots=settings.file_roots)
         self.heartbeat = Heartbeat(settings.state_dir)
 
     def close(self) -> None:
@@ -117,8 +121,7 @@ class Reconciler:
     def reconcile(self, repo: RepoState) -> bool:
         if self.runner is not None:
             self.runner.parallel = repo.queue.max_active_jobs
-        base_dir = str(self.source.base_dir) if self.source.base_dir else None
-        return self.controller.reconcile_all(repo, base_dir)
+        return self.controller.reconcile_all(repo, str(self.source.mirror))
 
     def deliver(self) -> int:
         return deliver(self.store, smtp=self.settings.smtp,

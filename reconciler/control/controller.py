@@ -11,6 +11,7 @@ UpdateReporting) are compared with what was already done for them, never replaye
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from reconciler.control.jobs import build_job
 from reconciler.control.reports import build_report
-from reconciler.domain.model import Batch, BatchStatus, Condition, ItemStatus, Job, Profile
+from reconciler.domain.model import Batch, BatchStatus, Condition, Item, ItemStatus, Job, Profile
 from reconciler.domain.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
@@ -28,10 +29,13 @@ from reconciler.domain.states import (
     batch_transition,
     job_observed,
 )
+from reconciler.manifests.repofiles import RepoSnapshot
 from reconciler.manifests.resolve import ManifestError, resolve_items
 from reconciler.source.sync import RepoState, deletion_done, pending_deletions
+from reconciler.spec.validation import storage_path_problem
 from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
+from reconciler.support.urls import split_userinfo
 
 log = logging.getLogger(__name__)
 B = BatchState
@@ -58,28 +62,33 @@ class PassContext:
     repo: RepoState
     budget: JobBudget
     active_batches: int
-    base_dir: str | None
+    git_dir: str | None  # the mirror: relative file: URLs are read from it, at a commit
     progressed: bool = False
     dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
+    storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
 
 
 class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
-    def __init__(self, store: Store, *, storage_root: Path) -> None:
+    def __init__(self, store: Store, *, storage_root: Path,
+                 file_roots: tuple[str, ...] = ()) -> None:
         self.store = store
         self.storage_root = storage_root
+        self.file_roots = file_roots  # host dirs an operator allowed for file:///... URLs
 
     # --- one pass over every batch
-    def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
-        """Return True if anything changed (the caller loops until nothing does)."""
+    def reconcile_all(self, repo: RepoState, git_dir: str | None) -> bool:
+        """Return True if anything changed (the caller loops until nothing does).
+
+        `git_dir` is the Git mirror the batches were synced from."""
         batches = self.store.list_batches()
         deletions = pending_deletions(self.store)
         ctx = PassContext(
             repo=repo,
             budget=JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs()),
             active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
-            base_dir=base_dir,
+            git_dir=git_dir,
         )
         for batch in sorted(batches, key=_queue_order):
             if batch.name in deletions:
@@ -244,8 +253,10 @@ class Controller:
         assert batch.spec is not None and profile is not None
         if not self.store.count_items(batch.name):
             try:
-                base = Path(ctx.base_dir) if ctx.base_dir else None
-                found = resolve_items(batch.spec, profile, base_dir=base,
+                repo = (RepoSnapshot(Path(ctx.git_dir), batch.source_revision)
+                        if ctx.git_dir else None)
+                found = resolve_items(batch.spec, profile, repo=repo,
+                                      file_roots=self.file_roots,
                                       max_bytes=profile.manifest_max_bytes,
                                       timeout=profile.manifest_timeout)
             except ManifestError as exc:
@@ -253,7 +264,10 @@ class Controller:
                 status.message = f"manifest error: {exc}"
                 self._begin_report(batch, status, B.REPORTING, status.message)
                 return []
-            self.store.set_items(batch.name, found)
+            shown, credentials = _withhold_credentials(found)
+            if credentials:  # first: the items' presence means "loaded" on the next pass
+                self.store.set_credentials(batch.name, credentials)
+            self.store.set_items(batch.name, shown)
             failpoints.hit("after-items")
         items = self.store.list_items(batch.name)
         status.items_loaded = True
@@ -286,8 +300,9 @@ class Controller:
                     profile: Profile | None, ctx: PassContext) -> None:
         assert batch.spec is not None and profile is not None
         spec = build_job(batch.name, s.item, attempt, profile,
-                         suspended=batch.spec.state == "Held", base_dir=ctx.base_dir,
-                         storage_root=str(_storage_path(self.storage_root, profile)))
+                         suspended=batch.spec.state == "Held", git_dir=ctx.git_dir,
+                         commit=batch.source_revision, file_roots=self.file_roots,
+                         storage_root=str(self._storage_dir(profile, ctx)))
         if spec.name in existing:
             return
         if not spec.suspended and not ctx.budget.take():
@@ -305,6 +320,22 @@ class Controller:
         ctx.dirty_items[s.item.id] = s
         existing.add(spec.name)
         ctx.progressed = True
+
+    def _storage_dir(self, profile: Profile, ctx: PassContext) -> Path:
+        """The profile's storage dir, checked once a pass to lie inside the storage root
+        (validation refuses a bad storage.path in Git; this also covers links and profiles
+        stored before that check existed)."""
+        if profile.storage not in ctx.storage_dirs:
+            path = self.storage_root / profile.storage
+            problem = storage_path_problem(profile.storage)
+            root = self.storage_root.resolve()
+            if problem is None and root != path.resolve() and root not in path.resolve().parents:
+                problem = "leads outside the storage root through a symbolic link"
+            if problem is not None:
+                raise StorageOutsideRoot(f'profile "{profile.name}": storage.path'
+                                         f" {profile.storage!r} {problem}")
+            ctx.storage_dirs[profile.storage] = path
+        return ctx.storage_dirs[profile.storage]
 
     # --- reporting
     def _begin_report(self, batch: Batch, status: BatchStatus, target: BatchState,
@@ -394,6 +425,19 @@ def _counts(items: list[ItemStatus]) -> dict[str, int]:
     return out
 
 
-def _storage_path(root: Path, profile: Profile) -> Path:
-    p = Path(profile.storage)
-    return p if p.is_absolute() else root / p
+class StorageOutsideRoot(RuntimeError):
+    """A profile's storage.path would leave the storage root: no job is created for it."""
+
+
+def _withhold_credentials(items: list[Item]) -> tuple[list[Item], dict[str, str]]:
+    """The items as they may be stored and shown (userinfo as ***), and the userinfo by
+    item id, which only the backend's job credentials ever hold."""
+    shown: list[Item] = []
+    credentials: dict[str, str] = {}
+    for item in items:
+        url, userinfo = split_userinfo(item.url)
+        if userinfo is not None:
+            credentials[item.id] = userinfo
+            item = dataclasses.replace(item, url=url)
+        shown.append(item)
+    return shown, credentials

@@ -49,10 +49,17 @@ def build_job(
     profile: Profile,
     *,
     suspended: bool,
-    base_dir: str | None,
+    git_dir: str | None,
+    commit: str,
+    file_roots: tuple[str, ...],
     storage_root: str,
 ) -> JobSpec:
-    """The Job for one attempt: the worker is configured by environment only."""
+    """The Job for one attempt: the worker is configured by environment only.
+
+    Nothing secret goes in it (the env is kept in the store and in the Job object): the item
+    URL is the stored one, its userinfo shown as `***`; each backend hands the job the real
+    credentials in a file of its own (BATCHQ_CREDENTIALS_FILE).
+    """
     env = {
         "BATCHQ_BATCH": batch,
         "BATCHQ_ITEM_ID": item.id,
@@ -66,8 +73,11 @@ def build_job(
     if item.digest is not None:
         env["BATCHQ_DIGEST_ALGORITHM"] = item.digest.algorithm
         env["BATCHQ_DIGEST_VALUE"] = item.digest.value
-    if base_dir:
-        env["BATCHQ_BASE_DIR"] = base_dir
+    if git_dir:  # a relative file: URL is read from the mirror at the batch's commit
+        env["BATCHQ_GIT_DIR"] = git_dir
+        env["BATCHQ_GIT_COMMIT"] = commit
+    if file_roots:
+        env["BATCHQ_FILE_ROOTS"] = "\n".join(file_roots)
     if profile.deadline_seconds:
         env["BATCHQ_TIMEOUT"] = str(profile.deadline_seconds)
     return JobSpec(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.domain.states import BatchState, JobState
+from reconciler.support.urls import url_allowed
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_PRIORITY = 5
@@ -155,8 +156,9 @@ class Profile:
         )
 
     def allows(self, url: str) -> bool:
-        """A payload or manifest URL is allowed when it starts with an allowed prefix."""
-        return any(url.startswith(p) for p in self.allowed_prefixes)
+        """A payload or manifest URL is allowed when it lies inside an allowed prefix
+        (scheme, host, port and whole path segments: `reconciler.support.urls`)."""
+        return url_allowed(url, self.allowed_prefixes)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,15 @@ Everything fetched here comes from a depositor's manifest, so nothing is trusted
   kernel; the socket timeout is set as well, as a second line of defence.
 - the size limit is checked against Content-Length (or a file's size) up front and again
   while streaming, and a body shorter than its Content-Length is an error, not a payload;
-- relative `file:` URLs resolve against a base directory and may not leave it (symlinks
-  included); only regular files are read (no FIFOs or devices, which could block forever);
+- a URL is parsed by `reconciler.support.urls` first, so what it refuses (dot segments,
+  `%2F`, backslashes, ambiguous userinfo) is never fetched;
+- a relative `file:` URL is read from Git at the batch's commit
+  (`reconciler.manifests.repofiles`), never from a work tree; an absolute one only under
+  an operator's `file_roots`, checked again with links resolved, and only regular files
+  (no FIFOs or devices, which could block forever);
+- userinfo (or `credentials` given beside a URL shown as `***@`) becomes an HTTP Basic
+  `Authorization` header that is never sent to another origin, and every message shows
+  the URL with its userinfo hidden;
 - redirects stay on http/https, at most `MAX_REDIRECTS`, and each target must pass the
   caller's `allowed` check, so a redirect cannot lead out of a profile's allowed prefixes.
 
@@ -19,10 +26,10 @@ subclass) marks input refused by policy rather than a transfer that failed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import os
-import posixpath
 import re
 import socket
 import ssl
@@ -31,12 +38,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin
+
+from reconciler.manifests.repofiles import RepoFileError, RepoSnapshot
+from reconciler.support.redaction import HIDDEN, redact_text, redact_url
+from reconciler.support.urls import (
+    Location,
+    UrlRefused,
+    check_file_root,
+    parse_url,
+    without_userinfo,
+)
 
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
@@ -63,66 +80,9 @@ class FetchTooLarge(FetchError):
         self.announced = announced
 
 
-def _clean_path(path: str) -> str:
-    """A URL path with `.`/`..` segments (also written %2e) resolved, its form kept."""
-    path = re.sub("%2e", ".", path, flags=re.IGNORECASE)
-    if not path:
-        return path
-    clean = posixpath.normpath(path)
-    if path.startswith("/"):
-        clean = "/" + clean.lstrip("/")  # POSIX keeps a leading "//"; URLs do not
-    if clean not in ("/", ".") and path.endswith(("/", "/.", "/..")):
-        clean += "/"
-    return clean
-
-
-def normalized_url(url: str) -> str:
-    """`url` with `.`/`..` path segments resolved, for prefix checks.
-
-    A prefix check on the raw text would let `http://host/ok/../secret` or
-    `file:///data/../etc/passwd` pass as "under /ok/" or "under /data/".
-    """
-    if url[:5].lower() == "file:":
-        rest, host = url[5:], ""
-        if rest.startswith("//"):
-            slash = rest.find("/", 2)
-            host, rest = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-        return url[:5] + host + _clean_path(rest)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    clean = _clean_path(parts.path)
-    return urlunsplit((parts.scheme, parts.netloc, clean, parts.query, parts.fragment))
-
-
 def _scheme(url: str) -> str:
     head, sep, _ = url.partition(":")
     return head.lower() if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head) else ""
-
-
-def _file_path(url: str, base_dir: Path | None) -> Path:
-    """The local path a `file:` URL names; relative ones must stay inside `base_dir`."""
-    rest = url[len("file:"):]
-    if rest.startswith("//"):
-        parsed = urlsplit(url)
-        if parsed.netloc not in ("", "localhost"):
-            raise FetchRefused(f"file URL with a host is not supported: {url}")
-        rest = parsed.path
-    path_text = unquote(rest)
-    if "\0" in path_text:
-        raise FetchRefused(f"file URL {url} contains a NUL byte")
-    if path_text.startswith("/"):
-        if ".." in path_text.split("/"):
-            raise FetchRefused(f"file URL {url} contains a '..' segment")
-        return Path(path_text)
-    if base_dir is None:
-        raise FetchRefused(f"relative file URL {url} has no base directory to resolve against")
-    base = base_dir.resolve()
-    path = (base / path_text).resolve()
-    if path == base or base not in path.parents:
-        raise FetchRefused(f"file URL {url} points outside {base}")
-    return path
 
 
 @cache
@@ -167,9 +127,20 @@ class _Watchdog:
             self._socks.clear()
 
 
-def _opener(watchdog: _Watchdog, url: str,
-            allowed: Allowed | None) -> urllib.request.OpenerDirector:
-    """An opener for http/https only, whose sockets the watchdog can reach."""
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        where = parse_url(url)
+    except UrlRefused:
+        return None
+    return where.scheme, where.host, where.port
+
+
+def _opener(watchdog: _Watchdog, url: str, allowed: Allowed | None,
+            authorization: str | None) -> urllib.request.OpenerDirector:
+    """An opener for http/https only, whose sockets the watchdog can reach. The
+    `authorization` header follows a redirect only to the same origin (as curl does), so
+    credentials never reach a server they were not written for."""
+    origin = _origin(url)
 
     class Connection(http.client.HTTPConnection):
         def connect(self) -> None:
@@ -209,10 +180,19 @@ def _opener(watchdog: _Watchdog, url: str,
                            else None)
                 if problem:
                     fp.close()
-                    raise FetchRefused(f"{url} redirects to {target}, which {problem}")
+                    raise FetchRefused(f"{redact_url(url)} redirects to {redact_url(target)},"
+                                       f" which {problem}")
             return super().http_error_302(req, fp, code, msg, headers)
 
         http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+        def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                             msg: str, headers: Any,
+                             newurl: str) -> urllib.request.Request | None:
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is not None and authorization and _origin(newurl) == origin:
+                new.add_unredirected_header("Authorization", authorization)
+            return new
 
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), HTTP(),
@@ -298,64 +278,109 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def open_url(url: str, *, timeout: float, base_dir: Path | None = None,
+def _basic_auth(userinfo: str) -> str:
+    user, _, password = userinfo.partition(":")
+    pair = f"{unquote(user)}:{unquote(password)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _open_repo_file(where: Location, shown: str, repo: RepoSnapshot | None, deadline: float,
+                    timeout: float) -> Download:
+    if repo is None:
+        raise FetchRefused(f"relative file URL {shown} needs the repository to read it from")
+    try:
+        stream, size = repo.open(where.path(), shown)
+    except RepoFileError as exc:
+        raise (FetchRefused if exc.refused else FetchError)(str(exc)) from exc
+    return Download(shown, stream, size, deadline, timeout, None)
+
+
+def _open_host_file(url: str, where: Location, shown: str, file_roots: Sequence[str | Path],
+                    deadline: float, timeout: float) -> Download:
+    """A host file under an operator's root, checked again with every link resolved."""
+    try:
+        check_file_root(url, where, file_roots)
+    except UrlRefused as exc:
+        raise FetchRefused(str(exc)) from None
+    real = Path(os.path.realpath(where.path()))
+    roots = [Path(os.path.realpath(r)) for r in file_roots]
+    if not any(real == r or r in real.parents for r in roots):
+        listed = ", ".join(str(r) for r in file_roots)
+        raise FetchRefused(f"URL {shown} is refused: it leads outside the allowed file roots"
+                           f" ({listed}) through a symbolic link")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise FetchError(f"cannot read {shown}: {exc.strerror or exc}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise FetchRefused(f"{shown} is not a regular file")
+    return Download(shown, os.fdopen(fd, "rb"), info.st_size, deadline, timeout, None)
+
+
+def open_url(url: str, *, timeout: float, repo: RepoSnapshot | None = None,
+             file_roots: Sequence[str | Path] = (), credentials: str | None = None,
              allowed: Allowed | None = None) -> Download:
     """Open `url` for reading within `timeout` seconds in all; raise FetchError.
 
+    A relative `file:` URL is read from `repo`, an absolute one only under `file_roots`.
+    `credentials` (`user:password`) stand in for userinfo the URL shows as `***`.
     `allowed` (optional) is checked for every redirect target.
     """
     deadline = time.monotonic() + timeout
-    scheme = _scheme(url)
-    if scheme == "file":
-        path = _file_path(url, base_dir)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise FetchError(f"cannot read {url}: {exc.strerror or exc}") from exc
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise FetchRefused(f"{url} is not a regular file")
-        stream = os.fdopen(fd, "rb")
-        return Download(url, stream, info.st_size, deadline, timeout, None)
-    if scheme not in ("http", "https"):
-        if ":" not in url:
-            raise FetchRefused(f"not a URL: {url}")
-        raise FetchRefused(f'unsupported URL scheme "{url.partition(":")[0]}" in {url}')
+    shown = redact_url(url)
+    try:
+        where = parse_url(url)
+    except UrlRefused as exc:
+        raise FetchRefused(str(exc)) from None
+    if where.scheme == "file":
+        if where.absolute:
+            return _open_host_file(url, where, shown, file_roots, deadline, timeout)
+        return _open_repo_file(where, shown, repo, deadline, timeout)
+    userinfo = credentials if where.userinfo == HIDDEN else where.userinfo
+    if where.userinfo == HIDDEN and not credentials:
+        raise FetchRefused(f"URL {shown} needs credentials, and none were given")
+    target = without_userinfo(url)
+    authorization = _basic_auth(userinfo) if userinfo is not None else None
     watchdog = _Watchdog(timeout)
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT,
-                                                   "Accept-Encoding": "identity"})
-        resp = _opener(watchdog, url, allowed).open(req, timeout=timeout)
+        req = urllib.request.Request(target, headers={"User-Agent": USER_AGENT,
+                                                      "Accept-Encoding": "identity"})
+        if authorization:
+            req.add_unredirected_header("Authorization", authorization)
+        resp = _opener(watchdog, target, allowed, authorization).open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         watchdog.cancel()
         exc.close()
-        raise FetchError(f"HTTP {exc.code} fetching {url}") from exc
+        raise FetchError(f"HTTP {exc.code} fetching {shown}") from exc
     except FetchError:
         watchdog.cancel()
         raise
     except (OSError, http.client.HTTPException, ValueError) as exc:
         watchdog.cancel()
         if watchdog.expired or isinstance(getattr(exc, "reason", exc), TimeoutError):
-            raise FetchError(f"timed out after {timeout:.1f} s fetching {url}") from exc
-        raise FetchError(f"cannot fetch {url}: {_reason(exc)}") from exc
+            raise FetchError(f"timed out after {timeout:.1f} s fetching {shown}") from exc
+        raise FetchError(f"cannot fetch {shown}: {redact_text(_reason(exc))}") from exc
     except BaseException:
         watchdog.cancel()
         raise
     length_text = (resp.headers.get("Content-Length") or "").strip()
     length = int(length_text) if re.fullmatch(r"[0-9]{1,20}", length_text) else None
-    return Download(url, resp, length, deadline, timeout, watchdog)
+    return Download(shown, resp, length, deadline, timeout, watchdog)
 
 
-def fetch_bytes(url: str, *, max_bytes: int, timeout: float, base_dir: Path | None = None,
-                allowed: Allowed | None = None) -> bytes:
+def fetch_bytes(url: str, *, max_bytes: int, timeout: float, repo: RepoSnapshot | None = None,
+                file_roots: Sequence[str | Path] = (), allowed: Allowed | None = None) -> bytes:
     """The whole body of `url` (at most `max_bytes`), e.g. a manifest."""
-    with open_url(url, timeout=timeout, base_dir=base_dir, allowed=allowed) as download:
+    with open_url(url, timeout=timeout, repo=repo, file_roots=file_roots,
+                  allowed=allowed) as download:
         return b"".join(download.chunks(max_bytes=max_bytes))
 
 
 def fetch_to_file(url: str, dest: Path, *, max_bytes: int | None, timeout: float,
-                  base_dir: Path | None = None,
+                  repo: RepoSnapshot | None = None, file_roots: Sequence[str | Path] = (),
+                  credentials: str | None = None,
                   on_chunk: Callable[[bytes], None] | None = None,
                   allowed: Allowed | None = None) -> int:
     """Stream `url` into `dest` (created or truncated), flushed and fsynced; return the
@@ -365,7 +390,8 @@ def fetch_to_file(url: str, dest: Path, *, max_bytes: int | None, timeout: float
     """
     total = 0
     try:
-        with open_url(url, timeout=timeout, base_dir=base_dir, allowed=allowed) as download, \
+        with open_url(url, timeout=timeout, repo=repo, file_roots=file_roots,
+                      credentials=credentials, allowed=allowed) as download, \
                 dest.open("wb") as out:
             for chunk in download.chunks(max_bytes=max_bytes):
                 out.write(chunk)

@@ -4,41 +4,36 @@ A remote manifest is a checkm batch manifest (`reconciler.manifests.checkm`) or 
 items (or a mapping `{items: [...]}`). Whatever the format, each item is checked against
 the same item schema as inline items (`schemas/batch.schema.json`), ids are unique, and
 every URL — the manifest's own, every item's, inline ones too, and every redirect — must
-be allowed by the profile, so a manifest can never send a worker somewhere the profile did
-not allow. The download is bounded in time and size (`reconciler.manifests.fetch`), and YAML goes
-through `reconciler.spec.yamlsafe`, which refuses alias bombs and deep nesting.
+pass the one URL check (`reconciler.support.urls`) against the profile's prefixes and the
+operator's file roots, so a manifest can never send a worker somewhere the profile did
+not allow. A relative `file:` manifest is read from Git at the batch's commit. The
+download is bounded in time and size (`reconciler.manifests.fetch`), and YAML goes
+through `reconciler.spec.yamlsafe`, which refuses alias bombs and deep nesting. Messages
+never show a URL's credentials.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, BatchSpec, Item, Profile
 from reconciler.manifests.checkm import MAX_ITEMS, ManifestError, parse_checkm
-from reconciler.manifests.fetch import FetchError, fetch_bytes, normalized_url
+from reconciler.manifests.fetch import FetchError, fetch_bytes
+from reconciler.manifests.repofiles import RepoSnapshot
 from reconciler.spec.validation import PATTERN_HINTS, item_validator
 from reconciler.spec.yamlsafe import DocumentError, load_document
+from reconciler.support.redaction import redact_text
+from reconciler.support.urls import UrlRefused, check_url, url_allowed
 
-__all__ = ["MAX_ITEMS", "ManifestError", "check_items", "parse_manifest", "resolve_items",
-           "url_allowed"]
+__all__ = ["MAX_ITEMS", "ManifestError", "check_items", "parse_manifest", "resolve_items"]
 
 # A YAML manifest's expanded node count is bounded by its size (no alias bombs) and in all.
 MAX_NODES = 4_000_000
-
-
-def url_allowed(profile: Profile, url: str) -> bool:
-    """Allowed by the profile as written and with `..` segments resolved (no climbing out
-    of an allowed prefix)."""
-    return profile.allows(url) and profile.allows(normalized_url(url))
-
-
-def _prefixes(profile: Profile) -> str:
-    return ", ".join(profile.allowed_prefixes) or "none"
 
 
 def _schema_message(error: Any) -> str:
@@ -208,31 +203,46 @@ def parse_manifest(data: bytes, source: str) -> list[Item]:
     return check_items(body, source)
 
 
-def resolve_items(spec: BatchSpec, profile: Profile, *, base_dir: Path | None,
-                  max_bytes: int = 50 * 1024 * 1024, timeout: float = 30.0) -> list[Item]:
-    """The batch's items; raise ManifestError with a message for the depositor.
+def resolve_items(spec: BatchSpec, profile: Profile, *, repo: RepoSnapshot | None = None,
+                  file_roots: Sequence[str | Path] = (), max_bytes: int = 50 * 1024 * 1024,
+                  timeout: float = 30.0) -> list[Item]:
+    """The batch's items; raise ManifestError with a message for the depositor, in which no
+    URL shows its credentials.
 
-    Inline items are returned as they are; a manifest URL is downloaded (relative `file:`
-    URLs against `base_dir`, within `timeout` seconds and `max_bytes`) and parsed. Every
-    item URL must be allowed by the profile.
+    Inline items are returned as they are; a manifest URL is downloaded (a relative `file:`
+    URL from `repo`, the repository at the batch's commit; within `timeout` seconds and
+    `max_bytes`) and parsed. Every URL must pass `check_url` with the profile's prefixes and
+    the operator's `file_roots`.
     """
+    try:
+        return _resolve(spec, profile, repo, file_roots, max_bytes, timeout)
+    except ManifestError as exc:
+        raise ManifestError(redact_text(str(exc))) from None
+
+
+def _resolve(spec: BatchSpec, profile: Profile, repo: RepoSnapshot | None,
+             file_roots: Sequence[str | Path], max_bytes: int, timeout: float) -> list[Item]:
+    by = f' by profile "{profile.name}"'
     if spec.items is not None:
         items = list(spec.items)
     elif spec.manifest_url:
         url = spec.manifest_url
-        if not url_allowed(profile, url):
-            raise ManifestError(f"manifest URL {url} is not allowed by profile"
-                                f' "{profile.name}" (allowed prefixes: {_prefixes(profile)})')
         try:
-            data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout, base_dir=base_dir,
-                               allowed=lambda target: url_allowed(profile, target))
+            check_url(url, profile.allowed_prefixes, file_roots=file_roots, by=by)
+        except UrlRefused as exc:
+            raise ManifestError(f"manifest {exc}") from None
+        try:
+            data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout, repo=repo,
+                               file_roots=file_roots, allowed=lambda target: url_allowed(
+                                   target, profile.allowed_prefixes, file_roots=file_roots))
         except FetchError as exc:
             raise ManifestError(f"cannot download the manifest: {exc}") from exc
         items = parse_manifest(data, url)
     else:
         raise ManifestError("the batch has neither manifest items nor a manifest URL")
     for item in items:
-        if not url_allowed(profile, item.url):
-            raise ManifestError(f"item {item.id!r}: URL {item.url} is not allowed by profile"
-                                f' "{profile.name}" (allowed prefixes: {_prefixes(profile)})')
+        try:
+            check_url(item.url, profile.allowed_prefixes, file_roots=file_roots, by=by)
+        except UrlRefused as exc:
+            raise ManifestError(f"item {item.id!r}: {exc}") from None
     return items

@@ -68,8 +68,6 @@ class GitSource:
         key = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:16]
         self.mirror = workdir / f"mirror-{key}.git"
         self.ref = f"refs/remotes/origin/{branch}"
-        local = Path(url)
-        self.base_dir = local.resolve() if local.is_dir() and (local / ".git").exists() else None
         self._repo: git.Repo | None = None
 
     def _open(self) -> git.Repo:

@@ -5,7 +5,9 @@ Kubernetes CRD is generated from them), so nothing here restates a shape. This m
 turns jsonschema's findings into `file:line:col: message` lines a depositor can act on —
 at the node that is wrong, in plain words — and adds the checks that need more than one
 value or more than one file: unique item ids, restarts naming real items, digest lengths,
-names, a batch's profile existing, and two batch files claiming one name.
+names, a profile's URL prefixes and storage path, a batch's profile existing, every batch
+URL passing the profile's prefixes (the same check the reconciler makes,
+`reconciler.support.urls`), and two batch files claiming one name.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
@@ -24,6 +26,8 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
+from reconciler.support.redaction import redact_text, redact_url
+from reconciler.support.urls import UrlRefused, check_url, parse_url
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 KINDS = ("Batch", "Profile", "Queue")
@@ -64,12 +68,16 @@ _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    """One finding, ordered by file and position so output reads top to bottom."""
+    """One finding, ordered by file and position so output reads top to bottom. Its
+    message may quote a URL from the file: any credentials in it are hidden."""
 
     path: str
     line: int
     col: int
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", redact_text(self.message))
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
@@ -347,6 +355,63 @@ def _check_batch(doc: LoadedDocument) -> list[Problem]:
     return problems
 
 
+def _check_no_credentials(doc: LoadedDocument) -> list[Problem]:
+    """No URL in a batch file carries `user:password@`: whoever reads the repository (and
+    its history, for good) could use them (DESIGN §10: never from Git). A remote manifest
+    may carry them; the reconciler uses them and shows them nowhere."""
+    problems: list[Problem] = []
+    for at, url in _batch_urls(doc):
+        try:
+            userinfo = parse_url(url).userinfo
+        except UrlRefused:
+            continue  # reported by the URL check against the profile
+        if userinfo is not None:
+            problems.append(Problem.at(
+                doc, doc.position(at),
+                f"{format_path(at)}: {_show(redact_url(url))} carries credentials, which must"
+                " not be committed to Git; remove the user:password@ part (a remote"
+                " manifest's file URLs may carry them)"))
+    return problems
+
+
+def storage_path_problem(path: str) -> str | None:
+    """Why a profile's storage.path could leave the storage root (the operator's, or the
+    state dir's `storage/`), or None."""
+    parts = PurePosixPath(path.replace("\\", "/"))
+    if parts.is_absolute():
+        return ("must be a relative path inside the storage root (set by the operator), not"
+                " an absolute one")
+    if ".." in parts.parts:
+        return "must stay inside the storage root: remove the '..' segments"
+    return None
+
+
+def _check_profile(doc: LoadedDocument) -> list[Problem]:
+    """Profile rules beyond shape: every URL prefix usable, storage inside its root."""
+    problems: list[Problem] = []
+    spec = doc.data.get("spec")
+    if not isinstance(spec, dict):
+        return problems
+    prefixes = spec.get("allowedUrlPrefixes")
+    for index, prefix in enumerate(prefixes if isinstance(prefixes, list) else ()):
+        if not isinstance(prefix, str):
+            continue
+        at: JsonPath = ("spec", "allowedUrlPrefixes", index)
+        try:
+            parse_url(prefix, prefix=True)
+        except UrlRefused as exc:
+            problems.append(Problem.at(doc, doc.position(at), f"{format_path(at)}:"
+                                       f" {_show(prefix)} is not a usable prefix: {exc.reason}"))
+    storage = spec.get("storage")
+    path = storage.get("path") if isinstance(storage, dict) else None
+    problem = storage_path_problem(path) if isinstance(path, str) else None
+    if problem is not None:
+        at = ("spec", "storage", "path")
+        problems.append(Problem.at(doc, doc.position(at),
+                                   f"{format_path(at)}: {_show(path)} {problem}"))
+    return problems
+
+
 def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> list[Problem]:
     """Every problem of one loaded document, in file order."""
     kind, problems = _check_kind(doc, expected_kind)
@@ -362,6 +427,9 @@ def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> lis
         problems += _check_name(doc, kind)
     if kind == "Batch":
         problems += _check_batch(doc)
+        problems += _check_no_credentials(doc)
+    if kind == "Profile":
+        problems += _check_profile(doc)
     return sorted(problems)
 
 
@@ -453,11 +521,52 @@ def _read(file: Path) -> LoadedDocument | Problem:
         return Problem(str(file), 1, 1, f"cannot read: {exc.strerror or exc}")
 
 
-def validate_repo_paths(paths: list[str]) -> list[Problem]:
+def _profile_prefixes(file: Path) -> list[str] | None:
+    """A profile file's allowedUrlPrefixes (None when it does not load as a profile; its
+    own problems are reported where it is validated)."""
+    loaded = _read(file)
+    if isinstance(loaded, Problem) or not isinstance(loaded.data, dict):
+        return None
+    spec = loaded.data.get("spec")
+    prefixes = spec.get("allowedUrlPrefixes") if isinstance(spec, dict) else None
+    return [p for p in prefixes if isinstance(p, str)] if isinstance(prefixes, list) else []
+
+
+def _batch_urls(doc: LoadedDocument) -> Iterator[tuple[JsonPath, str]]:
+    """Every URL a batch file names, with where it is: inline items and manifest.url."""
+    spec = doc.data.get("spec")
+    manifest = spec.get("manifest") if isinstance(spec, dict) else None
+    if not isinstance(manifest, dict):
+        return
+    if isinstance(manifest.get("url"), str):
+        yield ("spec", "manifest", "url"), manifest["url"]
+    items = manifest.get("items")
+    for index, item in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            yield ("spec", "manifest", "items", index, "url"), item["url"]
+
+
+def _check_urls(doc: LoadedDocument, profile: str, prefixes: list[str],
+                file_roots: Sequence[str | Path]) -> list[Problem]:
+    """The reconciler's own URL check (`check_url`), reported at each URL's line."""
+    problems: list[Problem] = []
+    for at, url in _batch_urls(doc):
+        try:
+            check_url(url, prefixes, file_roots=file_roots, by=f' by profile "{profile}"')
+        except UrlRefused as exc:
+            problems.append(Problem.at(doc, doc.position(at), f"{format_path(at)}: {exc}"))
+    return problems
+
+
+def validate_repo_paths(paths: list[str], *,
+                        file_roots: Sequence[str | Path] = ()) -> list[Problem]:
     """Validate files and directories as `batchq validate` does, across files too: each
-    batch's profile must exist, and no two batch files in a repository may share a name."""
+    batch's profile must exist, every URL of a batch must pass its profile's prefixes (and
+    the operator's `file_roots` for a host path), and no two batch files in a repository
+    may share a name."""
     problems: list[Problem] = []
     claims: dict[tuple[Path, str], list[tuple[LoadedDocument, str]]] = {}
+    prefixes_of: dict[Path, list[str] | None] = {}  # each profile file read once
     for file in _files(paths):
         doc = _read(file)
         if isinstance(doc, Problem):
@@ -486,6 +595,13 @@ def validate_repo_paths(paths: list[str]) -> list[Problem]:
                     f"(expected profiles/{profile}.yaml)",
                 )
             )
+        elif isinstance(profile, str) and root is not None and DNS_LABEL.fullmatch(profile):
+            profile_file = root / "profiles" / f"{profile}.yaml"
+            if profile_file not in prefixes_of:
+                prefixes_of[profile_file] = _profile_prefixes(profile_file)
+            prefixes = prefixes_of[profile_file]
+            if prefixes is not None:
+                problems += _check_urls(doc, profile, prefixes, file_roots)
         name = batch_name(str(file), data)
         claims.setdefault((root or file.absolute().parent, name), []).append((doc, name))
     for claimants in claims.values():
@@ -500,10 +616,10 @@ def validate_repo_paths(paths: list[str]) -> list[Problem]:
     return sorted(problems)
 
 
-def validate_main(paths: list[str]) -> int:
+def validate_main(paths: list[str], file_roots: Sequence[str | Path] = ()) -> int:
     """`batchq validate PATH...`: one `file:line:col: message` line per problem; exit 1 if
-    there is any (DESIGN §7)."""
-    problems = validate_repo_paths(paths)
+    there is any (DESIGN §7). `file_roots` are the operator's, as for the reconciler."""
+    problems = validate_repo_paths(paths, file_roots=file_roots)
     for problem in problems:
         print(problem)
     return 1 if problems else 0

@@ -5,13 +5,19 @@ and as a Kubernetes container (`python -m reconciler.worker`, or `batchq-worker`
 
     BATCHQ_BATCH              batch name                                        (required)
     BATCHQ_ITEM_ID            item id                                           (required)
-    BATCHQ_ITEM_URL           payload URL: http, https, file                    (required)
+    BATCHQ_ITEM_URL           payload URL: http, https, file; userinfo shown as `***@`
+                              means "the credentials are in BATCHQ_CREDENTIALS_FILE" (required)
     BATCHQ_STORAGE            storage root directory                            (required)
     BATCHQ_ITEM_SIZE          expected size in bytes
     BATCHQ_DIGEST_ALGORITHM   md5 | sha256 | sha512, with BATCHQ_DIGEST_VALUE (lowercase hex)
     BATCHQ_ALLOWED_PREFIXES   newline-separated URL prefixes; unset allows any URL, set but
-                              empty allows none
-    BATCHQ_BASE_DIR           base directory for relative `file:` URLs (the repository)
+                              empty allows none (`reconciler.support.urls` decides either way)
+    BATCHQ_GIT_DIR            the reconciler's Git mirror, read-only: a relative `file:` URL
+                              is read from it at BATCHQ_GIT_COMMIT (the batch's commit)
+    BATCHQ_GIT_COMMIT         the commit the batch was synced from
+    BATCHQ_FILE_ROOTS         newline-separated host directories an operator allowed for
+                              absolute `file:` URLs; none: absolute `file:` URLs are refused
+    BATCHQ_CREDENTIALS_FILE   a file (mode 0600) holding `user:password` for the URL's `***@`
     BATCHQ_TIMEOUT            deadline in seconds for the whole download (default 300)
     BATCHQ_MAX_BYTES          payload size limit (default 10 GiB)
     BATCHQ_TERMINATION_LOG    file that receives the one-line failure reason (default
@@ -36,7 +42,7 @@ Exit codes:
 
 On failure the reason is ONE line, `batchq-worker: <reason>` on stderr, and the reason alone
 (at most 1024 characters) in the termination log; no temp file is left behind. Progress
-goes to stdout.
+goes to stdout. No output, record or message ever shows the credentials.
 """
 
 from __future__ import annotations
@@ -58,13 +64,10 @@ from types import FrameType
 from typing import Any
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, is_hex_digest
-from reconciler.manifests.fetch import (
-    FetchError,
-    FetchRefused,
-    FetchTooLarge,
-    fetch_to_file,
-    normalized_url,
-)
+from reconciler.manifests.fetch import FetchError, FetchRefused, FetchTooLarge, fetch_to_file
+from reconciler.manifests.repofiles import RepoSnapshot
+from reconciler.support.redaction import redact_text, redact_url
+from reconciler.support.urls import UrlRefused, check_url, parse_url
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 MESSAGE_LIMIT = 1024
@@ -96,16 +99,27 @@ class Config:
     size: int | None = None
     digest: tuple[str, str] | None = None  # (algorithm, lowercase hex)
     allowed: tuple[str, ...] | None = None  # None: any URL
-    base_dir: Path | None = None
+    repo: RepoSnapshot | None = None
+    file_roots: tuple[str, ...] = ()
+    credentials: str | None = None  # `user:password` for a URL shown with `***@`
     timeout: float = DEFAULT_TIMEOUT
     max_bytes: int = DEFAULT_MAX_BYTES
 
-    def allows(self, url: str) -> bool:
-        """Allowed as written and with `..` segments resolved (no climbing out)."""
+    def check(self, url: str) -> None:
+        """Raise UrlRefused unless `url` passes the one URL check (any prefix when
+        `allowed` is None; what it refuses before comparing is refused either way)."""
         if self.allowed is None:
-            return True
-        return any(url.startswith(p) for p in self.allowed) and any(
-            normalized_url(url).startswith(p) for p in self.allowed)
+            parse_url(url)
+        else:
+            check_url(url, self.allowed, file_roots=self.file_roots)
+
+    def allows(self, url: str) -> bool:
+        """For redirect targets: `check` as a yes or no."""
+        try:
+            self.check(url)
+        except UrlRefused:
+            return False
+        return True
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -139,6 +153,33 @@ def _whole(env: Mapping[str, str], name: str, default: int | None) -> int | None
     return int(text)
 
 
+def _lines(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in env.get(name, "").splitlines() if line.strip())
+
+
+def _repository(env: Mapping[str, str]) -> RepoSnapshot | None:
+    git_dir = env.get("BATCHQ_GIT_DIR", "").strip()
+    commit = env.get("BATCHQ_GIT_COMMIT", "").strip()
+    if bool(git_dir) != bool(commit):
+        raise WorkerError("BATCHQ_GIT_DIR and BATCHQ_GIT_COMMIT go together", EXIT_REFUSED)
+    return RepoSnapshot(Path(git_dir), commit) if git_dir else None
+
+
+def _credentials(env: Mapping[str, str]) -> str | None:
+    """`user:password` from the job's credentials file, if it has one."""
+    path = env.get("BATCHQ_CREDENTIALS_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None  # this item has no credentials
+    except OSError as exc:
+        raise WorkerError(f"cannot read BATCHQ_CREDENTIALS_FILE: {exc.strerror or exc}",
+                          EXIT_REFUSED) from None
+    return text or None
+
+
 def config_from_env(env: Mapping[str, str]) -> Config:
     """The job's configuration; raise WorkerError (exit 2) for anything missing or wrong."""
     algorithm = env.get("BATCHQ_DIGEST_ALGORITHM", "").strip().lower()
@@ -153,7 +194,6 @@ def config_from_env(env: Mapping[str, str]) -> Config:
                               f" ({DIGEST_HEX_DIGITS[algorithm]} hex digits)", EXIT_REFUSED)
         digest = (algorithm, value)
     prefixes = env.get("BATCHQ_ALLOWED_PREFIXES")
-    base = env.get("BATCHQ_BASE_DIR", "").strip()
     max_bytes = _whole(env, "BATCHQ_MAX_BYTES", DEFAULT_MAX_BYTES)
     assert max_bytes is not None
     return Config(
@@ -163,9 +203,10 @@ def config_from_env(env: Mapping[str, str]) -> Config:
         storage=Path(_required(env, "BATCHQ_STORAGE")),
         size=_whole(env, "BATCHQ_ITEM_SIZE", None),
         digest=digest,
-        allowed=None if prefixes is None else tuple(
-            p.strip() for p in prefixes.splitlines() if p.strip()),
-        base_dir=Path(base) if base else None,
+        allowed=None if prefixes is None else _lines(env, "BATCHQ_ALLOWED_PREFIXES"),
+        repo=_repository(env),
+        file_roots=_lines(env, "BATCHQ_FILE_ROOTS"),
+        credentials=_credentials(env),
         timeout=_number(env, "BATCHQ_TIMEOUT", DEFAULT_TIMEOUT),
         max_bytes=max_bytes,
     )
@@ -234,7 +275,7 @@ def _write_record(cfg: Config, size: int, sha256: str) -> None:
     record = {
         "batch": cfg.batch,
         "item": cfg.item,
-        "url": cfg.url,
+        "url": redact_url(cfg.url),
         "size": size,
         "sha256": sha256,
         "digest": {"algorithm": cfg.digest[0], "value": cfg.digest[1]} if cfg.digest else None,
@@ -275,7 +316,7 @@ def already_stored(cfg: Config) -> Path | None:
         record: Any = json.loads(record_path(cfg.storage, cfg.batch, cfg.item).read_bytes())
     except (OSError, ValueError):
         record = None
-    if (isinstance(record, dict) and record.get("url") == cfg.url
+    if (isinstance(record, dict) and record.get("url") == redact_url(cfg.url)
             and isinstance(record.get("sha256"), str)
             and is_hex_digest("sha256", record["sha256"])):
         stored = cas_path(cfg.storage, record["sha256"])
@@ -308,10 +349,11 @@ def _fetch_reason(cfg: Config, exc: FetchError) -> WorkerError:
 
 def ingest(cfg: Config) -> Path:
     """Store the item's payload (or find it stored); return its path. Raise WorkerError."""
-    if not cfg.allows(cfg.url):
-        raise WorkerError(f"URL {cfg.url} is not allowed (allowed prefixes:"
-                          f" {', '.join(cfg.allowed or ()) or 'none'})", EXIT_REFUSED)
-    print(f"start: batch {cfg.batch} item {cfg.item} from {cfg.url}", flush=True)
+    try:
+        cfg.check(cfg.url)
+    except UrlRefused as exc:
+        raise WorkerError(str(exc), EXIT_REFUSED) from None
+    print(f"start: batch {cfg.batch} item {cfg.item} from {redact_url(cfg.url)}", flush=True)
     _make_dirs(cfg.storage)
     done = already_stored(cfg)
     if done is not None:
@@ -340,7 +382,9 @@ def ingest(cfg: Config) -> Path:
     try:
         try:
             size = fetch_to_file(cfg.url, tmp, max_bytes=limit, timeout=cfg.timeout,
-                                 base_dir=cfg.base_dir, on_chunk=on_chunk, allowed=cfg.allows)
+                                 repo=cfg.repo, file_roots=cfg.file_roots,
+                                 credentials=cfg.credentials, on_chunk=on_chunk,
+                                 allowed=cfg.allows)
         except FetchError as exc:
             raise _fetch_reason(cfg, exc) from exc
         digests = {name: h.hexdigest() for name, h in hashers.items()}
@@ -370,8 +414,8 @@ def _termination_log(env: Mapping[str, str]) -> Path | None:
 
 
 def one_line(reason: str) -> str:
-    """The reason as one line of at most MESSAGE_LIMIT characters."""
-    text = " ".join(reason.split())
+    """The reason as one line of at most MESSAGE_LIMIT characters, credentials hidden."""
+    text = redact_text(" ".join(reason.split()))
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 

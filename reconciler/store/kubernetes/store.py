@@ -10,6 +10,9 @@
   in `<batch>-timeline`; all are owned by the Batch, so deleting it removes them.
 - One Job per item attempt, owned by the Batch, labelled batch/item/attempt; a Job that
   finished and vanished is never re-run because the item ConfigMap recorded it.
+- Item credentials (userinfo of a payload URL) live in Secrets `<batch>-credentials-XX`
+  owned by the Batch, never in the item ConfigMaps or the Job; a Job's pod mounts only its
+  own item's key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
 - Reads come from watch caches (informer.py); a write that would change nothing is not
   sent, so a pass with no change makes no API write.
 """
@@ -42,6 +45,7 @@ from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
 from reconciler.store.codec import canonical_json
 from reconciler.store.kubernetes.informer import Informer, Obj
+from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import parse_rfc3339_or_none, rfc3339
 
 GROUP, VERSION, PLURAL = "batchq.dev", "v1", "batches"
@@ -50,6 +54,7 @@ A = "batchq.dev/"
 CHUNK = 500
 TIMELINE_MAX = 500
 META = "batchq-meta"
+CREDENTIALS_DIR = "/var/run/secrets/batchq"
 
 
 def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
@@ -468,6 +473,26 @@ class KubernetesStore:
                     jobName=s.job_name, startedAt=s.started_at, finishedAt=s.finished_at)
             self._put_cm_json(name, "items.json", records, "items", batch)
 
+    def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
+        """Secrets owned by the Batch (the reconciler may create and patch them, never read
+        them back); a Job's pod mounts its item's key (see `create_job`)."""
+        buckets: dict[str, dict[str, str]] = {}
+        for item_id, userinfo in credentials.items():
+            buckets.setdefault(_credentials_secret(batch, item_id), {})[item_id] = userinfo
+        for name, data in sorted(buckets.items()):
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": name,
+                                 "labels": {f"{A}kind": "credentials", f"{A}batch": batch},
+                                 "ownerReferences": self._owner(batch)},
+                    "stringData": data}
+            try:
+                self.core.create_namespaced_secret(self.ns, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.core.patch_namespaced_secret(name, self.ns, {"stringData": data})
+            self._wrote()
+
     # --- jobs
     def create_job(self, spec: JobSpec) -> bool:
         if self.jobs.get(spec.name) is not None:
@@ -477,9 +502,17 @@ class KubernetesStore:
         container: dict[str, Any] = {
             "name": "worker", "image": spec.image, "command": list(spec.command),
             "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-            + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"}],
+            + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
+               {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"}],
             "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
+                              "readOnly": True}],
         }
+        # only this item's key; readable by the container's user whatever its uid (the
+        # image's, or a profile's image without fsGroup): the pod has this one container
+        credentials = {"name": "credentials", "secret": {
+            "secretName": _credentials_secret(spec.batch, spec.item), "optional": True,
+            "defaultMode": 0o444, "items": [{"key": spec.item, "path": "userinfo"}]}}
         if spec.resources:
             container["resources"] = spec.resources
         job_spec: dict[str, Any] = {
@@ -493,7 +526,8 @@ class KubernetesStore:
             "template": {
                 "metadata": {"labels": labels, "annotations": {
                     f"{A}item-id": spec.item, **spec.annotations}},
-                "spec": {"restartPolicy": "Never", "containers": [container]},
+                "spec": {"restartPolicy": "Never", "containers": [container],
+                         "volumes": [credentials]},
             },
         }
         if spec.deadline_seconds:
@@ -536,7 +570,7 @@ class KubernetesStore:
                 for cs in (pod.status.container_statuses or []) if pod.status else []:
                     term = cs.state.terminated if cs.state else None
                     if term is not None and term.message:
-                        message = term.message.strip().splitlines()[-1][:1024]
+                        message = redact_text(term.message.strip().splitlines()[-1])[:1024]
             self._failure_messages[name] = message or str(
                 cond.get("message") or cond.get("reason") or "failed")
         return self._failure_messages[name]
@@ -678,6 +712,13 @@ class KubernetesStore:
         return [Event(batch, at, reason, message, rev)
                 for at, reason, message, rev in self._cm_json(f"{batch}-timeline",
                                                               "events.json", [])]
+
+
+def _credentials_secret(batch: str, item: str) -> str:
+    """The Secret with an item's credentials: one of at most 256 per batch, picked by a hash
+    of the item id, so a Job names its own without a lookup and no Secret nears the 1 MiB
+    object limit at 100,000 items."""
+    return f"{batch}-credentials-{hashlib.sha256(item.encode()).hexdigest()[:2]}"
 
 
 def _label(value: str) -> str:

@@ -6,6 +6,12 @@ outlives it and leaves its result behind, so after a restart a running Job is ei
 alive (we wait), finished (we read `rc`), or died without a result (we run the same attempt
 again, as the Job controller would restart its pod). Nothing is ever run twice under two
 names, and a finished Job's result is never lost.
+
+A job gets what a container gets from the kubelet: its own environment and nothing of the
+reconciler's (which may hold SMTP passwords or tokens). It sees PATH, LANG/LC_ALL, HOME
+(its job dir), TMPDIR (inside it) and its BATCHQ_* variables; its item's credentials, if
+any, are in `<jobdir>/credentials` (mode 0600), which the shim removes when the command
+ends.
 """
 
 from __future__ import annotations
@@ -19,12 +25,27 @@ import threading
 from pathlib import Path
 
 from reconciler.store.local.sqlite import SqliteStore
+from reconciler.support.redaction import redact_text
 
 SHIM = (
-    'cd "$0" || exit 97; "$@" >stdout 2>stderr </dev/null; rc=$?;'
-    ' echo $rc >rc.tmp && mv rc.tmp rc'
+    'cd "$0" || exit 97; unset OLDPWD PWD; "$@" >stdout 2>stderr </dev/null; rc=$?;'
+    ' rm -f credentials; echo $rc >rc.tmp && mv rc.tmp rc'
 )
 MESSAGE_LIMIT = 1024
+INHERITED = ("PATH", "LANG", "LC_ALL")  # what finding programs and decoding text need
+
+
+def job_environment(job_env: dict[str, str], jdir: Path) -> dict[str, str]:
+    """The whole environment of a job: the few inherited variables, its home and temp dir
+    in its job dir, and its own BATCHQ_* variables."""
+    env = {name: os.environ[name] for name in INHERITED if name in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(HOME=str(jdir), TMPDIR=str(jdir / "tmp"))
+    env.update(job_env)
+    env["BATCHQ_TERMINATION_LOG"] = str(jdir / "termination-log")
+    env["BATCHQ_CREDENTIALS_FILE"] = str(jdir / "credentials")
+    return env
 
 
 class LocalRunner:
@@ -48,23 +69,25 @@ class LocalRunner:
         free = max(0, self.parallel - running)
         if free:
             for row in self.store.jobs_in_state("Pending", free):
-                self._start(row["name"])
+                self._start(row["name"], row["batch"], row["item"])
                 changed = True
         return changed
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, batch: str, item: str) -> None:
         spec = self.store.job_spec(name)
         assert spec is not None
         jdir = self.job_dir(name)
         if jdir.exists():  # a previous try of this same attempt died without a result
             shutil.rmtree(jdir)
-        jdir.mkdir(parents=True)
-        env = dict(os.environ)
-        env.update(spec["env"])
-        env["BATCHQ_TERMINATION_LOG"] = str(jdir / "termination-log")
+        (jdir / "tmp").mkdir(parents=True)
+        userinfo = self.store.credentials(batch, item)
+        if userinfo is not None:
+            fd = os.open(jdir / "credentials", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(userinfo)
         proc = subprocess.Popen(
             ["/bin/sh", "-c", SHIM, str(jdir), *spec["command"]],
-            env=env,
+            env=job_environment(spec["env"], jdir),
             start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
@@ -121,7 +144,7 @@ class LocalRunner:
             except FileNotFoundError:
                 continue
             if lines:
-                return lines[-1][:MESSAGE_LIMIT]
+                return redact_text(lines[-1])[:MESSAGE_LIMIT]
         return f"exited with code {rc}"
 
     def stop_batch(self, batch: str) -> None:

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS items (
     state TEXT NOT NULL, attempts INTEGER NOT NULL, message TEXT NOT NULL,
     job_name TEXT, started_at REAL, finished_at REAL, PRIMARY KEY (batch, item_id));
 CREATE INDEX IF NOT EXISTS items_by_seq ON items (batch, seq);
+CREATE TABLE IF NOT EXISTS credentials (
+    batch TEXT NOT NULL, item_id TEXT NOT NULL, userinfo TEXT NOT NULL,
+    PRIMARY KEY (batch, item_id));
 CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, batch TEXT NOT NULL, item TEXT NOT NULL, attempt INTEGER NOT NULL,
     state TEXT NOT NULL, message TEXT NOT NULL DEFAULT '', suspended INTEGER NOT NULL,
@@ -223,8 +226,9 @@ class SqliteStore:
 
     def remove_batch(self, name: str) -> None:
         with self._tx():
-            for table, col in (("items", "batch"), ("jobs", "batch"), ("events", "batch"),
-                               ("reports", "batch"), ("outbox", "batch"), ("batches", "name")):
+            for table, col in (("items", "batch"), ("credentials", "batch"), ("jobs", "batch"),
+                               ("events", "batch"), ("reports", "batch"), ("outbox", "batch"),
+                               ("batches", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col}=?", (name,))
 
     # --- items
@@ -293,6 +297,19 @@ class SqliteStore:
                     (str(s.state), s.attempts, s.message, s.job_name, s.started_at,
                      s.finished_at, batch, s.item.id),
                 )
+
+    def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
+        """Item credentials in a table of their own, which nothing lists or shows; the
+        runner copies one into its job's credentials file (mode 0600) when it starts."""
+        with self._tx():
+            for item_id, userinfo in credentials.items():
+                self._write("INSERT OR REPLACE INTO credentials(batch, item_id, userinfo)"
+                            " VALUES (?,?,?)", (batch, item_id, userinfo))
+
+    def credentials(self, batch: str, item_id: str) -> str | None:
+        row = self.db.execute("SELECT userinfo FROM credentials WHERE batch=? AND item_id=?",
+                              (batch, item_id)).fetchone()
+        return None if row is None else str(row[0])
 
     # --- jobs
     def create_job(self, spec: JobSpec) -> bool:
