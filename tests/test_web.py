@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler.domain.model import BatchStatus, Item
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.backends import BackendSettings, store_factory
-from reconciler.store.base import Event
+from reconciler.store.base import Delivery, Event, RecipientState
 from reconciler.store.local.sqlite import SqliteStore
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
@@ -302,8 +302,10 @@ def test_metrics_count_failed_deliveries(tmp_path: Path) -> None:
 
     store.save_report(Report("mail:1", "mail", "initial", time.time(), "Ingest: FAIL", ("x@y",),
                              "body", (), {"a": "Failed"}, True, b"Subject: s\r\n\r\nb"))
-    store.mark_delivery_failed("mail:1", "connection refused", time.time() + 60)
-    store.mark_delivery_failed("mail:1", "connection refused", time.time() + 60)
+    refused = [RecipientState("x@y", Delivery.DEFERRED, 0, "connection refused", 1)]
+    for _ in range(2):
+        store.record_delivery("mail:1", refused, error="connection refused",
+                              retry_at=time.time() + 60)
     store.close()
     values = metric_values(make_app(tmp_path).test_client().get("/metrics")
                            .get_data(as_text=True))
