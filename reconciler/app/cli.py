@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
-from reconciler.store.base import Store
+from reconciler.store.base import Delivery, Store
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -34,10 +34,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def _seconds(name: str, default: float) -> float:
+    return float(_env(name) or default)
+
+
 def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
     p.add_argument("--branch", default=_env("BRANCH", "main"))
     p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10))
+    p.add_argument("--git-timeout", type=float, default=_seconds("GIT_TIMEOUT", 120),
+                   help="seconds one git fetch may take in all (BATCHQ_GIT_TIMEOUT)")
+    p.add_argument("--smtp-timeout", type=float, default=_seconds("SMTP_TIMEOUT", 120),
+                   help="seconds one SMTP delivery may take in all (BATCHQ_SMTP_TIMEOUT)")
+    p.add_argument("--smtp-backoff", type=float, default=_seconds("SMTP_BACKOFF", 5),
+                   help="first wait before a deferred email is retried; it doubles"
+                        " (BATCHQ_SMTP_BACKOFF)")
+    p.add_argument("--smtp-max-age", type=float, default=_seconds("SMTP_MAX_AGE", 432000),
+                   help="seconds after which a still deferred email is given up"
+                        " (BATCHQ_SMTP_MAX_AGE; 5 days)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,7 +87,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
     return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
-                    interval=args.interval, kubeconfig=args.kubeconfig)
+                    interval=args.interval, kubeconfig=args.kubeconfig,
+                    git_timeout=args.git_timeout, smtp_timeout=args.smtp_timeout,
+                    smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -98,7 +114,10 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
         reports = [
             {"kind": r.kind, "createdAt": _iso(r.created_at),
              "emailed": bool(r.emailed and store.delivered(r.id)),
-             "changed": list(r.changed)}
+             "changed": list(r.changed),
+             "delivery": [{"recipient": d.address, "state": str(d.state), "code": d.code,
+                           "detail": d.detail, "attempts": d.attempts, "at": _iso(d.at)}
+                          for d in (store.recipient_states(r.id) if r.emailed else [])]}
             for r in store.list_reports(b.name)
         ]
         out.append({
@@ -126,6 +145,10 @@ def print_status(store: Store, name: str | None) -> None:
             sent = "emailed" if r["emailed"] else "not emailed"
             changed = f", changed: {', '.join(r['changed'])}" if r["changed"] else ""
             print(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
+            for d in r["delivery"]:
+                tries = "1 attempt" if d["attempts"] == 1 else f"{d['attempts']} attempts"
+                print(f"    to {d['recipient']}: {Delivery(d['state']).meaning} ({tries},"
+                      f" last {d['at']}): {d['detail']}")
     errors = json.loads(store.get_meta("file_errors") or "{}")
     for err in errors.values():
         print(f"error: {err}", file=sys.stderr)
@@ -178,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.until_idle:
                 rec.run_until_idle(timeout=args.timeout)
             else:
-                rec.run_pass()
+                rec.run_once()
             if rec.last_sync_error:  # the work went on from the last good commit
                 print(f"batchq: sync failed: {rec.last_sync_error}", file=sys.stderr)
                 return 1

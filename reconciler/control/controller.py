@@ -328,7 +328,7 @@ class Controller:
             failpoints.hit("after-report-saved")
         ok = kind != "manifest-error" and all(s.state == J.COMPLETED for s in items)
         status.finished_at = time.time()
-        why = (f"report sent ({report.subject})" if report.emailed
+        why = (f"report queued for email ({report.subject})" if report.emailed
                else "no change since the last report: no email" if kind == "update"
                else "report kept (email suppressed)")
         status.message = (status.manifest_error and f"manifest error: {status.manifest_error}") \
