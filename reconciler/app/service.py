@@ -2,9 +2,10 @@
 
 A pass is: fetch and apply the branch (within `git_timeout`); let the backend move jobs
 along; take every batch one step; ask the mailer for a round. Nothing slow runs inside a
-pass: email goes out from the mailer's thread, so a server that hangs delays only email.
+pass: email goes out from the mailer's thread, and remote manifests are downloaded in
+threads of their own, so a peer that hangs delays only its own report or batch.
 `run_until_idle` repeats passes until nothing can progress without a new commit;
-`run_forever` also wakes at once when a local job ends, a delivery round finishes,
+`run_forever` also wakes at once when a local job ends, a download or delivery finishes,
 or a webhook asks for a sync. A heartbeat file records when the last pass and the last
 sync finished, so the web page can show the sync time and `/healthz` can fail when the
 loop stalls.
@@ -22,6 +23,7 @@ from typing import Any
 
 from reconciler.app.statelock import StateLock
 from reconciler.control.controller import Controller
+from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.mailer import Mailer
 from reconciler.control.notify import RetryPolicy
 from reconciler.source.gitrepo import GitSource, SourceError
@@ -89,7 +91,9 @@ class Reconciler:
             self.elector = LeaderElector(backend.api, settings.namespace,
                                          identity=settings.identity,
                                          duration=settings.lease_seconds)
-        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage")
+        self.downloads = ManifestDownloads(on_done=self.wake.set)
+        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage",
+                                     downloads=self.downloads)
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
         self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.smtp,
                              outbox_dir=settings.state_dir / "outbox",
@@ -153,14 +157,19 @@ class Reconciler:
         return progressed
 
     def run_once(self) -> bool:
-        """One pass, then the email due is delivered (within its deadline)."""
+        """One pass, then what it started outside the pass: manifest downloads are waited
+        for and picked up by a second pass, and the email due is delivered (each within
+        its own deadline), so `reconcile --once` run again and again always gets on."""
         progressed = self.run_pass()
+        if self.downloads.wait():
+            progressed |= self.run_pass()
         self.mailer.deliver_now()
         return progressed
 
     def busy(self) -> bool:
-        """Is something still moving that needs no new commit (jobs, email due now)?"""
-        if self.store.count_active_jobs():
+        """Is something still moving that needs no new commit (jobs, manifest downloads,
+        email due now)?"""
+        if self.store.count_active_jobs() or self.downloads.busy():
             return True
         return bool(self.store.pending_outbox(time.time()))
 

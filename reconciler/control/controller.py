@@ -16,9 +16,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
 from reconciler.control.reports import build_report
-from reconciler.domain.model import Batch, BatchStatus, Condition, ItemStatus, Job, Profile
+from reconciler.domain.model import (
+    Batch,
+    BatchStatus,
+    Condition,
+    Item,
+    ItemStatus,
+    Job,
+    Profile,
+)
 from reconciler.domain.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
@@ -66,13 +75,16 @@ class PassContext:
 class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
-    def __init__(self, store: Store, *, storage_root: Path) -> None:
+    def __init__(self, store: Store, *, storage_root: Path,
+                 downloads: ManifestDownloads | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
+        self.downloads = downloads if downloads is not None else ManifestDownloads()
 
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
         """Return True if anything changed (the caller loops until nothing does)."""
+        self.downloads.pass_started()
         batches = self.store.list_batches()
         deletions = pending_deletions(self.store)
         ctx = PassContext(
@@ -244,15 +256,17 @@ class Controller:
         assert batch.spec is not None and profile is not None
         if not self.store.count_items(batch.name):
             try:
-                base = Path(ctx.base_dir) if ctx.base_dir else None
-                found = resolve_items(batch.spec, profile, base_dir=base,
-                                      max_bytes=profile.manifest_max_bytes,
-                                      timeout=profile.manifest_timeout)
+                found = self._read_manifest(batch, profile, ctx)
             except ManifestError as exc:
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
                 self._begin_report(batch, status, B.REPORTING, status.message)
                 return []
+            if found is None:  # being downloaded outside the pass: picked up later
+                status.message = f"downloading the manifest {batch.spec.manifest_url}"
+                return []
+            if batch.spec.manifest_url:
+                status.message = f"{len(found)} items read from the manifest"
             self.store.set_items(batch.name, found)
             failpoints.hit("after-items")
         items = self.store.list_items(batch.name)
@@ -260,6 +274,24 @@ class Controller:
         status.item_count = len(items)
         ctx.progressed = True
         return items
+
+    def _read_manifest(self, batch: Batch, profile: Profile,
+                       ctx: PassContext) -> list[Item] | None:
+        """Inline items at once; a manifest URL by a background download (None until it
+        has finished), so a slow server holds only this batch."""
+        spec = batch.spec
+        assert spec is not None
+        base = Path(ctx.base_dir) if ctx.base_dir else None
+
+        def read() -> list[Item]:
+            return resolve_items(spec, profile, base_dir=base,
+                                 max_bytes=profile.manifest_max_bytes,
+                                 timeout=profile.manifest_timeout)
+
+        if spec.items is not None:
+            return read()
+        return self.downloads.poll(batch.name, (spec.manifest_url, profile, base), read,
+                                   deadline=profile.manifest_timeout)
 
     def _ensure_jobs(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
                      profile: Profile | None, ctx: PassContext) -> None:
@@ -338,6 +370,7 @@ class Controller:
     # --- deletion
     def _delete(self, batch: Batch, revision: str, ctx: PassContext) -> None:
         self.store.delete_jobs(batch.name)  # running ones are stopped, as on Kubernetes
+        self.downloads.discard(batch.name)
         if batch.spec is None:
             self.store.remove_batch(batch.name)
         elif batch.status.state != B.DELETED:
