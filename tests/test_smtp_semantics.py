@@ -9,6 +9,7 @@ import email
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from aiosmtpd.controller import Controller as SmtpController
 
 from reconciler.store.backends import BackendSettings, store_factory
 from reconciler.store.base import Delivery, RecipientState
+from reconciler.store.local.sqlite import SqliteStore
 from tests.fixtures import GitRepo, PayloadServer, batch_doc, free_port, profile_doc, wait_for
 from tests.harness import Harness
 from web.app import create_app
@@ -287,3 +289,23 @@ def test_a_server_that_trickles_its_greeting_is_cut_at_the_deadline(
         assert trickler.connections == 1
     finally:
         trickler.close()
+
+
+def test_a_state_file_from_before_per_recipient_delivery_keeps_its_outbox(
+        tmp_path: Path) -> None:
+    """The outbox of an older release: what was delivered stays closed, what waited waits."""
+    path = tmp_path / "batchq.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE outbox (report_id TEXT PRIMARY KEY, batch TEXT NOT NULL,"
+                   " message BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error"
+                   " TEXT NOT NULL DEFAULT '', next_attempt_at REAL NOT NULL DEFAULT 0,"
+                   " delivered_at REAL)")
+        db.execute("INSERT INTO outbox VALUES ('a:1', 'a', x'00', 1, '', 0, 1700000000)")
+        db.execute("INSERT INTO outbox VALUES ('b:1', 'b', x'00', 2, 'refused', 0, NULL)")
+    store = SqliteStore(path)
+    try:
+        assert [e.report_id for e in store.pending_outbox(now=1e12)] == ["b:1"]
+        assert (store.delivered("a:1"), store.delivered("b:1")) == (True, False)
+        assert store.outbox_stats() == {"delivered": 1, "failed": 2, "waiting": 1}
+    finally:
+        store.close()

@@ -19,15 +19,7 @@ from pathlib import Path
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
 from reconciler.control.reports import build_report
-from reconciler.domain.model import (
-    Batch,
-    BatchStatus,
-    Condition,
-    Item,
-    ItemStatus,
-    Job,
-    Profile,
-)
+from reconciler.domain.model import Batch, BatchStatus, Condition, Item, ItemStatus, Job, Profile
 from reconciler.domain.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
