@@ -76,7 +76,11 @@ def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: 
          "message": b["jobs"][1]["message"]},
     ]
     assert b["jobs"][1]["message"].startswith("digest mismatch")
-    assert [list(r) for r in b["reports"]] == [["kind", "createdAt", "emailed", "changed"]] * 2
+    # DESIGN §7's keys first; per-recipient delivery added at the end
+    assert [list(r) for r in b["reports"]] == [
+        ["kind", "createdAt", "emailed", "changed", "delivery"]] * 2
+    assert [d["state"] for d in b["reports"][0]["delivery"]] == ["delivered"] * 2
+    assert b["reports"][1]["delivery"] == []
     assert [(r["kind"], r["emailed"], r["changed"]) for r in b["reports"]] == [
         ("initial", True, []), ("update", False, [])]
     assert b["reports"][0]["createdAt"].endswith("Z")

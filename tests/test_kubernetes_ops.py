@@ -70,7 +70,8 @@ def test_kubectl_shows_jobs_and_batches(k8s_cluster: Any, k8s_namespace: str, gi
             {"status": "True", "type": "DisruptionTarget"}]}
         assert h.store.list_items("ops")[2].message.startswith("digest mismatch")
         # a pass with no change makes no API write
-        h.full_pass()  # delivers the report (one write: the outbox label)
+        h.full_pass()  # the mailer's thread delivers the report (one write: the outbox label)
+        h.rec.deliver()  # waits for that round
         assert len(smtp.mailbox.messages) == 1
         before = h.store.writes
         h.full_pass()

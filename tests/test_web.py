@@ -37,7 +37,7 @@ from reconciler.domain.model import Batch, BatchStatus, Item
 from reconciler.domain.states import BatchState, JobState
 from reconciler.source.sync import RepoState, apply_sync
 from reconciler.store.backends import BackendSettings, local_db_path, store_factory
-from reconciler.store.base import Event
+from reconciler.store.base import Delivery, Event, RecipientState
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.heartbeat import Heartbeat
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
@@ -424,8 +424,10 @@ def test_metrics_count_failed_deliveries(tmp_path: Path) -> None:
 
     store.save_report(Report("mail:1", "mail", "initial", time.time(), "Ingest: FAIL", ("x@y",),
                              "body", (), {"a": "Failed"}, True, b"Subject: s\r\n\r\nb"))
-    store.mark_delivery_failed("mail:1", "connection refused", time.time() + 60)
-    store.mark_delivery_failed("mail:1", "connection refused", time.time() + 60)
+    refused = [RecipientState("x@y", Delivery.DEFERRED, 0, "connection refused", 1)]
+    for _ in range(2):
+        store.record_delivery("mail:1", refused, error="connection refused",
+                              retry_at=time.time() + 60)
     store.close()
     values = metric_values(make_app(tmp_path).test_client().get("/metrics")
                            .get_data(as_text=True))

@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.base import Event, Store
+from reconciler.store.base import WAITING, Delivery, Event, RecipientState, Store
 from reconciler.support.heartbeat import read_heartbeat
 from reconciler.support.timefmt import rfc3339_or_none as iso
 
@@ -180,6 +180,25 @@ def event_view(e: Event) -> dict[str, Any]:
             "revision": e.revision}
 
 
+def delivery_summary(emailed: bool, accepted: bool, states: list[RecipientState]) -> str:
+    """One phrase for a report's email: sent, waiting, partly refused, undeliverable."""
+    if not emailed:
+        return "not emailed"
+    if not states:  # not tried yet (or delivered before recipients were recorded)
+        return "emailed" if accepted else "waiting to be emailed"
+    delivered = sum(d.state == Delivery.DELIVERED for d in states)
+    waiting = sum(d.state in WAITING for d in states)
+    if waiting and not delivered:
+        return "waiting to be emailed"
+    if delivered == len(states):
+        return "emailed"
+    if delivered and waiting:
+        return "emailed to some recipients; the others are tried again"
+    if delivered:
+        return "emailed to some recipients; undeliverable to the others"
+    return "undeliverable"
+
+
 def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
     """Reports oldest first, each with what changed since the one before it."""
     out: list[dict[str, Any]] = []
@@ -192,6 +211,11 @@ def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
             "emailed": r.emailed, "delivered": bool(r.emailed and store.delivered(r.id)),
             "previous": previous.id if previous else None,
         }
+        states = store.recipient_states(r.id) if r.emailed else []
+        view["delivery"] = [{"recipient": d.address, "state": str(d.state),
+                             "meaning": d.state.meaning, "code": d.code, "detail": d.detail,
+                             "attempts": d.attempts, "at": iso(d.at)} for d in states]
+        view["deliverySummary"] = delivery_summary(r.emailed, view["delivered"], states)
         if previous is None:
             view["changes"], view["changesTotal"] = [], 0
         else:

@@ -15,7 +15,7 @@ from typing import Any
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
-from reconciler.store.base import Store
+from reconciler.store.base import Delivery, Store
 from reconciler.support.redaction import RedactingFormatter
 from reconciler.support.timefmt import rfc3339_or_none
 
@@ -35,6 +35,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def _seconds(name: str, default: float) -> float:
+    return float(_env(name) or default)
+
+
 def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
     p.add_argument("--branch", default=_env("BRANCH", "main"))
@@ -42,6 +46,16 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-root", type=Path, default=_env("STORAGE_ROOT"),
                    help="profiles' storage paths live under it (BATCHQ_STORAGE_ROOT;"
                         " default STATE/storage)")
+    p.add_argument("--git-timeout", type=float, default=_seconds("GIT_TIMEOUT", 120),
+                   help="seconds one git fetch may take in all (BATCHQ_GIT_TIMEOUT)")
+    p.add_argument("--smtp-timeout", type=float, default=_seconds("SMTP_TIMEOUT", 120),
+                   help="seconds one SMTP delivery may take in all (BATCHQ_SMTP_TIMEOUT)")
+    p.add_argument("--smtp-backoff", type=float, default=_seconds("SMTP_BACKOFF", 5),
+                   help="first wait before a deferred email is retried; it doubles"
+                        " (BATCHQ_SMTP_BACKOFF)")
+    p.add_argument("--smtp-max-age", type=float, default=_seconds("SMTP_MAX_AGE", 432000),
+                   help="seconds after which a still deferred email is given up"
+                        " (BATCHQ_SMTP_MAX_AGE; 5 days)")
     _file_roots(p)
 
 
@@ -97,7 +111,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     interval=args.interval, kubeconfig=args.kubeconfig,
                     file_roots=file_roots(args),
                     storage_root=Path(args.storage_root).absolute() if args.storage_root
-                    else None)
+                    else None,
+                    git_timeout=args.git_timeout, smtp_timeout=args.smtp_timeout,
+                    smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -118,7 +134,10 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
         reports = [
             {"kind": r.kind, "createdAt": rfc3339_or_none(r.created_at, micro=True),
              "emailed": bool(r.emailed and store.delivered(r.id)),
-             "changed": list(r.changed)}
+             "changed": list(r.changed),
+             "delivery": [{"recipient": d.address, "state": str(d.state), "code": d.code,
+                           "detail": d.detail, "attempts": d.attempts, "at": rfc3339_or_none(d.at)}
+                          for d in (store.recipient_states(r.id) if r.emailed else [])]}
             for r in store.list_reports(b.name)
         ]
         out.append({
@@ -146,6 +165,10 @@ def print_status(store: Store, name: str | None) -> None:
             sent = "emailed" if r["emailed"] else "not emailed"
             changed = f", changed: {', '.join(r['changed'])}" if r["changed"] else ""
             print(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
+            for d in r["delivery"]:
+                tries = "1 attempt" if d["attempts"] == 1 else f"{d['attempts']} attempts"
+                print(f"    to {d['recipient']}: {Delivery(d['state']).meaning} ({tries},"
+                      f" last {d['at']}): {d['detail']}")
     errors = json.loads(store.get_meta("file_errors") or "{}")
     for err in errors.values():
         print(f"error: {err}", file=sys.stderr)
@@ -200,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.until_idle:
                 rec.run_until_idle(timeout=args.timeout)
             else:
-                rec.run_pass()
+                rec.run_once()
             if rec.last_sync_error:  # the work went on from the last good commit
                 print(f"batchq: sync failed: {rec.last_sync_error}", file=sys.stderr)
                 return 1

@@ -1,10 +1,14 @@
 """One reconciler process: Git sync, controller, job runner and outbox, in passes.
 
-A pass is: fetch and apply the branch; let the backend move jobs along; take every batch
-one step; deliver due email. `run_until_idle` repeats passes until nothing can progress
-without a new commit; `run_forever` also wakes at once when a local job ends or a webhook
-asks for a sync. A heartbeat file records when the last pass and the last sync finished,
-so the web page can show the sync time and `/healthz` can fail when the loop stalls.
+A pass is: fetch and apply the branch (within `git_timeout`); let the backend move jobs
+along; take every batch one step; ask the mailer for a round. Nothing slow runs inside a
+pass: email goes out from the mailer's thread, and remote manifests are downloaded in
+threads of their own, so a peer that hangs delays only its own report or batch.
+`run_until_idle` repeats passes until nothing can progress without a new commit;
+`run_forever` also wakes at once when a local job ends, a download or delivery finishes,
+or a webhook asks for a sync. A heartbeat file records when the last pass and the last
+sync finished, so the web page can show the sync time and `/healthz` can fail when the
+loop stalls.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Any
 
 from reconciler.app.statelock import StateLock
 from reconciler.control.controller import Controller
-from reconciler.control.notify import deliver
+from reconciler.control.downloads import ManifestDownloads
+from reconciler.control.mailer import Mailer
+from reconciler.control.notify import RetryPolicy
 from reconciler.source.gitrepo import GitSource, SourceError
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
-from reconciler.store.backends import BackendSettings, open_backend
+from reconciler.store.backends import BackendSettings, open_backend, store_factory
 from reconciler.store.base import Store
 from reconciler.support import failpoints
 from reconciler.support.heartbeat import Heartbeat
@@ -49,10 +55,18 @@ class Settings:
     git_timeout: float = 120.0  # overall deadline of one `git fetch`
     file_roots: tuple[str, ...] = ()  # host dirs absolute file: URLs may name (operator's)
     storage_root: Path | None = None  # profiles' storage paths live under it (state/storage)
+    smtp_timeout: float = 120.0  # overall deadline of one SMTP transaction
+    smtp_backoff: float = 5.0  # first wait before a deferred email is tried again (doubles)
+    smtp_max_age: float = 5 * 24 * 3600.0  # still deferred this long after queueing: give up
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
                                namespace=self.namespace, kubeconfig=self.kubeconfig)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(timeout=self.smtp_timeout, first_backoff=self.smtp_backoff,
+                           max_backoff=max(self.smtp_backoff, RetryPolicy.max_backoff),
+                           max_age=self.smtp_max_age)
 
 
 class Reconciler:
@@ -79,13 +93,19 @@ class Reconciler:
             self.elector = LeaderElector(backend.api, settings.namespace,
                                          identity=settings.identity,
                                          duration=settings.lease_seconds)
+        self.downloads = ManifestDownloads(on_done=self.wake.set)
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
-            file_roots=settings.file_roots)
+            file_roots=settings.file_roots, downloads=self.downloads)
+        open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
+        self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.smtp,
+                             outbox_dir=settings.state_dir / "outbox",
+                             policy=settings.retry_policy(), on_round=self.wake.set)
         self.heartbeat = Heartbeat(settings.state_dir)
 
     def close(self) -> None:
         try:
+            self.mailer.close()  # after the message in flight, if any: it is recorded
             self.store.close()
         finally:
             self.lock.release()
@@ -124,8 +144,8 @@ class Reconciler:
         return self.controller.reconcile_all(repo, str(self.source.mirror))
 
     def deliver(self) -> int:
-        return deliver(self.store, smtp=self.settings.smtp,
-                       outbox_dir=self.settings.state_dir / "outbox")
+        """A delivery round, waited for: how many messages went out (step-driven tests)."""
+        return self.mailer.deliver_now()
 
     def run_pass(self) -> bool:
         """One pass; True if anything changed."""
@@ -134,13 +154,24 @@ class Reconciler:
         progressed = self.tick_jobs()
         progressed |= self.reconcile(repo)
         progressed |= self.tick_jobs()
-        progressed |= self.deliver() > 0
+        self.mailer.kick()
         self.heartbeat.beat(interval=self.settings.interval, duration=time.monotonic() - started)
         return progressed
 
+    def run_once(self) -> bool:
+        """One pass, then what it started outside the pass: manifest downloads are waited
+        for and picked up by a second pass, and the email due is delivered (each within
+        its own deadline), so `reconcile --once` run again and again always gets on."""
+        progressed = self.run_pass()
+        if self.downloads.wait():
+            progressed |= self.run_pass()
+        self.mailer.deliver_now()
+        return progressed
+
     def busy(self) -> bool:
-        """Is something still moving that needs no new commit (jobs, email due now)?"""
-        if self.store.count_active_jobs():
+        """Is something still moving that needs no new commit (jobs, manifest downloads,
+        email due now)?"""
+        if self.store.count_active_jobs() or self.downloads.busy():
             return True
         return bool(self.store.pending_outbox(time.time()))
 

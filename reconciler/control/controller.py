@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
 from reconciler.control.reports import build_report
 from reconciler.domain.model import Batch, BatchStatus, Condition, Item, ItemStatus, Job, Profile
@@ -72,16 +73,19 @@ class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
     def __init__(self, store: Store, *, storage_root: Path,
-                 file_roots: tuple[str, ...] = ()) -> None:
+                 file_roots: tuple[str, ...] = (),
+                 downloads: ManifestDownloads | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
         self.file_roots = file_roots  # host dirs an operator allowed for file:///... URLs
+        self.downloads = downloads if downloads is not None else ManifestDownloads()
 
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, git_dir: str | None) -> bool:
         """Return True if anything changed (the caller loops until nothing does).
 
         `git_dir` is the Git mirror the batches were synced from."""
+        self.downloads.pass_started()
         batches = self.store.list_batches()
         deletions = pending_deletions(self.store)
         ctx = PassContext(
@@ -253,17 +257,17 @@ class Controller:
         assert batch.spec is not None and profile is not None
         if not self.store.count_items(batch.name):
             try:
-                repo = (RepoSnapshot(Path(ctx.git_dir), batch.source_revision)
-                        if ctx.git_dir else None)
-                found = resolve_items(batch.spec, profile, repo=repo,
-                                      file_roots=self.file_roots,
-                                      max_bytes=profile.manifest_max_bytes,
-                                      timeout=profile.manifest_timeout)
+                found = self._read_manifest(batch, profile, ctx)
             except ManifestError as exc:
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
                 self._begin_report(batch, status, B.REPORTING, status.message)
                 return []
+            if found is None:  # being downloaded outside the pass: picked up later
+                status.message = f"downloading the manifest {batch.spec.manifest_url}"
+                return []
+            if batch.spec.manifest_url:
+                status.message = f"{len(found)} items read from the manifest"
             shown, credentials = _withhold_credentials(found)
             if credentials:  # first: the items' presence means "loaded" on the next pass
                 self.store.set_credentials(batch.name, credentials)
@@ -274,6 +278,24 @@ class Controller:
         status.item_count = len(items)
         ctx.progressed = True
         return items
+
+    def _read_manifest(self, batch: Batch, profile: Profile,
+                       ctx: PassContext) -> list[Item] | None:
+        """Inline items at once; a manifest URL by a background download (None until it
+        has finished), so a slow server holds only this batch."""
+        spec = batch.spec
+        assert spec is not None
+        repo = RepoSnapshot(Path(ctx.git_dir), batch.source_revision) if ctx.git_dir else None
+
+        def read() -> list[Item]:
+            return resolve_items(spec, profile, repo=repo, file_roots=self.file_roots,
+                                 max_bytes=profile.manifest_max_bytes,
+                                 timeout=profile.manifest_timeout)
+
+        if spec.items is not None:
+            return read()
+        key = (spec.manifest_url, profile, ctx.git_dir, batch.source_revision)
+        return self.downloads.poll(batch.name, key, read, deadline=profile.manifest_timeout)
 
     def _ensure_jobs(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
                      profile: Profile | None, ctx: PassContext) -> None:
@@ -359,7 +381,7 @@ class Controller:
             failpoints.hit("after-report-saved")
         ok = kind != "manifest-error" and all(s.state == J.COMPLETED for s in items)
         status.finished_at = time.time()
-        why = (f"report sent ({report.subject})" if report.emailed
+        why = (f"report queued for email ({report.subject})" if report.emailed
                else "no change since the last report: no email" if kind == "update"
                else "report kept (email suppressed)")
         status.message = (status.manifest_error and f"manifest error: {status.manifest_error}") \
@@ -369,6 +391,7 @@ class Controller:
     # --- deletion
     def _delete(self, batch: Batch, revision: str, ctx: PassContext) -> None:
         self.store.delete_jobs(batch.name)  # running ones are stopped, as on Kubernetes
+        self.downloads.discard(batch.name)
         if batch.spec is None:
             self.store.remove_batch(batch.name)
         elif batch.status.state != B.DELETED:

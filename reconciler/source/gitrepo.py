@@ -9,9 +9,12 @@ batch's `sourceRevision` and, for a new batch, its place in the queue.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from reconciler.support.redaction import redact_text, redact_url
 RELEVANT = ("batches", "profiles", "queue.yaml")
 EXTENSIONS = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 1024 * 1024
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a fetch past its deadline
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,42 @@ class SyncResult:
 
 class SourceError(RuntimeError):
     """The branch could not be fetched or read: nothing is changed on this pass."""
+
+
+def run_with_deadline(command: list[str], *, cwd: Path, env: dict[str, str],
+                      timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `command` in a process group of its own and end the whole group at the deadline
+    (SIGTERM, then SIGKILL); raise subprocess.TimeoutExpired then.
+
+    `git fetch` runs its transport as a child (git-remote-http, ssh) that holds the output
+    pipes: killing git alone (GitPython's kill_after_timeout, when no `pgrep` or `ps` is
+    installed, as in slim images) leaves that child running and the caller reading the pipes
+    until the remote lets go, which a hanging remote never does.
+    """
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _end_group(proc)
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.communicate(timeout=KILL_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    for pipe in (proc.stdout, proc.stderr):  # held by something that left the group
+        if pipe is not None:
+            pipe.close()
+    proc.wait()
 
 
 def is_relevant(path: str) -> bool:
@@ -112,18 +152,24 @@ class GitSource:
         stays.
         """
         repo = self._open()
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_SSH_COMMAND="ssh -o BatchMode=yes")
+        command = [str(git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"), "fetch", "origin",
+                   f"+refs/heads/{self.branch}:{self.ref}", "--no-tags"]
+        where = f"branch {self.branch} of {redact_url(self.url)}"
         try:
-            with repo.git.custom_environment(GIT_TERMINAL_PROMPT="0",
-                                             GIT_SSH_COMMAND="ssh -o BatchMode=yes"):
-                repo.git.fetch("origin", f"+refs/heads/{self.branch}:{self.ref}", "--no-tags",
-                               kill_after_timeout=self.fetch_timeout)
-            return str(repo.git.rev_parse(self.ref))
-        except git.GitCommandError as exc:
-            detail = redact_text(str(exc.stderr or "").strip() or str(exc))
-            if "did not complete in" in detail or "Timeout" in detail:
-                detail = f"no answer within {self.fetch_timeout:g} s"
-            raise SourceError(f"cannot fetch branch {self.branch} of "
-                              f"{redact_url(self.url)}: {detail}") from exc
+            done = run_with_deadline(command, cwd=self.mirror, env=env,
+                                     timeout=self.fetch_timeout)
+        except subprocess.TimeoutExpired:
+            self.clear_stale_locks()  # every process of the fetch is gone: nothing writes
+            raise SourceError(f"cannot fetch {where}: no answer within"
+                              f" {self.fetch_timeout:g} s") from None
+        except OSError as exc:
+            raise SourceError(f"cannot fetch {where}: {exc}") from exc
+        if done.returncode != 0:
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            detail = redact_text("; ".join(lines) or f"git fetch exited with {done.returncode}")
+            raise SourceError(f"cannot fetch {where}: {detail}")
+        return str(repo.git.rev_parse(self.ref))
 
     def sync(self, last: str | None) -> SyncResult:
         """Read what changed between `last` and the branch head."""

@@ -11,8 +11,10 @@ what lets a reconciler killed at any point start again without duplicating anyth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from reconciler.domain.model import Batch, BatchStatus, Item, ItemStatus, Job, Report
@@ -47,13 +49,63 @@ class Event:
     revision: str = ""
 
 
+class Delivery(StrEnum):
+    """Where one recipient of a report email stands, as Postfix keeps it per recipient."""
+
+    QUEUED = "queued"  # not tried yet
+    DEFERRED = "deferred"  # a 4xx reply or no answer: tried again after a back-off
+    DELIVERED = "delivered"  # the server accepted it: never sent to this address again
+    BOUNCED = "bounced"  # a 5xx reply: permanent, never retried
+    EXPIRED = "expired"  # still deferred when the maximum age was reached: given up
+
+    @property
+    def meaning(self) -> str:
+        """What the state means to someone reading `batchq status` or the page."""
+        return {
+            "queued": "waiting to be sent",
+            "deferred": "deferred, will be tried again",
+            "delivered": "delivered",
+            "bounced": "undeliverable: refused by the server, not retried",
+            "expired": "undeliverable: given up after the maximum age, not retried",
+        }[self.value]
+
+
+WAITING = frozenset({Delivery.QUEUED, Delivery.DEFERRED})
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """One envelope recipient of a queued email and what the last attempt for it got."""
+
+    address: str
+    state: Delivery = Delivery.QUEUED
+    code: int = 0  # the server's reply code; 0 when there was none (no connection, timeout)
+    detail: str = ""  # the server's reply text, or why there was none
+    attempts: int = 0
+    at: float = 0.0  # when this state was recorded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "state": str(self.state), "code": self.code,
+                "detail": self.detail, "attempts": self.attempts, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecipientState:
+        return cls(str(d["address"]), Delivery(d.get("state", "queued")),
+                   int(d.get("code", 0)), str(d.get("detail", "")),
+                   int(d.get("attempts", 0)), float(d.get("at", 0.0)))
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
+    """A queued email: `recipients` is empty until the first attempt names them."""
+
     report_id: str
     batch: str
     message: bytes
     attempts: int
     last_error: str
+    recipients: tuple[RecipientState, ...] = ()
+    queued_at: float = 0.0  # when the report was saved: the start of its maximum age
 
 
 @dataclass(frozen=True)
@@ -120,12 +172,16 @@ class Store(Protocol):
     def save_report(self, report: Report) -> bool: ...
     def list_reports(self, batch: str) -> list[Report]: ...
     def pending_outbox(self, now: float) -> list[OutboxEntry]: ...
-    def mark_delivered(self, report_id: str) -> None: ...
+    def record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
+                        error: str, retry_at: float | None) -> None:
+        """One write per attempt, made as soon as the server answered (before QUIT): each
+        recipient's state; `retry_at` None closes the entry (no recipient is waiting)."""
+    def recipient_states(self, report_id: str) -> list[RecipientState]: ...
     def outbox_stats(self) -> dict[str, int]: ...
-    def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None: ...
     def add_event(self, event: Event) -> None: ...
     def list_events(self, batch: str) -> list[Event]: ...
-    def delivered(self, report_id: str) -> bool: ...
+    def delivered(self, report_id: str) -> bool:
+        """Has the server accepted the report's email, for at least one recipient?"""
 
     def transaction(self) -> AbstractContextManager[Any]: ...
     def close(self) -> None: ...

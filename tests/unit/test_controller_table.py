@@ -325,7 +325,7 @@ CASES = [
          items={"x": "Completed", "y": "Completed"}),  # a vanished finished Job: not re-run
     # Reporting
     Case("reporting_ok", "nothing", B.COMPLETED, reports=(OK,), emailed=("b:1",),
-         message=f"report sent ({OK})"),
+         message=f"report queued for email ({OK})"),
     Case("reporting_failed", "nothing", B.FAILED, reports=(FAIL,), emailed=("b:1",)),
     Case("reporting_manifest", "nothing", B.FAILED, reports=(MANIFEST,), emailed=("b:1",),
          message="manifest error"),

@@ -9,6 +9,7 @@ pass, and it records every state change it saw, of the batch and of each item.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,16 @@ class UnitWorld:
         self.state = RepoState()
         self.batch_moves: set[tuple[BatchState, BatchState]] = set()
         self.item_moves: set[tuple[JobState, JobState]] = set()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> UnitWorld:
+        """A copy of the stored state and the repo with a controller of its own, as a
+        restarted reconciler has (a controller's threads and locks are not state)."""
+        clone = UnitWorld()
+        for name, value in vars(self).items():
+            if name != "controller":
+                setattr(clone, name, copy.deepcopy(value, memo))
+        clone.controller = Controller(clone.store, storage_root=Path("/unit/storage"))
+        return clone
 
     # --- what people do: commit
     def put(self, changes: dict[str, Doc]) -> None:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes import client, config
@@ -42,7 +43,15 @@ from reconciler.domain.model import (
     Report,
 )
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
+from reconciler.store.base import (
+    ConflictError,
+    Delivery,
+    Event,
+    JobSpec,
+    OutboxEntry,
+    Page,
+    RecipientState,
+)
 from reconciler.store.codec import canonical_json
 from reconciler.store.kubernetes.informer import Informer, Obj
 from reconciler.support.redaction import redact_text
@@ -651,9 +660,23 @@ class KubernetesStore:
             ))
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
+    @staticmethod
+    def _accepted(meta: Obj) -> bool:
+        return (f"{A}delivered-at" in (meta.get("annotations") or {})
+                or (meta.get("labels") or {}).get(f"{A}outbox") == "delivered")
+
     def delivered(self, report_id: str) -> bool:
         cm = self.cms.get(self._report_cm(report_id))
-        return bool(cm) and (cm or {})["metadata"]["labels"].get(f"{A}outbox") == "delivered"
+        return cm is not None and self._accepted(cm["metadata"])
+
+    @staticmethod
+    def _recipients(cm: Obj) -> tuple[RecipientState, ...]:
+        text = (cm["metadata"].get("annotations") or {}).get(f"{A}recipients") or "[]"
+        return tuple(RecipientState.from_dict(d) for d in json.loads(text))
+
+    def recipient_states(self, report_id: str) -> list[RecipientState]:
+        cm = self.cms.get(self._report_cm(report_id))
+        return [] if cm is None else list(self._recipients(cm))
 
     def pending_outbox(self, now: float) -> list[OutboxEntry]:
         out = []
@@ -667,7 +690,8 @@ class KubernetesStore:
             d = json.loads(cm["data"]["report.json"])
             out.append(OutboxEntry(
                 d["id"], d["batch"], base64.b64decode(cm["binaryData"]["message.eml"]),
-                int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", "")))
+                int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", ""),
+                self._recipients(cm), float(d.get("createdAt") or 0.0)))
         return out
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
@@ -682,24 +706,36 @@ class KubernetesStore:
         for cm in self._report_cms():
             meta = cm["metadata"]
             box = (meta.get("labels") or {}).get(f"{A}outbox")
+            if box in (None, "none"):
+                continue
             attempts = int((meta.get("annotations") or {}).get(f"{A}attempts", "0"))
-            if box == "delivered":
-                out["delivered"] += 1
-            elif box == "pending":
-                out["waiting"] += 1
-                out["failed"] += attempts
+            accepted = self._accepted(meta)
+            out["delivered"] += accepted
+            out["failed"] += max(0, attempts - accepted)
+            out["waiting"] += box == "pending"
         return out
 
-    def mark_delivered(self, report_id: str) -> None:
-        self._patch_report(report_id, {f"{A}outbox": "delivered"},
-                           {f"{A}delivered-at": str(time.time())})
-
-    def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None:
+    def record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
+                        error: str, retry_at: float | None) -> None:
+        """One merge patch of the report ConfigMap: the outbox label says pending,
+        delivered (closed, accepted for someone) or undeliverable (closed, for no one)."""
         cm = self.cms.get(self._report_cm(report_id)) or {"metadata": {}}
-        attempts = int((cm["metadata"].get("annotations") or {}).get(f"{A}attempts", "0"))
-        self._patch_report(report_id, {}, {f"{A}attempts": str(attempts + 1),
-                                           f"{A}last-error": error[:1024],
-                                           f"{A}next-attempt-at": str(retry_at)})
+        ann = cm["metadata"].get("annotations") or {}
+        now = time.time()
+        accepted = any(r.state == Delivery.DELIVERED for r in recipients)
+        annotations = {
+            f"{A}attempts": str(int(ann.get(f"{A}attempts", "0")) + 1),
+            f"{A}last-error": error[:1024],
+            f"{A}recipients": json.dumps([{**r.to_dict(), "detail": r.detail[:512]}
+                                          for r in recipients], sort_keys=True),
+        }
+        if retry_at is not None:
+            annotations[f"{A}next-attempt-at"] = str(retry_at)
+        if accepted and f"{A}delivered-at" not in ann:
+            annotations[f"{A}delivered-at"] = str(now)
+        box = ("pending" if retry_at is not None
+               else "delivered" if accepted or f"{A}delivered-at" in ann else "undeliverable")
+        self._patch_report(report_id, {f"{A}outbox": box}, annotations)
 
     # --- timeline
     def add_event(self, event: Event) -> None:

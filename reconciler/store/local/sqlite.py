@@ -11,14 +11,22 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
 from reconciler.domain.states import JobState
-from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
+from reconciler.store.base import (
+    ConflictError,
+    Delivery,
+    Event,
+    JobSpec,
+    OutboxEntry,
+    Page,
+    RecipientState,
+)
 from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
 
 SCHEMA = """
@@ -58,6 +66,13 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL, message TEXT NOT NULL, revision TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch, id);
 """
+# Columns added since the first release, with what fills them in an older file: per-recipient
+# delivery (a JSON list of RecipientState) and when the entry was closed (an old row that was
+# delivered was closed then).
+OUTBOX_COLUMNS = {
+    "recipients_json": ("TEXT NOT NULL DEFAULT '[]'", None),
+    "finished_at": ("REAL", "UPDATE outbox SET finished_at=delivered_at"),
+}
 
 
 # Parsed specs by their JSON, shared by every store of the process (the web site opens one
@@ -76,12 +91,34 @@ class SqliteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._add_columns()
         self.writes = 0
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
 
     def close(self) -> None:
         self.db.close()
+
+    def _add_columns(self) -> None:
+        """Bring a state file written by an older release up to the current columns."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        missing = [name for name in OUTBOX_COLUMNS if name not in have]
+        if not missing:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+            for name in missing:
+                if name in have:  # another process added it while we waited
+                    continue
+                kind, fill = OUTBOX_COLUMNS[name]
+                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+                if fill:
+                    self.db.execute(fill)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -438,28 +475,42 @@ class SqliteStore:
         ).fetchone()
         return row is not None and row[0] is not None
 
+    @staticmethod
+    def _recipients(text: str) -> tuple[RecipientState, ...]:
+        return tuple(RecipientState.from_dict(d) for d in json.loads(text or "[]"))
+
+    def recipient_states(self, report_id: str) -> list[RecipientState]:
+        row = self.db.execute(
+            "SELECT recipients_json FROM outbox WHERE report_id=?", (report_id,)
+        ).fetchone()
+        return [] if row is None else list(self._recipients(row[0]))
+
     def pending_outbox(self, now: float) -> list[OutboxEntry]:
         rows = self.db.execute(
-            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at<=?"
-            " ORDER BY rowid",
+            "SELECT o.*, COALESCE(r.created_at, 0) AS queued_at FROM outbox o"
+            " LEFT JOIN reports r ON r.id=o.report_id"
+            " WHERE o.finished_at IS NULL AND o.next_attempt_at<=? ORDER BY o.rowid",
             (now,),
         ).fetchall()
         return [
             OutboxEntry(r["report_id"], r["batch"], bytes(r["message"]), r["attempts"],
-                        r["last_error"])
+                        r["last_error"], self._recipients(r["recipients_json"]),
+                        float(r["queued_at"]))
             for r in rows
         ]
 
     def outbox_stats(self) -> dict[str, int]:
-        """Emails delivered, failed delivery attempts, and messages still waiting."""
+        """Emails delivered (to at least one recipient), failed delivery attempts, and
+        messages still waiting for some recipient."""
         row = self.db.execute(
             "SELECT COUNT(delivered_at), COALESCE(SUM(attempts - (delivered_at IS NOT NULL)), 0),"
-            " COUNT(*) - COUNT(delivered_at) FROM outbox"
+            " COUNT(*) - COUNT(finished_at) FROM outbox"
         ).fetchone()
         return {"delivered": int(row[0]), "failed": int(row[1]), "waiting": int(row[2])}
 
-    def mark_delivered(self, report_id: str) -> None:
-        """Record at once that the server took the message.
+    def record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
+                        error: str, retry_at: float | None) -> None:
+        """Record a delivery round's outcome at once.
 
         Between the server's "250" and this commit a killed reconciler would send the
         message again on restart, so the commit is made as short as it can be: without
@@ -467,22 +518,26 @@ class SqliteStore:
         write is in the OS's hands); only a power loss before the next fsync'd commit
         could undo it, and that would repeat the email, never lose it.
         """
-        args = (time.time(), report_id)
-        sql = "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE report_id=?"
         if self._depth:  # inside a transaction the safety level cannot change
-            self._write(sql, args)
+            self._record_delivery(report_id, recipients, error=error, retry_at=retry_at)
             return
         self.db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write(sql, args)
+            self._record_delivery(report_id, recipients, error=error, retry_at=retry_at)
         finally:
             self.db.execute("PRAGMA synchronous=FULL")
 
-    def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None:
+    def _record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
+                         error: str, retry_at: float | None) -> None:
+        now = time.time()
+        accepted = any(r.state == Delivery.DELIVERED for r in recipients)
         self._write(
-            "UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? WHERE"
-            " report_id=?",
-            (error, retry_at, report_id),
+            "UPDATE outbox SET attempts=attempts+1, last_error=?, recipients_json=?,"
+            " next_attempt_at=COALESCE(?, next_attempt_at),"
+            " delivered_at=CASE WHEN ? AND delivered_at IS NULL THEN ? ELSE delivered_at END,"
+            " finished_at=CASE WHEN ? IS NULL THEN ? ELSE NULL END WHERE report_id=?",
+            (error, canonical_json([r.to_dict() for r in recipients]), retry_at,
+             int(accepted), now, retry_at, now, report_id),
         )
 
     # --- timeline

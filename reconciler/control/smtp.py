@@ -1,0 +1,171 @@
+"""One SMTP transaction for a queued email: an overall deadline, and a reply per recipient.
+
+The rules are Postfix's. A reply is per recipient: a 5xx to RCPT refuses that recipient
+for good, and the reply to DATA applies to every recipient RCPT accepted (5xx: refused
+for good, 4xx: try again later). A 5xx to MAIL FROM refuses the message for everyone.
+Everything else that goes wrong — no connection, a greeting or EHLO that is not 2xx (as
+Postfix's `smtp_skip_5xx_greeting`), a 4xx, 421, a disconnect, the deadline — is
+transient: the recipients it leaves undecided are tried again later.
+
+A socket timeout bounds each read, not the conversation: a server that trickles its
+greeting a byte a second would hold the sender forever. The whole transaction therefore
+runs under one `SocketDeadline`, which shuts the socket down when it passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import smtplib
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import getaddresses
+from types import TracebackType
+from typing import Any
+
+from reconciler.support.deadline import SocketDeadline
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server said about one recipient (code 0: it said nothing)."""
+
+    code: int
+    text: str
+    permanent: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    def describe(self) -> str:
+        return f"{self.code} {self.text}".strip() if self.code else self.text
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who the message is from and to (To, Cc and Bcc), and the bytes to send (no Bcc)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    international: bool  # a non-ASCII address: the server must offer SMTPUTF8
+
+    @classmethod
+    def of(cls, message: bytes) -> Envelope:
+        msg = message_from_bytes(message, policy=policy.SMTP)
+        assert isinstance(msg, EmailMessage)
+        header = msg.get_all("Sender") or msg.get_all("From") or []
+        senders = [a for _, a in getaddresses([str(v) for v in header]) if a]
+        recipients: list[str] = []
+        for field in ("To", "Cc", "Bcc"):
+            for _, address in getaddresses([str(v) for v in msg.get_all(field) or []]):
+                if address and address not in recipients:
+                    recipients.append(address)
+        sender = senders[0] if senders else ""
+        international = any(not a.isascii() for a in [sender, *recipients])
+        visible = copy.copy(msg)
+        del visible["Bcc"]
+        data = visible.as_bytes(policy=policy.SMTPUTF8 if international else policy.SMTP)
+        return cls(sender, tuple(recipients), data, international)
+
+
+class _DeadlineSMTP(smtplib.SMTP):
+    """smtplib's client, its socket watched by the deadline from before the greeting."""
+
+    def __init__(self, deadline: SocketDeadline) -> None:
+        self._deadline = deadline
+        super().__init__(timeout=max(deadline.remaining(), 0.001))
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self._deadline.attach(sock)
+        return sock
+
+
+def _text(raw: Any) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return " ".join(text.split())
+
+
+def _refusal(code: int, raw: Any) -> Reply:
+    return Reply(code, _text(raw), permanent=500 <= code < 600)
+
+
+class SmtpClient:
+    """`with SmtpClient(...) as client: replies = client.send(...)`; QUIT on leaving, so the
+    caller records the replies before the server hears the end of the session."""
+
+    def __init__(self, hostport: str, timeout: float) -> None:
+        host, _, port = hostport.rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port or 25)
+        self.timeout = timeout
+        self._deadline: SocketDeadline | None = None
+        self._smtp: _DeadlineSMTP | None = None
+
+    def __enter__(self) -> SmtpClient:
+        self._deadline = SocketDeadline(self.timeout)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._smtp is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self._smtp.quit()
+            self._smtp.close()
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def _failure(self, exc: BaseException) -> Reply:
+        assert self._deadline is not None
+        if self._deadline.expired or isinstance(exc, TimeoutError):
+            return Reply(0, f"no answer within {self.timeout:g} s from {self.host}:{self.port}")
+        if isinstance(exc, smtplib.SMTPResponseException):  # greeting or EHLO not 2xx
+            return Reply(exc.smtp_code, _text(exc.smtp_error))
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return Reply(0, f"{reason or type(exc).__name__} ({self.host}:{self.port})")
+
+    def send(self, envelope: Envelope, recipients: Sequence[str]) -> dict[str, Reply]:
+        """One transaction to `recipients`; a reply for each of them, whatever happens."""
+        assert self._deadline is not None, "use SmtpClient as a context manager"
+        replies: dict[str, Reply] = {}
+        try:
+            self._smtp = smtp = _DeadlineSMTP(self._deadline)
+            smtp.connect(self.host, self.port)
+            smtp.ehlo_or_helo_if_needed()
+            options: list[str] = []
+            if envelope.international:
+                if not smtp.has_extn("smtputf8"):
+                    refused = Reply(0, "a non-ASCII address needs SMTPUTF8, which the server"
+                                       " does not offer", permanent=True)
+                    return dict.fromkeys(recipients, refused)
+                options = ["SMTPUTF8", "BODY=8BITMIME"]
+            code, raw = smtp.mail(envelope.sender, options)
+            if code != 250:
+                return dict.fromkeys(recipients, _refusal(code, raw))
+            accepted: list[str] = []
+            for address in recipients:
+                code, raw = smtp.rcpt(address)
+                if code in (250, 251):
+                    accepted.append(address)
+                    continue
+                replies[address] = _refusal(code, raw)
+                if code == 421:  # the server is closing the session: nobody else is decided
+                    return {a: replies.get(a, Reply(code, _text(raw))) for a in recipients}
+            if not accepted:
+                with contextlib.suppress(OSError, smtplib.SMTPException):
+                    smtp.rset()
+                return replies
+            try:
+                final = _refusal(*smtp.data(envelope.data))
+            except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+                final = _refusal(exc.smtp_code, exc.smtp_error)
+            for address in accepted:
+                replies[address] = final
+            return replies
+        except (OSError, smtplib.SMTPException) as exc:
+            failure = self._failure(exc)
+            return {a: replies.get(a, failure) for a in recipients}
