@@ -285,7 +285,10 @@ class Controller:
     def _create_job(self, batch: Batch, s: ItemStatus, attempt: int, existing: set[str],
                     profile: Profile | None, ctx: PassContext) -> None:
         assert batch.spec is not None and profile is not None
-        spec = build_job(batch.name, s.item, attempt, profile,
+        # an attempt already created keeps the name it was created with (names made by an
+        # older naming scheme included), so a new scheme never runs an attempt twice
+        created = s.job_name if attempt == s.attempts and s.job_name else None
+        spec = build_job(batch.name, s.item, attempt, profile, name=created,
                          suspended=batch.spec.state == "Held", base_dir=ctx.base_dir,
                          storage_root=str(_storage_path(self.storage_root, profile)))
         if spec.name in existing:

@@ -1,0 +1,72 @@
+"""One input never wedges the queue (issue 7 §2): each bad input becomes a visible condition
+on its own batch or file, and every other batch goes on. Real Git repositories, a real SMTP
+server, real payload servers and real worker processes throughout."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from tests.harness import Harness
+
+
+@pytest.fixture
+def h(git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(git_repo, tmp_path / "state", smtp.hostport)
+    yield harness
+    harness.close()
+
+
+def named(name: str, doc: dict[str, object]) -> dict[str, object]:
+    return {**doc, "metadata": {"name": name}}
+
+
+# --- Job names ---------------------------------------------------------------------------
+
+def test_batches_whose_readable_job_names_meet_both_complete(
+        h: Harness, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    """`maps-2026` item `11-001` and `maps-2026-11` item `001` once shared a Job."""
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("batches/a.yaml", named("maps-2026", batch_doc([
+        {**payloads.add("11-001", b"first\n"), "id": "11-001"}])))
+    h.repo.commit("the first batch")
+    h.repo.write("batches/b.yaml", named("maps-2026-11", batch_doc([
+        {**payloads.add("001", b"second\n"), "id": "001"}])))
+    h.repo.commit("the second batch")
+    h.until_idle(timeout=60)
+    assert h.state("maps-2026") == "Completed" and h.state("maps-2026-11") == "Completed"
+    names = h.job_names("maps-2026") + h.job_names("maps-2026-11")
+    assert len(set(names)) == 2 and all(n.startswith("maps-2026-11-001-1--") for n in names)
+    assert payloads.requests.count("11-001") == 1 and payloads.requests.count("001") == 1
+    assert sorted(smtp.mailbox.subjects()) == [
+        "Ingest: OK -- Submission Processed: maps-2026",
+        "Ingest: OK -- Submission Processed: maps-2026-11"]
+
+
+def test_jobs_created_under_the_old_names_are_not_run_again(
+        h: Harness, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    """A store left by the previous naming scheme (`batch-item-attempt`, nothing else):
+    its Jobs keep their names, and none runs a second time under a new one."""
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    items = [payloads.add(f"map-{i}", f"map {i}\n".encode()) for i in (1, 2)]
+    h.repo.write("batches/old.yaml", named("old-maps", batch_doc(items)))
+    h.repo.commit("submit")
+    h.sync()
+    h.reconcile()  # admitted
+    h.reconcile()  # items read, one Job each, not started (no runner tick yet)
+    with sqlite3.connect(h.settings.state_dir / "batchq.sqlite3") as db:
+        for i in (1, 2):
+            [(new,)] = db.execute("SELECT name FROM jobs WHERE item=?", (f"map-{i}",))
+            old = f"old-maps-map-{i}-1"  # what the previous scheme called it
+            assert new != old
+            db.execute("UPDATE jobs SET name=? WHERE name=?", (old, new))
+            db.execute("UPDATE items SET job_name=? WHERE item_id=?", (old, f"map-{i}"))
+    h.until_idle(timeout=60)
+    assert h.state("old-maps") == "Completed"
+    assert h.job_names("old-maps") == ["old-maps-map-1-1", "old-maps-map-2-1"]
+    assert [payloads.requests.count(f"map-{i}") for i in (1, 2)] == [1, 1]
+    assert len(smtp.mailbox.messages) == 1
