@@ -4,11 +4,15 @@ server, real payload servers and real worker processes throughout."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
@@ -70,3 +74,42 @@ def test_jobs_created_under_the_old_names_are_not_run_again(
     assert h.job_names("old-maps") == ["old-maps-map-1-1", "old-maps-map-2-1"]
     assert [payloads.requests.count(f"map-{i}") for i in (1, 2)] == [1, 1]
     assert len(smtp.mailbox.messages) == 1
+
+
+# --- file names that are not UTF-8 -------------------------------------------------------
+
+def batchq(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_a_file_name_that_is_not_utf8_is_a_file_error_and_the_rest_syncs(
+        h: Harness, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("batches/naïve.yaml", named("naive", batch_doc([payloads.add("n", b"n\n")])))
+    first = h.repo.commit("a batch whose file name is UTF-8 but not ASCII")
+    h.until_idle(timeout=60)
+    bad = os.fsencode(h.repo.path / "batches") + b"/\xff.yaml"
+    with open(bad, "wb") as fh:
+        fh.write(yaml.safe_dump(named("latin", batch_doc([payloads.add("l", b"l\n")]))).encode())
+    h.repo.write("batches/good.yaml", batch_doc([payloads.add("g", b"g\n")]))
+    h.repo.commit("a file named in Latin-1, and a good batch")
+    h.until_idle(timeout=60)
+    assert h.state("good") == "Completed" and h.state("naive") == "Completed"
+    assert h.batch("naive").source_revision == first  # git's quoted names are read too
+    assert "latin" not in {b.name for b in h.store.list_batches()}
+    shown = batchq("status", "--state", str(h.settings.state_dir))
+    assert shown.returncode == 0, shown.stderr
+    assert ("error: batches/\\xff.yaml:1:1: file name is not UTF-8: rename it"
+            in shown.stderr), shown.stderr
+    assert "Traceback" not in shown.stderr
+    assert h.store.get_meta("sync_error") == ""
+
+    h.repo.git("mv", os.fsdecode(bad), "batches/latin.yaml")
+    h.repo.commit("renamed")
+    h.until_idle(timeout=60)
+    assert h.state("latin") == "Completed"
+    assert "not UTF-8" not in batchq("status", "--state", str(h.settings.state_dir)).stderr
+    assert sorted(smtp.mailbox.subjects()) == [
+        f"Ingest: OK -- Submission Processed: {n}" for n in ("good", "latin", "naive")]

@@ -63,7 +63,8 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     raw_queue: dict[str, Any] = json.loads(store.get_meta("queue") or "{}")
     errors: dict[str, str] = json.loads(store.get_meta("file_errors") or "{}")
     profile_paths: dict[str, str] = json.loads(store.get_meta("profile_paths") or "{}")
-    present = {f.path for f in result.changed if f.data is not None or f.too_big}
+    present = {f.path for f in result.changed
+               if f.data is not None or f.too_big or f.name_error}
 
     for f in result.changed:
         if f.path == "queue.yaml":
@@ -76,6 +77,9 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
             if data is not None:
                 raw_queue = data.get("spec") or {}
         elif f.path.startswith("profiles/"):
+            if f.name_error:
+                _record(errors, f.path, f.name_error)
+                continue
             if f.data is None and not f.too_big:
                 name = profile_paths.pop(f.path, None)
                 if name:
@@ -95,6 +99,9 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     by_path = {b.source_path: b for b in store.list_batches()}
     for f in result.changed:
         if not f.path.startswith("batches/") or f.path not in present:
+            continue
+        if f.name_error:  # never becomes a batch: shown among the file errors
+            _record(errors, f.path, f.name_error)
             continue
         _apply_batch_file(store, f, raw_profiles, by_path, result, errors)
     failpoints.hit("after-apply")
