@@ -4,12 +4,16 @@ server, real payload servers and real worker processes throughout."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -113,3 +117,73 @@ def test_a_file_name_that_is_not_utf8_is_a_file_error_and_the_rest_syncs(
     assert "not UTF-8" not in batchq("status", "--state", str(h.settings.state_dir)).stderr
     assert sorted(smtp.mailbox.subjects()) == [
         f"Ingest: OK -- Submission Processed: {n}" for n in ("good", "latin", "naive")]
+
+
+# --- email addresses ---------------------------------------------------------------------
+
+BAD_ADDRESSES = {
+    "list": ("a,b@example.org", "is a list of addresses; give exactly one address"),
+    "group": ("undisclosed:x;y@example.org",
+              "is a group of addresses (name: a, b;); give exactly one address"),
+    "encoded": ("=?utf-8?q?ops=40evil.example?=@example.org",
+                "contains an encoded word (=?...?=); write the address itself"),
+    "comment": ("jane(admin)@example.org", "has a display name, comment or quotes"),
+}
+
+
+def with_email(doc: dict[str, Any], address: str) -> dict[str, Any]:
+    doc["spec"]["depositor"]["email"] = address
+    return doc
+
+
+def test_an_address_field_must_be_one_address(
+        h: Harness, payloads: PayloadServer, smtp: SmtpServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Lists, groups, encoded words and comments in a depositor's address are file errors:
+    a new batch never starts, a settled one keeps its last good spec, visibly, and costs
+    no pass anything; the profile's address fields are held to the same rule."""
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("batches/settled.yaml", batch_doc([payloads.add("s", b"s\n")]))
+    h.repo.commit("a batch that will be settled")
+    h.until_idle(timeout=60)
+    assert h.state("settled") == "Completed"
+
+    for name, (address, _) in BAD_ADDRESSES.items():
+        h.repo.write(f"batches/{name}.yaml",
+                     with_email(batch_doc([payloads.add(name, b"x\n")]), address))
+    h.repo.write("batches/good.yaml", batch_doc([payloads.add("g", b"g\n")]))
+    settled = with_email(batch_doc([payloads.add("s", b"s\n")]), BAD_ADDRESSES["group"][0])
+    settled["spec"]["colour"] = "blue"  # and an unknown field, in a settled batch
+    h.repo.write("batches/settled.yaml", settled)
+    bad_profile = profile_doc(payloads.base, recipients=["ops,x@evil.example"])
+    bad_profile["metadata"]["name"] = "other"
+    h.repo.write("profiles/other.yaml", bad_profile)
+    h.repo.commit("bad addresses")
+    with caplog.at_level(logging.WARNING):
+        h.until_idle(timeout=60)
+    assert h.state("good") == "Completed"
+    errors = json.loads(h.store.get_meta("file_errors") or "{}")
+    for name, (address, why) in BAD_ADDRESSES.items():
+        b = h.batch(name)
+        assert b.spec is None and h.job_names(name) == []
+        assert f'spec.depositor.email: {json.dumps(address)} {why}' in b.spec_error
+        assert errors[f"batches/{name}.yaml"] == b.spec_error
+    assert re.fullmatch(r'profiles/other\.yaml:\d+:\d+: spec\.notification\.recipients\[0\]: '
+                        r'"ops,x@evil\.example" is a list of addresses; .*',
+                        errors["profiles/other.yaml"])
+    s = h.batch("settled")
+    assert s.status.state == "Completed" and s.spec is not None
+    assert s.spec.depositor.email == "jane@example.org"  # the last good spec stays
+    invalid = next(c for c in s.status.conditions if c.type == "Invalid")
+    assert invalid.status and "is a group of addresses" in invalid.message
+    assert 'unknown field "colour"' in invalid.message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    writes = h.store.writes
+    h.full_pass()
+    h.full_pass()
+    assert h.store.writes == writes  # nothing is redone on later passes
+    rcpts = sorted(r for _, to in smtp.mailbox.envelopes for r in to)
+    assert rcpts == ["jane@example.org", "jane@example.org", "ops@example.org",
+                     "ops@example.org"]  # the depositor and the profile's bcc, twice
+    assert sorted(smtp.mailbox.subjects()) == [
+        f"Ingest: OK -- Submission Processed: {n}" for n in ("good", "settled")]
