@@ -56,8 +56,9 @@ def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: 
     doc = json.loads(batchq("status", "st", "--json", env=env).stdout)
     assert list(doc) == ["batches"]
     [b] = doc["batches"]
-    assert list(b) == ["name", "state", "generation", "observedGeneration", "sourceRevision",
-                       "jobs", "reports"]
+    assert list(b)[:7] == ["name", "state", "generation", "observedGeneration",
+                           "sourceRevision", "jobs", "reports"]  # DESIGN §7, then more
+    assert list(b)[7:] == ["message", "conditions"]
     assert (b["name"], b["state"], b["generation"], b["observedGeneration"]) == (
         "st", "Failed", 2, 2)
     assert b["sourceRevision"] != rev and len(b["sourceRevision"]) == 40

@@ -187,3 +187,74 @@ def test_an_address_field_must_be_one_address(
                      "ops@example.org"]  # the depositor and the profile's bcc, twice
     assert sorted(smtp.mailbox.subjects()) == [
         f"Ingest: OK -- Submission Processed: {n}" for n in ("good", "settled")]
+
+
+# --- a profile removed under its batches -------------------------------------------------
+
+def queue_doc(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": spec}
+
+
+def test_a_removed_profile_makes_its_batches_wait_visibly(
+        h: Harness, payloads: PayloadServer, smtp: SmtpServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Once raised an AssertionError every pass. Now: jobs already running finish, nothing
+    new starts, the report waits (the profile says who hears of it), all of it shown; the
+    other profile's batch runs; the profile's return resumes the batches where they are."""
+    other = profile_doc(payloads.base)
+    other["metadata"]["name"] = "other"
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("profiles/other.yaml", other)
+    h.repo.write("queue.yaml", queue_doc(maxActiveJobs=2))
+    h.repo.write("batches/one.yaml", batch_doc([payloads.add("o1", b"o1\n", gated=True)]))
+    h.repo.commit("a batch on profile test")
+    h.repo.write("batches/many.yaml", batch_doc(
+        [payloads.add(f"m{i}", f"m{i}\n".encode(), gated=True) for i in (1, 2)]))
+    h.repo.commit("another, queued after it: the job limit leaves room for one job of it")
+    h.until(lambda: payloads.requests.count("m1") == 1 and payloads.requests.count("o1") == 1,
+            "the first job of each batch to start")
+    h.repo.remove("profiles/test.yaml")
+    h.repo.write("batches/elsewhere.yaml", {**batch_doc([payloads.add("e1", b"e1\n")]),
+                                            "spec": {**batch_doc([payloads.add("e1", b"e1\n")])
+                                                     ["spec"], "profile": "other"}})
+    h.repo.commit("profile test removed; a batch on profile other")
+    with caplog.at_level(logging.WARNING):
+        h.sync()
+        payloads.release("m1", "o1")
+        h.until(lambda: h.state("elsewhere") == "Completed", "the other profile's batch")
+        h.until(lambda: h.jobs("many")["m1"] == "Completed" and h.state("one") == "Reporting",
+                "the running jobs to finish")
+        h.until_idle(timeout=60)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    missing = 'profile "test" not found (expected profiles/test.yaml): '
+    fix = "; add the profile back or change spec.profile"
+    for name, waits, state in (("many", "no new job starts", "Processing"),
+                               ("one", "the report waits", "Reporting")):
+        b = h.batch(name)
+        assert str(b.status.state) == state
+        stalled = next(c for c in b.status.conditions if c.type == "Stalled")
+        assert (stalled.status, stalled.reason) == (True, "ProfileNotFound")
+        assert stalled.message == missing + waits + fix
+    assert h.jobs("many") == {"m1": "Completed", "m2": "Pending"}
+    assert h.job_names("many") == ["many-m1-1"]  # m2 never got a Job
+    shown = batchq("status", "--state", str(h.settings.state_dir))
+    assert f"  Stalled: {missing}no new job starts{fix}" in shown.stdout
+    doc = json.loads(batchq("status", "one", "--json",
+                            "--state", str(h.settings.state_dir)).stdout)
+    assert {"type": "Stalled", "status": True, "reason": "ProfileNotFound",
+            "message": missing + "the report waits" + fix} in doc["batches"][0]["conditions"]
+    writes = h.store.writes
+    h.full_pass()
+    assert h.store.writes == writes
+    assert smtp.mailbox.subjects() == ["Ingest: OK -- Submission Processed: elsewhere"]
+
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.commit("profile test is back")
+    payloads.release("m2")
+    h.until_idle(timeout=60)
+    assert h.state("many") == "Completed" and h.state("one") == "Completed"
+    for name in ("many", "one"):
+        stalled = next(c for c in h.batch(name).status.conditions if c.type == "Stalled")
+        assert (stalled.status, stalled.reason, stalled.message) == (False, "Resolved", "")
+    assert sorted(smtp.mailbox.subjects()) == [
+        f"Ingest: OK -- Submission Processed: {n}" for n in ("elsewhere", "many", "one")]

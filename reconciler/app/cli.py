@@ -105,6 +105,10 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
             "name": b.name, "state": str(b.status.state), "generation": b.generation,
             "observedGeneration": b.status.observed_generation,
             "sourceRevision": b.source_revision, "jobs": jobs, "reports": reports,
+            # beyond DESIGN §7's keys: why the batch waits or what went wrong with it
+            "message": b.status.message,
+            "conditions": [{"type": c.type, "status": c.status, "reason": c.reason,
+                            "message": c.message} for c in b.status.conditions],
         })
     return {"batches": out}
 
@@ -119,6 +123,9 @@ def print_status(store: Store, name: str | None) -> None:
             print(f"  file error: {batch.spec_error}")
         if batch is not None and batch.status.message:
             print(f"  {batch.status.message}")
+        for c in b["conditions"]:  # Ready is the state, Invalid the file error above
+            if c["status"] and c["type"] not in ("Ready", "Invalid"):
+                print(f"  {c['type']}: {c['message']}")
         for j in b["jobs"]:
             msg = f"  {j['message']}" if j["message"] else ""
             print(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")

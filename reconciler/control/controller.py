@@ -18,7 +18,15 @@ from pathlib import Path
 
 from reconciler.control.jobs import build_job
 from reconciler.control.reports import build_report
-from reconciler.domain.model import Batch, BatchStatus, Condition, ItemStatus, Job, Profile
+from reconciler.domain.model import (
+    Batch,
+    BatchSpec,
+    BatchStatus,
+    Condition,
+    ItemStatus,
+    Job,
+    Profile,
+)
 from reconciler.domain.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
@@ -109,13 +117,18 @@ class Controller:
                 if status.items_loaded or status.state != B.PENDING else [])
         items = self._observe(batch, jobs, ctx) if status.items_loaded or jobs else []
         ctx.dirty_items = {}
-        self._step(batch, status, items, jobs, ctx)
+        spec = batch.spec
+        profile = ctx.repo.profiles.get(spec.profile)
+        waiting = self._step(batch, spec, profile, status, items, jobs, ctx)
         if ctx.dirty_items:  # one write for every job created this pass (crash: adopted)
             self.store.update_items(batch.name, list(ctx.dirty_items.values()))
-        status.settled = self._settled(batch, status, items)
+        status.settled = self._settled(batch, spec, status, items)
         status.observed_generation = batch.generation
         self._set_condition(status, "Invalid", bool(batch.spec_error), "FileInvalid"
                             if batch.spec_error else "FileValid", batch.spec_error)
+        self._flag(status, "Stalled", bool(waiting), "ProfileNotFound",
+                   f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
+                   f" {waiting}; add the profile back or change spec.profile" if waiting else "")
         self._set_condition(status, "Ready", status.state in BATCH_TERMINAL,
                             str(status.state), status.message)
         self._write_status(batch, status, ctx)
@@ -155,16 +168,18 @@ class Controller:
         return items
 
     # --- the state machine
-    def _step(self, batch: Batch, status: BatchStatus, items: list[ItemStatus], jobs: list[Job],
-              ctx: PassContext) -> None:
-        assert batch.spec is not None
-        spec = batch.spec
+    def _step(self, batch: Batch, spec: BatchSpec, profile: Profile | None, status: BatchStatus,
+              items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> str:
+        """Take the batch one step; return what waits for its missing profile, if anything
+        does (the batch then waits, visibly, where it is: jobs already running go on)."""
         state = status.state
-        profile = ctx.repo.profiles.get(spec.profile)
+        waiting = ""
         if state == B.PENDING:
             if spec.state == "Held":
                 self._move(batch, status, B.HELD, "held by admin")
                 self.store.set_suspended(batch.name, True)
+            elif profile is None:
+                waiting = "the batch is not started"
             elif self._admissible(ctx):
                 ctx.active_batches += 1
                 status.started_at = status.started_at or time.time()
@@ -178,19 +193,26 @@ class Controller:
                 self.store.set_suspended(batch.name, True)
                 ctx.active_batches -= 1
                 self._move(batch, status, B.HELD, "held by admin")
-                return
-            if not status.items_loaded:
-                items = self._load_items(batch, status, profile, ctx)
+                return ""
+            if profile is None:
+                waiting = "no new job starts"
+            else:
                 if not status.items_loaded:
-                    return
-            self._restart_failed(batch, items, jobs, profile, ctx)
-            self._ensure_jobs(batch, items, jobs, profile, ctx)
-            if all(s.state in JOB_TERMINAL for s in items):
+                    items = self._load_items(batch, spec, profile, status, ctx)
+                self._restart_failed(batch, spec, profile, items, jobs, ctx)
+                self._ensure_jobs(batch, spec, profile, items, jobs, ctx)
+            if status.items_loaded and all(s.state in JOB_TERMINAL for s in items):
                 self._begin_report(batch, status, B.REPORTING, "every job is terminal")
         elif state in (B.REPORTING, B.UPDATE_REPORTING):
-            self._report(batch, status, items, profile, ctx)
+            if profile is None:  # it says who hears of the batch, from whom, who must not
+                waiting = "the report waits"
+            else:
+                self._report(batch, spec, profile, status, items, ctx)
         elif state in (B.COMPLETED, B.FAILED):
-            self._restart_failed(batch, items, jobs, profile, ctx)
+            if profile is None:
+                waiting = "the restarts asked for wait" if self._restarts_due(spec, items) else ""
+            else:
+                self._restart_failed(batch, spec, profile, items, jobs, ctx)
             wants_update = (spec.state == "UpdateReporting"
                             and status.update_generation < batch.generation)
             if wants_update and state == B.FAILED and not status.manifest_error:
@@ -207,6 +229,7 @@ class Controller:
         status.failures = [
             {"item": s.item.id, "message": s.message} for s in items if s.state == J.FAILED
         ][:MAX_FAILURES_IN_STATUS] if items else status.failures
+        return waiting
 
     def _waiting_in_queue(self, batch: Batch, ctx: PassContext) -> bool:
         """A Pending batch the queue cannot admit yet, whose file state is already shown."""
@@ -222,30 +245,32 @@ class Controller:
             shown.message == batch.spec_error)
 
     @staticmethod
-    def _settled(batch: Batch, status: BatchStatus, items: list[ItemStatus]) -> bool:
+    def _restarts_due(spec: BatchSpec, items: list[ItemStatus]) -> bool:
+        return any(s.state == J.FAILED and spec.restarts.get(s.item.id, 0) > s.attempts - 1
+                   for s in items)
+
+    def _settled(self, batch: Batch, spec: BatchSpec, status: BatchStatus,
+                 items: list[ItemStatus]) -> bool:
         """Terminal, every job terminal, every requested restart and update done."""
-        assert batch.spec is not None
         if status.state not in (B.COMPLETED, B.FAILED):
             return False
         if any(s.state not in JOB_TERMINAL for s in items):
             return False
-        if any(s.state == J.FAILED and batch.spec.restarts.get(s.item.id, 0) > s.attempts - 1
-               for s in items):
+        if self._restarts_due(spec, items):
             return False
-        return not (batch.spec.state == "UpdateReporting"
+        return not (spec.state == "UpdateReporting"
                     and status.update_generation < batch.generation)
 
     def _admissible(self, ctx: PassContext) -> bool:
         return (not ctx.repo.queue.paused
                 and ctx.active_batches < ctx.repo.queue.max_active_batches)
 
-    def _load_items(self, batch: Batch, status: BatchStatus, profile: Profile | None,
+    def _load_items(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
                     ctx: PassContext) -> list[ItemStatus]:
-        assert batch.spec is not None and profile is not None
         if not self.store.count_items(batch.name):
             try:
                 base = Path(ctx.base_dir) if ctx.base_dir else None
-                found = resolve_items(batch.spec, profile, base_dir=base,
+                found = resolve_items(spec, profile, base_dir=base,
                                       max_bytes=profile.manifest_max_bytes,
                                       timeout=profile.manifest_timeout)
             except ManifestError as exc:
@@ -261,52 +286,50 @@ class Controller:
         ctx.progressed = True
         return items
 
-    def _ensure_jobs(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
-                     profile: Profile | None, ctx: PassContext) -> None:
+    def _ensure_jobs(self, batch: Batch, spec: BatchSpec, profile: Profile,
+                     items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
         """Create the Job of every item's current attempt that has none (budget allowing)."""
         existing = {j.name for j in jobs}
         for s in items:
             if s.state in JOB_TERMINAL:
                 continue
             attempt = max(s.attempts, 1)
-            self._create_job(batch, s, attempt, existing, profile, ctx)
+            self._create_job(batch, spec, profile, s, attempt, existing, ctx)
 
-    def _restart_failed(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
-                        profile: Profile | None, ctx: PassContext) -> None:
+    def _restart_failed(self, batch: Batch, spec: BatchSpec, profile: Profile,
+                        items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
         """Run one more attempt of each failed item whose `restarts` total is not used up."""
-        assert batch.spec is not None
         existing = {j.name for j in jobs}
         for s in items:
-            wanted = batch.spec.restarts.get(s.item.id, 0)
+            wanted = spec.restarts.get(s.item.id, 0)
             if s.state != J.FAILED or wanted <= s.attempts - 1:
                 continue
-            self._create_job(batch, s, s.attempts + 1, existing, profile, ctx)
+            self._create_job(batch, spec, profile, s, s.attempts + 1, existing, ctx)
 
-    def _create_job(self, batch: Batch, s: ItemStatus, attempt: int, existing: set[str],
-                    profile: Profile | None, ctx: PassContext) -> None:
-        assert batch.spec is not None and profile is not None
+    def _create_job(self, batch: Batch, spec: BatchSpec, profile: Profile, s: ItemStatus,
+                    attempt: int, existing: set[str], ctx: PassContext) -> None:
         # an attempt already created keeps the name it was created with (names made by an
         # older naming scheme included), so a new scheme never runs an attempt twice
         created = s.job_name if attempt == s.attempts and s.job_name else None
-        spec = build_job(batch.name, s.item, attempt, profile, name=created,
-                         suspended=batch.spec.state == "Held", base_dir=ctx.base_dir,
-                         storage_root=str(_storage_path(self.storage_root, profile)))
-        if spec.name in existing:
+        job = build_job(batch.name, s.item, attempt, profile, name=created,
+                        suspended=spec.state == "Held", base_dir=ctx.base_dir,
+                        storage_root=str(_storage_path(self.storage_root, profile)))
+        if job.name in existing:
             return
-        if not spec.suspended and not ctx.budget.take():
+        if not job.suspended and not ctx.budget.take():
             return
-        self.store.create_job(spec)
+        self.store.create_job(job)
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
-        s.attempts, s.job_name = attempt, spec.name
-        s.state = J.HELD if spec.suspended else J.PENDING
+        s.attempts, s.job_name = attempt, job.name
+        s.state = J.HELD if job.suspended else J.PENDING
         if restarted:
             s.message, s.started_at, s.finished_at = "", None, None
             self.store.add_event(Event(batch.name, time.time(), "Restarted",
                                        f"{s.item.id}: attempt {attempt}",
                                        batch.source_revision))
         ctx.dirty_items[s.item.id] = s
-        existing.add(spec.name)
+        existing.add(job.name)
         ctx.progressed = True
 
     # --- reporting
@@ -315,8 +338,8 @@ class Controller:
         status.report_round += 1
         self._move(batch, status, target, why)
 
-    def _report(self, batch: Batch, status: BatchStatus, items: list[ItemStatus],
-                profile: Profile | None, ctx: PassContext) -> None:
+    def _report(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
+                items: list[ItemStatus], ctx: PassContext) -> None:
         kind = ("manifest-error" if status.manifest_error
                 else "update" if status.state == B.UPDATE_REPORTING else "initial")
         view = copy.copy(batch)
@@ -324,8 +347,8 @@ class Controller:
         earlier = [r for r in self.store.list_reports(batch.name)
                    if r.id != f"{batch.name}:{status.report_round}"]
         previous = earlier[-1].job_states if earlier else {}
-        report = build_report(view, items, profile, kind=kind, round_=status.report_round,
-                              previous=previous)
+        report = build_report(view, spec, items, profile, kind=kind,
+                              round_=status.report_round, previous=previous)
         if self.store.save_report(report):
             ctx.progressed = True
             failpoints.hit("after-report-saved")
@@ -366,6 +389,12 @@ class Controller:
             status.message = why if not status.manifest_error else status.message
             self.store.add_event(Event(batch.name, time.time(), str(target), why,
                                        revision or batch.source_revision))
+
+    def _flag(self, status: BatchStatus, type_: str, value: bool, reason: str,
+              message: str) -> None:
+        """A condition that is shown once it is true: never added only to say False."""
+        if value or any(c.type == type_ for c in status.conditions):
+            self._set_condition(status, type_, value, reason if value else "Resolved", message)
 
     def _set_condition(self, status: BatchStatus, type_: str, value: bool, reason: str,
                        message: str) -> None:

@@ -15,7 +15,7 @@ import time
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from reconciler.domain.model import Batch, ItemStatus, Profile, Report
+from reconciler.domain.model import Batch, BatchSpec, ItemStatus, Profile, Report
 from reconciler.domain.states import JobState
 
 BODY_ROWS = 500  # beyond this the per-job table is in the attachments only
@@ -40,9 +40,8 @@ def subject_for(kind: str, ok: bool, batch: str) -> str:
     return f"Ingest: {verdict} -- {what}: {batch}"
 
 
-def recipients_for(batch: Batch, profile: Profile | None) -> tuple[str, ...]:
-    assert batch.spec is not None
-    wanted = [batch.spec.depositor.email]
+def recipients_for(spec: BatchSpec, profile: Profile | None) -> tuple[str, ...]:
+    wanted = [spec.depositor.email]
     suppressed: tuple[str, ...] = ()
     if profile is not None:
         wanted += list(profile.notification.recipients)
@@ -82,6 +81,7 @@ def _item_json(s: ItemStatus) -> dict[str, object]:
 
 def build_report(
     batch: Batch,
+    spec: BatchSpec,
     items: list[ItemStatus],
     profile: Profile | None,
     *,
@@ -90,8 +90,8 @@ def build_report(
     previous: dict[str, str],
     now: float | None = None,
 ) -> Report:
-    """Build the report (and its email) for one reporting round of `batch`."""
-    assert batch.spec is not None
+    """Build the report (and its email) for one reporting round of `batch`, whose spec in
+    force is `spec`."""
     now = time.time() if now is None else now
     current = job_states(items)
     changed = changed_since(previous, current) if kind == "update" else []
@@ -99,11 +99,11 @@ def build_report(
     failed = [s for s in items if s.state == JobState.FAILED]
     ok = kind != "manifest-error" and not failed
     subject = subject_for(kind, ok, batch.name)
-    recipients = recipients_for(batch, profile)
+    recipients = recipients_for(spec, profile)
     lines = [
         f"Batch:      {batch.name}",
-        f"Profile:    {batch.spec.profile}",
-        f"Depositor:  {batch.spec.depositor.name} <{batch.spec.depositor.email}>",
+        f"Profile:    {spec.profile}",
+        f"Depositor:  {spec.depositor.name} <{spec.depositor.email}>",
         f"Commit:     {batch.source_revision}",
         f"Reported:   {formatdate(now, usegmt=True)}",
         "",
