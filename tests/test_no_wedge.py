@@ -11,6 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from tests.fixtures import (
+    GitRepo,
+    PayloadServer,
+    SmtpServer,
+    batch_doc,
+    free_port,
+    profile_doc,
+    wait_for,
+)
 from tests.harness import Harness
 
 
@@ -258,3 +267,69 @@ def test_a_removed_profile_makes_its_batches_wait_visibly(
         assert (stalled.status, stalled.reason, stalled.message) == (False, "Resolved", "")
     assert sorted(smtp.mailbox.subjects()) == [
         f"Ingest: OK -- Submission Processed: {n}" for n in ("elsewhere", "many", "one")]
+
+
+# --- per-batch back-off ------------------------------------------------------------------
+
+TRY_LINE = re.compile(r"batch broken: step failed; the others go on: FailPoint: fail point "
+                      r"step@broken reached \(try (\d+) failed; next try at \S+Z, in (\d+) s, "
+                      r"or at once on a new commit\)")
+
+
+def test_a_batch_whose_step_raises_backs_off_alone_and_shows_it(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
+    """`batchq run` with every step of one batch raising: the other batch completes; the
+    broken one is tried after 1 s, 2 s, 4 s …, logged once per try (not per pass), and
+    status, status --json and the page show the error and the next try."""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/broken.yaml", batch_doc([payloads.add("b1", b"b1\n")]))
+    git_repo.write("batches/fine.yaml", batch_doc([payloads.add("f1", b"f1\n")]))
+    git_repo.commit("two batches")
+    state = tmp_path / "state"
+    port = free_port()
+    log = tmp_path / "run.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "run", "--repo", str(git_repo.path),
+             "--state", str(state), "--smtp", smtp.hostport, "--interval", "0.2",
+             "--web", f"127.0.0.1:{port}"],
+            env={**os.environ, "BATCHQ_FAILPOINTS": "step@broken:raise"},
+            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        def tries() -> list[tuple[int, int]]:
+            return [(int(n), int(d)) for n, d in TRY_LINE.findall(log.read_text())]
+
+        wait_for(lambda: len(tries()) >= 3 and bool(smtp.mailbox.messages), timeout=60,
+                 what="three tries of the broken batch and the fine one's report")
+        doc = json.loads(batchq("status", "--json", "--state", str(state)).stdout)
+        by_name = {b["name"]: b for b in doc["batches"]}
+        assert by_name["fine"]["state"] == "Completed"
+        assert by_name["broken"]["state"] == "Pending" and by_name["broken"]["jobs"] == []
+        [shown] = [c for c in by_name["broken"]["conditions"] if c["type"] == "ReconcileError"]
+        assert shown["status"] is True and shown["reason"] == "FailPoint"
+        assert re.fullmatch(r"FailPoint: fail point step@broken reached \(try \d+ failed; next"
+                            r" try at \S+Z, in \d+ s, or at once on a new commit\)",
+                            shown["message"]), shown["message"]
+        text = batchq("status", "broken", "--state", str(state)).stdout
+        assert "  ReconcileError: FailPoint: fail point step@broken reached (try" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/batches/broken", timeout=10) as r:
+            page = r.read().decode()
+        assert "ReconcileError" in page and "fail point step@broken reached" in page
+        seen = tries()
+        assert [n for n, _ in seen] == list(range(1, len(seen) + 1))  # once per try
+        assert [d for _, d in seen] == [min(2 ** (n - 1), 300) for n, _ in seen]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert smtp.mailbox.subjects() == ["Ingest: OK -- Submission Processed: fine"]
+
+    # the cause gone (here: a process without the fail point), the batch runs and the
+    # error is cleared
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(state),
+                  "--smtp", smtp.hostport, "--until-idle", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(batchq("status", "broken", "--json", "--state", str(state)).stdout)
+    [b] = doc["batches"]
+    assert b["state"] == "Completed"
+    assert {"type": "ReconcileError", "status": False, "reason": "Resolved",
+            "message": ""} in b["conditions"]

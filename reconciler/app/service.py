@@ -136,8 +136,9 @@ class Reconciler:
         return progressed
 
     def busy(self) -> bool:
-        """Is something still moving that needs no new commit (jobs, email due now)?"""
-        if self.store.count_active_jobs():
+        """Is something still moving that needs no new commit (jobs, email due now, a
+        batch about to be tried again)?"""
+        if self.store.count_active_jobs() or self.controller.backoff.retrying():
             return True
         return bool(self.store.pending_outbox(time.time()))
 

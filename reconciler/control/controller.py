@@ -14,8 +14,10 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.control.backoff import Backoff
 from reconciler.control.jobs import build_job
 from reconciler.control.reports import build_report
 from reconciler.domain.model import (
@@ -38,7 +40,7 @@ from reconciler.domain.states import (
 )
 from reconciler.manifests.resolve import ManifestError, resolve_items
 from reconciler.source.sync import RepoState, deletion_done, pending_deletions
-from reconciler.store.base import Event, Store
+from reconciler.store.base import ConflictError, Event, Store
 from reconciler.support import failpoints
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class Controller:
     def __init__(self, store: Store, *, storage_root: Path) -> None:
         self.store = store
         self.storage_root = storage_root
+        self.backoff = Backoff()
 
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
@@ -89,16 +92,45 @@ class Controller:
             active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
             base_dir=base_dir,
         )
+        now = time.time()
         for batch in sorted(batches, key=_queue_order):
-            if batch.name in deletions:
-                self._delete(batch, deletions[batch.name], ctx)
+            if self.backoff.waiting(batch, now):
                 continue
             try:
                 with self.store.transaction():  # one batch's step lands whole, or not at all
-                    self.reconcile(batch, ctx)
-            except Exception:  # one broken batch never stops the others
-                log.exception("reconciling batch %s failed; the others go on", batch.name)
+                    failpoints.hit(f"step@{batch.name}")
+                    if batch.name in deletions:
+                        self._delete(batch, deletions[batch.name], ctx)
+                    else:
+                        self.reconcile(batch, ctx)
+            except Exception as exc:  # one broken batch never stops the others
+                self._failed(batch, exc, ctx)
+            else:
+                self.backoff.succeeded(batch.name)
         return ctx.progressed
+
+    def _failed(self, batch: Batch, exc: Exception, ctx: PassContext) -> None:
+        """Back the batch off, log the failure once for this try, and show it on the batch
+        (ReconcileError) until a step of it succeeds."""
+        error = f"{type(exc).__name__}: {exc}"[:1024]
+        f = self.backoff.failed(batch, error)
+        message = (f"{error} (try {f.tries} failed; next try at {_iso(f.retry_at)}, in"
+                   f" {f.delay:g} s, or at once on a new commit)")
+        if isinstance(exc, ConflictError):  # someone wrote first: routine, no traceback
+            log.warning("batch %s: %s", batch.name, message)
+        else:
+            log.error("batch %s: step failed; the others go on: %s", batch.name, message,
+                      exc_info=exc)
+        try:
+            with self.store.transaction():
+                current = self.store.get_batch(batch.name)
+                if current is None:
+                    return
+                status = copy.deepcopy(current.status)
+                self._set_condition(status, "ReconcileError", True, type(exc).__name__, message)
+                self._write_status(current, status, ctx)
+        except Exception as again:  # the store itself may be what fails: the log has it
+            log.warning("batch %s: could not record the failure: %s", batch.name, again)
 
     def reconcile(self, batch: Batch, ctx: PassContext) -> None:
         if batch.status.state == B.DELETED:
@@ -106,9 +138,10 @@ class Controller:
             return
         if batch.status.observed_generation == batch.generation and self._error_shown(batch) and (
             batch.status.settled or self._waiting_in_queue(batch, ctx)
-        ):
+        ) and not _shows(batch.status, "ReconcileError"):
             return  # nothing can change without a new commit: read nothing, write nothing
         status = copy.deepcopy(batch.status)
+        self._flag(status, "ReconcileError", False, "", "")  # this step got this far
         if batch.spec is None:
             self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
             self._write_status(batch, status, ctx)
@@ -370,6 +403,7 @@ class Controller:
             status = copy.deepcopy(batch.status)
             status.deleted_at = time.time()
             self._move(batch, status, B.DELETED, "batch file deleted", revision)
+            self._flag(status, "ReconcileError", False, "", "")
             self._write_status(batch, status, ctx)
         deletion_done(self.store, batch.name)
         ctx.progressed = True
@@ -412,6 +446,14 @@ class Controller:
             self.store.update_status(batch.name, batch.status, status)
             failpoints.hit("after-status")
             ctx.progressed = True
+
+
+def _shows(status: BatchStatus, type_: str) -> bool:
+    return any(c.type == type_ and c.status for c in status.conditions)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _queue_order(b: Batch) -> tuple[int, float, str]:
