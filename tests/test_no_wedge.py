@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.fixtures import (
+    ADMIN,
     GitRepo,
     PayloadServer,
     SmtpServer,
@@ -333,3 +334,50 @@ def test_a_batch_whose_step_raises_backs_off_alone_and_shows_it(
     assert b["state"] == "Completed"
     assert {"type": "ReconcileError", "status": False, "reason": "Resolved",
             "message": ""} in b["conditions"]
+
+
+# --- renaming metadata.name --------------------------------------------------------------
+
+def test_renaming_a_batch_retires_the_old_name_as_deleting_its_file_does(
+        h: Harness, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("queue.yaml", queue_doc(maxDeletesPerSync=2, maxActiveBatches=10))
+    h.repo.write("batches/a.yaml", named("a", batch_doc([payloads.add("a1", b"a\n",
+                                                                       gated=True)])))
+    h.repo.write("batches/b.yaml", named("b", batch_doc([payloads.add("b1", b"b\n")])))
+    h.repo.write("batches/c.yaml", named("c", batch_doc([payloads.add("c1", b"c\n")])))
+    h.repo.commit("three batches")
+    h.until(lambda: payloads.requests.count("a1") == 1 and h.state("b") == "Completed"
+            and h.state("c") == "Completed", "a's job to run, b and c to complete")
+
+    h.repo.write("batches/a.yaml", named("a2", batch_doc([payloads.add("a1", b"a\n",
+                                                                        gated=True)])))
+    h.repo.write("batches/b.yaml", named("b2", batch_doc([payloads.add("b1", b"b\n")])))
+    h.repo.remove("batches/c.yaml")
+    h.repo.commit("rename a and b, delete c: three retirements", who=ADMIN)
+    h.sync()
+    h.reconcile()
+    refused = h.store.get_meta("deletion_refused") or ""
+    assert "refused to delete 3 batches" in refused and "maxDeletesPerSync=2" in refused
+    assert [h.state(n) for n in "abc"] == ["Processing", "Completed", "Completed"]
+
+    h.repo.write("queue.yaml", queue_doc(maxDeletesPerSync=3, maxActiveBatches=10))
+    h.repo.commit("allow it", who=ADMIN)
+    h.sync()
+    h.reconcile()
+    assert [h.state(n) for n in "abc"] == ["Deleted"] * 3
+    assert h.job_names("a") == []  # its running job was stopped and deleted
+    renamed = ("batch renamed: batches/{0}.yaml now names batch {0}2; this one is retired"
+               " as if its file were deleted")
+    assert h.batch("a").status.message == renamed.format("a")
+    assert h.batch("b").status.message == renamed.format("b")
+    assert h.batch("c").status.message == "batch file deleted"
+    assert [e.reason for e in h.store.list_events("a")][-1] == "Deleted"
+    payloads.release("a1")
+    h.until_idle(timeout=60)
+    assert h.state("a2") == "Completed" and h.state("b2") == "Completed"
+    assert [h.state(n) for n in "abc"] == ["Deleted"] * 3
+    shown = batchq("status", "a", "--state", str(h.settings.state_dir)).stdout
+    assert "a: Deleted" in shown and renamed.format("a") in shown
+    assert sorted(smtp.mailbox.subjects()) == [
+        f"Ingest: OK -- Submission Processed: {n}" for n in ("a2", "b", "b2", "c")]

@@ -39,7 +39,12 @@ from reconciler.domain.states import (
     job_observed,
 )
 from reconciler.manifests.resolve import ManifestError, resolve_items
-from reconciler.source.sync import RepoState, deletion_done, pending_deletions
+from reconciler.source.sync import (
+    RepoState,
+    deletion_done,
+    deletion_reason,
+    pending_deletions,
+)
 from reconciler.store.base import ConflictError, Event, Store
 from reconciler.support import failpoints
 
@@ -402,7 +407,8 @@ class Controller:
         elif batch.status.state != B.DELETED:
             status = copy.deepcopy(batch.status)
             status.deleted_at = time.time()
-            self._move(batch, status, B.DELETED, "batch file deleted", revision)
+            self._move(batch, status, B.DELETED, deletion_reason(self.store, batch.name),
+                       revision)
             self._flag(status, "ReconcileError", False, "", "")
             self._write_status(batch, status, ctx)
         deletion_done(self.store, batch.name)
