@@ -4,6 +4,7 @@ server, real payload servers and real worker processes throughout."""
 
 from __future__ import annotations
 
+import email
 import json
 import logging
 import os
@@ -19,6 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.control.notify import deliver
+from reconciler.store.backends import BackendSettings, store_factory
+from reconciler.store.local.sqlite import SqliteStore
 from tests.fixtures import (
     ADMIN,
     GitRepo,
@@ -30,6 +34,7 @@ from tests.fixtures import (
     wait_for,
 )
 from tests.harness import Harness
+from web.app import create_app
 
 
 @pytest.fixture
@@ -381,3 +386,156 @@ def test_renaming_a_batch_retires_the_old_name_as_deleting_its_file_does(
     assert "a: Deleted" in shown and renamed.format("a") in shown
     assert sorted(smtp.mailbox.subjects()) == [
         f"Ingest: OK -- Submission Processed: {n}" for n in ("a2", "b", "b2", "c")]
+
+
+# --- a deleted batch's name used again ---------------------------------------------------
+
+MESSAGE_ID = re.compile(r"<x\.([0-9a-f]{12})\.1@([^>]+)>")
+
+
+@pytest.mark.parametrize("delivery", ["smtp", "eml"])
+def test_a_reused_name_is_a_new_batch_whose_reports_never_meet_the_old_ones(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path,
+        delivery: str) -> None:
+    """x reports, is deleted, is committed again with other items and reports: two emails
+    with two Message-IDs (of this installation's domain, configured or its own), two .eml
+    files, and x shows only the new batch's jobs and report."""
+    state = tmp_path / "state"
+    args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--until-idle",
+            "--timeout", "60"]
+    env = {}
+    if delivery == "smtp":
+        args += ["--smtp", smtp.hostport]
+        env["BATCHQ_MESSAGE_ID_DOMAIN"] = "reports.example.org"
+
+    def reconcile() -> None:
+        done = batchq(*args, env=env)
+        assert done.returncode == 0, done.stderr
+
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/x.yaml", batch_doc([payloads.add("old-1", b"old\n")]))
+    git_repo.commit("x")
+    reconcile()
+    git_repo.remove("batches/x.yaml")
+    git_repo.commit("x deleted", who=ADMIN)
+    reconcile()
+    git_repo.write("batches/x.yaml", batch_doc([payloads.add("new-1", b"new\n"),
+                                                payloads.add("new-2", b"new\n")]))
+    git_repo.commit("x again, other items")
+    reconcile()
+
+    if delivery == "smtp":
+        messages = [bytes(m) for m in smtp.mailbox.messages]
+    else:
+        emls = sorted((state / "outbox").glob("*.eml"), key=lambda p: p.stat().st_mtime)
+        assert [re.sub(r"[0-9a-f]{12}", "<uid>", p.name) for p in emls] == ["x_<uid>_1.eml"] * 2
+        messages = [p.read_bytes() for p in emls]
+    parsed = [email.message_from_bytes(m) for m in messages]
+    assert [m["Subject"] for m in parsed] == ["Ingest: OK -- Submission Processed: x"] * 2
+    ids = [MESSAGE_ID.fullmatch(str(m["Message-ID"])) for m in parsed]
+    assert all(ids) and ids[0] != ids[1], [m["Message-ID"] for m in parsed]
+    old_uid, new_uid = (i.group(1) for i in ids if i)
+    assert old_uid != new_uid
+    domains = {i.group(2) for i in ids if i}
+    with sqlite3.connect(state / "batchq.sqlite3") as db:
+        own = db.execute("SELECT value FROM meta WHERE key='message_id_domain'").fetchone()
+    if delivery == "smtp":
+        assert domains == {"reports.example.org"} and own is None
+    else:
+        assert domains == {own[0]} and re.fullmatch(r"[0-9a-f]{16}\.batchq\.invalid", own[0])
+    assert "new-1" in parsed[1].get_payload(0).get_payload()
+    assert "old-1" not in parsed[1].get_payload(0).get_payload()
+
+    doc = json.loads(batchq("status", "x", "--json", "--state", str(state)).stdout)
+    [x] = doc["batches"]
+    assert [j["item"] for j in x["jobs"]] == ["new-1", "new-2"]
+    assert [r["kind"] for r in x["reports"]] == ["initial"]
+    app = create_app({"STORE_FACTORY": store_factory(BackendSettings(state_dir=state))[0],
+                      "STATE_DIR": state, "TESTING": True})
+    api = app.test_client().get("/api/batches/x").get_json()
+    assert [r["round"] for r in api["reports"]] == ["1"]
+    assert "new-1" in api["reports"][0]["body"] and "old-1" not in api["reports"][0]["body"]
+    page = app.test_client().get("/batches/x/reports/1.eml").data
+    assert email.message_from_bytes(page)["Message-ID"] == parsed[1]["Message-ID"]
+
+    if delivery == "eml":  # another installation's ids differ for the very same batch
+        other = tmp_path / "other"
+        done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(other),
+                      "--until-idle", "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        [again] = (other / "outbox").glob("*.eml")
+        assert email.message_from_bytes(again.read_bytes())["Message-ID"] not in {
+            m["Message-ID"] for m in parsed}
+
+
+def test_a_message_id_domain_must_be_a_domain(git_repo: GitRepo, tmp_path: Path) -> None:
+    bad = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
+                 "--message-id-domain", "x y@z")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert ("batchq: --message-id-domain (or BATCHQ_MESSAGE_ID_DOMAIN) 'x y@z' is not a"
+            " domain name; give one such as batchq.example.org") in bad.stderr
+
+
+def test_email_waiting_for_a_removed_batch_still_goes_out(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """A batch deleted and removed (retention 0) while its report waits for the SMTP server,
+    then its name used again: both reports go out once the server is back, under two
+    Message-IDs."""
+    smtp = SmtpServer()  # not started yet: connections are refused
+    h = Harness(git_repo, tmp_path / "state", smtp.hostport)
+    try:
+        h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+        h.repo.write("queue.yaml", queue_doc(deletedRetentionSeconds=0))
+        h.repo.write("batches/x.yaml", batch_doc([payloads.add("one", b"1\n")]))
+        h.repo.commit("x")
+        h.until_idle()
+        assert h.state("x") == "Completed" and len(h.store.pending_outbox(now=1e12)) == 1
+        h.repo.remove("batches/x.yaml")
+        h.repo.commit("x deleted", who=ADMIN)
+        h.until_idle()
+        assert h.store.get_batch("x") is None  # removed after its (zero) retention
+        h.repo.write("batches/x.yaml", batch_doc([payloads.add("two", b"2\n")]))
+        h.repo.commit("x again")
+        h.until_idle()
+        assert h.state("x") == "Completed"
+        smtp.start()
+        # the loop delivers once the back-off is due; `now` stands in for the wait
+        assert deliver(h.store, smtp=smtp.hostport, outbox_dir=tmp_path / "x", now=1e12) == 2
+        assert smtp.mailbox.subjects() == ["Ingest: OK -- Submission Processed: x"] * 2
+        assert len({m["Message-ID"] for m in smtp.mailbox.messages}) == 2
+        stats = h.store.outbox_stats()
+        assert (stats["delivered"], stats["waiting"]) == (2, 0)
+    finally:
+        smtp.stop()
+        h.close()
+
+
+def test_a_state_dir_from_before_incarnations_is_upgraded_in_place(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
+    """The batches table as the previous version made it: the uid column is added (a row
+    stored then reads uid "" and keeps report ids without one), new batches get one."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "batchq.sqlite3") as db:
+        db.execute("""CREATE TABLE batches (
+            name TEXT PRIMARY KEY, spec_json TEXT, generation INTEGER NOT NULL,
+            source_path TEXT NOT NULL, source_revision TEXT NOT NULL, submitted_at REAL NOT NULL,
+            status_json TEXT NOT NULL, state TEXT NOT NULL, spec_error TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL)""")
+        db.execute("INSERT INTO batches VALUES ('before', NULL, 1, 'batches/before.yaml', 'r',"
+                   " 0, '{}', 'Pending', 'broken', 0)")
+    old = SqliteStore(state / "batchq.sqlite3")
+    before = old.get_batch("before")
+    old.close()
+    assert before is not None and before.uid == ""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/after.yaml", batch_doc([payloads.add("a", b"a\n")]))
+    git_repo.commit("a batch")
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(state),
+                  "--smtp", smtp.hostport, "--until-idle", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(state / "batchq.sqlite3") as db:
+        uids = dict(db.execute("SELECT name, uid FROM batches"))
+        [(report,)] = db.execute("SELECT id FROM reports")
+    assert re.fullmatch(r"[0-9a-f]{12}", uids["after"]) and report == f"after:{uids['after']}:1"
+    assert smtp.mailbox.subjects() == ["Ingest: OK -- Submission Processed: after"]

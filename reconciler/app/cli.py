@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
     p.add_argument("--branch", default=_env("BRANCH", "main"))
     p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10))
+    p.add_argument("--message-id-domain", default=_env("MESSAGE_ID_DOMAIN"),
+                   help="right-hand side of report Message-IDs (BATCHQ_MESSAGE_ID_DOMAIN;"
+                   " default: a random one, made once per state)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,12 +72,21 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
+                    r"[A-Za-z0-9])?)*")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     if not getattr(args, "repo", None):
         raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
+    domain = args.message_id_domain
+    if domain is not None and not DOMAIN.fullmatch(domain):
+        raise SystemExit(f"batchq: --message-id-domain (or BATCHQ_MESSAGE_ID_DOMAIN) {domain!r}"
+                         " is not a domain name; give one such as batchq.example.org")
     return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
-                    interval=args.interval, kubeconfig=args.kubeconfig)
+                    interval=args.interval, kubeconfig=args.kubeconfig,
+                    message_id_domain=domain)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:

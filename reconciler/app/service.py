@@ -47,6 +47,7 @@ class Settings:
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
     lease_seconds: int = 15  # a silent leader is replaced after this long
     git_timeout: float = 120.0  # overall deadline of one `git fetch`
+    message_id_domain: str | None = None  # None: a random one, made once and kept
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -77,7 +78,8 @@ class Reconciler:
             self.elector = LeaderElector(backend.api, settings.namespace,
                                          identity=settings.identity,
                                          duration=settings.lease_seconds)
-        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage")
+        self.controller = Controller(self.store, storage_root=settings.state_dir / "storage",
+                                     message_id_domain=settings.message_id_domain)
         self.heartbeat = Heartbeat(settings.state_dir)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from reconciler.control.backoff import Backoff
 from reconciler.control.jobs import build_job
-from reconciler.control.reports import build_report
+from reconciler.control.reports import build_report, report_id
 from reconciler.domain.model import (
     Batch,
     BatchSpec,
@@ -81,10 +82,23 @@ class PassContext:
 class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
-    def __init__(self, store: Store, *, storage_root: Path) -> None:
+    def __init__(self, store: Store, *, storage_root: Path,
+                 message_id_domain: str | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
         self.backoff = Backoff()
+        self.message_id_domain = message_id_domain  # None: this installation's own
+
+    def _message_id_domain(self) -> str:
+        """The configured domain, else one made up once per installation and kept in the
+        store, so that two installations' Message-IDs never meet."""
+        if self.message_id_domain is None:
+            domain = self.store.get_meta("message_id_domain")
+            if not domain:
+                domain = f"{secrets.token_hex(8)}.batchq.invalid"
+                self.store.set_meta("message_id_domain", domain)
+            self.message_id_domain = domain
+        return self.message_id_domain
 
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, base_dir: str | None) -> bool:
@@ -383,10 +397,11 @@ class Controller:
         view = copy.copy(batch)
         view.status = status
         earlier = [r for r in self.store.list_reports(batch.name)
-                   if r.id != f"{batch.name}:{status.report_round}"]
+                   if r.id != report_id(batch, status.report_round)]
         previous = earlier[-1].job_states if earlier else {}
         report = build_report(view, spec, items, profile, kind=kind,
-                              round_=status.report_round, previous=previous)
+                              round_=status.report_round, previous=previous,
+                              message_id_domain=self._message_id_domain())
         if self.store.save_report(report):
             ctx.progressed = True
             failpoints.hit("after-report-saved")
