@@ -424,7 +424,8 @@ class Controller:
             status.deleted_at = time.time()
             self._move(batch, status, B.DELETED, deletion_reason(self.store, batch.name),
                        revision)
-            self._flag(status, "ReconcileError", False, "", "")
+            for type_ in ("ReconcileError", "Stalled"):  # nothing waits on a deleted batch
+                self._flag(status, type_, False, "", "")
             self._write_status(batch, status, ctx)
         deletion_done(self.store, batch.name)
         ctx.progressed = True

@@ -204,7 +204,7 @@ class Job:
 
 @dataclass
 class Condition:
-    type: str  # Ready | Invalid | Held | DeletionRefused
+    type: str  # Ready | Invalid | Stalled | ReconcileError | Held | DeletionRefused
     status: bool
     reason: str = ""
     message: str = ""
