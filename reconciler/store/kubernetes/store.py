@@ -416,7 +416,8 @@ class KubernetesStore:
             return
         # let go of email not yet delivered, so the garbage collector keeps it and it goes out
         for cm in self._report_cms(name):
-            if (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending":
+            pending = (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"
+            if pending and cm["metadata"].get("ownerReferences"):
                 new = self._raw(self.core.patch_namespaced_config_map, cm["metadata"]["name"],
                                 self.ns, {"metadata": {"ownerReferences": None}})
                 self._wrote()
