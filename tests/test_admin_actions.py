@@ -265,7 +265,8 @@ def test_without_smtp_reports_are_eml_files(git_repo: GitRepo, tmp_path: Path,
         h.repo.commit("submit")
         h.until_idle()
         files = sorted((tmp_path / "state" / "outbox").glob("*.eml"))
-        assert [f.name for f in files] == ["a_1.eml"]
+        uid = h.batch("a").uid
+        assert len(uid) == 12 and [f.name for f in files] == [f"a_{uid}_1.eml"]
         text = files[0].read_text()
         assert "Subject: Ingest: OK -- Submission Processed: a" in text
         assert 'filename="completed.json"' in text

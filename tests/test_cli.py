@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ def test_demo_runs_the_whole_story_within_a_minute(tmp_path: Path) -> None:
     assert "letter-003: Failed -> Completed" in text
     assert "letters-2026-11: Completed\n  maps-2026-11: Completed" in text
     emls = sorted(p.name for p in (tmp_path / "demo" / "state" / "outbox").glob("*.eml"))
-    assert emls == ["letters-2026-11_1.eml", "letters-2026-11_2.eml", "maps-2026-11_1.eml"]
+    # batch _ incarnation _ report round
+    assert [re.sub(r"_[0-9a-f]{12}_", "_<uid>_", e) for e in emls] == [
+        "letters-2026-11_<uid>_1.eml", "letters-2026-11_<uid>_2.eml", "maps-2026-11_<uid>_1.eml"]
 
 
 def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: PayloadServer,
@@ -65,8 +68,9 @@ def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: 
     doc = json.loads(batchq("status", "st", "--json", env=env).stdout)
     assert list(doc) == ["batches"]
     [b] = doc["batches"]
-    assert list(b) == ["name", "state", "generation", "observedGeneration", "sourceRevision",
-                       "jobs", "reports"]
+    assert list(b)[:7] == ["name", "state", "generation", "observedGeneration",
+                           "sourceRevision", "jobs", "reports"]  # DESIGN §7, then more
+    assert list(b)[7:] == ["message", "conditions"]
     assert (b["name"], b["state"], b["generation"], b["observedGeneration"]) == (
         "st", "Failed", 2, 2)
     assert b["sourceRevision"] != rev and len(b["sourceRevision"]) == 40

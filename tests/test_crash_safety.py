@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.control.jobs import job_name
 from reconciler.store.backends import local_db_path
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 
@@ -77,9 +78,11 @@ def scenario(tmp: Path, smtp: SmtpServer, payloads: PayloadServer, failpoint: st
 
     with db(state) as c:
         assert c.execute("SELECT state FROM batches").fetchone()[0] == "Completed"
-        jobs = sorted(r[0] for r in c.execute("SELECT name FROM jobs"))
-        assert jobs == sorted([f"{name}-{name}-1-1", f"{name}-{name}-2-1", f"{name}-{name}-3-1",
-                               f"{name}-{name}-3-2"])
+        jobs = sorted(c.execute("SELECT item, attempt, name FROM jobs"))
+        assert [(item, attempt) for item, attempt, _ in jobs] == [
+            (f"{name}-1", 1), (f"{name}-2", 1), (f"{name}-3", 1), (f"{name}-3", 2)]
+        # one Job per attempt, each under the one name its triple has
+        assert [n for *_, n in jobs] == [job_name(name, i, a) for i, a, _ in jobs]
         reports = [r[0] for r in c.execute("SELECT kind FROM reports ORDER BY created_at")]
         assert reports == ["initial", "update"]
     mine = smtp.mailbox.messages[before:]

@@ -149,7 +149,7 @@ def batch(name: str) -> str:
 def report_message(name: str, round_: str) -> Response:
     """A report's email exactly as queued for sending (RFC 5322), as a download."""
     for r in get_store().list_reports(name):
-        if r.id == f"{name}:{round_}" and r.message:
+        if r.id.rpartition(":")[2] == round_ and r.message:  # the current incarnation's
             return Response(r.message, mimetype="message/rfc822", headers={
                 "Content-Disposition": f'attachment; filename="{name}-report-{round_}.eml"'})
     abort(404, f"no report {round_} of batch {name!r}")

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -56,6 +57,9 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smtp-max-age", type=float, default=_seconds("SMTP_MAX_AGE", 432000),
                    help="seconds after which a still deferred email is given up"
                         " (BATCHQ_SMTP_MAX_AGE; 5 days)")
+    p.add_argument("--message-id-domain", default=_env("MESSAGE_ID_DOMAIN"),
+                   help="right-hand side of report Message-IDs (BATCHQ_MESSAGE_ID_DOMAIN;"
+                   " default: a random one, made once per state)")
     _file_roots(p)
 
 
@@ -103,9 +107,17 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
+                    r"[A-Za-z0-9])?)*")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     if not getattr(args, "repo", None):
         raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
+    domain = args.message_id_domain
+    if domain is not None and not DOMAIN.fullmatch(domain):
+        raise SystemExit(f"batchq: --message-id-domain (or BATCHQ_MESSAGE_ID_DOMAIN) {domain!r}"
+                         " is not a domain name; give one such as batchq.example.org")
     return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
                     interval=args.interval, kubeconfig=args.kubeconfig,
@@ -113,7 +125,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     storage_root=Path(args.storage_root).absolute() if args.storage_root
                     else None,
                     git_timeout=args.git_timeout, smtp_timeout=args.smtp_timeout,
-                    smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age)
+                    smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age,
+                    message_id_domain=domain)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -144,6 +157,10 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
             "name": b.name, "state": str(b.status.state), "generation": b.generation,
             "observedGeneration": b.status.observed_generation,
             "sourceRevision": b.source_revision, "jobs": jobs, "reports": reports,
+            # beyond DESIGN §7's keys: why the batch waits or what went wrong with it
+            "message": b.status.message,
+            "conditions": [{"type": c.type, "status": c.status, "reason": c.reason,
+                            "message": c.message} for c in b.status.conditions],
         })
     return {"batches": out}
 
@@ -158,6 +175,9 @@ def print_status(store: Store, name: str | None) -> None:
             print(f"  file error: {batch.spec_error}")
         if batch is not None and batch.status.message:
             print(f"  {batch.status.message}")
+        for c in b["conditions"]:  # Ready is the state, Invalid the file error above
+            if c["status"] and c["type"] not in ("Ready", "Invalid"):
+                print(f"  {c['type']}: {c['message']}")
         for j in b["jobs"]:
             msg = f"  {j['message']}" if j["message"] else ""
             print(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")

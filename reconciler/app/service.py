@@ -58,6 +58,7 @@ class Settings:
     smtp_timeout: float = 120.0  # overall deadline of one SMTP transaction
     smtp_backoff: float = 5.0  # first wait before a deferred email is tried again (doubles)
     smtp_max_age: float = 5 * 24 * 3600.0  # still deferred this long after queueing: give up
+    message_id_domain: str | None = None  # None: a random one, made once and kept
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -96,7 +97,8 @@ class Reconciler:
         self.downloads = ManifestDownloads(on_done=self.wake.set)
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
-            file_roots=settings.file_roots, downloads=self.downloads)
+            file_roots=settings.file_roots, downloads=self.downloads,
+            message_id_domain=settings.message_id_domain)
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
         self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.smtp,
                              outbox_dir=settings.state_dir / "outbox",
@@ -170,8 +172,9 @@ class Reconciler:
 
     def busy(self) -> bool:
         """Is something still moving that needs no new commit (jobs, manifest downloads,
-        email due now)?"""
-        if self.store.count_active_jobs() or self.downloads.busy():
+        email due now, a batch about to be tried again)?"""
+        if (self.store.count_active_jobs() or self.downloads.busy()
+                or self.controller.backoff.retrying()):
             return True
         return bool(self.store.pending_outbox(time.time()))
 

@@ -13,14 +13,26 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.control.backoff import Backoff
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
-from reconciler.control.reports import build_report
-from reconciler.domain.model import Batch, BatchStatus, Condition, Item, ItemStatus, Job, Profile
+from reconciler.control.reports import build_report, report_id
+from reconciler.domain.model import (
+    Batch,
+    BatchSpec,
+    BatchStatus,
+    Condition,
+    Item,
+    ItemStatus,
+    Job,
+    Profile,
+)
 from reconciler.domain.states import (
     BATCH_TERMINAL,
     JOB_TERMINAL,
@@ -32,9 +44,14 @@ from reconciler.domain.states import (
 )
 from reconciler.manifests.repofiles import RepoSnapshot
 from reconciler.manifests.resolve import ManifestError, resolve_items
-from reconciler.source.sync import RepoState, deletion_done, pending_deletions
+from reconciler.source.sync import (
+    RepoState,
+    deletion_done,
+    deletion_reason,
+    pending_deletions,
+)
 from reconciler.spec.validation import storage_path_problem
-from reconciler.store.base import Event, Store
+from reconciler.store.base import ConflictError, Event, Store
 from reconciler.support import failpoints
 from reconciler.support.urls import split_userinfo
 
@@ -74,11 +91,25 @@ class Controller:
 
     def __init__(self, store: Store, *, storage_root: Path,
                  file_roots: tuple[str, ...] = (),
-                 downloads: ManifestDownloads | None = None) -> None:
+                 downloads: ManifestDownloads | None = None,
+                 message_id_domain: str | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
         self.file_roots = file_roots  # host dirs an operator allowed for file:///... URLs
         self.downloads = downloads if downloads is not None else ManifestDownloads()
+        self.backoff = Backoff()
+        self.message_id_domain = message_id_domain  # None: this installation's own
+
+    def _message_id_domain(self) -> str:
+        """The configured domain, else one made up once per installation and kept in the
+        store, so that two installations' Message-IDs never meet."""
+        if self.message_id_domain is None:
+            domain = self.store.get_meta("message_id_domain")
+            if not domain:
+                domain = f"{secrets.token_hex(8)}.batchq.invalid"
+                self.store.set_meta("message_id_domain", domain)
+            self.message_id_domain = domain
+        return self.message_id_domain
 
     # --- one pass over every batch
     def reconcile_all(self, repo: RepoState, git_dir: str | None) -> bool:
@@ -94,16 +125,45 @@ class Controller:
             active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
             git_dir=git_dir,
         )
+        now = time.time()
         for batch in sorted(batches, key=_queue_order):
-            if batch.name in deletions:
-                self._delete(batch, deletions[batch.name], ctx)
+            if self.backoff.waiting(batch, now):
                 continue
             try:
                 with self.store.transaction():  # one batch's step lands whole, or not at all
-                    self.reconcile(batch, ctx)
-            except Exception:  # one broken batch never stops the others
-                log.exception("reconciling batch %s failed; the others go on", batch.name)
+                    failpoints.hit(f"step@{batch.name}")
+                    if batch.name in deletions:
+                        self._delete(batch, deletions[batch.name], ctx)
+                    else:
+                        self.reconcile(batch, ctx)
+            except Exception as exc:  # one broken batch never stops the others
+                self._failed(batch, exc, ctx)
+            else:
+                self.backoff.succeeded(batch.name)
         return ctx.progressed
+
+    def _failed(self, batch: Batch, exc: Exception, ctx: PassContext) -> None:
+        """Back the batch off, log the failure once for this try, and show it on the batch
+        (ReconcileError) until a step of it succeeds."""
+        error = f"{type(exc).__name__}: {exc}"[:1024]
+        f = self.backoff.failed(batch, error)
+        message = (f"{error} (try {f.tries} failed; next try at {_iso(f.retry_at)}, in"
+                   f" {f.delay:g} s, or at once on a new commit)")
+        if isinstance(exc, ConflictError):  # someone wrote first: routine, no traceback
+            log.warning("batch %s: %s", batch.name, message)
+        else:
+            log.error("batch %s: step failed; the others go on: %s", batch.name, message,
+                      exc_info=exc)
+        try:
+            with self.store.transaction():
+                current = self.store.get_batch(batch.name)
+                if current is None:
+                    return
+                status = copy.deepcopy(current.status)
+                self._set_condition(status, "ReconcileError", True, type(exc).__name__, message)
+                self._write_status(current, status, ctx)
+        except Exception as again:  # the store itself may be what fails: the log has it
+            log.warning("batch %s: could not record the failure: %s", batch.name, again)
 
     def reconcile(self, batch: Batch, ctx: PassContext) -> None:
         if batch.status.state == B.DELETED:
@@ -111,9 +171,10 @@ class Controller:
             return
         if batch.status.observed_generation == batch.generation and self._error_shown(batch) and (
             batch.status.settled or self._waiting_in_queue(batch, ctx)
-        ):
+        ) and not _shows(batch.status, "ReconcileError"):
             return  # nothing can change without a new commit: read nothing, write nothing
         status = copy.deepcopy(batch.status)
+        self._flag(status, "ReconcileError", False, "", "")  # this step got this far
         if batch.spec is None:
             self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
             self._write_status(batch, status, ctx)
@@ -122,13 +183,18 @@ class Controller:
                 if status.items_loaded or status.state != B.PENDING else [])
         items = self._observe(batch, jobs, ctx) if status.items_loaded or jobs else []
         ctx.dirty_items = {}
-        self._step(batch, status, items, jobs, ctx)
+        spec = batch.spec
+        profile = ctx.repo.profiles.get(spec.profile)
+        waiting = self._step(batch, spec, profile, status, items, jobs, ctx)
         if ctx.dirty_items:  # one write for every job created this pass (crash: adopted)
             self.store.update_items(batch.name, list(ctx.dirty_items.values()))
-        status.settled = self._settled(batch, status, items)
+        status.settled = self._settled(batch, spec, status, items)
         status.observed_generation = batch.generation
         self._set_condition(status, "Invalid", bool(batch.spec_error), "FileInvalid"
                             if batch.spec_error else "FileValid", batch.spec_error)
+        self._flag(status, "Stalled", bool(waiting), "ProfileNotFound",
+                   f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
+                   f" {waiting}; add the profile back or change spec.profile" if waiting else "")
         self._set_condition(status, "Ready", status.state in BATCH_TERMINAL,
                             str(status.state), status.message)
         self._write_status(batch, status, ctx)
@@ -168,16 +234,18 @@ class Controller:
         return items
 
     # --- the state machine
-    def _step(self, batch: Batch, status: BatchStatus, items: list[ItemStatus], jobs: list[Job],
-              ctx: PassContext) -> None:
-        assert batch.spec is not None
-        spec = batch.spec
+    def _step(self, batch: Batch, spec: BatchSpec, profile: Profile | None, status: BatchStatus,
+              items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> str:
+        """Take the batch one step; return what waits for its missing profile, if anything
+        does (the batch then waits, visibly, where it is: jobs already running go on)."""
         state = status.state
-        profile = ctx.repo.profiles.get(spec.profile)
+        waiting = ""
         if state == B.PENDING:
             if spec.state == "Held":
                 self._move(batch, status, B.HELD, "held by admin")
                 self.store.set_suspended(batch.name, True)
+            elif profile is None:
+                waiting = "the batch is not started"
             elif self._admissible(ctx):
                 ctx.active_batches += 1
                 status.started_at = status.started_at or time.time()
@@ -191,19 +259,26 @@ class Controller:
                 self.store.set_suspended(batch.name, True)
                 ctx.active_batches -= 1
                 self._move(batch, status, B.HELD, "held by admin")
-                return
-            if not status.items_loaded:
-                items = self._load_items(batch, status, profile, ctx)
+                return ""
+            if profile is None:
+                waiting = "no new job starts"
+            else:
                 if not status.items_loaded:
-                    return
-            self._restart_failed(batch, items, jobs, profile, ctx)
-            self._ensure_jobs(batch, items, jobs, profile, ctx)
-            if all(s.state in JOB_TERMINAL for s in items):
+                    items = self._load_items(batch, spec, profile, status, ctx)
+                self._restart_failed(batch, spec, profile, items, jobs, ctx)
+                self._ensure_jobs(batch, spec, profile, items, jobs, ctx)
+            if status.items_loaded and all(s.state in JOB_TERMINAL for s in items):
                 self._begin_report(batch, status, B.REPORTING, "every job is terminal")
         elif state in (B.REPORTING, B.UPDATE_REPORTING):
-            self._report(batch, status, items, profile, ctx)
+            if profile is None:  # it says who hears of the batch, from whom, who must not
+                waiting = "the report waits"
+            else:
+                self._report(batch, spec, profile, status, items, ctx)
         elif state in (B.COMPLETED, B.FAILED):
-            self._restart_failed(batch, items, jobs, profile, ctx)
+            if profile is None:
+                waiting = "the restarts asked for wait" if self._restarts_due(spec, items) else ""
+            else:
+                self._restart_failed(batch, spec, profile, items, jobs, ctx)
             wants_update = (spec.state == "UpdateReporting"
                             and status.update_generation < batch.generation)
             if wants_update and state == B.FAILED and not status.manifest_error:
@@ -220,6 +295,7 @@ class Controller:
         status.failures = [
             {"item": s.item.id, "message": s.message} for s in items if s.state == J.FAILED
         ][:MAX_FAILURES_IN_STATUS] if items else status.failures
+        return waiting
 
     def _waiting_in_queue(self, batch: Batch, ctx: PassContext) -> bool:
         """A Pending batch the queue cannot admit yet, whose file state is already shown."""
@@ -235,38 +311,40 @@ class Controller:
             shown.message == batch.spec_error)
 
     @staticmethod
-    def _settled(batch: Batch, status: BatchStatus, items: list[ItemStatus]) -> bool:
+    def _restarts_due(spec: BatchSpec, items: list[ItemStatus]) -> bool:
+        return any(s.state == J.FAILED and spec.restarts.get(s.item.id, 0) > s.attempts - 1
+                   for s in items)
+
+    def _settled(self, batch: Batch, spec: BatchSpec, status: BatchStatus,
+                 items: list[ItemStatus]) -> bool:
         """Terminal, every job terminal, every requested restart and update done."""
-        assert batch.spec is not None
         if status.state not in (B.COMPLETED, B.FAILED):
             return False
         if any(s.state not in JOB_TERMINAL for s in items):
             return False
-        if any(s.state == J.FAILED and batch.spec.restarts.get(s.item.id, 0) > s.attempts - 1
-               for s in items):
+        if self._restarts_due(spec, items):
             return False
-        return not (batch.spec.state == "UpdateReporting"
+        return not (spec.state == "UpdateReporting"
                     and status.update_generation < batch.generation)
 
     def _admissible(self, ctx: PassContext) -> bool:
         return (not ctx.repo.queue.paused
                 and ctx.active_batches < ctx.repo.queue.max_active_batches)
 
-    def _load_items(self, batch: Batch, status: BatchStatus, profile: Profile | None,
+    def _load_items(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
                     ctx: PassContext) -> list[ItemStatus]:
-        assert batch.spec is not None and profile is not None
         if not self.store.count_items(batch.name):
             try:
-                found = self._read_manifest(batch, profile, ctx)
+                found = self._read_manifest(batch, spec, profile, ctx)
             except ManifestError as exc:
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
                 self._begin_report(batch, status, B.REPORTING, status.message)
                 return []
             if found is None:  # being downloaded outside the pass: picked up later
-                status.message = f"downloading the manifest {batch.spec.manifest_url}"
+                status.message = f"downloading the manifest {spec.manifest_url}"
                 return []
-            if batch.spec.manifest_url:
+            if spec.manifest_url:
                 status.message = f"{len(found)} items read from the manifest"
             shown, credentials = _withhold_credentials(found)
             if credentials:  # first: the items' presence means "loaded" on the next pass
@@ -279,12 +357,10 @@ class Controller:
         ctx.progressed = True
         return items
 
-    def _read_manifest(self, batch: Batch, profile: Profile,
+    def _read_manifest(self, batch: Batch, spec: BatchSpec, profile: Profile,
                        ctx: PassContext) -> list[Item] | None:
         """Inline items at once; a manifest URL by a background download (None until it
         has finished), so a slow server holds only this batch."""
-        spec = batch.spec
-        assert spec is not None
         repo = RepoSnapshot(Path(ctx.git_dir), batch.source_revision) if ctx.git_dir else None
 
         def read() -> list[Item]:
@@ -297,50 +373,51 @@ class Controller:
         key = (spec.manifest_url, profile, ctx.git_dir, batch.source_revision)
         return self.downloads.poll(batch.name, key, read, deadline=profile.manifest_timeout)
 
-    def _ensure_jobs(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
-                     profile: Profile | None, ctx: PassContext) -> None:
+    def _ensure_jobs(self, batch: Batch, spec: BatchSpec, profile: Profile,
+                     items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
         """Create the Job of every item's current attempt that has none (budget allowing)."""
         existing = {j.name for j in jobs}
         for s in items:
             if s.state in JOB_TERMINAL:
                 continue
             attempt = max(s.attempts, 1)
-            self._create_job(batch, s, attempt, existing, profile, ctx)
+            self._create_job(batch, spec, profile, s, attempt, existing, ctx)
 
-    def _restart_failed(self, batch: Batch, items: list[ItemStatus], jobs: list[Job],
-                        profile: Profile | None, ctx: PassContext) -> None:
+    def _restart_failed(self, batch: Batch, spec: BatchSpec, profile: Profile,
+                        items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
         """Run one more attempt of each failed item whose `restarts` total is not used up."""
-        assert batch.spec is not None
         existing = {j.name for j in jobs}
         for s in items:
-            wanted = batch.spec.restarts.get(s.item.id, 0)
+            wanted = spec.restarts.get(s.item.id, 0)
             if s.state != J.FAILED or wanted <= s.attempts - 1:
                 continue
-            self._create_job(batch, s, s.attempts + 1, existing, profile, ctx)
+            self._create_job(batch, spec, profile, s, s.attempts + 1, existing, ctx)
 
-    def _create_job(self, batch: Batch, s: ItemStatus, attempt: int, existing: set[str],
-                    profile: Profile | None, ctx: PassContext) -> None:
-        assert batch.spec is not None and profile is not None
-        spec = build_job(batch.name, s.item, attempt, profile,
-                         suspended=batch.spec.state == "Held", git_dir=ctx.git_dir,
-                         commit=batch.source_revision, file_roots=self.file_roots,
-                         storage_root=str(self._storage_dir(profile, ctx)))
-        if spec.name in existing:
+    def _create_job(self, batch: Batch, spec: BatchSpec, profile: Profile, s: ItemStatus,
+                    attempt: int, existing: set[str], ctx: PassContext) -> None:
+        # an attempt already created keeps the name it was created with (names made by an
+        # older naming scheme included), so a new scheme never runs an attempt twice
+        created = s.job_name if attempt == s.attempts and s.job_name else None
+        job = build_job(batch.name, s.item, attempt, profile, name=created,
+                        suspended=spec.state == "Held", git_dir=ctx.git_dir,
+                        commit=batch.source_revision, file_roots=self.file_roots,
+                        storage_root=str(self._storage_dir(profile, ctx)))
+        if job.name in existing:
             return
-        if not spec.suspended and not ctx.budget.take():
+        if not job.suspended and not ctx.budget.take():
             return
-        self.store.create_job(spec)
+        self.store.create_job(job)
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
-        s.attempts, s.job_name = attempt, spec.name
-        s.state = J.HELD if spec.suspended else J.PENDING
+        s.attempts, s.job_name = attempt, job.name
+        s.state = J.HELD if job.suspended else J.PENDING
         if restarted:
             s.message, s.started_at, s.finished_at = "", None, None
             self.store.add_event(Event(batch.name, time.time(), "Restarted",
                                        f"{s.item.id}: attempt {attempt}",
                                        batch.source_revision))
         ctx.dirty_items[s.item.id] = s
-        existing.add(spec.name)
+        existing.add(job.name)
         ctx.progressed = True
 
     def _storage_dir(self, profile: Profile, ctx: PassContext) -> Path:
@@ -365,17 +442,18 @@ class Controller:
         status.report_round += 1
         self._move(batch, status, target, why)
 
-    def _report(self, batch: Batch, status: BatchStatus, items: list[ItemStatus],
-                profile: Profile | None, ctx: PassContext) -> None:
+    def _report(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
+                items: list[ItemStatus], ctx: PassContext) -> None:
         kind = ("manifest-error" if status.manifest_error
                 else "update" if status.state == B.UPDATE_REPORTING else "initial")
         view = copy.copy(batch)
         view.status = status
         earlier = [r for r in self.store.list_reports(batch.name)
-                   if r.id != f"{batch.name}:{status.report_round}"]
+                   if r.id != report_id(batch, status.report_round)]
         previous = earlier[-1].job_states if earlier else {}
-        report = build_report(view, items, profile, kind=kind, round_=status.report_round,
-                              previous=previous)
+        report = build_report(view, spec, items, profile, kind=kind,
+                              round_=status.report_round, previous=previous,
+                              message_id_domain=self._message_id_domain())
         if self.store.save_report(report):
             ctx.progressed = True
             failpoints.hit("after-report-saved")
@@ -397,7 +475,10 @@ class Controller:
         elif batch.status.state != B.DELETED:
             status = copy.deepcopy(batch.status)
             status.deleted_at = time.time()
-            self._move(batch, status, B.DELETED, "batch file deleted", revision)
+            self._move(batch, status, B.DELETED, deletion_reason(self.store, batch.name),
+                       revision)
+            for type_ in ("ReconcileError", "Stalled"):  # nothing waits on a deleted batch
+                self._flag(status, type_, False, "", "")
             self._write_status(batch, status, ctx)
         deletion_done(self.store, batch.name)
         ctx.progressed = True
@@ -418,6 +499,12 @@ class Controller:
             self.store.add_event(Event(batch.name, time.time(), str(target), why,
                                        revision or batch.source_revision))
 
+    def _flag(self, status: BatchStatus, type_: str, value: bool, reason: str,
+              message: str) -> None:
+        """A condition that is shown once it is true: never added only to say False."""
+        if value or any(c.type == type_ for c in status.conditions):
+            self._set_condition(status, type_, value, reason if value else "Resolved", message)
+
     def _set_condition(self, status: BatchStatus, type_: str, value: bool, reason: str,
                        message: str) -> None:
         for c in status.conditions:
@@ -434,6 +521,14 @@ class Controller:
             self.store.update_status(batch.name, batch.status, status)
             failpoints.hit("after-status")
             ctx.progressed = True
+
+
+def _shows(status: BatchStatus, type_: str) -> bool:
+    return any(c.type == type_ and c.status for c in status.conditions)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _queue_order(b: Batch) -> tuple[int, float, str]:

@@ -2,8 +2,13 @@
 
 Jobs are immutable, so there is one per attempt, and its name is a pure function of
 (batch, item, attempt): creating it again after a crash finds the same name and creates
-nothing. Names are DNS-1123 labels; when the readable form is lossy or too long, a short
-hash of the exact triple is appended so that two items never share a name.
+nothing. The same name must never come from two different triples, or one batch adopts
+the other's Job and hangs (batch `maps-2026` item `11-001` and batch `maps-2026-11` item
+`001` would both read `maps-2026-11-001-1`). Batch names and item ids may both contain
+'-', and no DNS character is free to be a separator, so a name is plain `batch-item-attempt`
+only when neither part has a '-' and nothing is lost; every other name ends in
+`-<attempt>--<hash of the exact triple>`. The `--` never occurs in a plain name, so the two
+forms cannot meet, and the hash tells the others apart.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ from reconciler.domain.model import Item, Profile
 from reconciler.store.base import JobSpec
 
 MAX_NAME = 63
+HASH_DIGITS = 12  # 48 bits: 10,000 items sharing a truncated prefix still do not collide
+_PLAIN_PART = re.compile(r"[a-z0-9]+")
 
 
 def job_name(batch: str, item: str, attempt: int) -> str:
-    readable = f"{batch}-{item}-{attempt}".lower()
-    safe = re.sub(r"[^a-z0-9-]+", "-", readable).strip("-")
-    safe = re.sub(r"-{2,}", "-", safe)
-    if safe == f"{batch}-{item}-{attempt}" and len(safe) <= MAX_NAME:
-        return safe
-    digest = hashlib.sha256(f"{batch}\0{item}\0{attempt}".encode()).hexdigest()[:8]
-    tail = f"-{attempt}-{digest}"
-    return safe[: MAX_NAME - len(tail)].rstrip("-") + tail
+    """The Job name of one attempt: a DNS-1123 label, readable, unambiguous."""
+    plain = f"{batch}-{item}-{attempt}"
+    if (_PLAIN_PART.fullmatch(batch) and _PLAIN_PART.fullmatch(item)
+            and len(plain) <= MAX_NAME):
+        return plain
+    digest = hashlib.sha256(f"{batch}\0{item}\0{attempt}".encode()).hexdigest()[:HASH_DIGITS]
+    tail = f"-{attempt}--{digest}"
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{batch}-{item}".lower()).strip("-")
+    return readable[: MAX_NAME - len(tail)].rstrip("-") + tail
 
 
 def pod_annotations(item: Item) -> dict[str, str]:
@@ -48,13 +56,15 @@ def build_job(
     attempt: int,
     profile: Profile,
     *,
+    name: str | None = None,
     suspended: bool,
     git_dir: str | None,
     commit: str,
     file_roots: tuple[str, ...],
     storage_root: str,
 ) -> JobSpec:
-    """The Job for one attempt: the worker is configured by environment only.
+    """The Job for one attempt: the worker is configured by environment only. `name` is
+    given for an attempt whose Job was already created (under its own naming scheme).
 
     Nothing secret goes in it (the env is kept in the store and in the Job object): the item
     URL is the stored one, its userinfo shown as `***`; each backend hands the job the real
@@ -81,7 +91,7 @@ def build_job(
     if profile.deadline_seconds:
         env["BATCHQ_TIMEOUT"] = str(profile.deadline_seconds)
     return JobSpec(
-        name=job_name(batch, item.id, attempt),
+        name=name or job_name(batch, item.id, attempt),
         batch=batch,
         item=item.id,
         attempt=attempt,

@@ -2,23 +2,35 @@
 
 A report is a pure function of the batch, its items and the previous report's job states
 (kept in that report, so nothing unbounded needs to live in the Batch status),
-so rebuilding it after a crash gives the same content; its id (batch + report round) makes
-saving it twice a no-op. The email is built here too, with a Message-ID derived from the
-report id, so a message that is ever re-sent is recognisably the same message.
+so rebuilding it after a crash gives the same content; its id (batch, incarnation, report
+round) makes saving it twice a no-op. The email is built here too, with a Message-ID made
+of the report id and the installation's own domain, so a message that is ever re-sent is
+recognisably the same message, and a batch whose name was used before, or a report of
+another installation, never shares one (mail systems drop a second message with a
+Message-ID they have seen).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from reconciler.domain.model import Batch, ItemStatus, Profile, Report
+from reconciler.domain.model import Batch, BatchSpec, ItemStatus, Profile, Report
 from reconciler.domain.states import JobState
 
 BODY_ROWS = 500  # beyond this the per-job table is in the attachments only
+
+
+def report_id(batch: Batch, round_: int) -> str:
+    """`name:uid:round`; `name:round` for a batch stored before incarnations had uids."""
+    return f"{batch.name}:{batch.uid}:{round_}" if batch.uid else f"{batch.name}:{round_}"
+
+
+def message_id(report_id: str, domain: str) -> str:
+    """A batch name, uid and round are dot-atom text: the id reads as what it stands for."""
+    return f"<{report_id.replace(':', '.')}@{domain}>"
 
 
 def job_states(items: list[ItemStatus]) -> dict[str, str]:
@@ -40,9 +52,8 @@ def subject_for(kind: str, ok: bool, batch: str) -> str:
     return f"Ingest: {verdict} -- {what}: {batch}"
 
 
-def recipients_for(batch: Batch, profile: Profile | None) -> tuple[str, ...]:
-    assert batch.spec is not None
-    wanted = [batch.spec.depositor.email]
+def recipients_for(spec: BatchSpec, profile: Profile | None) -> tuple[str, ...]:
+    wanted = [spec.depositor.email]
     suppressed: tuple[str, ...] = ()
     if profile is not None:
         wanted += list(profile.notification.recipients)
@@ -82,16 +93,18 @@ def _item_json(s: ItemStatus) -> dict[str, object]:
 
 def build_report(
     batch: Batch,
+    spec: BatchSpec,
     items: list[ItemStatus],
     profile: Profile | None,
     *,
     kind: str,
     round_: int,
     previous: dict[str, str],
+    message_id_domain: str,
     now: float | None = None,
 ) -> Report:
-    """Build the report (and its email) for one reporting round of `batch`."""
-    assert batch.spec is not None
+    """Build the report (and its email) for one reporting round of `batch`, whose spec in
+    force is `spec`."""
     now = time.time() if now is None else now
     current = job_states(items)
     changed = changed_since(previous, current) if kind == "update" else []
@@ -99,11 +112,11 @@ def build_report(
     failed = [s for s in items if s.state == JobState.FAILED]
     ok = kind != "manifest-error" and not failed
     subject = subject_for(kind, ok, batch.name)
-    recipients = recipients_for(batch, profile)
+    recipients = recipients_for(spec, profile)
     lines = [
         f"Batch:      {batch.name}",
-        f"Profile:    {batch.spec.profile}",
-        f"Depositor:  {batch.spec.depositor.name} <{batch.spec.depositor.email}>",
+        f"Profile:    {spec.profile}",
+        f"Depositor:  {spec.depositor.name} <{spec.depositor.email}>",
         f"Commit:     {batch.source_revision}",
         f"Reported:   {formatdate(now, usegmt=True)}",
         "",
@@ -126,7 +139,7 @@ def build_report(
     emailed = bool(recipients) and not (notif and notif.suppress)
     if kind == "update" and not changed:
         emailed = False
-    report_id = f"{batch.name}:{round_}"
+    rid = report_id(batch, round_)
     msg = EmailMessage()
     msg["Subject"] = subject
     msg["From"] = notif.sender if notif else "batchq@localhost"
@@ -136,15 +149,14 @@ def build_report(
     if notif and notif.reply_to:
         msg["Reply-To"] = notif.reply_to
     msg["Date"] = formatdate(now, usegmt=True)
-    token = hashlib.sha256(report_id.encode()).hexdigest()[:24]
-    msg["Message-ID"] = f"<{token}.{round_}@batchq>"
-    msg["X-Batchq-Report"] = report_id
+    msg["Message-ID"] = message_id(rid, message_id_domain)
+    msg["X-Batchq-Report"] = rid
     msg.set_content(body)
     for name, rows in (("completed.json", completed), ("failed.json", failed)):
         data = json.dumps([_item_json(s) for s in rows], indent=2).encode()
         msg.add_attachment(data, maintype="application", subtype="json", filename=name)
     return Report(
-        id=report_id,
+        id=rid,
         batch=batch.name,
         kind=kind,
         created_at=now,

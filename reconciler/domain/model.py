@@ -215,7 +215,7 @@ class Job:
 
 @dataclass
 class Condition:
-    type: str  # Ready | Invalid | Held | DeletionRefused
+    type: str  # Ready | Invalid | Stalled | ReconcileError | Held | DeletionRefused
     status: bool
     reason: str = ""
     message: str = ""
@@ -252,11 +252,15 @@ class Batch:
     status: BatchStatus = field(default_factory=BatchStatus)
     spec_error: str = ""  # the newest file version's error; the last good spec stays
     updated_at: float = 0.0  # last time anything about the batch was written
+    # this incarnation of the name: a deleted batch's name reused by a new file is a new
+    # batch, whose reports and emails must never meet the old one's ("" before uids were
+    # kept, so that a batch stored then keeps the report ids it already has)
+    uid: str = ""
 
 
 @dataclass
 class Report:
-    id: str  # f"{batch}:{round}" — idempotent across crashes
+    id: str  # batch, incarnation, round (reports.report_id) — idempotent across crashes
     batch: str
     kind: str  # initial | update | manifest-error
     created_at: float

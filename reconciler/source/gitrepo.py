@@ -5,6 +5,10 @@ changed since the last synced commit are read again (`git diff`), unless the las
 commit is no longer an ancestor of the branch (a force-push) or unknown: then the whole
 tree is read. Each file comes with the commit that last changed it, which becomes the
 batch's `sourceRevision` and, for a new batch, its place in the queue.
+
+File names are bytes in Git. One that is not UTF-8 cannot be stored or shown as text, so it
+is reported, with its odd bytes written `\\xNN`, as a file that needs renaming, and every
+other file syncs as usual.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class FileVersion:
     revision: str
     committed_at: float
     too_big: int = 0  # size in bytes when refused for size
+    name_error: str = ""  # why the file is not read at all (its name is not UTF-8)
 
 
 @dataclass
@@ -88,6 +93,29 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
         if pipe is not None:
             pipe.close()
     proc.wait()
+
+
+def is_utf8(path: str) -> bool:
+    """Git's bytes reach us decoded with `surrogateescape`: a surrogate is a byte that was
+    not UTF-8."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: str) -> str:
+    """The path as text that can be stored and printed: bytes that are not UTF-8 as \\xNN."""
+    if is_utf8(path):
+        return path
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def name_error(path: str) -> str:
+    folder = path.split("/")[0]
+    return (f"{shown_path(path)}:1:1: file name is not UTF-8: rename it"
+            f" ({folder}/<name>.yaml, with the name in lowercase letters, digits and '-')")
 
 
 def is_relevant(path: str) -> bool:
@@ -181,7 +209,7 @@ class GitSource:
             return result
         tree = repo.commit(head).tree
         result.batch_paths = {
-            f"batches/{b.name}" for b in _subtree_blobs(tree, "batches")
+            shown_path(f"batches/{b.name}") for b in _subtree_blobs(tree, "batches")
             if b.name.endswith(EXTENSIONS)
         }
         result.listed = True
@@ -197,7 +225,11 @@ class GitSource:
             try:
                 blob = tree / path
             except KeyError:
-                result.changed.append(FileVersion(path, None, rev, when))
+                result.changed.append(FileVersion(shown_path(path), None, rev, when))
+                continue
+            if not is_utf8(path):
+                result.changed.append(FileVersion(shown_path(path), None, rev, when,
+                                                  name_error=name_error(path)))
                 continue
             if blob.size > MAX_FILE_BYTES:
                 result.changed.append(FileVersion(path, None, rev, when, too_big=blob.size))
@@ -215,24 +247,27 @@ class GitSource:
     def _last_changes(
         self, paths: set[str], since: str | None, head: str
     ) -> dict[str, tuple[str, float]]:
-        """For each path, the newest commit (and its time) that touched it: one `git log`."""
+        """For each path, the newest commit (and its time) that touched it: one `git log`.
+
+        With `-z` names come unquoted (git quotes non-ASCII names otherwise), NUL-separated;
+        a commit's header starts with \\x01, which no relevant path can start with."""
         if not paths:
             return {}
         rng = head if since is None else f"{since}..{head}"
         out = self._open().git.log(
-            "--format=%x00%H %ct", "--name-only", "--no-renames", rng, "--", *RELEVANT
+            "-z", "--format=%x01%H %ct", "--name-only", "--no-renames", rng, "--", *RELEVANT
         )
         found: dict[str, tuple[str, float]] = {}
-        for chunk in out.split("\0")[1:]:
-            lines = chunk.strip().splitlines()
-            if not lines:
-                continue
-            sha, ts = lines[0].split()
-            for p in lines[1:]:
-                if p in paths and p not in found:
-                    found[p] = (sha, float(ts))
-            if len(found) == len(paths):
-                break
+        commit = ("", 0.0)
+        for token in out.split("\0"):
+            token = token.lstrip("\n")
+            if token.startswith("\x01"):
+                sha, ts = token[1:].split()
+                commit = (sha, float(ts))
+            elif token in paths and token not in found:
+                found[token] = commit
+                if len(found) == len(paths):
+                    break
         return found
 
 

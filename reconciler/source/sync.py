@@ -2,8 +2,10 @@
 
 A file that does not validate never replaces or deletes anything: the last good spec stays
 and the error is recorded where `status` and the page show it. Deletion is explicit: a
-batch is deleted only when its file is gone from a tree that was listed successfully, and
-a commit that would delete more than `maxDeletesPerSync` batches deletes none, visibly.
+batch is deleted only when its file is gone from a tree that was listed successfully, or
+when its file now names another batch (a rename of `metadata.name` retires the old batch
+exactly as deleting its file does), and a commit that would delete more than
+`maxDeletesPerSync` batches deletes none, visibly.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from reconciler.domain.model import Profile, QueueSettings
+from reconciler.domain.model import Batch, Profile, QueueSettings
 from reconciler.source.gitrepo import FileVersion, SyncResult
 from reconciler.spec.validation import batch_name, validate_text
 from reconciler.store.base import Event, Store
@@ -63,7 +65,8 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     raw_queue: dict[str, Any] = json.loads(store.get_meta("queue") or "{}")
     errors: dict[str, str] = json.loads(store.get_meta("file_errors") or "{}")
     profile_paths: dict[str, str] = json.loads(store.get_meta("profile_paths") or "{}")
-    present = {f.path for f in result.changed if f.data is not None or f.too_big}
+    present = {f.path for f in result.changed
+               if f.data is not None or f.too_big or f.name_error}
 
     for f in result.changed:
         if f.path == "queue.yaml":
@@ -76,6 +79,9 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
             if data is not None:
                 raw_queue = data.get("spec") or {}
         elif f.path.startswith("profiles/"):
+            if f.name_error:
+                _record(errors, f.path, f.name_error)
+                continue
             if f.data is None and not f.too_big:
                 name = profile_paths.pop(f.path, None)
                 if name:
@@ -92,16 +98,25 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     store.set_meta("queue", json.dumps(raw_queue, sort_keys=True))
     store.set_meta("profile_paths", json.dumps(profile_paths, sort_keys=True))
 
-    by_path = {b.source_path: b for b in store.list_batches()}
+    renamed: dict[str, dict[str, str]] = json.loads(store.get_meta("renamed_batches") or "{}")
+    by_path: dict[str, Batch] = {}
+    for b in store.list_batches():  # the batch each file holds now, before any it held
+        held = str(b.status.state) != "Deleted" and b.name not in renamed
+        if held or b.source_path not in by_path:
+            by_path[b.source_path] = b
     for f in result.changed:
         if not f.path.startswith("batches/") or f.path not in present:
             continue
-        _apply_batch_file(store, f, raw_profiles, by_path, result, errors)
+        if f.name_error:  # never becomes a batch: shown among the file errors
+            _record(errors, f.path, f.name_error)
+            continue
+        _apply_batch_file(store, f, raw_profiles, by_path, result, errors, renamed)
     failpoints.hit("after-apply")
 
     queue = QueueSettings.from_dict(raw_queue)
     if result.listed:
-        _prune(store, result, queue, errors)
+        _prune(store, result, queue, errors, renamed)
+    store.set_meta("renamed_batches", json.dumps(renamed, sort_keys=True))
     store.set_meta("file_errors", json.dumps(errors, sort_keys=True))
     return RepoState(
         profiles={n: Profile.from_dict(n, s) for n, s in raw_profiles.items()},
@@ -121,9 +136,10 @@ def _apply_batch_file(
     store: Store,
     f: FileVersion,
     profiles: dict[str, Any],
-    by_path: dict[str, Any],
+    by_path: dict[str, Batch],
     result: SyncResult,
     errors: dict[str, str],
+    renamed: dict[str, dict[str, str]],
 ) -> None:
     data, err = _validate(f, "Batch")
     # a broken new file's batch is named after the file's stem until it parses
@@ -149,6 +165,10 @@ def _apply_batch_file(
             existing = old
         elif old.spec is None:
             store.remove_batch(old.name)  # placeholder of a file that never parsed
+        elif str(old.status.state) != "Deleted":  # renamed: retired as if deleted (_prune)
+            renamed[old.name] = {"path": f.path, "to": name}
+    if data is not None:
+        renamed.pop(name, None)  # the name a file holds now is never retired
     if existing is not None and str(existing.status.state) == "Deleted" and data is not None:
         store.remove_batch(name)  # a new file with a deleted batch's name starts afresh
         existing = None
@@ -167,10 +187,16 @@ def _apply_batch_file(
         store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
 
 
-def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[str, str]) -> None:
+def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[str, str],
+           renamed: dict[str, dict[str, str]]) -> None:
+    batches = store.list_batches()
+    live = {b.name: b.source_path for b in batches if str(b.status.state) != "Deleted"}
+    for name in [n for n, r in renamed.items() if live.get(n) != r["path"]]:
+        renamed.pop(name)  # retired already, or its file was edited since
     gone = [
-        b for b in store.list_batches()
-        if b.source_path not in result.batch_paths and str(b.status.state) != "Deleted"
+        b for b in batches
+        if str(b.status.state) != "Deleted"
+        and (b.source_path not in result.batch_paths or b.name in renamed)
     ]
     for path in list(errors):
         if path.startswith("batches/") and path not in result.batch_paths:
@@ -199,7 +225,19 @@ def pending_deletions(store: Store) -> dict[str, str]:
     return dict(json.loads(store.get_meta("deletions") or "{}"))
 
 
+def deletion_reason(store: Store, name: str) -> str:
+    """What the Deleted batch's status says: its file is gone, or now names another."""
+    rename = json.loads(store.get_meta("renamed_batches") or "{}").get(name)
+    if rename:
+        return (f"batch renamed: {rename['path']} now names batch {rename['to']}; this one is"
+                " retired as if its file were deleted")
+    return "batch file deleted"
+
+
 def deletion_done(store: Store, name: str) -> None:
     decided = pending_deletions(store)
     decided.pop(name, None)
     store.set_meta("deletions", json.dumps(decided, sort_keys=True))
+    renamed = json.loads(store.get_meta("renamed_batches") or "{}")
+    if renamed.pop(name, None) is not None:
+        store.set_meta("renamed_batches", json.dumps(renamed, sort_keys=True))

@@ -7,7 +7,8 @@ at the node that is wrong, in plain words — and adds the checks that need more
 value or more than one file: unique item ids, restarts naming real items, digest lengths,
 names, a profile's URL prefixes and storage path, a batch's profile existing, every batch
 URL passing the profile's prefixes (the same check the reconciler makes,
-`reconciler.support.urls`), and two batch files claiming one name.
+`reconciler.support.urls`), and two batch files claiming one name; and that each email
+field is exactly one address, which no pattern can say (addresses.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
+from reconciler.spec.addresses import address_problem
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
 from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, parse_url
@@ -412,6 +414,36 @@ def _check_profile(doc: LoadedDocument) -> list[Problem]:
     return problems
 
 
+# Where each kind keeps email addresses (a list's entries are each one address).
+ADDRESS_FIELDS: dict[str, tuple[JsonPath, ...]] = {
+    "Batch": (("spec", "depositor", "email"),),
+    "Profile": tuple(("spec", "notification", key) for key in (
+        "recipients", "bccAdmins", "from", "replyTo", "suppressedAddresses")),
+}
+
+
+def _check_addresses(doc: LoadedDocument, kind: str) -> list[Problem]:
+    """Each address field holds one bare address. Values that the schema's pattern already
+    refused are left to its message."""
+    depositor = load_schema("Batch")["properties"]["spec"]["properties"]["depositor"]
+    schema_pattern = _compiled(depositor["properties"]["email"]["pattern"])
+    problems: list[Problem] = []
+    for field in ADDRESS_FIELDS.get(kind, ()):
+        node: Any = doc.data
+        for key in field:
+            node = node.get(key) if isinstance(node, dict) else None
+        found = list(enumerate(node)) if isinstance(node, list) else [(None, node)]
+        for index, value in found:
+            if not isinstance(value, str) or not schema_pattern.search(value):
+                continue
+            why = address_problem(value)
+            if why is not None:
+                at: JsonPath = field if index is None else (*field, index)
+                problems.append(Problem.at(doc, doc.position(at),
+                                           f"{format_path(at)}: {_show(value)} {why}"))
+    return problems
+
+
 def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> list[Problem]:
     """Every problem of one loaded document, in file order."""
     kind, problems = _check_kind(doc, expected_kind)
@@ -425,6 +457,7 @@ def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> lis
                 problems.append(problem)
     if kind in ("Batch", "Profile"):
         problems += _check_name(doc, kind)
+        problems += _check_addresses(doc, kind)
     if kind == "Batch":
         problems += _check_batch(doc)
         problems += _check_no_credentials(doc)

@@ -11,6 +11,7 @@ what lets a reconciler killed at any point start again without duplicating anyth
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -141,9 +142,9 @@ class Store(Protocol):
         revision: str,
         committed_at: float,
         error: str,
-    ) -> Batch: ...
+    ) -> Batch: ...  # a new batch gets a new uid (new_uid)
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None: ...
-    def remove_batch(self, name: str) -> None: ...
+    def remove_batch(self, name: str) -> None: ...  # undelivered email still goes out
 
     # --- per-item observed state (the detail beside a small Batch status)
     def set_items(self, batch: str, items: list[Item]) -> None: ...
@@ -185,6 +186,11 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractContextManager[Any]: ...
     def close(self) -> None: ...
+
+
+def new_uid() -> str:
+    """A new batch incarnation's id (Batch.uid): 48 random bits, as 12 hex digits."""
+    return secrets.token_hex(6)
 
 
 class ConflictError(RuntimeError):

@@ -1,8 +1,10 @@
-"""Named crash points, for proving that a reconciler killed anywhere loses nothing.
+"""Named fail points, for proving that a reconciler killed anywhere loses nothing, and that
+a step that raises costs only its own batch.
 
 `BATCHQ_FAILPOINTS=after-report-saved:2,after-job-created` makes the process SIGKILL
 itself the 2nd time it reaches `after-report-saved`, or the 1st time it reaches
-`after-job-created`. Unset (always, outside tests), `hit` is a dictionary look-up.
+`after-job-created`; `step@b:raise` makes every step of batch `b` raise FailPoint. Unset
+(always, outside tests), `hit` is a dictionary look-up.
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 import os
 import signal
 
+RAISE = "raise"
 _counts: dict[str, int] = {}
 
 
-def _parse(spec: str) -> dict[str, int]:
-    out: dict[str, int] = {}
+class FailPoint(RuntimeError):
+    """Raised where a `:raise` fail point is armed."""
+
+
+def _parse(spec: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, n = part.partition(":")
-        out[name] = int(n or "1")
+        name, _, action = part.partition(":")
+        out[name] = action or "1"
     return out
 
 
@@ -25,9 +32,12 @@ _armed = _parse(os.environ.get("BATCHQ_FAILPOINTS", ""))
 
 
 def hit(name: str) -> None:
-    """Die here, abruptly, if this point is armed and its count is reached."""
+    """Raise here if this point is armed to raise; die here, abruptly, if it is armed with
+    a count and the count is reached."""
     if name not in _armed:
         return
+    if _armed[name] == RAISE:
+        raise FailPoint(f"fail point {name} reached")
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == _armed[name]:
+    if _counts[name] == int(_armed[name]):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -260,6 +260,7 @@ class Case:
     items: dict[str, str] = field(default_factory=dict)  # item states after the pass
     message: str = ""  # in the batch's status message
     invalid: bool | None = None  # the Invalid condition after the pass
+    stalled: str = ""  # in the message of a Stalled condition that is True after the pass
     bug: str = ""  # a known controller bug: the row is expected to fail until it is fixed
 
     @property
@@ -296,9 +297,8 @@ CASES = [
     Case("admitted", "one job at a time", B.PROCESSING, jobs=("b-x-1",)),
     Case("admitted", "Held", B.HELD),
     Case("admitted_bad_manifest", "nothing", B.REPORTING, message="manifest error: item 'x'"),
-    Case("admitted", "profile file deleted", B.PROCESSING, message='profile "test"',
-         bug="the controller asserts the profile exists: every pass raises, the batch is"
-             " stuck in Processing and its status never says why"),
+    Case("admitted", "profile file deleted", B.PROCESSING,
+         stalled='profile "test" not found (expected profiles/test.yaml): no new job starts'),
     Case("processing", "jobs start", B.PROCESSING,
          items={"x": "Processing", "y": "Processing"}),
     Case("processing", "all complete", B.REPORTING, message="every job is terminal",
@@ -309,10 +309,9 @@ CASES = [
     Case("processing", "file deleted", B.DELETED),
     Case("processing", "file broken", B.PROCESSING, invalid=True),
     Case("processing", "profile missing", B.PROCESSING, invalid=True),
-    Case("processing", "profile file deleted", B.PROCESSING, message='profile "test"',
+    Case("processing", "profile file deleted", B.PROCESSING,
          items={"x": "Pending", "y": "Pending"},
-         bug="the controller asserts the profile exists before it sees that no job is"
-             " missing: every pass raises and observes nothing"),
+         stalled='profile "test" not found (expected profiles/test.yaml): no new job starts'),
     Case("running", "all complete", B.REPORTING, items={"x": "Completed", "y": "Completed"}),
     Case("running", "x completes, y fails", B.REPORTING,
          items={"x": "Completed", "y": "Failed"}),
@@ -384,6 +383,9 @@ def check(case: Case, w: UnitWorld, step: Step) -> None:
         invalid = next(c for c in batch.status.conditions if c.type == "Invalid")
         assert invalid.status is case.invalid
         assert (invalid.message == batch.spec_error) and bool(batch.spec_error) is case.invalid
+    if case.stalled:
+        stalled = next(c for c in batch.status.conditions if c.type == "Stalled")
+        assert stalled.status is True and case.stalled in stalled.message
     for old, new in step.batch_moves:  # every move the pass made is a row of the table
         assert (old, new) in BATCH_TRANSITIONS
 

@@ -6,8 +6,11 @@
   and the batch is simply reconciled again on the next pass).
 - Status stays small: counts, a bounded list of failures, the report round. Per-item
   detail lives in ConfigMaps `<batch>-items-NNNN` (500 items each), reports in
-  `<batch>-report-<round>` (the outbox is their `batchq.dev/outbox` label), the timeline
-  in `<batch>-timeline`; all are owned by the Batch, so deleting it removes them.
+  `<batch>-report-<round>-<incarnation>` (the outbox is their `batchq.dev/outbox` label),
+  the timeline in `<batch>-timeline`; all are owned by the Batch, so deleting it removes
+  them, except a report still waiting to be emailed, which is let go of and goes out.
+- A Batch's incarnation (`batchq.dev/incarnation`, set when it is created) tells a name
+  reused after a deletion from the batch that had it before: their reports never meet.
 - One Job per item attempt, owned by the Batch, labelled batch/item/attempt; a Job that
   finished and vanished is never re-run because the item ConfigMap recorded it.
 - Item credentials (userinfo of a payload URL) live in Secrets `<batch>-credentials-XX`
@@ -51,6 +54,7 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
+    new_uid,
 )
 from reconciler.store.codec import canonical_json
 from reconciler.store.kubernetes.informer import Informer, Obj
@@ -294,6 +298,7 @@ class KubernetesStore:
             spec_error=ann.get(f"{A}spec-error", ""),
             updated_at=float(ann.get(f"{A}updated-at", "0") or 0)
             or (parse_rfc3339_or_none(meta.get("creationTimestamp")) or 0.0),
+            uid=ann.get(f"{A}incarnation", ""),
         )
 
     def _placeholder_batch(self, name: str, p: dict[str, Any]) -> Batch:
@@ -362,6 +367,11 @@ class KubernetesStore:
                 f"{A}spec-error": error,
                 f"{A}spec-hash": digest,
             }
+            # made once, at creation, and applied again each time (an applied field left
+            # out is removed); a Batch created before incarnations keeps having none
+            incarnation = new_uid() if cr is None else ann.get(f"{A}incarnation")
+            if incarnation:
+                annotations[f"{A}incarnation"] = incarnation
             if changed or any(ann.get(k) != v for k, v in annotations.items()):
                 body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
                         "metadata": {"name": name,
@@ -405,11 +415,31 @@ class KubernetesStore:
             self.set_meta("placeholders", json.dumps(places, sort_keys=True))
         if self.batches.get(name) is None:
             return
+        # let go of email not yet delivered, so the garbage collector keeps it and it goes out
+        for cm in self._report_cms(name):
+            pending = (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"
+            if pending and cm["metadata"].get("ownerReferences"):
+                new = self._raw(self.core.patch_namespaced_config_map, cm["metadata"]["name"],
+                                self.ns, {"metadata": {"ownerReferences": None}})
+                self._wrote()
+                self.cms.remember(new)
+        self.delete_jobs(name)
         with contextlib.suppress(ApiException):
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, self.ns, PLURAL, name, propagation_policy="Background")
             self._wrote()
         self.batches.forget(name)
+        # the rest at once, not whenever the garbage collector gets to it: a new batch of
+        # the same name must not find the old items or timeline under the names it uses
+        selector = f"{A}batch={name},{A}outbox!=pending"
+        doomed = [cm["metadata"]["name"] for cm in self.cms.snapshot()
+                  if (cm["metadata"].get("labels") or {}).get(f"{A}batch") == name
+                  and (cm["metadata"].get("labels") or {}).get(f"{A}outbox") != "pending"]
+        if doomed:
+            self.core.delete_collection_namespaced_config_map(self.ns, label_selector=selector)
+            self._wrote()
+            for cm_name in doomed:
+                self.cms.forget(cm_name)
 
     # --- items
     def _chunk_names(self, batch: str) -> list[str]:
@@ -625,8 +655,16 @@ class KubernetesStore:
     # --- reports and outbox
     @staticmethod
     def _report_cm(report_id: str) -> str:
+        """`name:uid:round` -> `name-report-round-uid`; a report id of a Batch stored
+        before incarnations, `name:round`, keeps the `name-report-round` it has."""
         batch, _, round_ = report_id.rpartition(":")
-        return f"{batch}-report-{round_}"
+        name, _, incarnation = batch.partition(":")
+        return f"{name}-report-{round_}-{incarnation}" if incarnation else f"{name}-report-{round_}"
+
+    @staticmethod
+    def _incarnation(report_id: str) -> str:
+        parts = report_id.split(":")
+        return parts[1] if len(parts) == 3 else ""
 
     def save_report(self, report: Report) -> bool:
         data = {"id": report.id, "batch": report.batch, "kind": report.kind,
@@ -637,7 +675,8 @@ class KubernetesStore:
         return self._create_cm(
             self._report_cm(report.id), "report", report.batch,
             {"report.json": json.dumps(data)},
-            labels={f"{A}outbox": "pending" if report.emailed else "none"},
+            labels={f"{A}outbox": "pending" if report.emailed else "none",
+                    f"{A}incarnation": self._incarnation(report.id)},
             annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0"},
             binary={"message.eml": base64.b64encode(report.message).decode()},
         )
@@ -649,8 +688,13 @@ class KubernetesStore:
                      or (cm["metadata"].get("labels") or {}).get(f"{A}batch") == batch)]
 
     def list_reports(self, batch: str) -> list[Report]:
+        """The reports of the batch now holding the name (not of an earlier one)."""
+        current = self.get_batch(batch)
+        incarnation = current.uid if current is not None else ""
         out = []
         for cm in self._report_cms(batch):
+            if (cm["metadata"].get("labels") or {}).get(f"{A}incarnation", "") != incarnation:
+                continue
             d = json.loads(cm["data"]["report.json"])
             out.append(Report(
                 id=d["id"], batch=d["batch"], kind=d["kind"], created_at=d["createdAt"],

@@ -8,6 +8,7 @@ The jobs table doubles as the local "cluster": `LocalRunner` starts and finishes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -26,6 +27,7 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
+    new_uid,
 )
 from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
 
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS batches (
     name TEXT PRIMARY KEY, spec_json TEXT, generation INTEGER NOT NULL,
     source_path TEXT NOT NULL, source_revision TEXT NOT NULL, submitted_at REAL NOT NULL,
     status_json TEXT NOT NULL, state TEXT NOT NULL, spec_error TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL);
+    updated_at REAL NOT NULL, uid TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS items (
     batch TEXT NOT NULL, item_id TEXT NOT NULL, seq INTEGER NOT NULL, item_json TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL, message TEXT NOT NULL,
@@ -92,6 +94,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self._add_columns()
+        self._migrate()
         self.writes = 0
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
@@ -119,6 +122,13 @@ class SqliteStore:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Columns added since a state dir was created (rows made before keep '')."""
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(batches)")}
+        if "uid" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process did it
+                self.db.execute("ALTER TABLE batches ADD COLUMN uid TEXT NOT NULL DEFAULT ''")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -167,6 +177,7 @@ class SqliteStore:
             status=status_from_dict(json.loads(row["status_json"])),
             spec_error=row["spec_error"],
             updated_at=row["updated_at"],
+            uid=row["uid"],
         )
 
     def _spec(self, spec_json: str | None) -> BatchSpec | None:
@@ -223,9 +234,10 @@ class SqliteStore:
                 self._write(
                     "INSERT INTO batches(name, spec_json, generation, source_path,"
                     " source_revision, submitted_at, status_json, state, spec_error,"
-                    " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " updated_at, uid) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (name, spec_json, 1, source_path, revision, committed_at,
-                     canonical_json(status_to_dict(BatchStatus())), "Pending", error, now),
+                     canonical_json(status_to_dict(BatchStatus())), "Pending", error, now,
+                     new_uid()),
                 )
             else:
                 new_spec = spec_json if spec_json is not None else row["spec_json"]
@@ -262,11 +274,13 @@ class SqliteStore:
             raise ConflictError(f"status of batch {name} changed under us")
 
     def remove_batch(self, name: str) -> None:
+        """Forget a batch; its email not yet delivered stays in the outbox and goes out."""
         with self._tx():
             for table, col in (("items", "batch"), ("credentials", "batch"), ("jobs", "batch"),
-                               ("events", "batch"), ("reports", "batch"), ("outbox", "batch"),
-                               ("batches", "name")):
+                               ("events", "batch"), ("reports", "batch"), ("batches", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col}=?", (name,))
+            self._write("DELETE FROM outbox WHERE batch=? AND delivered_at IS NOT NULL",
+                        (name,))
 
     # --- items
     def set_items(self, batch: str, items: list[Item]) -> None:

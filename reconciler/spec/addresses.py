@@ -1,0 +1,38 @@
+"""Exactly one email address per address field, as the standard library reads it.
+
+An address from a batch or profile file is pasted into a To, Bcc, From or Reply-To header,
+and a header holds a *list* of addresses, groups and display names: `a,b@x` is two
+recipients, `undisclosed:x;y@z` a group (the report builder crashed on it, every pass),
+and `=?utf-8?q?…?=` an encoded word that a mail client shows decoded as something else.
+So a field must be one bare addr-spec that `email.headerregistry` and `email.utils` both
+read back as exactly itself, with nothing around it.
+"""
+
+from __future__ import annotations
+
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.utils import getaddresses
+
+EXAMPLE = "name@example.org"
+
+
+def address_problem(value: str) -> str | None:
+    """Why `value` is not exactly one plain address (a phrase to follow the value), or None."""
+    if "\r" in value or "\n" in value:
+        return "contains a line break"
+    if "=?" in value:
+        return f"contains an encoded word (=?...?=); write the address itself ({EXAMPLE})"
+    if ":" in value or ";" in value:
+        return f"is a group of addresses (name: a, b;); give exactly one address ({EXAMPLE})"
+    if "," in value:
+        return f"is a list of addresses; give exactly one address ({EXAMPLE})"
+    if any(c in value for c in '<>()"'):
+        return f"has a display name, comment or quotes; give only the address ({EXAMPLE})"
+    try:
+        parsed = Address(addr_spec=value)
+    except (ValueError, IndexError, HeaderParseError):
+        return f"is not a valid email address ({EXAMPLE})"
+    if parsed.addr_spec != value or not parsed.domain or getaddresses([value]) != [("", value)]:
+        return f"is not a valid email address ({EXAMPLE})"
+    return None
