@@ -313,7 +313,8 @@ def test_a_hanging_manifest_server_delays_only_its_own_batch(
     items = [payloads.add(f"m-{i}", f"m {i}\n".encode()) for i in (1, 2)]
     manifest = ManifestServer(yaml.safe_dump(items).encode())
     state = tmp_path / "state"
-    profile = profile_doc("http://127.0.0.1:")
+    profile = profile_doc(payloads.base)  # the manifest server's own prefix is added below
+    profile["spec"]["allowedUrlPrefixes"].append(manifest.url)
     profile["spec"]["manifest"] = {"timeoutSeconds": 600}  # far beyond what the test waits
     git_repo.write("profiles/test.yaml", profile)
     # first in the queue: a loop that read the manifest inside the pass would wait for it
