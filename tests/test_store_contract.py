@@ -19,7 +19,7 @@ import pytest
 from reconciler.domain.model import Batch, BatchStatus, Item, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.backends import local_db_path
-from reconciler.store.base import ConflictError, Event, JobSpec, Store
+from reconciler.store.base import ConflictError, Delivery, Event, JobSpec, RecipientState, Store
 from reconciler.store.local.sqlite import SqliteStore
 from tests.unit.memory_store import MemoryStore
 
@@ -144,13 +144,20 @@ def test_reports_are_saved_once_and_only_emailed_ones_queue(store: Store) -> Non
     assert store.save_report(report("b", 2, emailed=False)) is True
     assert [r.id for r in store.list_reports("b")] == ["b:1", "b:2"]
     assert [e.report_id for e in store.pending_outbox(time.time())] == ["b:1"]
-    store.mark_delivery_failed("b:1", "connection refused", time.time() + 60)
+    deferred = RecipientState("jane@example.org", Delivery.DEFERRED, 0, "connection refused",
+                              1, time.time())
+    store.record_delivery("b:1", [deferred], error="connection refused",
+                          retry_at=time.time() + 60)
     assert store.pending_outbox(time.time()) == []
     waiting = store.pending_outbox(time.time() + 61)
-    assert [(e.attempts, e.last_error) for e in waiting] == [(1, "connection refused")]
+    assert [(e.attempts, e.last_error, e.recipients) for e in waiting] == [
+        (1, "connection refused", (deferred,))]
     assert store.outbox_stats() == {"delivered": 0, "failed": 1, "waiting": 1}
-    store.mark_delivered("b:1")
+    accepted = dataclasses.replace(deferred, state=Delivery.DELIVERED, code=250, detail="ok",
+                                   attempts=2)
+    store.record_delivery("b:1", [accepted], error="", retry_at=None)
     assert store.delivered("b:1") and not store.delivered("b:2")
+    assert store.recipient_states("b:1") == [accepted]
     assert store.outbox_stats() == {"delivered": 1, "failed": 1, "waiting": 0}
     assert store.pending_outbox(time.time() + 3600) == []
 
@@ -167,7 +174,8 @@ def test_removing_a_batch_removes_everything_it_owns(store: Store) -> None:
     assert store.get_batch("b") is None
     assert (store.list_items("b"), store.list_jobs("b"), store.list_reports("b"),
             store.list_events("b")) == ([], [], [], [])
-    assert [e.report_id for e in store.pending_outbox(time.time())] == ["other:1"]
+    # an email still waiting goes out although its batch is gone
+    assert [e.report_id for e in store.pending_outbox(time.time())] == ["b:1", "other:1"]
     assert len(store.list_events("other")) == 1 and store.get_batch("other") is not None
 
 

@@ -538,7 +538,9 @@ TIMES = {"at", "createdAt", "updatedAt", "submittedAt", "startedAt", "finishedAt
 
 def comparable(value: Any, commits: dict[str, str]) -> Any:
     """The site's JSON without what differs between two tellings of one story: times,
-    commit ids (numbered in order of appearance), payload hosts, the report's date."""
+    commit ids (numbered in order of appearance), payload hosts, the report's date, each
+    batch's random incarnation id, and where a delivered message went (a server's "250"
+    or the outbox file)."""
     if isinstance(value, dict):
         return {k: ("<time>" if k in TIMES and v else comparable(v, commits))
                 for k, v in value.items() if k != "syncAgeSeconds"}
@@ -547,6 +549,8 @@ def comparable(value: Any, commits: dict[str, str]) -> Any:
     if isinstance(value, str):
         value = re.sub(r"https?://[^/\s]+/", "<payloads>/", value)
         value = re.sub(r"Reported: .*", "Reported: <date>", value)
+        value = re.sub(r":[0-9a-f]{12}:", ":<uid>:", value)
+        value = re.sub(r"^250 .*", "250 <accepted>", value)
         return re.sub(r"\b[0-9a-f]{40}\b",
                       lambda m: commits.setdefault(m.group(), f"<commit {len(commits) + 1}>"),
                       value)

@@ -18,14 +18,22 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.domain.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
 from reconciler.domain.states import JobState
-from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
+from reconciler.store.base import (
+    ConflictError,
+    Delivery,
+    Event,
+    JobSpec,
+    OutboxEntry,
+    Page,
+    RecipientState,
+)
 from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
 
 RUNNING = (JobState.PENDING, JobState.PROCESSING)
@@ -60,12 +68,16 @@ class _OutboxRecord:
     attempts: int = 0
     last_error: str = ""
     next_attempt_at: float = 0.0
-    delivered_at: float | None = None
+    delivered_at: float | None = None  # some recipient accepted it
+    finished_at: float | None = None  # no recipient is waiting any more
+    queued_at: float = 0.0
+    recipients: list[RecipientState] = field(default_factory=list)
 
 
 @dataclass
 class _State:
     meta: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     batches: dict[str, _BatchRecord] = field(default_factory=dict)
     items: dict[str, dict[str, ItemStatus]] = field(default_factory=dict)  # batch -> id -> s
     jobs: dict[str, _JobRecord] = field(default_factory=dict)
@@ -216,14 +228,20 @@ class MemoryStore:
             if len(kept) != len(s.events):
                 s.events = kept
                 self._wrote()
-            for table in (s.reports, s.outbox):
-                mine = [k for k, v in table.items() if v.batch == name]
-                for k in mine:
-                    del table[k]
-                if mine:
-                    self._wrote()
+            if s.credentials.pop(name, None):
+                self._wrote()
+            # its email waiting in the outbox still goes out, as on the other stores
+            mine = [k for k, v in s.reports.items() if v.batch == name]
+            for k in mine:
+                del s.reports[k]
+            if mine:
+                self._wrote()
             if s.batches.pop(name, None) is not None:
                 self._wrote()
+
+    def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
+        self._s.credentials.setdefault(batch, {}).update(credentials)
+        self._wrote()
 
     # --- items
     def set_items(self, batch: str, items: list[Item]) -> None:
@@ -345,7 +363,8 @@ class MemoryStore:
         self._s.reports[report.id] = copy.deepcopy(report)
         self._wrote()
         if report.emailed:
-            self._s.outbox[report.id] = _OutboxRecord(report.id, report.batch, report.message)
+            self._s.outbox[report.id] = _OutboxRecord(report.id, report.batch, report.message,
+                                                      queued_at=report.created_at)
             self._wrote()
         return True
 
@@ -358,28 +377,36 @@ class MemoryStore:
         return box is not None and box.delivered_at is not None
 
     def pending_outbox(self, now: float) -> list[OutboxEntry]:
-        return [OutboxEntry(b.report_id, b.batch, b.message, b.attempts, b.last_error)
+        return [OutboxEntry(b.report_id, b.batch, b.message, b.attempts, b.last_error,
+                            tuple(b.recipients), b.queued_at)
                 for b in self._s.outbox.values()
-                if b.delivered_at is None and b.next_attempt_at <= now]
+                if b.finished_at is None and b.next_attempt_at <= now]
 
     def outbox_stats(self) -> dict[str, int]:
         boxes = list(self._s.outbox.values())
         delivered = sum(1 for b in boxes if b.delivered_at is not None)
         failed = sum(b.attempts - (b.delivered_at is not None) for b in boxes)
-        return {"delivered": delivered, "failed": failed, "waiting": len(boxes) - delivered}
+        waiting = sum(1 for b in boxes if b.finished_at is None)
+        return {"delivered": delivered, "failed": failed, "waiting": waiting}
 
-    def mark_delivered(self, report_id: str) -> None:
+    def record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
+                        error: str, retry_at: float | None) -> None:
         box = self._s.outbox.get(report_id)
-        if box is not None:
-            box.delivered_at, box.attempts = time.time(), box.attempts + 1
-            self._wrote()
+        if box is None:
+            return
+        now = time.time()
+        box.attempts, box.last_error = box.attempts + 1, error
+        box.recipients = list(recipients)
+        if retry_at is not None:
+            box.next_attempt_at = retry_at
+        if box.delivered_at is None and any(r.state == Delivery.DELIVERED for r in recipients):
+            box.delivered_at = now
+        box.finished_at = now if retry_at is None else None
+        self._wrote()
 
-    def mark_delivery_failed(self, report_id: str, error: str, retry_at: float) -> None:
+    def recipient_states(self, report_id: str) -> list[RecipientState]:
         box = self._s.outbox.get(report_id)
-        if box is not None:
-            box.attempts, box.last_error, box.next_attempt_at = (
-                box.attempts + 1, error, retry_at)
-            self._wrote()
+        return [] if box is None else list(box.recipients)
 
     # --- timeline
     def add_event(self, event: Event) -> None:
