@@ -17,6 +17,7 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Store
+from reconciler.support.controlchars import escape_controls
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -109,32 +110,40 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
     return {"batches": out}
 
 
+def _show(line: str, *, err: bool = False) -> None:
+    """Print one line with its control characters escaped: names, titles and messages come
+    from depositors' files and job output, and must not rewrite the operator's screen."""
+    print(escape_controls(line), file=sys.stderr if err else sys.stdout)
+
+
 def print_status(store: Store, name: str | None) -> None:
     doc = status_document(store, name)
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
-        print(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
+        _show(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
               f"{b['observedGeneration']}, commit {b['sourceRevision'][:12]})")
         if batch is not None and batch.spec_error:
-            print(f"  file error: {batch.spec_error}")
+            for line in batch.spec_error.split("\n"):
+                _show(f"  file error: {line}")
         if batch is not None and batch.status.message:
-            print(f"  {batch.status.message}")
+            _show(f"  {batch.status.message}")
         for j in b["jobs"]:
             msg = f"  {j['message']}" if j["message"] else ""
-            print(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")
+            _show(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")
         for r in b["reports"]:
             sent = "emailed" if r["emailed"] else "not emailed"
             changed = f", changed: {', '.join(r['changed'])}" if r["changed"] else ""
-            print(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
+            _show(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
     errors = json.loads(store.get_meta("file_errors") or "{}")
     for err in errors.values():
-        print(f"error: {err}", file=sys.stderr)
+        for line in err.split("\n"):  # one problem a line, as `batchq validate` prints
+            _show(f"error: {line}", err=True)
     sync_error = store.get_meta("sync_error")
     if sync_error:
-        print(f"sync error: {sync_error}", file=sys.stderr)
+        _show(f"sync error: {sync_error}", err=True)
     refused = store.get_meta("deletion_refused")
     if refused:
-        print(f"warning: {refused}", file=sys.stderr)
+        _show(f"warning: {refused}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 rec.run_pass()
             if rec.last_sync_error:  # the work went on from the last good commit
-                print(f"batchq: sync failed: {rec.last_sync_error}", file=sys.stderr)
+                _show(f"batchq: sync failed: {rec.last_sync_error}", err=True)
                 return 1
             return 0
         stop = threading.Event()

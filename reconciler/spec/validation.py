@@ -24,6 +24,7 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DNS_LABEL
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
+from reconciler.support.controlchars import escape_controls
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 KINDS = ("Batch", "Profile", "Queue")
@@ -506,5 +507,5 @@ def validate_main(paths: list[str]) -> int:
     there is any (DESIGN §7)."""
     problems = validate_repo_paths(paths)
     for problem in problems:
-        print(problem)
+        print(escape_controls(str(problem)))  # a file name can hold a terminal escape too
     return 1 if problems else 0
