@@ -4,16 +4,22 @@ messages, and a state dir that runs out of space."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures import ADMIN, GitRepo, SmtpServer
+import pytest
+
+from tests.fixtures import ADMIN, GitRepo, SmtpServer, wait_for
 
 QUEUE_PAUSED = {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": {"paused": True}}
 
@@ -149,3 +155,129 @@ def test_control_characters_are_escaped_in_the_cli_and_flattened_in_the_email(
     assert "Map\\r\\nSubject: forged two" in rows["forges"]
     assert "\\u202eowt paM" in rows["fails"]
     assert rows["fails"].endswith("boom \\x1b[2J\\x07 gone \\u202e reversed")
+
+
+# --- activeDeadlineSeconds on the local runner ----------------------------------------------
+# The slow item's job records its pid and a child's, then outlives any deadline; it ignores
+# SIGTERM (its child does not), so only a kill of the whole group ends both.
+SLOW_JOB = [sys.executable, "-c",
+            "import os, signal, subprocess, sys, time\n"
+            "if os.environ['BATCHQ_ITEM_ID'] != 'slow':\n"
+            "    sys.exit(0)\n"
+            "child = subprocess.Popen(['sleep', '300'])\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "with open('pids.tmp', 'w') as f:\n"
+            "    f.write(f'{os.getpid()} {child.pid}')\n"
+            "os.rename('pids.tmp', 'pids')\n"
+            "time.sleep(300)\n"]
+
+
+def deadline_repo(repo: GitRepo, name: str, seconds: int) -> str:
+    repo.write("profiles/test.yaml", plain_profile(
+        job={"command": SLOW_JOB, "activeDeadlineSeconds": seconds}))
+    doc = numbered_batch(0, 1)
+    doc["spec"]["manifest"]["items"] = [{"id": "quick", "url": "http://127.0.0.1/q"},
+                                        {"id": "slow", "url": "http://127.0.0.1/s"}]
+    repo.write(f"batches/{name}.yaml", doc)
+    repo.commit("a batch with a job that never ends")
+    return f"{name}-slow-1"
+
+
+def dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def job_row(state: Path, name: str) -> tuple[str, str, float | None]:
+    """The job's state, message and start time ("" before the reconciler made it)."""
+    path = state / "batchq.sqlite3"
+    if not path.exists():
+        return ("", "", None)
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = c.execute("SELECT state, message, started_at FROM jobs WHERE name=?",
+                        (name,)).fetchone()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        row = None
+    finally:
+        c.close()
+    return (row[0], row[1], row[2]) if row else ("", "", None)
+
+
+def job_pids(state: Path, name: str) -> list[int]:
+    pids = state / "jobs" / name / "pids"
+    wait_for(pids.exists, what=f"{name} to start")
+    return [int(p) for p in pids.read_text().split()]
+
+
+@pytest.fixture
+def leftover_jobs(tmp_path: Path) -> Iterator[None]:
+    """Whatever the test's outcome, no job process of it outlives it."""
+    yield
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:  # a job's shim: leads its own process group, its job dir is in its arguments
+            mine = str(tmp_path).encode() in (proc / "cmdline").read_bytes()
+            pgrp = (proc / "stat").read_text().rpartition(")")[2].split()[2]
+        except OSError:
+            continue
+        if mine and pgrp == proc.name:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pgrp), signal.SIGKILL)
+
+
+@pytest.mark.usefixtures("leftover_jobs")
+def test_a_job_past_its_deadline_is_killed_and_failed(
+        git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> None:
+    job = deadline_repo(git_repo, "late", 2)
+    state = tmp_path / "state"
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
+                  smtp.hostport, "--until-idle", "--timeout", "30")
+    assert done.returncode == 0, done.stderr
+    assert job_row(state, job)[:2] == ("Failed", "DeadlineExceeded: job ran longer than 2 s")
+    assert all(dead(pid) for pid in job_pids(state, job))
+    [mail] = smtp.mailbox.messages
+    assert mail["Subject"] == "Ingest: FAIL -- Submission Failed: late"
+    assert "DeadlineExceeded: job ran longer than 2 s" in mail.as_string()
+    shown = batchq("status", "--state", str(state)).stdout
+    assert "  quick                Completed   attempt 1" in shown
+    assert "  slow                 Failed      attempt 1  DeadlineExceeded: job ran longer" \
+           " than 2 s" in shown
+
+
+@pytest.mark.usefixtures("leftover_jobs")
+def test_the_deadline_counts_from_the_jobs_start_across_a_reconciler_restart(
+        git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> None:
+    seconds = 4
+    job = deadline_repo(git_repo, "restarted", seconds)
+    state = tmp_path / "state"
+    args = ["--repo", str(git_repo.path), "--state", str(state), "--smtp", smtp.hostport]
+    first = subprocess.Popen([sys.executable, "-m", "reconciler", "run", *args, "--interval",
+                              "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: job_row(state, job)[0] == "Processing", what="the slow job to start")
+    finally:
+        first.kill()  # the reconciler dies; the job's shim, in its own session, goes on
+        first.wait()
+    pids = job_pids(state, job)
+    started = job_row(state, job)[2]
+    assert started is not None
+    wait_for(lambda: time.time() > started + seconds + 0.5, timeout=seconds + 30,
+             what="the deadline, counted from the job's start, to pass")
+    assert job_row(state, job)[0] == "Processing" and not any(dead(p) for p in pids)
+
+    # ONE pass of a new reconciler: only a deadline counted from the job's recorded start
+    # (not from this process's) has passed already
+    once = batchq("reconcile", *args, "--once")
+    assert once.returncode == 0, once.stderr
+    assert job_row(state, job)[:2] == (
+        "Failed", f"DeadlineExceeded: job ran longer than {seconds} s")
+    wait_for(lambda: all(dead(p) for p in pids), timeout=10, what="the job's processes to end")
+
+    idle = batchq("reconcile", *args, "--until-idle", "--timeout", "60")
+    assert idle.returncode == 0, idle.stderr
+    assert [m["Subject"] for m in smtp.mailbox.messages] == [
+        "Ingest: FAIL -- Submission Failed: restarted"]
+    with db(state) as c:
+        assert c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2  # nothing re-run

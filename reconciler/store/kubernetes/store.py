@@ -40,7 +40,15 @@ from reconciler.domain.model import (
     Report,
 )
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.base import ConflictError, Event, JobSpec, OutboxEntry, Page
+from reconciler.store.base import (
+    DEADLINE_EXCEEDED,
+    ConflictError,
+    Event,
+    JobSpec,
+    OutboxEntry,
+    Page,
+    deadline_message,
+)
 from reconciler.store.codec import canonical_json
 from reconciler.store.kubernetes.informer import Informer, Obj
 
@@ -531,7 +539,11 @@ class KubernetesStore:
         elif "Failed" in conds:
             state = JobState.FAILED
             finished = _parse_ts(conds["Failed"].get("lastTransitionTime"))
-            message = self._failure_message(meta["name"], conds["Failed"])
+            if conds["Failed"].get("reason") == DEADLINE_EXCEEDED and spec.get(
+                    "activeDeadlineSeconds"):  # the pods were stopped: their words are not why
+                message = deadline_message(int(spec["activeDeadlineSeconds"]))
+            else:
+                message = self._failure_message(meta["name"], conds["Failed"])
         elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
             state = JobState.PROCESSING  # started; stays so while a pod is being replaced
         return Job(name=meta["name"], batch=labels.get(f"{A}batch", ""),
