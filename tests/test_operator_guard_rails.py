@@ -5,9 +5,11 @@ messages, and a state dir that runs out of space."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures import ADMIN, GitRepo, SmtpServer, wait_for
+from tests.fixtures import (
+    ADMIN,
+    GitRepo,
+    PayloadServer,
+    SmtpServer,
+    batch_doc,
+    profile_doc,
+    wait_for,
+)
 
 QUEUE_PAUSED = {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": {"paused": True}}
 
@@ -190,20 +200,24 @@ def dead(pid: int) -> bool:
         return True
 
 
-def job_row(state: Path, name: str) -> tuple[str, str, float | None]:
-    """The job's state, message and start time ("" before the reconciler made it)."""
+def query(state: Path, sql: str, *args: Any) -> list[Any]:
+    """Rows from the store of a reconciler that may not have created it yet (then none)."""
     path = state / "batchq.sqlite3"
     if not path.exists():
-        return ("", "", None)
+        return []
     c = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        row = c.execute("SELECT state, message, started_at FROM jobs WHERE name=?",
-                        (name,)).fetchone()
+        return c.execute(sql, args).fetchall()
     except sqlite3.OperationalError:  # the schema is not there yet
-        row = None
+        return []
     finally:
         c.close()
-    return (row[0], row[1], row[2]) if row else ("", "", None)
+
+
+def job_row(state: Path, name: str) -> tuple[str, str, float | None]:
+    """The job's state, message and start time ("" before the reconciler made it)."""
+    rows = query(state, "SELECT state, message, started_at FROM jobs WHERE name=?", name)
+    return (rows[0][0], rows[0][1], rows[0][2]) if rows else ("", "", None)
 
 
 def job_pids(state: Path, name: str) -> list[int]:
@@ -281,3 +295,257 @@ def test_the_deadline_counts_from_the_jobs_start_across_a_reconciler_restart(
         "Ingest: FAIL -- Submission Failed: restarted"]
     with db(state) as c:
         assert c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2  # nothing re-run
+
+
+# --- a state dir that runs out of space ----------------------------------------------------
+SMALL_DISK = 8 * 1024 * 1024
+NO_SPACE = "no space left on device in the state dir"
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: int) -> Iterator[Path]:
+    """A real file system of `size` bytes at `mount` (tmpfs: root may mount one)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (f"cannot mount a small tmpfs for the disk-full tests ({done.stderr.strip()});"
+                  " they need root (or CAP_SYS_ADMIN)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield mount
+    finally:
+        kill_jobs_under(mount)
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB file system for the state dir."""
+    with tmpfs(tmp_path / "small", SMALL_DISK) as mount:
+        yield mount
+
+
+def kill_jobs_under(root: Path) -> None:
+    """SIGKILL every process group led by a process whose arguments name `root` (a job's
+    shim names its job dir)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            mine = str(root).encode() in (proc / "cmdline").read_bytes()
+            pgrp = (proc / "stat").read_text().rpartition(")")[2].split()[2]
+        except OSError:
+            continue
+        if mine and pgrp == proc.name:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pgrp), signal.SIGKILL)
+
+
+def fill(mount: Path, leave: int = 0) -> Path:
+    """Fill the file system with one file until `leave` bytes (0: nothing) are free."""
+    filler = mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while (room := shutil.disk_usage(mount).free - leave) >= 4096:
+            try:
+                os.write(fd, b"\0" * min(room // 4096 * 4096, 1024 * 1024))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def one_line_no_space(done: subprocess.CompletedProcess[str], state: Path) -> str:
+    """The command failed with exactly one line on stderr, naming the state dir."""
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"batchq: {NO_SPACE} {state} ("), line
+    return line
+
+
+def ingest_batch(repo: GitRepo, payloads: PayloadServer, name: str) -> None:
+    items = [payloads.add(f"{name}-{i}", f"payload {name} {i}\n".encode()) for i in (1, 2)]
+    repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    repo.write(f"batches/{name}.yaml", batch_doc(items))
+    repo.commit(f"submit {name}")
+
+
+def settled(state: Path) -> dict[str, str]:
+    return dict(query(state, "SELECT name, state FROM batches"))
+
+
+def nothing_twice(state: Path, smtp: SmtpServer, payloads: PayloadServer,
+                  names: list[str]) -> None:
+    """Each batch Completed with one job per item, one download each, one email each."""
+    assert settled(state) == dict.fromkeys(names, "Completed")
+    with db(state) as c:
+        jobs = sorted(r[0] for r in c.execute("SELECT name FROM jobs"))
+    assert jobs == sorted(f"{n}-{n}-{i}-1" for n in names for i in (1, 2))
+    assert sorted(payloads.requests) == sorted(f"{n}-{i}" for n in names for i in (1, 2))
+    assert sorted(smtp.mailbox.subjects()) == sorted(
+        f"Ingest: OK -- Submission Processed: {n}" for n in names)
+
+
+def test_a_full_state_dir_fails_in_one_line_and_the_next_run_resumes(
+        small_disk: Path, git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    state = small_disk / "state"
+    args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
+            smtp.hostport, "--until-idle", "--timeout", "60"]
+    # a new state dir on a full disk: the lock file, the store cannot be written
+    ingest_batch(git_repo, payloads, "first")
+    filler = fill(small_disk)
+    one_line_no_space(batchq(*args), state)
+    one_line_no_space(batchq("status", "--state", str(state)), state)
+    filler.unlink()
+    assert (done := batchq(*args)).returncode == 0, done.stderr
+    nothing_twice(state, smtp, payloads, ["first"])
+
+    # a state dir in use: the next commit meets a full disk, then space returns
+    ingest_batch(git_repo, payloads, "second")
+    filler = fill(small_disk)
+    one_line_no_space(batchq(*args), state)
+    one_line_no_space(batchq(*args), state)  # and again: nothing moved, nothing half-done
+    filler.unlink()
+    assert (done := batchq(*args)).returncode == 0, done.stderr
+    nothing_twice(state, smtp, payloads, ["first", "second"])
+    assert "storage error" not in batchq("status", "--state", str(state)).stderr
+
+
+def test_a_nearly_full_state_dir_starts_no_job_and_status_says_why(
+        small_disk: Path, git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    """Room for the store, not for jobs (kubelet's DiskPressure): the batch is admitted and
+    its jobs recorded, none starts, and `status` shows the storage error until space is back."""
+    state = small_disk / "state"
+    args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
+            smtp.hostport, "--until-idle", "--timeout", "60"]
+    ingest_batch(git_repo, payloads, "tight")
+    filler = fill(small_disk, leave=768 * 1024)  # the pass takes some; under 1 MiB is left
+    line = one_line_no_space(batchq(*args), state)
+    assert "bytes free, too little to start a job" in line
+    with db(state) as c:
+        assert c.execute("SELECT state FROM jobs").fetchall() == [("Pending",), ("Pending",)]
+    assert not (state / "jobs").exists() and payloads.requests == []
+    shown = batchq("status", "--state", str(state))
+    assert shown.returncode == 0, shown.stderr
+    errors = [e for e in shown.stderr.splitlines() if e.startswith("storage error: ")]
+    assert errors[0] == "storage error: " + line.removeprefix("batchq: ")
+    assert errors[1].startswith(f"storage error: the state dir {state} has only ")
+    filler.unlink()
+    assert (done := batchq(*args)).returncode == 0, done.stderr
+    nothing_twice(state, smtp, payloads, ["tight"])
+    assert "storage error" not in batchq("status", "--state", str(state)).stderr
+
+
+def test_run_says_once_that_the_state_dir_is_full_and_resumes_by_itself(
+        small_disk: Path, git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer,
+        tmp_path: Path) -> None:
+    state = small_disk / "state"
+    log = tmp_path / "run.log"
+    ingest_batch(git_repo, payloads, "before")
+    with log.open("w") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "run", "--repo", str(git_repo.path),
+             "--state", str(state), "--smtp", smtp.hostport, "--interval", "0.3"],
+            stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(lambda: len(smtp.mailbox.messages) == 1, timeout=60, what="the first report")
+        filler = fill(small_disk)
+        ingest_batch(git_repo, payloads, "during")
+        wait_for(lambda: NO_SPACE in log.read_text(), timeout=60,
+                 what="the loop to say that the state dir is full")
+        shown = batchq("status", "--state", str(state))
+        assert shown.returncode == 0, shown.stderr
+        assert f"storage error: the state dir {state} has only " in shown.stderr
+        assert run.poll() is None, "the loop goes on"
+        filler.unlink()
+        wait_for(lambda: len(smtp.mailbox.messages) == 2, timeout=60,
+                 what="the second batch's report once space is back")
+    finally:
+        run.terminate()
+        run.wait()
+    text = log.read_text()
+    assert "Traceback" not in text
+    told = [line for line in text.splitlines() if NO_SPACE in line]
+    assert told and len(told) == len(set(told)), told  # each cause once, not once a pass
+    assert "space is back in the state dir" in text
+    nothing_twice(state, smtp, payloads, ["before", "during"])
+
+
+def test_a_batch_step_that_cannot_be_written_ends_the_pass_not_just_that_batch(
+        small_disk: Path, git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    """Room for the sync, not for the 8,000 items of a remote manifest: SQLite's "database
+    or disk is full" inside one batch's step is the disk's, not the batch's, problem."""
+    items = [{"id": f"item-{n:05d}", "url": f"{payloads.base}big-{n}", "title": "t" * 100}
+             for n in range(8000)]
+    payloads.files["big.json"] = json.dumps(items).encode()
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
+                                  "spec": {"maxActiveJobs": 1}})
+    git_repo.write("batches/big.yaml", batch_doc(url=f"{payloads.base}big.json"))
+    git_repo.commit("a batch with a big remote manifest")
+    state = small_disk / "state"
+    args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
+            smtp.hostport, "--until-idle", "--timeout", "60"]
+    filler = fill(small_disk, leave=768 * 1024)
+    line = one_line_no_space(batchq(*args), state)
+    assert "(the store: database or disk is full)" in line
+    assert query(state, "SELECT COUNT(*) FROM items") == [(0,)]  # nothing half-written
+    filler.unlink()
+    done = batchq(*args[:-3], "--once")  # space is back: the next pass loads every item
+    assert done.returncode == 0, done.stderr
+    assert query(state, "SELECT COUNT(*) FROM items") == [(8000,)]
+
+
+def test_no_email_goes_out_that_could_not_be_marked_sent(
+        small_disk: Path, git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    """A report waits in the outbox while the disk is nearly full: sent then, it could not
+    be marked delivered and would go out again. It goes out once, when space is back."""
+    state = small_disk / "state"
+    args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
+            smtp.hostport, "--until-idle", "--timeout", "60"]
+    ingest_batch(git_repo, payloads, "mail")
+    killed = subprocess.run([sys.executable, "-m", "reconciler", *args],
+                            env={**os.environ, "BATCHQ_FAILPOINTS": "before-deliver:1"},
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert query(state, "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == [(1,)]
+    filler = fill(small_disk, leave=768 * 1024)
+    line = one_line_no_space(batchq(*args), state)
+    assert "too little room to record a delivery, so no email is sent" in line
+    assert smtp.mailbox.messages == []
+    assert query(state, "SELECT attempts FROM outbox") == [(0,)]  # not a delivery failure
+    filler.unlink()
+    assert (done := batchq(*args)).returncode == 0, done.stderr
+    nothing_twice(state, smtp, payloads, ["mail"])
+
+
+def test_jobs_that_failed_for_lack_of_storage_show_in_status(
+        tmp_path: Path, git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer) -> None:
+    """The profile stores payloads on their own (full) volume: the jobs fail, and `status`
+    says which and what to do; after space is freed, the admin's restarts complete them."""
+    with tmpfs(tmp_path / "storage", 1024 * 1024) as storage:
+        items = [payloads.add(f"s-{i}", bytes([i]) * 200_000) for i in (1, 2)]
+        profile = profile_doc(payloads.base)
+        profile["spec"]["storage"] = {"path": str(storage)}
+        git_repo.write("profiles/test.yaml", profile)
+        git_repo.write("batches/s.yaml", batch_doc(items))
+        git_repo.commit("submit")
+        filler = fill(storage)
+        state = tmp_path / "state"
+        args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
+                smtp.hostport, "--until-idle", "--timeout", "60"]
+        assert (done := batchq(*args)).returncode == 0, done.stderr
+        shown = batchq("status", "--state", str(state))
+        assert "storage error: 2 job(s) failed for lack of space (s/s-1, s/s-2): free space," \
+               " then commit spec.restarts for them" in shown.stderr.splitlines()
+        filler.unlink()
+        git_repo.edit_batch("batches/s.yaml", restarts={"s-1": 1, "s-2": 1})
+        assert (done := batchq(*args)).returncode == 0, done.stderr
+        assert "storage error" not in batchq("status", "--state", str(state)).stderr
+        assert query(state, "SELECT item_id, state FROM items ORDER BY item_id") == [
+            ("s-1", "Completed"), ("s-2", "Completed")]

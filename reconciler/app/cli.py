@@ -18,6 +18,13 @@ from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Store
 from reconciler.support.controlchars import escape_controls
+from reconciler.support.nospace import (
+    NoSpaceLeft,
+    free_bytes,
+    nearly_full,
+    no_space_is_fatal,
+    says_no_space,
+)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -116,7 +123,27 @@ def _show(line: str, *, err: bool = False) -> None:
     print(escape_controls(line), file=sys.stderr if err else sys.stdout)
 
 
-def print_status(store: Store, name: str | None) -> None:
+def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) -> list[str]:
+    """Why writes may be failing: what the loop last met, how full the (local) state dir is
+    now, and the jobs that failed for lack of space (they need a restart once there is)."""
+    out = []
+    recorded = store.get_meta("storage_error")
+    if recorded:
+        out.append(recorded)
+    free = free_bytes(state_dir) if state_dir is not None else None
+    if state_dir is not None and free is not None and nearly_full(state_dir):
+        out.append(f"the state dir {state_dir.absolute()} has only {free} bytes free: no job"
+                   " starts and no email is sent until there is more")
+    lacking = [f"{b['name']}/{j['item']}" for b in doc["batches"] for j in b["jobs"]
+               if j["state"] == "Failed" and says_no_space(j["message"])]
+    if lacking:
+        more = ", ..." if len(lacking) > 5 else ""
+        out.append(f"{len(lacking)} job(s) failed for lack of space ({', '.join(lacking[:5])}"
+                   f"{more}): free space, then commit spec.restarts for them")
+    return out
+
+
+def print_status(store: Store, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
@@ -141,6 +168,8 @@ def print_status(store: Store, name: str | None) -> None:
     sync_error = store.get_meta("sync_error")
     if sync_error:
         _show(f"sync error: {sync_error}", err=True)
+    for problem in storage_errors(store, doc, state_dir):
+        _show(f"storage error: {problem}", err=True)
     refused = store.get_meta("deletion_refused")
     if refused:
         _show(f"warning: {refused}", err=True)
@@ -161,15 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args.keep)
     if args.command == "status":
-        store = open_store(backend_settings(args))
         try:
-            if args.json:
-                json.dump(status_document(store, args.batch), sys.stdout, indent=2)
-                print()
-            else:
-                print_status(store, args.batch)
-        finally:
-            store.close()
+            with no_space_is_fatal(args.state):  # opening the store may need a little room
+                store = open_store(backend_settings(args))
+                try:
+                    if args.json:
+                        json.dump(status_document(store, args.batch), sys.stdout, indent=2)
+                        print()
+                    else:
+                        print_status(store, args.batch, args.state
+                                     if args.backend == "local" else None)
+                finally:
+                    store.close()
+        except NoSpaceLeft as exc:
+            _show(f"batchq: {exc}", err=True)
+            return 1
         return 0
     if args.command == "web":
         from web.app import serve
@@ -178,16 +213,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(factory, args.listen, state_dir=args.state, shared=shared)
         return 0
     try:
-        rec = Reconciler(settings_from(args))
+        with no_space_is_fatal(args.state):  # a supervisor restarts `run` (as kubelet does)
+            rec = Reconciler(settings_from(args))
     except StateDirLocked as exc:
         print(f"batchq: {exc}", file=sys.stderr)
         return 3
+    except NoSpaceLeft as exc:
+        _show(f"batchq: {exc}", err=True)
+        return 1
     try:
         if args.command == "reconcile":
-            if args.until_idle:
-                rec.run_until_idle(timeout=args.timeout)
-            else:
-                rec.run_pass()
+            try:
+                with no_space_is_fatal(args.state):
+                    if args.until_idle:
+                        rec.run_until_idle(timeout=args.timeout)
+                    else:
+                        rec.run_pass()
+            except NoSpaceLeft as exc:  # one line, no traceback; the next run resumes
+                _show(f"batchq: {exc}", err=True)
+                return 1
             if rec.last_sync_error:  # the work went on from the last good commit
                 _show(f"batchq: sync failed: {rec.last_sync_error}", err=True)
                 return 1

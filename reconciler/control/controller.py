@@ -32,6 +32,7 @@ from reconciler.manifests.resolve import ManifestError, resolve_items
 from reconciler.source.sync import RepoState, deletion_done, pending_deletions
 from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
+from reconciler.support.nospace import is_no_space
 
 log = logging.getLogger(__name__)
 B = BatchState
@@ -88,7 +89,9 @@ class Controller:
             try:
                 with self.store.transaction():  # one batch's step lands whole, or not at all
                     self.reconcile(batch, ctx)
-            except Exception:  # one broken batch never stops the others
+            except Exception as exc:  # one broken batch never stops the others
+                if is_no_space(exc):  # ...but a full disk stops every batch: the pass ends
+                    raise
                 log.exception("reconciling batch %s failed; the others go on", batch.name)
         return ctx.progressed
 

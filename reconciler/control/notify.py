@@ -20,6 +20,7 @@ from pathlib import Path
 
 from reconciler.store.base import Store
 from reconciler.support import failpoints
+from reconciler.support.nospace import NoSpaceLeft, nearly_full
 
 log = logging.getLogger(__name__)
 BACKOFF = (5.0, 15.0, 60.0, 300.0)
@@ -68,6 +69,9 @@ def deliver(store: Store, *, smtp: str | None, outbox_dir: Path, now: float | No
     now = time.time() if now is None else now
     sent = 0
     for entry in store.pending_outbox(now):
+        if nearly_full(outbox_dir):  # a message sent but not marked would go out twice
+            raise NoSpaceLeft(outbox_dir.parent, "too little room to record a delivery, so"
+                              " no email is sent")
         failpoints.hit("before-deliver")
         def accepted(report_id: str = entry.report_id) -> None:
             store.mark_delivered(report_id)

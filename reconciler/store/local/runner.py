@@ -29,6 +29,7 @@ from pathlib import Path
 
 from reconciler.store.base import deadline_message
 from reconciler.store.local.sqlite import SqliteStore
+from reconciler.support.nospace import NoSpaceLeft, free_bytes, nearly_full
 
 SHIM = (
     'cd "$0" || exit 97; "$@" >stdout 2>stderr </dev/null; rc=$?;'
@@ -59,7 +60,11 @@ class LocalRunner:
         running = len(self.store.jobs_in_state("Processing"))
         free = max(0, self.parallel - running)
         if free:
-            for row in self.store.jobs_in_state("Pending", free):
+            waiting = self.store.jobs_in_state("Pending", free)
+            if waiting and nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
+                raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
+                                  " free, too little to start a job")
+            for row in waiting:
                 if _overdue(row):  # a re-run of an attempt whose deadline passed meanwhile
                     self.store.mark_job_failed(row["name"], _deadline_reason(row))
                 else:
