@@ -40,8 +40,20 @@ def batchq(*args: str, env: dict[str, str] | None = None,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def db(state: Path) -> sqlite3.Connection:
-    return sqlite3.connect(state / "batchq.sqlite3")
+def query(state: Path, sql: str, *args: Any) -> list[Any]:
+    """Rows from the store of a reconciler that may not have created it yet (then none)."""
+    path = state / "batchq.sqlite3"
+    if not path.exists():
+        return []
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return c.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # the schema is not there yet
+            return []
+        raise
+    finally:
+        c.close()
 
 
 def plain_profile(prefix: str = "http://127.0.0.1/", **spec: Any) -> dict[str, Any]:
@@ -75,10 +87,9 @@ def test_hundreds_of_files_sync_each_with_the_commit_that_last_changed_it(
     assert (done := batchq(*args)).returncode == 0, done.stderr
 
     def stored() -> dict[str, tuple[str, str, int]]:
-        with db(state) as c:
-            rows = c.execute("SELECT name, source_revision, spec_json, generation FROM batches")
-            return {name: (rev, json.loads(spec)["manifest"]["items"][0]["url"], gen)
-                    for name, rev, spec, gen in rows}
+        rows = query(state, "SELECT name, source_revision, spec_json, generation FROM batches")
+        return {name: (rev, json.loads(spec)["manifest"]["items"][0]["url"], gen)
+                for name, rev, spec, gen in rows}
 
     def url(n: int, version: int) -> str:
         return f"http://127.0.0.1/{n}/v{version}"
@@ -200,20 +211,6 @@ def dead(pid: int) -> bool:
         return True
 
 
-def query(state: Path, sql: str, *args: Any) -> list[Any]:
-    """Rows from the store of a reconciler that may not have created it yet (then none)."""
-    path = state / "batchq.sqlite3"
-    if not path.exists():
-        return []
-    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return c.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return []
-    finally:
-        c.close()
-
-
 def job_row(state: Path, name: str) -> tuple[str, str, float | None]:
     """The job's state, message and start time ("" before the reconciler made it)."""
     rows = query(state, "SELECT state, message, started_at FROM jobs WHERE name=?", name)
@@ -293,8 +290,7 @@ def test_the_deadline_counts_from_the_jobs_start_across_a_reconciler_restart(
     assert idle.returncode == 0, idle.stderr
     assert [m["Subject"] for m in smtp.mailbox.messages] == [
         "Ingest: FAIL -- Submission Failed: restarted"]
-    with db(state) as c:
-        assert c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2  # nothing re-run
+    assert query(state, "SELECT COUNT(*) FROM jobs") == [(2,)]  # nothing run again
 
 
 # --- a state dir that runs out of space ----------------------------------------------------
@@ -383,8 +379,7 @@ def nothing_twice(state: Path, smtp: SmtpServer, payloads: PayloadServer,
                   names: list[str]) -> None:
     """Each batch Completed with one job per item, one download each, one email each."""
     assert settled(state) == dict.fromkeys(names, "Completed")
-    with db(state) as c:
-        jobs = sorted(r[0] for r in c.execute("SELECT name FROM jobs"))
+    jobs = sorted(name for (name,) in query(state, "SELECT name FROM jobs"))
     assert jobs == sorted(f"{n}-{n}-{i}-1" for n in names for i in (1, 2))
     assert sorted(payloads.requests) == sorted(f"{n}-{i}" for n in names for i in (1, 2))
     assert sorted(smtp.mailbox.subjects()) == sorted(
@@ -427,8 +422,7 @@ def test_a_nearly_full_state_dir_starts_no_job_and_status_says_why(
     filler = fill(small_disk, leave=768 * 1024)  # the pass takes some; under 1 MiB is left
     line = one_line_no_space(batchq(*args), state)
     assert "bytes free, too little to start a job" in line
-    with db(state) as c:
-        assert c.execute("SELECT state FROM jobs").fetchall() == [("Pending",), ("Pending",)]
+    assert query(state, "SELECT state FROM jobs") == [("Pending",), ("Pending",)]
     assert not (state / "jobs").exists() and payloads.requests == []
     shown = batchq("status", "--state", str(state))
     assert shown.returncode == 0, shown.stderr
