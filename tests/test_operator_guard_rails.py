@@ -293,6 +293,43 @@ def test_the_deadline_counts_from_the_jobs_start_across_a_reconciler_restart(
     assert query(state, "SELECT COUNT(*) FROM jobs") == [(2,)]  # nothing run again
 
 
+@pytest.mark.usefixtures("leftover_jobs")
+def test_a_job_run_again_after_its_process_died_keeps_its_first_start_and_deadline(
+        git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> None:
+    """The reconciler and the job's processes die (a reboot); the same attempt runs again,
+    and its deadline still counts from the first start, as a Job's startTime does."""
+    seconds = 4
+    job = deadline_repo(git_repo, "rebooted", seconds)
+    state = tmp_path / "state"
+    args = ["--repo", str(git_repo.path), "--state", str(state), "--smtp", smtp.hostport]
+    first = subprocess.Popen([sys.executable, "-m", "reconciler", "run", *args, "--interval",
+                              "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: job_row(state, job)[0] == "Processing", what="the slow job to start")
+    finally:
+        first.kill()
+        first.wait()
+    pids = job_pids(state, job)
+    [(shim,)] = query(state, "SELECT pid FROM jobs WHERE name=?", job)
+    os.killpg(shim, signal.SIGKILL)  # the machine went down with it: no exit code left
+    wait_for(lambda: all(dead(p) for p in pids), what="the job's processes to die")
+    started = job_row(state, job)[2]
+    assert started is not None
+
+    again = batchq("reconcile", *args, "--once")  # finds it dead: the same attempt again
+    assert again.returncode == 0, again.stderr
+    assert job_row(state, job)[0] == "Processing"
+    assert query(state, "SELECT pid <> ?, started_at FROM jobs WHERE name=?", shim, job) == [
+        (1, started)]
+    wait_for(lambda: time.time() > started + seconds + 0.5, timeout=seconds + 30,
+             what="the deadline, counted from the first start, to pass")
+    once = batchq("reconcile", *args, "--once")
+    assert once.returncode == 0, once.stderr
+    assert job_row(state, job)[:2] == (
+        "Failed", f"DeadlineExceeded: job ran longer than {seconds} s")
+    assert query(state, "SELECT COUNT(*) FROM jobs") == [(2,)]  # one attempt, not two
+
+
 # --- a state dir that runs out of space ----------------------------------------------------
 SMALL_DISK = 8 * 1024 * 1024
 NO_SPACE = "no space left on device in the state dir"

@@ -1,15 +1,16 @@
 """A full disk under the state dir: recognised wherever it surfaces, told in one line.
 
 "No space left" reaches batchq in several forms: an OSError (ENOSPC, or EDQUOT for a quota)
-from writing the heartbeat, a job dir or an outbox `.eml`; SQLite's "database or disk is
+from writing the state lock, the heartbeat or a job dir; SQLite's "database or disk is
 full" (SQLITE_FULL) from a write; a bare "disk I/O error" (SQLITE_IOERR_*, errno hidden)
 when SQLite cannot grow its shared-memory file while opening the store; and git's "No
-space left on device" on stderr when the mirror is fetched. The code that meets one lets
-it through (it is nobody's fault in particular and retrying the batch will not help); the
-loop and the CLI wrap their work in `no_space_is_fatal`, which turns every form into one
-`NoSpaceLeft` whose message names the state dir and says what to do. Nothing is lost on the
-way: every store write is a transaction, so the next pass, with space back, redoes what the
-failed one did not finish.
+space left on device" on stderr when the mirror is fetched. Code that catches errors to
+carry on (one batch's step, a failed fetch) lets these through: the disk is nobody's fault
+in particular, and carrying on cannot help. The loop and the CLI wrap their work in
+`no_space_is_fatal`, which turns every form into one `NoSpaceLeft` whose message names the
+state dir and says what to do. Below NEARLY_FULL_BYTES, no job starts and no email is sent,
+before anything fails half-way. Nothing is lost: every store write is a transaction, so the
+next pass, with space back, redoes what the failed one did not finish.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "database or disk is full")
-NEARLY_FULL_BYTES = 1024 * 1024  # below this, a new job is not started (kubelet: DiskPressure)
+NEARLY_FULL_BYTES = 1024 * 1024  # below: no job starts (kubelet: DiskPressure), no email
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10
 
 

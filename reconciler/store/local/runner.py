@@ -86,7 +86,11 @@ class LocalRunner:
             ["/bin/sh", "-c", SHIM, str(jdir), *spec["command"]],
             env=env,
             start_new_session=True,
+            # the command's output goes to the job dir; a job must not hold the reconciler's
+            # stdout and stderr open (`batchq reconcile --once | tee` would wait for it)
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self._children[name] = proc
         self.store.mark_job_started(name, proc.pid)
