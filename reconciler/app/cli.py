@@ -17,6 +17,14 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, Store
+from reconciler.support.controlchars import escape_controls
+from reconciler.support.nospace import (
+    NoSpaceLeft,
+    free_bytes,
+    nearly_full,
+    no_space_is_fatal,
+    says_no_space,
+)
 from reconciler.support.redaction import RedactingFormatter
 from reconciler.support.timefmt import rfc3339_or_none
 
@@ -165,39 +173,69 @@ def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
     return {"batches": out}
 
 
-def print_status(store: Store, name: str | None) -> None:
+def _show(line: str, *, err: bool = False) -> None:
+    """Print one line with its control characters escaped: names, titles and messages come
+    from depositors' files and job output, and must not rewrite the operator's screen."""
+    print(escape_controls(line), file=sys.stderr if err else sys.stdout)
+
+
+def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) -> list[str]:
+    """Why writes may be failing: what the loop last met, how full the (local) state dir is
+    now, and the jobs that failed for lack of space (they need a restart once there is)."""
+    out = []
+    recorded = store.get_meta("storage_error")
+    if recorded:
+        out.append(recorded)
+    free = free_bytes(state_dir) if state_dir is not None else None
+    if state_dir is not None and free is not None and nearly_full(state_dir):
+        out.append(f"the state dir {state_dir.absolute()} has only {free} bytes free: no job"
+                   " starts and no email is sent until there is more")
+    lacking = [f"{b['name']}/{j['item']}" for b in doc["batches"] for j in b["jobs"]
+               if j["state"] == "Failed" and says_no_space(j["message"])]
+    if lacking:
+        more = ", ..." if len(lacking) > 5 else ""
+        out.append(f"{len(lacking)} job(s) failed for lack of space ({', '.join(lacking[:5])}"
+                   f"{more}): free space, then commit spec.restarts for them")
+    return out
+
+
+def print_status(store: Store, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
-        print(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
+        _show(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
               f"{b['observedGeneration']}, commit {b['sourceRevision'][:12]})")
         if batch is not None and batch.spec_error:
-            print(f"  file error: {batch.spec_error}")
+            for line in batch.spec_error.split("\n"):
+                _show(f"  file error: {line}")
         if batch is not None and batch.status.message:
-            print(f"  {batch.status.message}")
+            _show(f"  {batch.status.message}")
         for c in b["conditions"]:  # Ready is the state, Invalid the file error above
             if c["status"] and c["type"] not in ("Ready", "Invalid"):
-                print(f"  {c['type']}: {c['message']}")
+                _show(f"  {c['type']}: {c['message']}")
         for j in b["jobs"]:
             msg = f"  {j['message']}" if j["message"] else ""
-            print(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")
+            _show(f"  {j['item']:<20} {j['state']:<11} attempt {j['attempt']}{msg}")
         for r in b["reports"]:
             sent = "emailed" if r["emailed"] else "not emailed"
             changed = f", changed: {', '.join(r['changed'])}" if r["changed"] else ""
-            print(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
+            _show(f"  report {r['kind']} at {r['createdAt']} ({sent}{changed})")
             for d in r["delivery"]:
                 tries = "1 attempt" if d["attempts"] == 1 else f"{d['attempts']} attempts"
-                print(f"    to {d['recipient']}: {Delivery(d['state']).meaning} ({tries},"
+                _show(f"    to {d['recipient']}: {Delivery(d['state']).meaning} ({tries},"
                       f" last {d['at']}): {d['detail']}")
     errors = json.loads(store.get_meta("file_errors") or "{}")
     for err in errors.values():
-        print(f"error: {err}", file=sys.stderr)
+        for line in err.split("\n"):  # one problem a line, as `batchq validate` prints
+            _show(f"error: {line}", err=True)
     sync_error = store.get_meta("sync_error")
     if sync_error:
-        print(f"sync error: {sync_error}", file=sys.stderr)
+        _show(f"sync error: {sync_error}", err=True)
+    for problem in storage_errors(store, doc, state_dir):
+        _show(f"storage error: {problem}", err=True)
     refused = store.get_meta("deletion_refused")
     if refused:
-        print(f"warning: {refused}", file=sys.stderr)
+        _show(f"warning: {refused}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,15 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args.keep)
     if args.command == "status":
-        store = open_store(backend_settings(args))
         try:
-            if args.json:
-                json.dump(status_document(store, args.batch), sys.stdout, indent=2)
-                print()
-            else:
-                print_status(store, args.batch)
-        finally:
-            store.close()
+            with no_space_is_fatal(args.state):  # opening the store may need a little room
+                store = open_store(backend_settings(args))
+                try:
+                    if args.json:
+                        json.dump(status_document(store, args.batch), sys.stdout, indent=2)
+                        print()
+                    else:
+                        print_status(store, args.batch, args.state
+                                     if args.backend == "local" else None)
+                finally:
+                    store.close()
+        except NoSpaceLeft as exc:
+            _show(f"batchq: {exc}", err=True)
+            return 1
         return 0
     if args.command == "web":
         from web.app import serve
@@ -234,18 +278,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(factory, args.listen, state_dir=args.state, shared=shared)
         return 0
     try:
-        rec = Reconciler(settings_from(args))
+        with no_space_is_fatal(args.state):  # a supervisor restarts `run` (as kubelet does)
+            rec = Reconciler(settings_from(args))
     except StateDirLocked as exc:
         print(f"batchq: {exc}", file=sys.stderr)
         return 3
+    except NoSpaceLeft as exc:
+        _show(f"batchq: {exc}", err=True)
+        return 1
     try:
         if args.command == "reconcile":
-            if args.until_idle:
-                rec.run_until_idle(timeout=args.timeout)
-            else:
-                rec.run_once()
+            try:
+                with no_space_is_fatal(args.state):
+                    if args.until_idle:
+                        rec.run_until_idle(timeout=args.timeout)
+                    else:
+                        rec.run_once()
+            except NoSpaceLeft as exc:  # one line, no traceback; the next run resumes
+                _show(f"batchq: {exc}", err=True)
+                return 1
             if rec.last_sync_error:  # the work went on from the last good commit
-                print(f"batchq: sync failed: {rec.last_sync_error}", file=sys.stderr)
+                _show(f"batchq: sync failed: {rec.last_sync_error}", err=True)
                 return 1
             return 0
         stop = threading.Event()

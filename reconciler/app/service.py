@@ -9,10 +9,14 @@ threads of their own, so a peer that hangs delays only its own report or batch.
 or a webhook asks for a sync. A heartbeat file records when the last pass and the last
 sync finished, so the web page can show the sync time and `/healthz` can fail when the
 loop stalls.
+A full disk under the state dir ends a pass as one NoSpaceLeft (support/nospace.py), kept
+for `batchq status` when the store can still take it; `run_forever` says so once and
+retries every interval, and the first pass after space returns clears it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -32,6 +36,7 @@ from reconciler.store.backends import BackendSettings, open_backend, store_facto
 from reconciler.store.base import Store
 from reconciler.support import failpoints
 from reconciler.support.heartbeat import Heartbeat
+from reconciler.support.nospace import NoSpaceLeft, is_no_space, no_space_is_fatal
 from reconciler.support.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -118,6 +123,8 @@ class Reconciler:
         try:
             result = self.source.sync(last)
         except SourceError as exc:
+            if is_no_space(exc):  # the mirror is in the state dir: not the remote's fault
+                raise
             self.last_sync_error = redact_text(str(exc))
             log.error("%s", self.last_sync_error)
             self.store.set_meta("sync_error", self.last_sync_error)
@@ -150,13 +157,25 @@ class Reconciler:
         return self.mailer.deliver_now()
 
     def run_pass(self) -> bool:
-        """One pass; True if anything changed."""
+        """One pass; True if anything changed. NoSpaceLeft when the state dir is full."""
+        try:
+            with no_space_is_fatal(self.settings.state_dir):
+                progressed = self._pass()
+                self.store.set_meta("storage_error", "")  # a write only after a full disk
+        except NoSpaceLeft as exc:
+            with contextlib.suppress(Exception):  # best effort: the store may be what is full
+                self.store.set_meta("storage_error", str(exc))
+            raise
+        return progressed
+
+    def _pass(self) -> bool:
         started = time.monotonic()
         repo = self.sync()
         progressed = self.tick_jobs()
         progressed |= self.reconcile(repo)
         progressed |= self.tick_jobs()
         self.mailer.kick()
+        self.mailer.raise_if_no_space()  # a round found the state dir too full to record
         self.heartbeat.beat(interval=self.settings.interval, duration=time.monotonic() - started)
         return progressed
 
@@ -197,6 +216,7 @@ class Reconciler:
         raise TimeoutError(f"not idle after {timeout:.0f} s")
 
     def run_forever(self, stop: threading.Event) -> None:
+        full = ""  # the NoSpaceLeft last told, so a full disk is logged once, not every pass
         while not stop.is_set():
             self.wake.clear()
             if self.elector is not None and not self.elector.try_acquire_or_renew():
@@ -206,11 +226,19 @@ class Reconciler:
                 continue
             try:
                 progressed = self.run_pass()
+                if full:
+                    log.warning("space is back in the state dir %s", self.settings.state_dir)
+                    full = ""
+            except NoSpaceLeft as exc:  # retried every interval until space returns
+                if str(exc) != full:
+                    log.error("%s", exc)
+                    full = str(exc)
+                progressed = False
             except Exception:  # the loop must outlive one bad pass; /healthz shows stalls
                 log.exception("reconcile pass failed")
                 progressed = False
             if not progressed:
-                wait = self.settings.interval if not self.busy() else 0.5
+                wait = self.settings.interval if full or not self.busy() else 0.5
                 if self.elector is not None:
                     wait = min(wait, self.elector.duration / 3)
                 self._sleep(wait, stop)

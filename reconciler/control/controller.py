@@ -53,6 +53,7 @@ from reconciler.source.sync import (
 from reconciler.spec.validation import storage_path_problem
 from reconciler.store.base import ConflictError, Event, Store
 from reconciler.support import failpoints
+from reconciler.support.nospace import is_no_space
 from reconciler.support.urls import split_userinfo
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class Controller:
                     else:
                         self.reconcile(batch, ctx)
             except Exception as exc:  # one broken batch never stops the others
+                if is_no_space(exc):  # ...but a full disk stops every batch: the pass ends
+                    raise
                 self._failed(batch, exc, ctx)
             else:
                 self.backoff.succeeded(batch.name)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reconciler.control.notify import RetryPolicy, deliver_due
 from reconciler.store.base import Store
+from reconciler.support.nospace import NoSpaceLeft
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Mailer:
         self.policy = policy
         self._on_round = on_round  # a round recorded something: the loop may look again
         self._cond = threading.Condition()
+        self.no_space: NoSpaceLeft | None = None  # the last round's, for the loop to raise
         self._asked = 0  # rounds asked for
         self._done = 0  # rounds asked for that a finished round covered
         self._sent = 0  # messages that went out, in all
@@ -57,12 +59,20 @@ class Mailer:
                                        timeout) and self._done >= ticket
 
     def deliver_now(self, timeout: float | None = None) -> int:
-        """A round, waited for; how many messages went out meanwhile (tests, `--once`)."""
+        """A round, waited for; how many messages went out meanwhile (tests, `--once`).
+        NoSpaceLeft when the round found the state dir too full to record a delivery."""
         with self._cond:
             before = self._sent
         self.wait(self.kick(), timeout)
+        self.raise_if_no_space()
         with self._cond:
             return self._sent - before
+
+    def raise_if_no_space(self) -> None:
+        """Raise the NoSpaceLeft of the last round, if it had one: a full state dir is the
+        loop's to tell (one line), not this thread's."""
+        if self.no_space is not None:
+            raise self.no_space
 
     def close(self, timeout: float | None = None) -> None:
         """Stop after the message being sent, if any (its deadline bounds the wait)."""
@@ -94,8 +104,14 @@ class Mailer:
                     result = deliver_due(store, smtp=self.smtp, outbox_dir=self.outbox_dir,
                                          policy=self.policy, stop=lambda: self._stopping)
                     handled, sent = result.handled, result.sent
+                except NoSpaceLeft as exc:  # told to the loop, which ends its pass with it
+                    if self.no_space is None:
+                        log.warning("%s", exc)
+                    self.no_space = exc
                 except Exception:  # the thread outlives one bad round; the next retries
                     log.exception("delivering the outbox failed")
+                else:
+                    self.no_space = None
                 with self._cond:
                     self._done = covers
                     self._sent += sent

@@ -25,6 +25,7 @@ from pathlib import Path
 from reconciler.control.smtp import Envelope, Reply, SmtpClient
 from reconciler.store.base import WAITING, Delivery, OutboxEntry, RecipientState, Store
 from reconciler.support import failpoints
+from reconciler.support.nospace import NoSpaceLeft, nearly_full
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,9 @@ def deliver_due(store: Store, *, smtp: str | None, outbox_dir: Path,
     for entry in store.pending_outbox(round_.now):
         if stop is not None and stop():
             break
+        if nearly_full(outbox_dir):  # a message sent but not marked would go out twice
+            raise NoSpaceLeft(outbox_dir.parent, "too little room to record a delivery, so"
+                              " no email is sent")
         failpoints.hit("before-deliver")
         accepted = round_.entry(entry)
         failpoints.hit("after-deliver")

@@ -19,6 +19,7 @@ from email.utils import formatdate
 
 from reconciler.domain.model import Batch, BatchSpec, ItemStatus, Profile, Report
 from reconciler.domain.states import JobState
+from reconciler.support.controlchars import escape_controls
 
 BODY_ROWS = 500  # beyond this the per-job table is in the attachments only
 
@@ -65,17 +66,17 @@ def recipients_for(spec: BatchSpec, profile: Profile | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _table(items: list[ItemStatus]) -> str:
+def _table(items: list[ItemStatus]) -> list[str]:
     rows = [("ITEM", "STATE", "ATTEMPTS", "TITLE", "MESSAGE")]
-    for s in items[:BODY_ROWS]:
-        rows.append((s.item.id, str(s.state), str(s.attempts), (s.item.title or "")[:40],
-                     s.message[:120]))
+    for s in items[:BODY_ROWS]:  # escaped before measuring, so the columns line up
+        rows.append((escape_controls(s.item.id), str(s.state), str(s.attempts),
+                     escape_controls(s.item.title or "")[:40], escape_controls(s.message)[:120]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4]
              for r in rows]
     if len(items) > BODY_ROWS:
         lines.append(f"... and {len(items) - BODY_ROWS} more jobs: see the attachments")
-    return "\n".join(line.rstrip() for line in lines)
+    return [line.rstrip() for line in lines]
 
 
 def _item_json(s: ItemStatus) -> dict[str, object]:
@@ -133,8 +134,10 @@ def build_report(
             for item in changed:
                 lines.append(f"  {item}: {previous.get(item, 'new')} -> {current[item]}")
             lines.append("")
-        lines += [_table(items)]
-    body = "\n".join(lines) + "\n"
+        lines += _table(items)
+    # one line of the body per line here: a title, name or message that holds a line break
+    # or a terminal escape is shown escaped and cannot forge a line of the report
+    body = "\n".join(escape_controls(line) for line in lines) + "\n"
     notif = profile.notification if profile else None
     emailed = bool(recipients) and not (notif and notif.suppress)
     if kind == "update" and not changed:

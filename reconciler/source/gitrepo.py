@@ -207,24 +207,22 @@ class GitSource:
         result = SyncResult(head=head, full=full)
         if not full and last == head:
             return result
-        tree = repo.commit(head).tree
-        result.batch_paths = {
-            shown_path(f"batches/{b.name}") for b in _subtree_blobs(tree, "batches")
-            if b.name.endswith(EXTENSIONS)
-        }
+        commit = repo.commit(head)
+        blobs = _relevant_blobs(commit.tree)  # one walk of the tree, not one per file
+        result.batch_paths = {shown_path(p) for p in blobs if p.startswith("batches/")}
         result.listed = True
         if full:
-            paths = {p for p in _all_paths(tree) if is_relevant(p)}
+            paths = set(blobs)
         else:
             out = repo.git.diff("--name-only", "--no-renames", "-z", f"{last}..{head}", "--",
                                 *RELEVANT)
             paths = {p for p in out.split("\0") if p and is_relevant(p)}
         revisions = self._last_changes(paths, None if full else last, head)
+        head_change = (head, float(commit.committed_date))
         for path in sorted(paths):
-            rev, when = revisions.get(path, (head, float(repo.commit(head).committed_date)))
-            try:
-                blob = tree / path
-            except KeyError:
+            rev, when = revisions.get(path, head_change)
+            blob = blobs.get(path)
+            if blob is None:
                 result.changed.append(FileVersion(shown_path(path), None, rev, when))
                 continue
             if not is_utf8(path):
@@ -279,8 +277,9 @@ def _subtree_blobs(tree: git.Tree, name: str) -> list[git.Blob]:
     return [b for b in sub.blobs] if isinstance(sub, git.Tree) else []
 
 
-def _all_paths(tree: git.Tree) -> list[str]:
-    paths = [str(b.path) for b in tree.blobs]
+def _relevant_blobs(tree: git.Tree) -> dict[str, git.Blob]:
+    """Every relevant file at the top and in `batches/` and `profiles/`, by path."""
+    blobs = {str(b.path): b for b in tree.blobs}
     for name in ("batches", "profiles"):
-        paths += [str(b.path) for b in _subtree_blobs(tree, name)]
-    return paths
+        blobs.update((str(b.path), b) for b in _subtree_blobs(tree, name))
+    return {path: blob for path, blob in blobs.items() if is_relevant(path)}

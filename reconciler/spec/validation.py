@@ -28,6 +28,7 @@ from jsonschema.validators import extend
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
 from reconciler.spec.addresses import address_problem
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
+from reconciler.support.controlchars import escape_controls
 from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, parse_url
 
@@ -654,5 +655,5 @@ def validate_main(paths: list[str], file_roots: Sequence[str | Path] = ()) -> in
     there is any (DESIGN §7). `file_roots` are the operator's, as for the reconciler."""
     problems = validate_repo_paths(paths, file_roots=file_roots)
     for problem in problems:
-        print(problem)
+        print(escape_controls(str(problem)))  # a file name can hold a terminal escape too
     return 1 if problems else 0

@@ -39,6 +39,14 @@ class JobSpec:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
+DEADLINE_EXCEEDED = "DeadlineExceeded"  # the Job controller's reason, on both backends
+
+
+def deadline_message(seconds: int) -> str:
+    """A Job's message when it ran past `activeDeadlineSeconds` and was stopped."""
+    return f"{DEADLINE_EXCEEDED}: job ran longer than {seconds} s"
+
+
 @dataclass(frozen=True)
 class Event:
     """One line of a batch's timeline: what changed and which commit caused it."""

@@ -47,6 +47,7 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import (
+    DEADLINE_EXCEEDED,
     ConflictError,
     Delivery,
     Event,
@@ -54,6 +55,7 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
+    deadline_message,
     new_uid,
 )
 from reconciler.store.codec import canonical_json
@@ -590,7 +592,11 @@ class KubernetesStore:
         elif "Failed" in conds:
             state = JobState.FAILED
             finished = parse_rfc3339_or_none(conds["Failed"].get("lastTransitionTime"))
-            message = self._failure_message(meta["name"], conds["Failed"])
+            if conds["Failed"].get("reason") == DEADLINE_EXCEEDED and spec.get(
+                    "activeDeadlineSeconds"):  # the pods were stopped: their words are not why
+                message = deadline_message(int(spec["activeDeadlineSeconds"]))
+            else:
+                message = self._failure_message(meta["name"], conds["Failed"])
         elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
             state = JobState.PROCESSING  # started; stays so while a pod is being replaced
         return Job(name=meta["name"], batch=labels.get(f"{A}batch", ""),

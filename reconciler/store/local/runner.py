@@ -12,19 +12,30 @@ reconciler's (which may hold SMTP passwords or tokens). It sees PATH, LANG/LC_AL
 (its job dir), TMPDIR (inside it) and its BATCHQ_* variables; its item's credentials, if
 any, are in `<jobdir>/credentials` (mode 0600), which the shim removes when the command
 ends.
+
+A Job with `activeDeadlineSeconds` that is still running that long after its recorded
+first start is stopped as the Job controller and the kubelet stop one: SIGTERM to its
+whole process group, SIGKILL to what is left after a short grace, and the Job is Failed
+with the reason `DeadlineExceeded`. The start time is in the store, so a restarted
+reconciler keeps the deadline of the process it found.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
+import time
 from pathlib import Path
 
+from reconciler.store.base import deadline_message
 from reconciler.store.local.sqlite import SqliteStore
+from reconciler.support.nospace import NoSpaceLeft, free_bytes, nearly_full
 from reconciler.support.redaction import redact_text
 
 SHIM = (
@@ -47,6 +58,9 @@ def job_environment(job_env: dict[str, str], jdir: Path) -> dict[str, str]:
     env["BATCHQ_CREDENTIALS_FILE"] = str(jdir / "credentials")
     return env
 
+# SIGTERM to SIGKILL; the kubelet's default is 30 s, but the loop waits for it, so it is short
+TERM_GRACE_SECONDS = 2.0
+
 
 class LocalRunner:
     """Starts Pending jobs (up to `parallel` at once) and records finished ones."""
@@ -68,8 +82,15 @@ class LocalRunner:
         running = len(self.store.jobs_in_state("Processing"))
         free = max(0, self.parallel - running)
         if free:
-            for row in self.store.jobs_in_state("Pending", free):
-                self._start(row["name"], row["batch"], row["item"])
+            waiting = self.store.jobs_in_state("Pending", free)
+            if waiting and nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
+                raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
+                                  " free, too little to start a job")
+            for row in waiting:
+                if _overdue(row):  # a re-run of an attempt whose deadline passed meanwhile
+                    self.store.mark_job_failed(row["name"], _deadline_reason(row))
+                else:
+                    self._start(row["name"], row["batch"], row["item"])
                 changed = True
         return changed
 
@@ -89,7 +110,11 @@ class LocalRunner:
             ["/bin/sh", "-c", SHIM, str(jdir), *spec["command"]],
             env=job_environment(spec["env"], jdir),
             start_new_session=True,
+            # the command's output goes to the job dir; a job must not hold the reconciler's
+            # stdout and stderr open (`batchq reconcile --once | tee` would wait for it)
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self._children[name] = proc
         self.store.mark_job_started(name, proc.pid)
@@ -105,14 +130,17 @@ class LocalRunner:
             name = row["name"]
             rc = self._read_rc(name)
             if rc is None:
-                child = self._children.get(name)
-                if child is not None and child.poll() is None:
-                    continue
-                if child is None and _alive(row["pid"], self.job_dir(name)):
+                if self._running(row):
+                    if _overdue(row):
+                        self._stop_overdue(row)
+                        changed = True
                     continue
                 rc = self._read_rc(name)  # it may have finished between the two looks
                 if rc is None:
-                    self._rerun(name)
+                    if _overdue(row):
+                        self.store.mark_job_failed(name, _deadline_reason(row))
+                    else:
+                        self._rerun(name)
                     changed = True
                     continue
             self.store.mark_job_finished(name, rc, self._message(name, rc))
@@ -120,12 +148,30 @@ class LocalRunner:
             changed = True
         return changed
 
-    def _rerun(self, name: str) -> None:
-        """The shim died without a result (killed, machine reboot): run the attempt again."""
+    def _running(self, row: sqlite3.Row) -> bool:
+        """Is the job's shim still running (our child, or one a killed reconciler left)?"""
+        child = self._children.get(row["name"])
+        if child is not None:
+            return child.poll() is None
+        return _alive(row["pid"], self.job_dir(row["name"]))
+
+    def _stop_overdue(self, row: sqlite3.Row) -> None:
+        """Past its deadline: stop the whole process group, then record why it failed (a
+        result it left before the signal, at the last moment, stands)."""
+        name = row["name"]
+        _stop_group(row["pid"])
+        rc = self._read_rc(name)
+        if rc is None:
+            self.store.mark_job_failed(name, _deadline_reason(row))
+        else:
+            self.store.mark_job_finished(name, rc, self._message(name, rc))
         self._children.pop(name, None)
-        self.store._write(
-            "UPDATE jobs SET state='Pending', pid=NULL, started_at=NULL WHERE name=?", (name,)
-        )
+
+    def _rerun(self, name: str) -> None:
+        """The shim died without a result (killed, machine reboot): run the attempt again
+        (it keeps its first start time, and so its deadline)."""
+        self._children.pop(name, None)
+        self.store._write("UPDATE jobs SET state='Pending', pid=NULL WHERE name=?", (name,))
 
     def _read_rc(self, name: str) -> int | None:
         try:
@@ -160,6 +206,48 @@ class LocalRunner:
             self._children.pop(row["name"], None)
         for name in names:
             shutil.rmtree(self.job_dir(name), ignore_errors=True)
+
+def _deadline(row: sqlite3.Row) -> int | None:
+    seconds = json.loads(row["spec_json"]).get("activeDeadlineSeconds")
+    return int(seconds) if seconds else None
+
+
+def _overdue(row: sqlite3.Row) -> bool:
+    """Has the job been active for its whole deadline, counted from its first start?"""
+    seconds = _deadline(row)
+    started = row["started_at"]
+    return bool(seconds and started and time.time() - started >= seconds)
+
+
+def _deadline_reason(row: sqlite3.Row) -> str:
+    seconds = _deadline(row)
+    assert seconds is not None
+    return deadline_message(seconds)
+
+
+def _stop_group(pgid: int) -> None:
+    """SIGTERM the process group (the shim leads it), SIGKILL it if it outlives the grace."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    until = time.monotonic() + TERM_GRACE_SECONDS
+    while _group_alive(pgid) and time.monotonic() < until:
+        time.sleep(0.05)
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Does any live (not zombie) process still belong to process group `pgid`?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it exited while we looked
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
 
 def _alive(pid: int | None, jdir: Path) -> bool:
     """Is `pid` still our shim for this job dir (not a recycled pid, not a zombie)?"""

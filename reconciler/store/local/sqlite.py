@@ -364,7 +364,10 @@ class SqliteStore:
 
     # --- jobs
     def create_job(self, spec: JobSpec) -> bool:
-        spec_json = canonical_json({"command": list(spec.command), "env": spec.env})
+        run: dict[str, Any] = {"command": list(spec.command), "env": spec.env}
+        if spec.deadline_seconds:  # enforced by the runner from the job's first start
+            run["activeDeadlineSeconds"] = spec.deadline_seconds
+        spec_json = canonical_json(run)
         state = "Held" if spec.suspended else "Pending"
         n = self._write(
             "INSERT OR IGNORE INTO jobs(name, batch, item, attempt, state, suspended, spec_json,"
@@ -430,9 +433,11 @@ class SqliteStore:
         ).fetchall()
 
     def mark_job_started(self, name: str, pid: int) -> None:
+        """Running as `pid`; the start time is the first start's, as a Job's startTime is,
+        so a run of the same attempt after a crash keeps the deadline of the first."""
         self._write(
-            "UPDATE jobs SET state='Processing', pid=?, started_at=? WHERE name=? AND"
-            " state='Pending'",
+            "UPDATE jobs SET state='Processing', pid=?, started_at=COALESCE(started_at, ?)"
+            " WHERE name=? AND state='Pending'",
             (pid, time.time(), name),
         )
 
@@ -442,6 +447,14 @@ class SqliteStore:
             "UPDATE jobs SET state=?, exit_code=?, message=?, finished_at=? WHERE name=? AND"
             " state='Processing'",
             (state, exit_code, message, time.time(), name),
+        )
+
+    def mark_job_failed(self, name: str, message: str) -> None:
+        """Failed without an exit code of its own (stopped at its deadline)."""
+        self._write(
+            "UPDATE jobs SET state='Failed', message=?, finished_at=? WHERE name=? AND"
+            " state IN ('Pending', 'Processing')",
+            (message, time.time(), name),
         )
 
     def job_spec(self, name: str) -> dict[str, Any] | None:
