@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.control.jobs import job_name
 from tests.fixtures import (
     ADMIN,
     GitRepo,
@@ -201,7 +202,7 @@ def deadline_repo(repo: GitRepo, name: str, seconds: int) -> str:
                                         {"id": "slow", "url": "http://127.0.0.1/s"}]
     repo.write(f"batches/{name}.yaml", doc)
     repo.commit("a batch with a job that never ends")
-    return f"{name}-slow-1"
+    return job_name(name, "slow", 1)
 
 
 def dead(pid: int) -> bool:
@@ -417,7 +418,7 @@ def nothing_twice(state: Path, smtp: SmtpServer, payloads: PayloadServer,
     """Each batch Completed with one job per item, one download each, one email each."""
     assert settled(state) == dict.fromkeys(names, "Completed")
     jobs = sorted(name for (name,) in query(state, "SELECT name FROM jobs"))
-    assert jobs == sorted(f"{n}-{n}-{i}-1" for n in names for i in (1, 2))
+    assert jobs == sorted(job_name(n, f"{n}-{i}", 1) for n in names for i in (1, 2))
     assert sorted(payloads.requests) == sorted(f"{n}-{i}" for n in names for i in (1, 2))
     assert sorted(smtp.mailbox.subjects()) == sorted(
         f"Ingest: OK -- Submission Processed: {n}" for n in names)
@@ -562,14 +563,14 @@ def test_jobs_that_failed_for_lack_of_storage_show_in_status(
     with tmpfs(tmp_path / "storage", 1024 * 1024) as storage:
         items = [payloads.add(f"s-{i}", bytes([i]) * 200_000) for i in (1, 2)]
         profile = profile_doc(payloads.base)
-        profile["spec"]["storage"] = {"path": str(storage)}
+        profile["spec"]["storage"] = {"path": "deposits"}  # under the operator's root
         git_repo.write("profiles/test.yaml", profile)
         git_repo.write("batches/s.yaml", batch_doc(items))
         git_repo.commit("submit")
         filler = fill(storage)
         state = tmp_path / "state"
         args = ["reconcile", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
-                smtp.hostport, "--until-idle", "--timeout", "60"]
+                smtp.hostport, "--until-idle", "--timeout", "60", "--storage-root", str(storage)]
         assert (done := batchq(*args)).returncode == 0, done.stderr
         shown = batchq("status", "--state", str(state))
         assert "storage error: 2 job(s) failed for lack of space (s/s-1, s/s-2): free space," \

@@ -104,9 +104,7 @@ class Mailer:
                     result = deliver_due(store, smtp=self.smtp, outbox_dir=self.outbox_dir,
                                          policy=self.policy, stop=lambda: self._stopping)
                     handled, sent = result.handled, result.sent
-                except NoSpaceLeft as exc:  # told to the loop, which ends its pass with it
-                    if self.no_space is None:
-                        log.warning("%s", exc)
+                except NoSpaceLeft as exc:  # the loop ends its pass with it and tells it
                     self.no_space = exc
                 except Exception:  # the thread outlives one bad round; the next retries
                     log.exception("delivering the outbox failed")
