@@ -27,14 +27,11 @@ subclass) marks input refused by policy rather than a transfer that failed.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import os
 import re
-import socket
 import ssl
 import stat
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +43,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urljoin
 
 from reconciler.manifests.repofiles import RepoFileError, RepoSnapshot
+from reconciler.support.deadline import SocketDeadline
 from reconciler.support.redaction import HIDDEN, redact_text, redact_url
 from reconciler.support.urls import (
     Location,
@@ -91,42 +89,6 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-class _Watchdog:
-    """Shuts down every socket of one transfer at its deadline, waking blocked reads."""
-
-    def __init__(self, timeout: float) -> None:
-        self.expired = False
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._timer = threading.Timer(max(timeout, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def attach(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._socks.append(sock)
-            if self.expired:
-                self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock: socket.socket) -> None:
-        # The plain socket method, also for an SSLSocket: SSLSocket.shutdown would drop
-        # the TLS object under a thread that is still reading from it.
-        with contextlib.suppress(OSError):  # already closed: nothing left to wake
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._socks:
-                self._shutdown(sock)
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._timer.cancel()
-            self._socks.clear()
-
-
 def _origin(url: str) -> tuple[str, str, int | None] | None:
     try:
         where = parse_url(url)
@@ -135,7 +97,7 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
     return where.scheme, where.host, where.port
 
 
-def _opener(watchdog: _Watchdog, url: str, allowed: Allowed | None,
+def _opener(watchdog: SocketDeadline, url: str, allowed: Allowed | None,
             authorization: str | None) -> urllib.request.OpenerDirector:
     """An opener for http/https only, whose sockets the watchdog can reach. The
     `authorization` header follows a redirect only to the same origin (as curl does), so
@@ -210,7 +172,7 @@ class Download:
     """
 
     def __init__(self, url: str, stream: Any, length: int | None, deadline: float,
-                 timeout: float, watchdog: _Watchdog | None) -> None:
+                 timeout: float, watchdog: SocketDeadline | None) -> None:
         self.url = url
         self.length = length
         self._stream = stream
@@ -343,7 +305,7 @@ def open_url(url: str, *, timeout: float, repo: RepoSnapshot | None = None,
         raise FetchRefused(f"URL {shown} needs credentials, and none were given")
     target = without_userinfo(url)
     authorization = _basic_auth(userinfo) if userinfo is not None else None
-    watchdog = _Watchdog(timeout)
+    watchdog = SocketDeadline(timeout)
     try:
         req = urllib.request.Request(target, headers={"User-Agent": USER_AGENT,
                                                       "Accept-Encoding": "identity"})
