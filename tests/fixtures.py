@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -204,3 +205,50 @@ def batch_doc(items: list[dict[str, Any]] | None = None, url: str | None = None,
                             "manifest": manifest}
     body.update(spec)
     return {"apiVersion": "batchq.dev/v1", "kind": "Batch", "spec": body}
+
+
+def batchq(*args: str, env: dict[str, str] | None = None, failpoint: str = "",
+           timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The real `batchq` command in a process of its own (`python -m reconciler ARGS`):
+    `env` is laid over this process's environment; `failpoint` arms BATCHQ_FAILPOINTS."""
+    full = {**os.environ, **(env or {})}
+    if failpoint:
+        full["BATCHQ_FAILPOINTS"] = failpoint
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class SmtpTrickler:
+    """An SMTP server that accepts, then sends its greeting one byte a second and never
+    ends the line (at most `seconds` bytes), until `close`."""
+
+    def __init__(self, seconds: int = 120) -> None:
+        self.seconds = seconds
+        self.stop = threading.Event()
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.hostport = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            for byte in b"220 " + b"z" * self.seconds:
+                if self.stop.wait(1.0):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()

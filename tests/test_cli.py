@@ -17,17 +17,13 @@ from tests.fixtures import (
     PayloadServer,
     SmtpServer,
     batch_doc,
+    batchq,
     profile_doc,
     wait_for,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def batchq(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_demo_runs_the_whole_story_within_a_minute(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -29,18 +28,11 @@ from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, url_allowed
 from reconciler.worker.program import cas_path
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc
+from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq
 from web.app import create_app
 
 SECRET = "Zq9-never-shown-7f3a"
 
-
-def batchq(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    full = dict(os.environ)
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], env=full,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def reconcile(repo: GitRepo, state: Path, smtp: SmtpServer, *extra: str,

@@ -3,7 +3,6 @@ SIGKILL leaves in the Git mirror. Every case drives the real `batchq` command.""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -11,14 +10,15 @@ import sys
 from pathlib import Path
 
 from reconciler.store.backends import local_db_path
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc, wait_for
-
-
-def batchq(*args: str, failpoint: str = "",
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, BATCHQ_FAILPOINTS=failpoint)
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.fixtures import (
+    GitRepo,
+    PayloadServer,
+    SmtpServer,
+    batch_doc,
+    batchq,
+    profile_doc,
+    wait_for,
+)
 
 
 def one_batch(repo: GitRepo, payloads: PayloadServer, name: str = "b") -> None:

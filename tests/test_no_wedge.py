@@ -29,6 +29,7 @@ from tests.fixtures import (
     PayloadServer,
     SmtpServer,
     batch_doc,
+    batchq,
     free_port,
     profile_doc,
     wait_for,
@@ -96,11 +97,6 @@ def test_jobs_created_under_the_old_names_are_not_run_again(
 
 
 # --- file names that are not UTF-8 -------------------------------------------------------
-
-def batchq(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_a_file_name_that_is_not_utf8_is_a_file_error_and_the_rest_syncs(

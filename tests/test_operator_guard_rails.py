@@ -28,17 +28,13 @@ from tests.fixtures import (
     PayloadServer,
     SmtpServer,
     batch_doc,
+    batchq,
     profile_doc,
     wait_for,
 )
 
 QUEUE_PAUSED = {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": {"paused": True}}
 
-
-def batchq(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def query(state: Path, sql: str, *args: Any) -> list[Any]:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,15 +20,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc, wait_for
+from tests.fixtures import (
+    GitRepo,
+    PayloadServer,
+    SmtpServer,
+    SmtpTrickler,
+    batch_doc,
+    batchq,
+    profile_doc,
+    wait_for,
+)
 
 HANG_BOUND = 120.0  # no server thread here waits longer than this, whatever happens
 
-
-def batchq(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -211,43 +214,10 @@ def test_run_goes_on_passing_while_the_git_remote_hangs(
         stop(proc)
 
 
-class SmtpTrickler:
-    """Accepts, then sends its greeting one byte a second and never ends the line."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.hostport = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
-        with conn:
-            for byte in (b"220 " + b"z" * int(HANG_BOUND)):
-                if self.stop.wait(1.0):
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
 
 def test_a_trickling_smtp_server_does_not_hold_a_new_batch(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
-    trickler = SmtpTrickler()
+    trickler = SmtpTrickler(int(HANG_BOUND))
     state = tmp_path / "state"
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("batches/first.yaml", batch_doc([payloads.add("f-1", b"f\n")]))

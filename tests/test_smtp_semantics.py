@@ -8,11 +8,9 @@ from __future__ import annotations
 import email
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
@@ -24,7 +22,15 @@ from aiosmtpd.controller import Controller as SmtpController
 from reconciler.store.backends import BackendSettings, store_factory
 from reconciler.store.base import Delivery, RecipientState
 from reconciler.store.local.sqlite import SqliteStore
-from tests.fixtures import GitRepo, PayloadServer, batch_doc, free_port, profile_doc, wait_for
+from tests.fixtures import (
+    GitRepo,
+    PayloadServer,
+    SmtpTrickler,
+    batch_doc,
+    free_port,
+    profile_doc,
+    wait_for,
+)
 from tests.harness import Harness
 from web.app import create_app
 
@@ -77,43 +83,6 @@ class ScriptedServer:
     def stop(self) -> None:
         self.ctl.stop()
 
-
-class Trickler:
-    """Accepts, then sends its greeting one byte a second and never finishes the line."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def hostport(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
-        with conn:
-            for byte in b"220 " + b"slow" * 1000:
-                if self.stop.wait(1.0):
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 def submit(h: Harness, payloads: PayloadServer, name: str, **notification: Any) -> None:
@@ -278,7 +247,7 @@ def test_a_5xx_to_data_bounces_every_recipient_and_is_not_retried(
 
 def test_a_server_that_trickles_its_greeting_is_cut_at_the_deadline(
         harness: Any, payloads: PayloadServer, tmp_path: Path) -> None:
-    trickler = Trickler()
+    trickler = SmtpTrickler()
     try:
         h: Harness = harness(trickler.hostport, smtp_timeout=1.5)
         submit(h, payloads, "trick")
