@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
+from reconciler.control.controller import DECIDES, Controller
 from reconciler.domain.states import (
     BATCH_TRANSITIONS,
     JOB_TRANSITIONS,
@@ -16,6 +18,7 @@ from reconciler.domain.states import (
     job_observed,
     job_transition,
 )
+from tests.unit.memory_store import MemoryStore
 
 pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
 
@@ -83,3 +86,22 @@ def test_observer_may_miss_steps_but_not_reverse() -> None:
                      (JobState.PROCESSING, JobState.PENDING)]:
         with pytest.raises(IllegalTransition):
             job_observed(src, dst)
+
+
+def test_every_move_a_state_handler_may_choose_is_a_row_of_the_table() -> None:
+    """The controller's decision table, as data: each state's handler chooses only among
+    DECIDES[state], and each of those is a legal move."""
+    for state, targets in DECIDES.items():
+        for target in targets:
+            assert (state, target) in BATCH_TRANSITIONS, f"{state} -> {target}"
+
+
+def test_every_batch_state_but_deleted_has_a_handler_and_every_row_a_decider() -> None:
+    """No state is left to an if/elif's fall-through, and no row of the table (but the
+    deletion of a file, which `_delete` makes from any state) is a move nobody makes."""
+    controller = Controller(MemoryStore(), storage_root=Path("/unit/storage"))
+    handled = set(controller._decisions)
+    assert handled == set(DECIDES) == set(BatchState) - {BatchState.DELETED}
+    decided = {(s, t) for s, targets in DECIDES.items() for t in targets}
+    deletions = {(s, t) for s, t in BATCH_TRANSITIONS if t is BatchState.DELETED}
+    assert set(BATCH_TRANSITIONS) - deletions == decided

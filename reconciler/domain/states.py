@@ -30,6 +30,14 @@ class JobState(StrEnum):
     FAILED = "Failed"
 
 
+class RequestedState(StrEnum):
+    """What an admin asks of a batch in its file's `spec.state` (DESIGN §3)."""
+
+    ACTIVE = "Active"
+    HELD = "Held"
+    UPDATE_REPORTING = "UpdateReporting"
+
+
 class IllegalTransition(RuntimeError):
     """A state change that the tables do not allow."""
 
