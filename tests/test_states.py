@@ -83,9 +83,16 @@ def test_observer_may_miss_steps_but_not_reverse() -> None:
     assert job_observed(JobState.HELD, JobState.COMPLETED) == JobState.COMPLETED
     for src, dst in [(JobState.COMPLETED, JobState.PROCESSING),
                      (JobState.FAILED, JobState.COMPLETED),
-                     (JobState.PROCESSING, JobState.PENDING)]:
+                     (JobState.COMPLETED, JobState.PENDING)]:
         with pytest.raises(IllegalTransition):
             job_observed(src, dst)
+
+
+def test_an_attempt_whose_processes_died_waits_to_run_again() -> None:
+    """The local runner's re-run of an attempt left without a result, as the Job
+    controller's new pod of the same Job: a row of the table, seen by the observer too."""
+    assert job_transition(JobState.PROCESSING, JobState.PENDING) == JobState.PENDING
+    assert job_observed(JobState.PROCESSING, JobState.PENDING) == JobState.PENDING
 
 
 def test_every_move_a_state_handler_may_choose_is_a_row_of_the_table() -> None:
