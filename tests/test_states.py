@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import ast
+import copy
 import itertools
 from pathlib import Path
 
 import pytest
 
-from reconciler.control.controller import DECIDES, Controller
+from reconciler.control.controller import (
+    DECIDES,
+    Controller,
+    JobBudget,
+    Move,
+    PassContext,
+    Turn,
+)
 from reconciler.domain.states import (
     BATCH_TRANSITIONS,
     JOB_TRANSITIONS,
@@ -20,7 +28,9 @@ from reconciler.domain.states import (
     job_observed,
     job_transition,
 )
+from reconciler.source.sync import RepoState
 from tests.unit.memory_store import MemoryStore
+from tests.unit.world import UnitWorld, batch_doc, profile_doc
 
 pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
 
@@ -115,6 +125,21 @@ def test_every_batch_state_but_deleted_has_a_handler_and_every_row_a_decider() -
     deletions = {(s, t) for s, t in BATCH_TRANSITIONS if t is BatchState.DELETED}
     assert set(BATCH_TRANSITIONS) - deletions == decided
 
+
+def test_a_move_its_handler_may_not_choose_raises_a_clear_error_and_writes_nothing() -> None:
+    """A handler that chose a move outside DECIDES is a controller bug: an error that the
+    per-batch back-off shows on the batch (never an assert, which `python -O` drops)."""
+    w = UnitWorld()
+    w.put({"profiles/test.yaml": profile_doc(), "batches/b.yaml": batch_doc("x")})
+    batch = w.store.get_batch("b")
+    assert batch is not None and batch.spec is not None
+    status, events = copy.deepcopy(batch.status), w.store.list_events("b")
+    turn = Turn(batch, batch.spec, None, status, [], [],
+                PassContext(RepoState(), JobBudget(0), 0, None))
+    with pytest.raises(IllegalTransition, match=r"the Pending handler chose a move to"
+                       r" Completed, which DECIDES\[Pending\] does not list"):
+        w.controller._decide(turn, BatchState.PENDING, Move(BatchState.COMPLETED, "bug"))
+    assert status == batch.status and w.store.list_events("b") == events
 
 # A state name spelled as a string literal outside states.py, allowed here only with why.
 NAMES_ALLOWED = {

@@ -43,6 +43,7 @@ from reconciler.domain.states import (
     RequestedState,
     batch_transition,
     job_observed,
+    job_transition,
 )
 from reconciler.manifests.repofiles import RepoSnapshot
 from reconciler.manifests.resolve import ManifestError, resolve_items
@@ -492,11 +493,14 @@ class Controller:
             return
         if not job.suspended and not ctx.budget.take():
             return
+        first = J.HELD if job.suspended else J.PENDING
+        # a new attempt's Job starts afresh; the same attempt's Job made again (it vanished
+        # before it finished) is a move of that attempt, checked before the Job is made
+        state = first if attempt > s.attempts else job_transition(s.state, first)
         self.store.create_job(job)
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
-        s.attempts, s.job_name = attempt, job.name
-        s.state = J.HELD if job.suspended else J.PENDING
+        s.attempts, s.job_name, s.state = attempt, job.name, state
         if restarted:
             s.message, s.started_at, s.finished_at = "", None, None
             self.store.add_event(Event(batch.name, time.time(), "Restarted",
