@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import ast
+import copy
 import itertools
+from pathlib import Path
 
 import pytest
 
+from reconciler.control.controller import (
+    DECIDES,
+    Controller,
+    JobBudget,
+    Move,
+    PassContext,
+    Turn,
+)
 from reconciler.domain.states import (
     BATCH_TRANSITIONS,
     JOB_TRANSITIONS,
     BatchState,
     IllegalTransition,
     JobState,
+    RequestedState,
     batch_transition,
     job_observed,
     job_transition,
 )
+from reconciler.source.sync import RepoState
+from tests.unit.memory_store import MemoryStore
+from tests.unit.world import UnitWorld, batch_doc, profile_doc
 
 pytestmark = pytest.mark.unit  # pure: no Git, SQLite, subprocess or network
 
@@ -80,6 +95,73 @@ def test_observer_may_miss_steps_but_not_reverse() -> None:
     assert job_observed(JobState.HELD, JobState.COMPLETED) == JobState.COMPLETED
     for src, dst in [(JobState.COMPLETED, JobState.PROCESSING),
                      (JobState.FAILED, JobState.COMPLETED),
-                     (JobState.PROCESSING, JobState.PENDING)]:
+                     (JobState.COMPLETED, JobState.PENDING)]:
         with pytest.raises(IllegalTransition):
             job_observed(src, dst)
+
+
+def test_an_attempt_whose_processes_died_waits_to_run_again() -> None:
+    """The local runner's re-run of an attempt left without a result, as the Job
+    controller's new pod of the same Job: a row of the table, seen by the observer too."""
+    assert job_transition(JobState.PROCESSING, JobState.PENDING) == JobState.PENDING
+    assert job_observed(JobState.PROCESSING, JobState.PENDING) == JobState.PENDING
+
+
+def test_every_move_a_state_handler_may_choose_is_a_row_of_the_table() -> None:
+    """The controller's decision table, as data: each state's handler chooses only among
+    DECIDES[state], and each of those is a legal move."""
+    for state, targets in DECIDES.items():
+        for target in targets:
+            assert (state, target) in BATCH_TRANSITIONS, f"{state} -> {target}"
+
+
+def test_every_batch_state_but_deleted_has_a_handler_and_every_row_a_decider() -> None:
+    """No state is left to an if/elif's fall-through, and no row of the table (but the
+    deletion of a file, which `_delete` makes from any state) is a move nobody makes."""
+    controller = Controller(MemoryStore(), storage_root=Path("/unit/storage"))
+    handled = set(controller._decisions)
+    assert handled == set(DECIDES) == set(BatchState) - {BatchState.DELETED}
+    decided = {(s, t) for s, targets in DECIDES.items() for t in targets}
+    deletions = {(s, t) for s, t in BATCH_TRANSITIONS if t is BatchState.DELETED}
+    assert set(BATCH_TRANSITIONS) - deletions == decided
+
+
+def test_a_move_its_handler_may_not_choose_raises_a_clear_error_and_writes_nothing() -> None:
+    """A handler that chose a move outside DECIDES is a controller bug: an error that the
+    per-batch back-off shows on the batch (never an assert, which `python -O` drops)."""
+    w = UnitWorld()
+    w.put({"profiles/test.yaml": profile_doc(), "batches/b.yaml": batch_doc("x")})
+    batch = w.store.get_batch("b")
+    assert batch is not None and batch.spec is not None
+    status, events = copy.deepcopy(batch.status), w.store.list_events("b")
+    turn = Turn(batch, batch.spec, None, status, [], [],
+                PassContext(RepoState(), JobBudget(0), 0, None))
+    with pytest.raises(IllegalTransition, match=r"the Pending handler chose a move to"
+                       r" Completed, which DECIDES\[Pending\] does not list"):
+        w.controller._decide(turn, BatchState.PENDING, Move(BatchState.COMPLETED, "bug"))
+    assert status == batch.status and w.store.list_events("b") == events
+
+# A state name spelled as a string literal outside states.py, allowed here only with why.
+NAMES_ALLOWED = {
+    # the batch/v1 Job condition type, not ours
+    ("reconciler/store/kubernetes/store.py", "Failed"): 4,
+    # left to the store rework of issue 12 §3, which is splitting this file
+    ("reconciler/store/kubernetes/store.py", "Pending"): 2,
+}
+
+
+def test_state_names_are_spelled_only_in_states_py() -> None:
+    """Outside the tables a state is an enum member: a misspelt one is then an error at
+    import time, not a comparison that is silently never true."""
+    names = {str(s) for enum in (BatchState, JobState, RequestedState) for s in enum}
+    root = Path(__file__).resolve().parents[1]
+    found: dict[tuple[str, str], int] = {}
+    for path in sorted([*root.joinpath("reconciler").rglob("*.py"),
+                        *root.joinpath("web").rglob("*.py")]):
+        rel = path.relative_to(root).as_posix()
+        if rel == "reconciler/domain/states.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), rel)):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found[(rel, node.value)] = found.get((rel, node.value), 0) + 1
+    assert found == NAMES_ALLOWED

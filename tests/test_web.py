@@ -102,7 +102,7 @@ def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
 
     def until_idle(state: RepoState) -> None:
         for _ in range(20):
-            for row in store.jobs_in_state("Pending"):  # the local runner's part
+            for row in store.jobs_in_state(JobState.PENDING):  # the local runner's part
                 store.mark_job_started(row["name"], pid=0)
                 store.mark_job_finished(row["name"], *worker_verdict(row["item"]))
             progressed = controller.reconcile_all(state, None)

@@ -20,6 +20,7 @@ from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from reconciler.domain.states import BatchState
 from reconciler.support.heartbeat import read_heartbeat
 from web.storage import get_store
 from web.views import JOB_STATES, STATES
@@ -78,7 +79,7 @@ class StoreCollector:
         yield batches
         totals = dict.fromkeys(JOB_STATES, 0)
         for b in store.list_batches():
-            if str(b.status.state) == "Deleted":  # its jobs are gone
+            if b.status.state == BatchState.DELETED:  # its jobs are gone
                 continue
             for state, n in b.status.counts.items():
                 totals[state] = totals.get(state, 0) + n

@@ -22,6 +22,7 @@ from flask import (
 )
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from reconciler.domain.states import BatchState
 from reconciler.support.timefmt import parse_rfc3339
 from web.storage import get_store
 from web.views import (
@@ -118,7 +119,7 @@ def _site() -> dict[str, Any]:
 @bp.get("/")
 def index() -> str:
     listing = batch_list(get_store(), request.args, int(current_app.config["PAGE_SIZE"]))
-    moving = ("Processing", "Reporting", "UpdateReporting")
+    moving = (BatchState.PROCESSING, BatchState.REPORTING, BatchState.UPDATE_REPORTING)
     refresh = (any(listing.counts.get(s) for s in moving)
                or any(r["active"] for r in listing.rows))
     return render_template("index.html", rows=listing.rows, counts=listing.counts,

@@ -24,8 +24,9 @@ from reconciler.support.timefmt import rfc3339_or_none as iso
 STATES = [str(s) for s in BatchState]
 JOB_STATES = [str(s) for s in JobState]
 # batch states in which something will move without a new commit: the pages refresh
-ACTIVE = {"Pending", "Processing", "Reporting", "UpdateReporting"}
-RUNNING_JOBS = ("Pending", "Processing")
+ACTIVE = {BatchState.PENDING, BatchState.PROCESSING, BatchState.REPORTING,
+          BatchState.UPDATE_REPORTING}
+RUNNING_JOBS = (JobState.PENDING, JobState.PROCESSING)
 CHANGES_SHOWN = 200  # of one report's changes; the count says how many there are in all
 QUERY_MAX = 200  # characters of a job search that are used
 
@@ -72,7 +73,7 @@ def batch_summary(b: Batch) -> dict[str, Any]:
     """One batch as the list shows it (the detail adds to it)."""
     counts = {k: v for k, v in b.status.counts.items() if v}
     total = b.status.item_count or sum(counts.values())
-    completed, failed = counts.get("Completed", 0), counts.get("Failed", 0)
+    completed, failed = counts.get(JobState.COMPLETED, 0), counts.get(JobState.FAILED, 0)
     running = sum(counts.get(s, 0) for s in RUNNING_JOBS)
     spec = b.spec
     state = str(b.status.state)
@@ -96,10 +97,10 @@ def batch_summary(b: Batch) -> dict[str, Any]:
         "progress": round(percent(completed + failed, total)),
         "completedPercent": percent(completed, total),
         "failedPercent": percent(failed, total),
-        "processingPercent": percent(counts.get("Processing", 0), total),
+        "processingPercent": percent(counts.get(JobState.PROCESSING, 0), total),
         # something moves without a new commit: queued, running, reporting, a restart
         "active": (state in ACTIVE and spec is not None)
-        or (state not in ("Held", "Deleted") and running > 0),
+        or (state not in (BatchState.HELD, BatchState.DELETED) and running > 0),
         "submittedAt": iso(b.submitted_at),
         "updatedAt": iso(b.updated_at),
         "startedAt": iso(b.status.started_at),

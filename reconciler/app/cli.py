@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
+from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, Store
 from reconciler.support.controlchars import escape_controls
@@ -191,7 +192,7 @@ def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) ->
         out.append(f"the state dir {state_dir.absolute()} has only {free} bytes free: no job"
                    " starts and no email is sent until there is more")
     lacking = [f"{b['name']}/{j['item']}" for b in doc["batches"] for j in b["jobs"]
-               if j["state"] == "Failed" and says_no_space(j["message"])]
+               if j["state"] == JobState.FAILED and says_no_space(j["message"])]
     if lacking:
         more = ", ..." if len(lacking) > 5 else ""
         out.append(f"{len(lacking)} job(s) failed for lack of space ({', '.join(lacking[:5])}"

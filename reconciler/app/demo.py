@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from reconciler.app.service import Reconciler, Settings
+from reconciler.domain.states import BatchState, RequestedState
 
 BUNDLED = Path(__file__).resolve().parents[2] / "manifests"
 LATE_PAYLOAD = "payloads/letter-003.txt"
@@ -97,7 +98,7 @@ def run_demo(keep: Path | None = None) -> int:
                 who="Alex Admin <admin@example.org>")
         _run(rec, seen)
 
-        doc["spec"]["state"] = "UpdateReporting"
+        doc["spec"]["state"] = RequestedState.UPDATE_REPORTING.value
         (repo / FAILING).write_text(yaml.safe_dump(doc, sort_keys=False))
         _commit(repo, "UpdateReporting for letters-2026-11", who="Alex Admin <admin@example.org>")
         _run(rec, seen)
@@ -108,7 +109,7 @@ def run_demo(keep: Path | None = None) -> int:
             print(f"  {b.name}: {b.status.state}")
         print(f"\nDone in {time.monotonic() - started:.1f} s. Reports are in {state / 'outbox'};"
               f" try: batchq status --state {state}")
-        ok = {str(b.status.state) for b in rec.store.list_batches()} == {"Completed"}
+        ok = {str(b.status.state) for b in rec.store.list_batches()} == {BatchState.COMPLETED}
         return 0 if ok else 1
     finally:
         rec.close()

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,8 +40,10 @@ from reconciler.domain.states import (
     BatchState,
     IllegalTransition,
     JobState,
+    RequestedState,
     batch_transition,
     job_observed,
+    job_transition,
 )
 from reconciler.manifests.repofiles import RepoSnapshot
 from reconciler.manifests.resolve import ManifestError, resolve_items
@@ -59,6 +62,7 @@ from reconciler.support.urls import split_userinfo
 log = logging.getLogger(__name__)
 B = BatchState
 J = JobState
+R = RequestedState
 ACTIVE_BATCH = frozenset({B.PROCESSING, B.REPORTING, B.UPDATE_REPORTING})
 MAX_FAILURES_IN_STATUS = 20
 
@@ -87,6 +91,50 @@ class PassContext:
     storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
 
 
+@dataclass(frozen=True)
+class Move:
+    """A batch state move a handler chose, and why (the message and the event say it)."""
+
+    target: BatchState
+    why: str
+    report: bool = False  # a new report round begins with it
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a state's handler wants: a move, or none; and what waits for a missing profile."""
+
+    move: Move | None = None
+    waiting: str = ""
+
+
+# The moves each state's handler may choose; every one is a row of BATCH_TRANSITIONS
+# (tests/test_states.py checks it). Deleted is reached only by `_delete`, from any state.
+DECIDES: dict[BatchState, frozenset[BatchState]] = {
+    B.PENDING: frozenset({B.HELD, B.PROCESSING}),
+    B.HELD: frozenset({B.PENDING}),
+    B.PROCESSING: frozenset({B.HELD, B.REPORTING}),
+    B.REPORTING: frozenset({B.COMPLETED, B.FAILED}),
+    B.UPDATE_REPORTING: frozenset({B.COMPLETED, B.FAILED}),
+    B.COMPLETED: frozenset(),
+    B.FAILED: frozenset({B.UPDATE_REPORTING}),
+}
+
+
+@dataclass
+class Turn:
+    """One batch's step in a pass: what its state's handler reads, and the items it may
+    load."""
+
+    batch: Batch
+    spec: BatchSpec
+    profile: Profile | None
+    status: BatchStatus
+    items: list[ItemStatus]
+    jobs: list[Job]
+    ctx: PassContext
+
+
 class Controller:
     """Drives every batch one step further on each pass; see the module docstring."""
 
@@ -100,6 +148,16 @@ class Controller:
         self.downloads = downloads if downloads is not None else ManifestDownloads()
         self.backoff = Backoff()
         self.message_id_domain = message_id_domain  # None: this installation's own
+        # the decision table: the handler of each state (Deleted is only expired, above it)
+        self._decisions: dict[BatchState, Callable[[Turn], Decision]] = {
+            B.PENDING: self._pending,
+            B.HELD: self._held,
+            B.PROCESSING: self._processing,
+            B.REPORTING: self._reporting,
+            B.UPDATE_REPORTING: self._reporting,
+            B.COMPLETED: self._finished,
+            B.FAILED: self._finished,
+        }
 
     def _message_id_domain(self) -> str:
         """The configured domain, else one made up once per installation and kept in the
@@ -188,7 +246,7 @@ class Controller:
         ctx.dirty_items = {}
         spec = batch.spec
         profile = ctx.repo.profiles.get(spec.profile)
-        waiting = self._step(batch, spec, profile, status, items, jobs, ctx)
+        waiting = self._step(Turn(batch, spec, profile, status, items, jobs, ctx))
         if ctx.dirty_items:  # one write for every job created this pass (crash: adopted)
             self.store.update_items(batch.name, list(ctx.dirty_items.values()))
         status.settled = self._settled(batch, spec, status, items)
@@ -236,75 +294,100 @@ class Controller:
             ctx.progressed = True
         return items
 
-    # --- the state machine
-    def _step(self, batch: Batch, spec: BatchSpec, profile: Profile | None, status: BatchStatus,
-              items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> str:
+    # --- the state machine: one handler per batch state, each returning the move it wants
+    def _step(self, turn: Turn) -> str:
         """Take the batch one step; return what waits for its missing profile, if anything
         does (the batch then waits, visibly, where it is: jobs already running go on)."""
+        status, items = turn.status, turn.items
         state = status.state
-        waiting = ""
-        if state == B.PENDING:
-            if spec.state == "Held":
-                self._move(batch, status, B.HELD, "held by admin")
-                self.store.set_suspended(batch.name, True)
-            elif profile is None:
-                waiting = "the batch is not started"
-            elif self._admissible(ctx):
-                ctx.active_batches += 1
-                status.started_at = status.started_at or time.time()
-                self._move(batch, status, B.PROCESSING, "admitted by the queue")
-                self.store.set_suspended(batch.name, False)
-        elif state == B.HELD:
-            if spec.state != "Held":
-                self._move(batch, status, B.PENDING, "released by admin")
-        elif state == B.PROCESSING:
-            if spec.state == "Held":
-                self.store.set_suspended(batch.name, True)
-                ctx.active_batches -= 1
-                self._move(batch, status, B.HELD, "held by admin")
-                return ""
-            if profile is None:
-                waiting = "no new job starts"
-            else:
-                if not status.items_loaded:
-                    items = self._load_items(batch, spec, profile, status, ctx)
-                self._restart_failed(batch, spec, profile, items, jobs, ctx)
-                self._ensure_jobs(batch, spec, profile, items, jobs, ctx)
-            if status.items_loaded and all(s.state in JOB_TERMINAL for s in items):
-                self._begin_report(batch, status, B.REPORTING, "every job is terminal")
-        elif state in (B.REPORTING, B.UPDATE_REPORTING):
-            if profile is None:  # it says who hears of the batch, from whom, who must not
-                waiting = "the report waits"
-            else:
-                self._report(batch, spec, profile, status, items, ctx)
-        elif state in (B.COMPLETED, B.FAILED):
-            if profile is None:
-                waiting = "the restarts asked for wait" if self._restarts_due(spec, items) else ""
-            else:
-                self._restart_failed(batch, spec, profile, items, jobs, ctx)
-            wants_update = (spec.state == "UpdateReporting"
-                            and status.update_generation < batch.generation)
-            if wants_update and state == B.FAILED and not status.manifest_error:
-                running = any(s.state not in JOB_TERMINAL for s in items)
-                if not running:
-                    status.update_generation = batch.generation
-                    self._begin_report(batch, status, B.UPDATE_REPORTING,
-                                       "admin requested UpdateReporting")
-            elif wants_update:
-                status.update_generation = batch.generation
-                status.message = (f"UpdateReporting ignored: it applies to Failed batches"
-                                  f" (this one is {state})")
+        decision = self._decisions[state](turn)
+        if decision.move is not None:
+            self._decide(turn, state, decision.move)
+        items = turn.items  # a handler may have loaded them
         status.counts = _counts(items) if items else status.counts
         status.failures = [
             {"item": s.item.id, "message": s.message} for s in items if s.state == J.FAILED
         ][:MAX_FAILURES_IN_STATUS] if items else status.failures
-        return waiting
+        return decision.waiting
+
+    def _decide(self, turn: Turn, state: BatchState, move: Move) -> None:
+        """Make a handler's move: one the handler may choose (DECIDES) and the table allows."""
+        if move.target not in DECIDES[state]:
+            raise IllegalTransition(f"the {state} handler chose a move to {move.target},"
+                                    f" which DECIDES[{state}] does not list (a controller bug)")
+        if move.report:
+            turn.status.report_round += 1
+        self._move(turn.batch, turn.status, move.target, move.why)
+
+    def _pending(self, t: Turn) -> Decision:
+        if t.spec.state == R.HELD:
+            self.store.set_suspended(t.batch.name, True)
+            return Decision(Move(B.HELD, "held by admin"))
+        if t.profile is None:
+            return Decision(waiting="the batch is not started")
+        if not self._admissible(t.ctx):
+            return Decision()
+        t.ctx.active_batches += 1
+        t.status.started_at = t.status.started_at or time.time()
+        self.store.set_suspended(t.batch.name, False)
+        return Decision(Move(B.PROCESSING, "admitted by the queue"))
+
+    def _held(self, t: Turn) -> Decision:
+        if t.spec.state != R.HELD:
+            return Decision(Move(B.PENDING, "released by admin"))
+        return Decision()
+
+    def _processing(self, t: Turn) -> Decision:
+        if t.spec.state == R.HELD:
+            self.store.set_suspended(t.batch.name, True)
+            t.ctx.active_batches -= 1
+            return Decision(Move(B.HELD, "held by admin"))
+        waiting = ""
+        if t.profile is None:
+            waiting = "no new job starts"
+        else:
+            if not t.status.items_loaded:
+                t.items, unreadable = self._load_items(t.batch, t.spec, t.profile, t.status,
+                                                       t.ctx)
+                if unreadable is not None:
+                    return Decision(unreadable)
+            self._restart_failed(t.batch, t.spec, t.profile, t.items, t.jobs, t.ctx)
+            self._ensure_jobs(t.batch, t.spec, t.profile, t.items, t.jobs, t.ctx)
+        if t.status.items_loaded and all(s.state in JOB_TERMINAL for s in t.items):
+            return Decision(Move(B.REPORTING, "every job is terminal", report=True), waiting)
+        return Decision(waiting=waiting)
+
+    def _reporting(self, t: Turn) -> Decision:
+        if t.profile is None:  # it says who hears of the batch, from whom, who must not
+            return Decision(waiting="the report waits")
+        return Decision(self._report(t.batch, t.spec, t.profile, t.status, t.items, t.ctx))
+
+    def _finished(self, t: Turn) -> Decision:
+        """Completed or Failed: restarts asked for run, and an UpdateReporting is begun."""
+        batch, spec, status, state = t.batch, t.spec, t.status, t.status.state
+        waiting = ""
+        if t.profile is None:
+            waiting = "the restarts asked for wait" if self._restarts_due(spec, t.items) else ""
+        else:
+            self._restart_failed(batch, spec, t.profile, t.items, t.jobs, t.ctx)
+        wants_update = (spec.state == R.UPDATE_REPORTING
+                        and status.update_generation < batch.generation)
+        if wants_update and state == B.FAILED and not status.manifest_error:
+            if not any(s.state not in JOB_TERMINAL for s in t.items):
+                status.update_generation = batch.generation
+                return Decision(Move(B.UPDATE_REPORTING, "admin requested UpdateReporting",
+                                     report=True), waiting)
+        elif wants_update:
+            status.update_generation = batch.generation
+            status.message = (f"UpdateReporting ignored: it applies to Failed batches"
+                              f" (this one is {state})")
+        return Decision(waiting=waiting)
 
     def _waiting_in_queue(self, batch: Batch, ctx: PassContext) -> bool:
         """A Pending batch the queue cannot admit yet, whose file state is already shown."""
         if batch.status.state != B.PENDING or batch.spec is None:
             return False
-        return not (batch.spec.state == "Held" or self._admissible(ctx))
+        return not (batch.spec.state == R.HELD or self._admissible(ctx))
 
     @staticmethod
     def _error_shown(batch: Batch) -> bool:
@@ -327,7 +410,7 @@ class Controller:
             return False
         if self._restarts_due(spec, items):
             return False
-        return not (spec.state == "UpdateReporting"
+        return not (spec.state == R.UPDATE_REPORTING
                     and status.update_generation < batch.generation)
 
     def _admissible(self, ctx: PassContext) -> bool:
@@ -335,18 +418,19 @@ class Controller:
                 and ctx.active_batches < ctx.repo.queue.max_active_batches)
 
     def _load_items(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
-                    ctx: PassContext) -> list[ItemStatus]:
+                    ctx: PassContext) -> tuple[list[ItemStatus], Move | None]:
+        """The batch's items, read once; with the move to report a manifest that cannot be
+        read."""
         if not self.store.count_items(batch.name):
             try:
                 found = self._read_manifest(batch, spec, profile, ctx)
             except ManifestError as exc:
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
-                self._begin_report(batch, status, B.REPORTING, status.message)
-                return []
+                return [], Move(B.REPORTING, status.message, report=True)
             if found is None:  # being downloaded outside the pass: picked up later
                 status.message = f"downloading the manifest {spec.manifest_url}"
-                return []
+                return [], None
             if spec.manifest_url:
                 status.message = f"{len(found)} items read from the manifest"
             shown, credentials = _withhold_credentials(found)
@@ -358,7 +442,7 @@ class Controller:
         status.items_loaded = True
         status.item_count = len(items)
         ctx.progressed = True
-        return items
+        return items, None
 
     def _read_manifest(self, batch: Batch, spec: BatchSpec, profile: Profile,
                        ctx: PassContext) -> list[Item] | None:
@@ -402,18 +486,21 @@ class Controller:
         # older naming scheme included), so a new scheme never runs an attempt twice
         created = s.job_name if attempt == s.attempts and s.job_name else None
         job = build_job(batch.name, s.item, attempt, profile, name=created,
-                        suspended=spec.state == "Held", git_dir=ctx.git_dir,
+                        suspended=spec.state == R.HELD, git_dir=ctx.git_dir,
                         commit=batch.source_revision, file_roots=self.file_roots,
                         storage_root=str(self._storage_dir(profile, ctx)))
         if job.name in existing:
             return
         if not job.suspended and not ctx.budget.take():
             return
+        first = J.HELD if job.suspended else J.PENDING
+        # a new attempt's Job starts afresh; the same attempt's Job made again (it vanished
+        # before it finished) is a move of that attempt, checked before the Job is made
+        state = first if attempt > s.attempts else job_transition(s.state, first)
         self.store.create_job(job)
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
-        s.attempts, s.job_name = attempt, job.name
-        s.state = J.HELD if job.suspended else J.PENDING
+        s.attempts, s.job_name, s.state = attempt, job.name, state
         if restarted:
             s.message, s.started_at, s.finished_at = "", None, None
             self.store.add_event(Event(batch.name, time.time(), "Restarted",
@@ -440,13 +527,10 @@ class Controller:
         return ctx.storage_dirs[profile.storage]
 
     # --- reporting
-    def _begin_report(self, batch: Batch, status: BatchStatus, target: BatchState,
-                      why: str) -> None:
-        status.report_round += 1
-        self._move(batch, status, target, why)
-
     def _report(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
-                items: list[ItemStatus], ctx: PassContext) -> None:
+                items: list[ItemStatus], ctx: PassContext) -> Move:
+        """Save the report of this round (emailed unless suppressed or unchanged); the
+        batch then moves to Completed or Failed."""
         kind = ("manifest-error" if status.manifest_error
                 else "update" if status.state == B.UPDATE_REPORTING else "initial")
         view = copy.copy(batch)
@@ -467,7 +551,7 @@ class Controller:
                else "report kept (email suppressed)")
         status.message = (status.manifest_error and f"manifest error: {status.manifest_error}") \
             or why
-        self._move(batch, status, B.COMPLETED if ok else B.FAILED, why)
+        return Move(B.COMPLETED if ok else B.FAILED, why)
 
     # --- deletion
     def _delete(self, batch: Batch, revision: str, ctx: PassContext) -> None:

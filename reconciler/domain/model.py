@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.domain.states import BatchState, JobState
+from reconciler.domain.states import BatchState, JobState, RequestedState
 from reconciler.support.urls import url_allowed
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -82,7 +82,7 @@ class BatchSpec:
 
     profile: str
     depositor: Depositor
-    state: str = "Active"  # Active | Held | UpdateReporting
+    state: RequestedState = RequestedState.ACTIVE
     priority: int = DEFAULT_PRIORITY
     items: tuple[Item, ...] | None = None
     manifest_url: str | None = None
@@ -96,7 +96,7 @@ class BatchSpec:
         return cls(
             profile=str(spec["profile"]),
             depositor=Depositor(str(dep.get("name", "")), str(dep["email"])),
-            state=str(spec.get("state", "Active")),
+            state=RequestedState(spec.get("state", RequestedState.ACTIVE)),
             priority=int(spec.get("priority", DEFAULT_PRIORITY)),
             items=tuple(Item.from_dict(i) for i in items) if items is not None else None,
             manifest_url=manifest.get("url"),

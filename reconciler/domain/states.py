@@ -30,6 +30,14 @@ class JobState(StrEnum):
     FAILED = "Failed"
 
 
+class RequestedState(StrEnum):
+    """What an admin asks of a batch in its file's `spec.state` (DESIGN §3)."""
+
+    ACTIVE = "Active"
+    HELD = "Held"
+    UPDATE_REPORTING = "UpdateReporting"
+
+
 class IllegalTransition(RuntimeError):
     """A state change that the tables do not allow."""
 
@@ -60,6 +68,8 @@ JOB_TRANSITIONS: dict[tuple[JobState, JobState], str] = {
     (J.HELD, J.PENDING): "its batch is released",
     (J.PROCESSING, J.COMPLETED): "the worker exits 0",
     (J.PROCESSING, J.FAILED): "the worker exits non-zero or the job is lost",
+    (J.PROCESSING, J.PENDING): "its processes died without a result (killed, a reboot): the"
+    " same attempt runs again, as the Job controller starts a new pod of the same Job",
     (J.PENDING, J.FAILED): "the job cannot be started (e.g. deadline, invalid pod)",
     (J.PENDING, J.COMPLETED): "the job ran to completion between two observations",
 }

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from reconciler.domain.model import Batch, Profile, QueueSettings
+from reconciler.domain.states import BatchState
 from reconciler.source.gitrepo import FileVersion, SyncResult
 from reconciler.spec.validation import batch_name, validate_text
 from reconciler.store.base import Event, Store
@@ -101,7 +102,7 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     renamed: dict[str, dict[str, str]] = json.loads(store.get_meta("renamed_batches") or "{}")
     by_path: dict[str, Batch] = {}
     for b in store.list_batches():  # the batch each file holds now, before any it held
-        held = str(b.status.state) != "Deleted" and b.name not in renamed
+        held = b.status.state != BatchState.DELETED and b.name not in renamed
         if held or b.source_path not in by_path:
             by_path[b.source_path] = b
     for f in result.changed:
@@ -165,11 +166,11 @@ def _apply_batch_file(
             existing = old
         elif old.spec is None:
             store.remove_batch(old.name)  # placeholder of a file that never parsed
-        elif str(old.status.state) != "Deleted":  # renamed: retired as if deleted (_prune)
+        elif old.status.state != BatchState.DELETED:  # renamed: retired as if deleted (_prune)
             renamed[old.name] = {"path": f.path, "to": name}
     if data is not None:
         renamed.pop(name, None)  # the name a file holds now is never retired
-    if existing is not None and str(existing.status.state) == "Deleted" and data is not None:
+    if existing is not None and existing.status.state == BatchState.DELETED and data is not None:
         store.remove_batch(name)  # a new file with a deleted batch's name starts afresh
         existing = None
     batch = store.apply_spec(
@@ -190,12 +191,12 @@ def _apply_batch_file(
 def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[str, str],
            renamed: dict[str, dict[str, str]]) -> None:
     batches = store.list_batches()
-    live = {b.name: b.source_path for b in batches if str(b.status.state) != "Deleted"}
+    live = {b.name: b.source_path for b in batches if b.status.state != BatchState.DELETED}
     for name in [n for n, r in renamed.items() if live.get(n) != r["path"]]:
         renamed.pop(name)  # retired already, or its file was edited since
     gone = [
         b for b in batches
-        if str(b.status.state) != "Deleted"
+        if b.status.state != BatchState.DELETED
         and (b.source_path not in result.batch_paths or b.name in renamed)
     ]
     for path in list(errors):

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.domain.states import JobState as J
 from reconciler.spec.validation import SCHEMA_DIR, load_schema
 
 GROUP = "batchq.dev"
@@ -53,8 +54,7 @@ def crd() -> dict[str, Any]:
     columns = [
         ("State", "string", ".status.state"),
         ("Jobs", "integer", ".status.itemCount"),
-        ("Completed", "integer", ".status.counts.Completed"),
-        ("Failed", "integer", ".status.counts.Failed"),
+        *((str(s), "integer", f".status.counts.{s}") for s in (J.COMPLETED, J.FAILED)),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]
     return {

@@ -18,7 +18,7 @@ def status_to_dict(status: BatchStatus) -> dict[str, Any]:
 
 def status_from_dict(data: dict[str, Any]) -> BatchStatus:
     data = dict(data)
-    data["state"] = BatchState(data.get("state", "Pending"))
+    data["state"] = BatchState(data.get("state", BatchState.PENDING))
     data["conditions"] = [Condition(**c) for c in data.get("conditions", [])]
     known = BatchStatus.__dataclass_fields__
     return BatchStatus(**{k: v for k, v in data.items() if k in known})

@@ -227,6 +227,8 @@ EVENTS: dict[str, Callable[[UnitWorld], None]] = {
     "x completes, y fails": run(("x", J.COMPLETED), ("y", J.FAILED)),
     "x completes, y still running": run(("x", J.COMPLETED)),
     "x fails before it starts": run(("x", J.FAILED)),
+    "x's processes die without a result": run(("x", J.PENDING)),
+    "x's unfinished job deleted by an operator": lambda w: w.store.delete_job("b-x-1"),
     "y completes": run(("y", J.COMPLETED)),
     "Held": edit(state="Held"),
     "Active": edit(state="Active"),
@@ -318,6 +320,10 @@ CASES = [
     Case("running", "x completes, y still running", B.PROCESSING,
          items={"x": "Completed", "y": "Processing"}),
     Case("running", "Held", B.HELD),
+    Case("running", "x's processes die without a result", B.PROCESSING,
+         items={"x": "Pending", "y": "Processing"}),  # the same attempt waits to run again
+    Case("running", "x's unfinished job deleted by an operator", B.PROCESSING, jobs=("b-x-1",),
+         items={"x": "Pending", "y": "Processing"}),  # made again: the same attempt
     Case("x_running_y_failed", "restart y", B.PROCESSING, jobs=("b-y-2",),
          items={"x": "Processing", "y": "Pending"}),
     Case("x_done_and_deleted", "y completes", B.REPORTING,

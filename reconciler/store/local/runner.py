@@ -33,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+from reconciler.domain.states import JobState
 from reconciler.store.base import deadline_message
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.nospace import NoSpaceLeft, free_bytes, nearly_full
@@ -79,10 +80,10 @@ class LocalRunner:
     def tick(self) -> bool:
         """One round: record finished jobs, start waiting ones. True if anything changed."""
         changed = self._reap()
-        running = len(self.store.jobs_in_state("Processing"))
+        running = len(self.store.jobs_in_state(JobState.PROCESSING))
         free = max(0, self.parallel - running)
         if free:
-            waiting = self.store.jobs_in_state("Pending", free)
+            waiting = self.store.jobs_in_state(JobState.PENDING, free)
             if waiting and nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
                 raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
                                   " free, too little to start a job")
@@ -126,7 +127,7 @@ class LocalRunner:
 
     def _reap(self) -> bool:
         changed = False
-        for row in self.store.jobs_in_state("Processing"):
+        for row in self.store.jobs_in_state(JobState.PROCESSING):
             name = row["name"]
             rc = self._read_rc(name)
             if rc is None:
@@ -171,7 +172,7 @@ class LocalRunner:
         """The shim died without a result (killed, machine reboot): run the attempt again
         (it keeps its first start time, and so its deadline)."""
         self._children.pop(name, None)
-        self.store._write("UPDATE jobs SET state='Pending', pid=NULL WHERE name=?", (name,))
+        self.store.mark_job_lost(name)
 
     def _read_rc(self, name: str) -> int | None:
         try:
@@ -197,7 +198,7 @@ class LocalRunner:
         """Kill every running job of a batch whose jobs are being deleted, and remove
         their job dirs (the store deletes the rows), as the Job controller does."""
         names = [j.name for j in self.store.list_jobs(batch)]
-        for row in self.store.jobs_in_state("Processing"):
+        for row in self.store.jobs_in_state(JobState.PROCESSING):
             if row["batch"] != batch:
                 continue
             if row["pid"] and _alive(row["pid"], self.job_dir(row["name"])):

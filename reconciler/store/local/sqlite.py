@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
-from reconciler.domain.states import JobState
+from reconciler.domain.states import JobState, job_transition
 from reconciler.store.base import (
     ConflictError,
     Delivery,
@@ -236,8 +236,8 @@ class SqliteStore:
                     " source_revision, submitted_at, status_json, state, spec_error,"
                     " updated_at, uid) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (name, spec_json, 1, source_path, revision, committed_at,
-                     canonical_json(status_to_dict(BatchStatus())), "Pending", error, now,
-                     new_uid()),
+                     canonical_json(status_to_dict(BatchStatus())),
+                     BatchStatus().state.value, error, now, new_uid()),
                 )
             else:
                 new_spec = spec_json if spec_json is not None else row["spec_json"]
@@ -289,7 +289,8 @@ class SqliteStore:
                 self._write(
                     "INSERT OR IGNORE INTO items(batch, item_id, seq, item_json, state,"
                     " attempts, message) VALUES (?,?,?,?,?,?,?)",
-                    (batch, item.id, seq, canonical_json(item.to_dict()), "Pending", 0, ""),
+                    (batch, item.id, seq, canonical_json(item.to_dict()), JobState.PENDING.value, 0,
+                     ""),
                 )
 
     def _item(self, row: sqlite3.Row) -> ItemStatus:
@@ -368,7 +369,7 @@ class SqliteStore:
         if spec.deadline_seconds:  # enforced by the runner from the job's first start
             run["activeDeadlineSeconds"] = spec.deadline_seconds
         spec_json = canonical_json(run)
-        state = "Held" if spec.suspended else "Pending"
+        state = (JobState.HELD if spec.suspended else JobState.PENDING).value
         n = self._write(
             "INSERT OR IGNORE INTO jobs(name, batch, item, attempt, state, suspended, spec_json,"
             " created_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -398,7 +399,8 @@ class SqliteStore:
     def count_active_jobs(self) -> int:
         """Jobs that hold a slot of maxActiveJobs: waiting to start or running."""
         row = self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE state IN ('Pending', 'Processing') AND suspended=0"
+            "SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) AND suspended=0",
+            (JobState.PENDING.value, JobState.PROCESSING.value),
         ).fetchone()
         return int(row[0])
 
@@ -417,45 +419,59 @@ class SqliteStore:
         with self._tx():
             self._write(
                 "UPDATE jobs SET suspended=? WHERE batch=? AND suspended<>? AND state IN"
-                " ('Pending', 'Held')",
-                (int(suspended), batch, int(suspended)),
+                " (?, ?)",
+                (int(suspended), batch, int(suspended), JobState.PENDING.value,
+                 JobState.HELD.value),
             )
-            old, new = ("Pending", "Held") if suspended else ("Held", "Pending")
+            old, new = ((JobState.PENDING, JobState.HELD) if suspended
+                        else (JobState.HELD, JobState.PENDING))
+            job_transition(old, new)  # the table says a job that has not started may wait
             self._write(
-                "UPDATE jobs SET state=? WHERE batch=? AND state=?", (new, batch, old)
+                "UPDATE jobs SET state=? WHERE batch=? AND state=?",
+                (new.value, batch, old.value),
             )
 
     # --- local runner's view of the jobs table
-    def jobs_in_state(self, state: str, limit: int = -1) -> list[sqlite3.Row]:
+    def jobs_in_state(self, state: JobState, limit: int = -1) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT * FROM jobs WHERE state=? AND suspended=0 ORDER BY created_at, name LIMIT ?",
-            (state, limit),
+            (state.value, limit),
         ).fetchall()
+
+    def _move_job(self, name: str, sources: tuple[JobState, ...], target: JobState,
+                  columns: str = "", values: Sequence[object] = ()) -> None:
+        """Move a job from one of `sources` to `target` (and set `columns`), each move
+        checked against JOB_TRANSITIONS first: the runner writes no state the table
+        forbids."""
+        for source in sources:
+            job_transition(source, target)
+        marks = ", ".join("?" for _ in sources)
+        self._write(
+            f"UPDATE jobs SET state=?{columns} WHERE name=? AND state IN ({marks})",
+            (target.value, *values, name, *(s.value for s in sources)),
+        )
 
     def mark_job_started(self, name: str, pid: int) -> None:
         """Running as `pid`; the start time is the first start's, as a Job's startTime is,
         so a run of the same attempt after a crash keeps the deadline of the first."""
-        self._write(
-            "UPDATE jobs SET state='Processing', pid=?, started_at=COALESCE(started_at, ?)"
-            " WHERE name=? AND state='Pending'",
-            (pid, time.time(), name),
-        )
+        self._move_job(name, (JobState.PENDING,), JobState.PROCESSING,
+                       ", pid=?, started_at=COALESCE(started_at, ?)", (pid, time.time()))
 
     def mark_job_finished(self, name: str, exit_code: int, message: str) -> None:
-        state = "Completed" if exit_code == 0 else "Failed"
-        self._write(
-            "UPDATE jobs SET state=?, exit_code=?, message=?, finished_at=? WHERE name=? AND"
-            " state='Processing'",
-            (state, exit_code, message, time.time(), name),
-        )
+        state = JobState.COMPLETED if exit_code == 0 else JobState.FAILED
+        self._move_job(name, (JobState.PROCESSING,), state,
+                       ", exit_code=?, message=?, finished_at=?",
+                       (exit_code, message, time.time()))
 
     def mark_job_failed(self, name: str, message: str) -> None:
         """Failed without an exit code of its own (stopped at its deadline)."""
-        self._write(
-            "UPDATE jobs SET state='Failed', message=?, finished_at=? WHERE name=? AND"
-            " state IN ('Pending', 'Processing')",
-            (message, time.time(), name),
-        )
+        self._move_job(name, (JobState.PENDING, JobState.PROCESSING), JobState.FAILED,
+                       ", message=?, finished_at=?", (message, time.time()))
+
+    def mark_job_lost(self, name: str) -> None:
+        """Its processes died without a result (killed, a reboot): the same attempt waits
+        to run again, as the Job controller starts a new pod of the same Job."""
+        self._move_job(name, (JobState.PROCESSING,), JobState.PENDING, ", pid=NULL")
 
     def job_spec(self, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT spec_json FROM jobs WHERE name=?", (name,)).fetchone()
