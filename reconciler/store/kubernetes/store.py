@@ -39,15 +39,13 @@ from reconciler.domain.model import (
     Batch,
     BatchSpec,
     BatchStatus,
-    Condition,
     Item,
     ItemStatus,
     Job,
     Report,
 )
-from reconciler.domain.states import BatchState, JobState
+from reconciler.domain.states import JobState
 from reconciler.store.base import (
-    DEADLINE_EXCEEDED,
     ConflictError,
     Delivery,
     Event,
@@ -55,74 +53,20 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
-    deadline_message,
     new_uid,
 )
 from reconciler.store.codec import canonical_json
 from reconciler.store.kubernetes.informer import Informer, Obj
+from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
+from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
+from reconciler.store.kubernetes.status import status_from_k8s, status_to_k8s
 from reconciler.support.redaction import redact_text
-from reconciler.support.timefmt import parse_rfc3339_or_none, rfc3339
+from reconciler.support.timefmt import parse_rfc3339_or_none
 
-GROUP, VERSION, PLURAL = "batchq.dev", "v1", "batches"
 MANAGER = "batchq-sync"
-A = "batchq.dev/"
 CHUNK = 500
 TIMELINE_MAX = 500
 META = "batchq-meta"
-CREDENTIALS_DIR = "/var/run/secrets/batchq"
-
-
-def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "state": str(s.state),
-        "observedGeneration": s.observed_generation,
-        "message": s.message[:4096],
-        "conditions": [
-            {"type": c.type, "status": "True" if c.status else "False", "reason": c.reason or
-             "Unknown", "message": c.message[:32768],
-             "lastTransitionTime": rfc3339(c.last_transition or 0)}
-            for c in s.conditions
-        ],
-        "itemsLoaded": s.items_loaded,
-        "itemCount": s.item_count,
-        "counts": dict(s.counts),
-        "failures": [dict(f) for f in s.failures[:20]],
-        "manifestError": s.manifest_error[:4096],
-        "reportRound": s.report_round,
-        "updateGeneration": s.update_generation,
-        "settled": s.settled,
-    }
-    for key, value in (("startedAt", s.started_at), ("finishedAt", s.finished_at),
-                       ("deletedAt", s.deleted_at)):
-        if value is not None:
-            out[key] = value
-    return out
-
-
-def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
-    d = d or {}
-    return BatchStatus(
-        state=BatchState(d.get("state", "Pending")),
-        observed_generation=int(d.get("observedGeneration", 0)),
-        message=d.get("message", ""),
-        conditions=[
-            Condition(c["type"], c.get("status") == "True", c.get("reason", ""),
-                      c.get("message", ""),
-                      parse_rfc3339_or_none(c.get("lastTransitionTime")) or 0.0)
-            for c in d.get("conditions", [])
-        ],
-        started_at=d.get("startedAt"),
-        finished_at=d.get("finishedAt"),
-        deleted_at=d.get("deletedAt"),
-        items_loaded=bool(d.get("itemsLoaded", False)),
-        item_count=int(d.get("itemCount", 0)),
-        counts=dict(d.get("counts", {})),
-        failures=list(d.get("failures", [])),
-        manifest_error=d.get("manifestError", ""),
-        report_round=int(d.get("reportRound", 0)),
-        update_generation=int(d.get("updateGeneration", 0)),
-        settled=bool(d.get("settled", False)),
-    )
 
 
 def _normal(status: BatchStatus) -> str:
@@ -519,7 +463,7 @@ class KubernetesStore:
         them back); a Job's pod mounts its item's key (see `create_job`)."""
         buckets: dict[str, dict[str, str]] = {}
         for item_id, userinfo in credentials.items():
-            buckets.setdefault(_credentials_secret(batch, item_id), {})[item_id] = userinfo
+            buckets.setdefault(credentials_secret(batch, item_id), {})[item_id] = userinfo
         for name, data in sorted(buckets.items()):
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": name,
@@ -538,73 +482,11 @@ class KubernetesStore:
     def create_job(self, spec: JobSpec) -> bool:
         if self.jobs.get(spec.name) is not None:
             return False
-        labels = {f"{A}batch": spec.batch, f"{A}item": _label(spec.item),
-                  f"{A}attempt": str(spec.attempt), "app.kubernetes.io/managed-by": "batchq"}
-        container: dict[str, Any] = {
-            "name": "worker", "image": spec.image, "command": list(spec.command),
-            "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-            + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
-               {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"}],
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
-                              "readOnly": True}],
-        }
-        # only this item's key; readable by the container's user whatever its uid (the
-        # image's, or a profile's image without fsGroup): the pod has this one container
-        credentials = {"name": "credentials", "secret": {
-            "secretName": _credentials_secret(spec.batch, spec.item), "optional": True,
-            "defaultMode": 0o444, "items": [{"key": spec.item, "path": "userinfo"}]}}
-        if spec.resources:
-            container["resources"] = spec.resources
-        job_spec: dict[str, Any] = {
-            "suspend": spec.suspended,
-            "backoffLimit": spec.backoff_limit,
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                {"action": "FailJob", "onExitCodes": {"containerName": "worker",
-                                                      "operator": "NotIn", "values": [0]}},
-            ]},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {
-                    f"{A}item-id": spec.item, **spec.annotations}},
-                "spec": {"restartPolicy": "Never", "containers": [container],
-                         "volumes": [credentials]},
-            },
-        }
-        if spec.deadline_seconds:
-            job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
-        body = {"apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": spec.name, "labels": labels,
-                             "annotations": {f"{A}item-id": spec.item},
-                             "ownerReferences": self._owner(spec.batch)},
-                "spec": job_spec}
-        return self._create(self.batch_api.create_namespaced_job, body, self.jobs)
+        return self._create(self.batch_api.create_namespaced_job,
+                            job_manifest(spec, self._owner(spec.batch)), self.jobs)
 
     def _job(self, obj: Obj) -> Job:
-        meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        labels = meta.get("labels") or {}
-        conds = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
-        state = JobState.PENDING
-        message = ""
-        finished = None
-        if "Complete" in conds:
-            state, finished = JobState.COMPLETED, parse_rfc3339_or_none(st.get("completionTime"))
-        elif "Failed" in conds:
-            state = JobState.FAILED
-            finished = parse_rfc3339_or_none(conds["Failed"].get("lastTransitionTime"))
-            if conds["Failed"].get("reason") == DEADLINE_EXCEEDED and spec.get(
-                    "activeDeadlineSeconds"):  # the pods were stopped: their words are not why
-                message = deadline_message(int(spec["activeDeadlineSeconds"]))
-            else:
-                message = self._failure_message(meta["name"], conds["Failed"])
-        elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
-            state = JobState.PROCESSING  # started; stays so while a pod is being replaced
-        return Job(name=meta["name"], batch=labels.get(f"{A}batch", ""),
-                   item=(meta.get("annotations") or {}).get(f"{A}item-id", ""),
-                   attempt=int(labels.get(f"{A}attempt", "1")), state=state, message=message,
-                   suspended=bool(spec.get("suspend")),
-                   created_at=parse_rfc3339_or_none(meta.get("creationTimestamp")),
-                   started_at=parse_rfc3339_or_none(st.get("startTime")), finished_at=finished)
+        return job_from_k8s(obj, self._failure_message)
 
     def _failure_message(self, name: str, cond: dict[str, Any]) -> str:
         """The worker's one-line reason, from its pod's termination message (read once)."""
@@ -799,16 +681,3 @@ class KubernetesStore:
                 for at, reason, message, rev in self._cm_json(f"{batch}-timeline",
                                                               "events.json", [])]
 
-
-def _credentials_secret(batch: str, item: str) -> str:
-    """The Secret with an item's credentials: one of at most 256 per batch, picked by a hash
-    of the item id, so a Job names its own without a lookup and no Secret nears the 1 MiB
-    object limit at 100,000 items."""
-    return f"{batch}-credentials-{hashlib.sha256(item.encode()).hexdigest()[:2]}"
-
-
-def _label(value: str) -> str:
-    """A label value (≤63, alphanumeric ends); long or odd ids get a hash instead."""
-    if len(value) <= 63 and value[:1].isalnum() and value[-1:].isalnum():
-        return value
-    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
