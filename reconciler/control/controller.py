@@ -131,7 +131,7 @@ class Controller:
             if self.backoff.waiting(batch, now):
                 continue
             try:
-                with self.store.transaction():  # one batch's step lands whole, or not at all
+                with self.store.transaction():  # whole on SQLite; see Store.transaction
                     failpoints.hit(f"step@{batch.name}")
                     if batch.name in deletions:
                         self._delete(batch, deletions[batch.name], ctx)

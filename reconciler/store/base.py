@@ -192,7 +192,23 @@ class Store(Protocol):
     def delivered(self, report_id: str) -> bool:
         """Has the server accepted the report's email, for at least one recipient?"""
 
-    def transaction(self) -> AbstractContextManager[Any]: ...
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Group writes; what that guarantees depends on the backend.
+
+        - local (SQLite): all or nothing. Everything written inside commits together, with
+          one fsync, when the outermost block ends; an exception or a kill inside rolls
+          every write of it back. Nested blocks join the outermost one.
+        - kubernetes: nothing. The API server has no multi-object transactions: each write
+          stands alone and is durable as soon as it returns, and a failure part-way leaves
+          the writes before it in place.
+
+        So callers must not rely on atomicity: the controller and the sync order their
+        writes so that any prefix of a step is a state the next pass completes: a Job
+        (deterministic name) is created before the item that records it, which the next
+        pass adopts by name; a report is saved before the status that moves the batch on;
+        a batch's status is written last. On SQLite a block also costs one fsync instead
+        of one per write."""
+        ...
     def close(self) -> None: ...
 
 

@@ -128,8 +128,9 @@ class KubernetesStore:
         return dict(json.loads(resp.data))
 
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """The API server has no multi-object transactions: each write stands alone, and
-        the controller's steps are ordered so that any prefix of them is safe."""
+        """Guarantees nothing (see `Store.transaction`): the API server has no
+        multi-object transactions, each write stands alone, and the controller's steps are
+        ordered so that any prefix of them is safe."""
         return contextlib.nullcontext()
 
     def _wrote(self) -> None:
