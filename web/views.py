@@ -1,6 +1,6 @@
 """What the pages and the JSON API show, computed once from the store for both.
 
-Every function here reads through the `Store` protocol and returns plain JSON-ready
+Every function here reads through the `ReadStore` protocol and returns plain JSON-ready
 values, so the HTML templates and /api/... can never disagree. Times are RFC 3339 UTC
 strings (`reconciler.support.timefmt`); the templates turn them into "3 min ago" with the
 exact time in a title.
@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.base import WAITING, Delivery, Event, RecipientState, Store
+from reconciler.store.base import WAITING, Delivery, Event, ReadStore, RecipientState
 from reconciler.support.heartbeat import read_heartbeat
 from reconciler.support.timefmt import rfc3339_or_none as iso
 
@@ -118,7 +118,7 @@ def job_view(s: ItemStatus) -> dict[str, Any]:
             "startedAt": iso(s.started_at), "finishedAt": iso(s.finished_at)}
 
 
-def job_page(store: Store, name: str, *, state: str | None, query: str | None,
+def job_page(store: ReadStore, name: str, *, state: str | None, query: str | None,
              page: str | None, size: int) -> tuple[Paging, list[dict[str, Any]]]:
     """One page of a batch's jobs: a COUNT and a LIMIT/OFFSET read, whatever its size."""
     total = store.total_items(name, state=state, query=query)
@@ -145,7 +145,7 @@ class BatchList:
     rows: list[dict[str, Any]]
 
 
-def batch_list(store: Store, args: Mapping[str, str], size: int) -> BatchList:
+def batch_list(store: ReadStore, args: Mapping[str, str], size: int) -> BatchList:
     """The list for the request's `state=` and `page=` (newest activity first)."""
     state = state_filter(args.get("state"), STATES, "state")
     counts = store.count_batches()
@@ -166,7 +166,7 @@ class JobList:
     rows: list[dict[str, Any]]
 
 
-def job_list(store: Store, name: str, args: Mapping[str, str], size: int) -> JobList:
+def job_list(store: ReadStore, name: str, args: Mapping[str, str], size: int) -> JobList:
     """The jobs for the request's `state=`, `q=` (a search) and `page=`."""
     state = state_filter(args.get("state"), JOB_STATES, "job state")
     query = (args.get("q") or "").strip()[:QUERY_MAX] or None
@@ -199,7 +199,7 @@ def delivery_summary(emailed: bool, accepted: bool, states: list[RecipientState]
     return "undeliverable"
 
 
-def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
+def reports_view(store: ReadStore, reports: list[Report]) -> list[dict[str, Any]]:
     """Reports oldest first, each with what changed since the one before it."""
     out: list[dict[str, Any]] = []
     previous: Report | None = None
@@ -229,7 +229,7 @@ def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
     return out
 
 
-def site_status(store: Store, state_dir: Path, stall_seconds: float) -> dict[str, Any]:
+def site_status(store: ReadStore, state_dir: Path, stall_seconds: float) -> dict[str, Any]:
     """The repository-wide facts every page shows: last sync, sync and file errors."""
     beat = read_heartbeat(state_dir)
     last_sync = beat.get("lastSync")

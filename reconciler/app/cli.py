@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.store.backends import BackendSettings, open_store, store_factory
-from reconciler.store.base import Delivery, Store
+from reconciler.store.base import Delivery, ReadStore
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.nospace import (
     NoSpaceLeft,
@@ -142,7 +142,7 @@ def backend_settings(args: argparse.Namespace) -> BackendSettings:
                            namespace=args.namespace, kubeconfig=args.kubeconfig)
 
 
-def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
+def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]:
     """The `status --json` document, in exactly the shape DESIGN §7 gives."""
     batches = [b for b in store.list_batches() if name is None or b.name == name]
     out = []
@@ -179,7 +179,7 @@ def _show(line: str, *, err: bool = False) -> None:
     print(escape_controls(line), file=sys.stderr if err else sys.stdout)
 
 
-def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) -> list[str]:
+def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None) -> list[str]:
     """Why writes may be failing: what the loop last met, how full the (local) state dir is
     now, and the jobs that failed for lack of space (they need a restart once there is)."""
     out = []
@@ -199,7 +199,7 @@ def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) ->
     return out
 
 
-def print_status(store: Store, name: str | None, state_dir: Path | None = None) -> None:
+def print_status(store: ReadStore, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
