@@ -8,7 +8,6 @@ exact time in a title.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,14 @@ from typing import Any
 
 from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.base import WAITING, Delivery, Event, ReadStore, RecipientState
+from reconciler.store.base import (
+    WAITING,
+    Delivery,
+    Event,
+    ReadStore,
+    RecipientState,
+    SyncState,
+)
 from reconciler.support.heartbeat import read_heartbeat
 from reconciler.support.timefmt import rfc3339_or_none as iso
 
@@ -236,15 +242,15 @@ def site_status(store: ReadStore, state_dir: Path, stall_seconds: float) -> dict
     age = round(time.time() - float(last_sync), 1) if last_sync else None
     interval = float(beat.get("interval") or 0)
     try:
-        file_errors = dict(json.loads(store.get_meta("file_errors") or "{}"))
-    except ValueError:
-        file_errors = {}
+        state = store.load_sync_state()
+    except ValueError:  # a stored field is not JSON: show the page without it
+        state = SyncState()
     return {
         "lastSync": iso(float(last_sync)) if last_sync else None,
         "syncAgeSeconds": age,
         "syncStale": age is None or age > max(stall_seconds, 3 * interval),
-        "head": str(beat.get("head") or store.get_meta("synced_commit") or ""),
-        "syncError": store.get_meta("sync_error") or "",
-        "deletionRefused": store.get_meta("deletion_refused") or "",
-        "fileErrors": {str(k): str(v) for k, v in sorted(file_errors.items())},
+        "head": str(beat.get("head") or state.synced_commit or ""),
+        "syncError": state.sync_error,
+        "deletionRefused": state.deletion_refused,
+        "fileErrors": {str(k): str(v) for k, v in sorted(state.file_errors.items())},
     }

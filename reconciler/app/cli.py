@@ -183,7 +183,7 @@ def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None
     """Why writes may be failing: what the loop last met, how full the (local) state dir is
     now, and the jobs that failed for lack of space (they need a restart once there is)."""
     out = []
-    recorded = store.get_meta("storage_error")
+    recorded = store.load_sync_state().storage_error
     if recorded:
         out.append(recorded)
     free = free_bytes(state_dir) if state_dir is not None else None
@@ -224,18 +224,16 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
                 tries = "1 attempt" if d["attempts"] == 1 else f"{d['attempts']} attempts"
                 _show(f"    to {d['recipient']}: {Delivery(d['state']).meaning} ({tries},"
                       f" last {d['at']}): {d['detail']}")
-    errors = json.loads(store.get_meta("file_errors") or "{}")
-    for err in errors.values():
+    state = store.load_sync_state()
+    for err in state.file_errors.values():
         for line in err.split("\n"):  # one problem a line, as `batchq validate` prints
             _show(f"error: {line}", err=True)
-    sync_error = store.get_meta("sync_error")
-    if sync_error:
-        _show(f"sync error: {sync_error}", err=True)
+    if state.sync_error:
+        _show(f"sync error: {state.sync_error}", err=True)
     for problem in storage_errors(store, doc, state_dir):
         _show(f"storage error: {problem}", err=True)
-    refused = store.get_meta("deletion_refused")
-    if refused:
-        _show(f"warning: {refused}", err=True)
+    if state.deletion_refused:
+        _show(f"warning: {state.deletion_refused}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

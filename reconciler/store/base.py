@@ -117,6 +117,29 @@ class OutboxEntry:
     queued_at: float = 0.0  # when the report was saved: the start of its maximum age
 
 
+@dataclass
+class SyncState:
+    """What the Git sync and the loop keep between passes beside the batches: where the
+    sync stands, what went wrong with it, and the repo-wide files as last read well.
+
+    Each field is stored under its own name (SQLite `meta` rows; the `batchq-meta`
+    ConfigMap's keys), encoded and decoded in one place (`store/codec.py`), so state dirs
+    and clusters written before this type keep working."""
+
+    synced_commit: str | None = None  # the commit last applied; None before the first sync
+    sync_error: str = ""  # why the last fetch failed; "" once one worked
+    storage_error: str = ""  # the full state dir the loop last met; "" once a pass wrote
+    message_id_domain: str = ""  # made up once per installation when none is configured
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> raw spec
+    queue: dict[str, Any] = field(default_factory=dict)  # queue.yaml's raw spec
+    profile_paths: dict[str, str] = field(default_factory=dict)  # file path -> profile name
+    renamed_batches: dict[str, dict[str, str]] = field(
+        default_factory=dict)  # retired name -> {"path": its file, "to": the name it holds now}
+    file_errors: dict[str, str] = field(default_factory=dict)  # file path -> its error
+    deletion_refused: str = ""  # why the last commit's deletions were refused (guard)
+    deletions: dict[str, str] = field(default_factory=dict)  # batch -> deciding commit
+
+
 @dataclass(frozen=True)
 class Page:
     """A page of a longer list, for the CLI and the web site."""
@@ -131,7 +154,7 @@ class ReadStore(Protocol):
     The site is typed against this, so mypy refuses a write from a page."""
 
     # --- bookkeeping of the Git source and repo-wide settings
-    def get_meta(self, key: str) -> str | None: ...
+    def load_sync_state(self) -> SyncState: ...
 
     # --- batches
     def list_batches(self) -> list[Batch]: ...
@@ -172,7 +195,11 @@ class Store(ReadStore, Protocol):
     writes: int  # every write that reached the backend (benchmarks assert 0 on a no-op pass)
 
     # --- bookkeeping of the Git source and repo-wide settings
-    def set_meta(self, key: str, value: str) -> None: ...
+    def save_sync_state(self, state: SyncState) -> None:
+        """Write each field whose stored form differs from `state`'s, one write per field,
+        in the order of the fields; a field at its default where nothing is stored yet is
+        not written. Callers load, change the fields they own, and save."""
+        ...
 
     # --- batches
     def apply_spec(

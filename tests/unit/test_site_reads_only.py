@@ -44,5 +44,5 @@ def test_read_store_has_only_reads_and_store_has_every_write() -> None:
     write_verbs = ("set_", "save_", "apply_", "update_", "remove_", "create_", "delete_",
                    "record_", "add_", "transaction", "writes")
     assert not {m for m in reads if m.startswith(write_verbs)}
-    assert {"set_meta", "apply_spec", "update_status", "create_job", "save_report",
+    assert {"save_sync_state", "apply_spec", "update_status", "create_job", "save_report",
             "record_delivery", "transaction", "writes"} <= writes

@@ -53,9 +53,10 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
+    SyncState,
     new_uid,
 )
-from reconciler.store.codec import canonical_json
+from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
 from reconciler.store.kubernetes.informer import Informer, Obj
 from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
 from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
@@ -226,6 +227,17 @@ class KubernetesStore:
                         {"data": {key: value}})
         self._wrote()
         self.cms.remember(new)
+
+    def _meta_data(self) -> dict[str, str]:
+        cm = self.cms.get(META)
+        return {str(k): str(v) for k, v in ((cm or {}).get("data") or {}).items()}
+
+    def load_sync_state(self) -> SyncState:
+        return sync_state_from_meta(self._meta_data())
+
+    def save_sync_state(self, state: SyncState) -> None:
+        for key, value in sync_state_writes(self._meta_data(), state):
+            self.set_meta(key, value)  # one merge patch per field, as before the type
 
     def _placeholders(self) -> dict[str, dict[str, Any]]:
         return dict(json.loads(self.get_meta("placeholders") or "{}"))
