@@ -9,10 +9,13 @@
   `<batch>-report-<round>-<incarnation>` (the outbox is their `batchq.dev/outbox` label),
   the timeline in `<batch>-timeline`; all are owned by the Batch, so deleting it removes
   them, except a report still waiting to be emailed, which is let go of and goes out.
+  Their names and contents are pure functions in configmaps.py.
 - A Batch's incarnation (`batchq.dev/incarnation`, set when it is created) tells a name
   reused after a deletion from the batch that had it before: their reports never meet.
 - One Job per item attempt, owned by the Batch, labelled batch/item/attempt; a Job that
-  finished and vanished is never re-run because the item ConfigMap recorded it.
+  finished and vanished is never re-run because the item ConfigMap recorded it. The Job
+  body and the reading of its state are pure functions in jobs.py; the status codec is in
+  status.py.
 - Item credentials (userinfo of a payload URL) live in Secrets `<batch>-credentials-XX`
   owned by the Batch, never in the item ConfigMaps or the Job; a Job's pod mounts only its
   own item's key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
@@ -57,6 +60,20 @@ from reconciler.store.base import (
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
+from reconciler.store.kubernetes.configmaps import (
+    CHUNK,
+    TIMELINE_MAX,
+    chunk_name,
+    delivery_accepted,
+    item_status,
+    new_item_records,
+    recipients_from_cm,
+    report_cm_name,
+    report_from_json,
+    report_incarnation,
+    report_json,
+    timeline_name,
+)
 from reconciler.store.kubernetes.informer import Informer, Obj
 from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
 from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
@@ -65,8 +82,6 @@ from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import parse_rfc3339_or_none
 
 MANAGER = "batchq-sync"
-CHUNK = 500
-TIMELINE_MAX = 500
 META = "batchq-meta"
 
 
@@ -411,12 +426,8 @@ class KubernetesStore:
 
     def set_items(self, batch: str, items: list[Item]) -> None:
         for k in range(0, len(items), CHUNK):
-            records = [
-                {"item": it.to_dict(), "seq": k + i, "state": "Pending", "attempts": 0,
-                 "message": "", "jobName": None, "startedAt": None, "finishedAt": None}
-                for i, it in enumerate(items[k:k + CHUNK])
-            ]
-            name = f"{batch}-items-{k // CHUNK:04d}"
+            records = new_item_records(items[k:k + CHUNK], k)
+            name = chunk_name(batch, k // CHUNK)
             if self.cms.get(name) is None:
                 self._create_cm(name, "items", batch, {"items.json": json.dumps(records)})
 
@@ -426,15 +437,8 @@ class KubernetesStore:
             out += self._cm_json(name, "items.json", [])
         return out
 
-    @staticmethod
-    def _item(r: dict[str, Any]) -> ItemStatus:
-        return ItemStatus(item=Item.from_dict(r["item"]), seq=r["seq"],
-                          state=JobState(r["state"]), attempts=r["attempts"],
-                          message=r["message"], job_name=r["jobName"],
-                          started_at=r["startedAt"], finished_at=r["finishedAt"])
-
     def _filtered(self, batch: str, state: str | None, query: str | None) -> list[ItemStatus]:
-        items = [self._item(r) for r in self._records(batch)]
+        items = [item_status(r) for r in self._records(batch)]
         if state:
             items = [s for s in items if str(s.state) == state]
         if query:
@@ -463,7 +467,7 @@ class KubernetesStore:
         for s in items:
             by_chunk.setdefault(s.seq // CHUNK, []).append(s)
         for k, changed in by_chunk.items():
-            name = f"{batch}-items-{k:04d}"
+            name = chunk_name(batch, k)
             records = self._cm_json(name, "items.json", [])
             for s in changed:
                 records[s.seq - k * CHUNK].update(
@@ -554,30 +558,12 @@ class KubernetesStore:
             self.jobs.remember(new)
 
     # --- reports and outbox
-    @staticmethod
-    def _report_cm(report_id: str) -> str:
-        """`name:uid:round` -> `name-report-round-uid`; a report id of a Batch stored
-        before incarnations, `name:round`, keeps the `name-report-round` it has."""
-        batch, _, round_ = report_id.rpartition(":")
-        name, _, incarnation = batch.partition(":")
-        return f"{name}-report-{round_}-{incarnation}" if incarnation else f"{name}-report-{round_}"
-
-    @staticmethod
-    def _incarnation(report_id: str) -> str:
-        parts = report_id.split(":")
-        return parts[1] if len(parts) == 3 else ""
-
     def save_report(self, report: Report) -> bool:
-        data = {"id": report.id, "batch": report.batch, "kind": report.kind,
-                "createdAt": report.created_at, "subject": report.subject,
-                "recipients": list(report.recipients), "body": report.body,
-                "changed": list(report.changed), "jobStates": report.job_states,
-                "emailed": report.emailed}
         return self._create_cm(
-            self._report_cm(report.id), "report", report.batch,
-            {"report.json": json.dumps(data)},
+            report_cm_name(report.id), "report", report.batch,
+            {"report.json": report_json(report)},
             labels={f"{A}outbox": "pending" if report.emailed else "none",
-                    f"{A}incarnation": self._incarnation(report.id)},
+                    f"{A}incarnation": report_incarnation(report.id)},
             annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0"},
             binary={"message.eml": base64.b64encode(report.message).decode()},
         )
@@ -596,32 +582,18 @@ class KubernetesStore:
         for cm in self._report_cms(batch):
             if (cm["metadata"].get("labels") or {}).get(f"{A}incarnation", "") != incarnation:
                 continue
-            d = json.loads(cm["data"]["report.json"])
-            out.append(Report(
-                id=d["id"], batch=d["batch"], kind=d["kind"], created_at=d["createdAt"],
-                subject=d["subject"], recipients=tuple(d["recipients"]), body=d["body"],
-                changed=tuple(d["changed"]), job_states=d["jobStates"], emailed=d["emailed"],
-                message=base64.b64decode((cm.get("binaryData") or {}).get("message.eml", "")),
-            ))
+            out.append(report_from_json(
+                cm["data"]["report.json"],
+                base64.b64decode((cm.get("binaryData") or {}).get("message.eml", ""))))
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
-    @staticmethod
-    def _accepted(meta: Obj) -> bool:
-        return (f"{A}delivered-at" in (meta.get("annotations") or {})
-                or (meta.get("labels") or {}).get(f"{A}outbox") == "delivered")
-
     def delivered(self, report_id: str) -> bool:
-        cm = self.cms.get(self._report_cm(report_id))
-        return cm is not None and self._accepted(cm["metadata"])
-
-    @staticmethod
-    def _recipients(cm: Obj) -> tuple[RecipientState, ...]:
-        text = (cm["metadata"].get("annotations") or {}).get(f"{A}recipients") or "[]"
-        return tuple(RecipientState.from_dict(d) for d in json.loads(text))
+        cm = self.cms.get(report_cm_name(report_id))
+        return cm is not None and delivery_accepted(cm["metadata"])
 
     def recipient_states(self, report_id: str) -> list[RecipientState]:
-        cm = self.cms.get(self._report_cm(report_id))
-        return [] if cm is None else list(self._recipients(cm))
+        cm = self.cms.get(report_cm_name(report_id))
+        return [] if cm is None else list(recipients_from_cm(cm))
 
     def pending_outbox(self, now: float) -> list[OutboxEntry]:
         out = []
@@ -636,12 +608,12 @@ class KubernetesStore:
             out.append(OutboxEntry(
                 d["id"], d["batch"], base64.b64decode(cm["binaryData"]["message.eml"]),
                 int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", ""),
-                self._recipients(cm), float(d.get("createdAt") or 0.0)))
+                recipients_from_cm(cm), float(d.get("createdAt") or 0.0)))
         return out
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
                       annotations: dict[str, str]) -> None:
-        new = self._raw(self.core.patch_namespaced_config_map, self._report_cm(report_id),
+        new = self._raw(self.core.patch_namespaced_config_map, report_cm_name(report_id),
                         self.ns, {"metadata": {"labels": labels, "annotations": annotations}})
         self._wrote()
         self.cms.remember(new)
@@ -654,7 +626,7 @@ class KubernetesStore:
             if box in (None, "none"):
                 continue
             attempts = int((meta.get("annotations") or {}).get(f"{A}attempts", "0"))
-            accepted = self._accepted(meta)
+            accepted = delivery_accepted(meta)
             out["delivered"] += accepted
             out["failed"] += max(0, attempts - accepted)
             out["waiting"] += box == "pending"
@@ -664,7 +636,7 @@ class KubernetesStore:
                         error: str, retry_at: float | None) -> None:
         """One merge patch of the report ConfigMap: the outbox label says pending,
         delivered (closed, accepted for someone) or undeliverable (closed, for no one)."""
-        cm = self.cms.get(self._report_cm(report_id)) or {"metadata": {}}
+        cm = self.cms.get(report_cm_name(report_id)) or {"metadata": {}}
         ann = cm["metadata"].get("annotations") or {}
         now = time.time()
         accepted = any(r.state == Delivery.DELIVERED for r in recipients)
@@ -684,13 +656,13 @@ class KubernetesStore:
 
     # --- timeline
     def add_event(self, event: Event) -> None:
-        name = f"{event.batch}-timeline"
+        name = timeline_name(event.batch)
         events = self._cm_json(name, "events.json", [])
         events.append([event.at, event.reason, event.message[:2048], event.revision])
         self._put_cm_json(name, "events.json", events[-TIMELINE_MAX:], "timeline", event.batch)
 
     def list_events(self, batch: str) -> list[Event]:
         return [Event(batch, at, reason, message, rev)
-                for at, reason, message, rev in self._cm_json(f"{batch}-timeline",
+                for at, reason, message, rev in self._cm_json(timeline_name(batch),
                                                               "events.json", [])]
 
