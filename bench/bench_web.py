@@ -34,7 +34,7 @@ from typing import Any
 from reconciler.domain.model import BatchStatus, Item, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.backends import BackendSettings, local_db_path, store_factory
-from reconciler.store.base import Event
+from reconciler.store.base import Event, SyncState
 from reconciler.store.local.sqlite import SqliteStore
 from web.app import create_app
 
@@ -116,7 +116,7 @@ def fill(path: Path, batches: int, big_items: int) -> None:
     for b in range(batches):
         add_batch(store, f"bench-{b:04d}", 10, STATES[b % len(STATES)], b, now - b)
     add_batch(store, "big", big_items, BatchState.FAILED, 10**6, now)
-    store.set_meta("synced_commit", rev(0))
+    store.save_sync_state(SyncState(synced_commit=rev(0)))
     store.close()
 
 

@@ -203,7 +203,7 @@ def test_mass_deletion_is_refused_visibly(h: Harness, payloads: PayloadServer) -
     h.repo.commit("oops: delete three", who=ADMIN)
     h.until_idle()
     assert {h.state(f"d{n}") for n in range(4)} == {"Completed"}
-    refused = h.store.get_meta("deletion_refused") or ""
+    refused = h.store.load_sync_state().deletion_refused
     assert "refused to delete 3 batches" in refused and "maxDeletesPerSync=2" in refused
     assert "DeletionRefused" in [e.reason for e in h.store.list_events("d0")]
     h.repo.write("queue.yaml", queue(maxDeletesPerSync=3, maxActiveBatches=10))
@@ -211,7 +211,7 @@ def test_mass_deletion_is_refused_visibly(h: Harness, payloads: PayloadServer) -
     h.until_idle()
     assert [h.state(f"d{n}") for n in range(4)] == ["Deleted", "Deleted", "Deleted",
                                                     "Completed"]
-    assert h.store.get_meta("deletion_refused") == ""
+    assert h.store.load_sync_state().deletion_refused == ""
 
 
 def test_deleted_batch_is_removed_after_retention(h: Harness, payloads: PayloadServer) -> None:

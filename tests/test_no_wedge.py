@@ -119,7 +119,7 @@ def test_a_file_name_that_is_not_utf8_is_a_file_error_and_the_rest_syncs(
     assert ("error: batches/\\xff.yaml:1:1: file name is not UTF-8: rename it"
             in shown.stderr), shown.stderr
     assert "Traceback" not in shown.stderr
-    assert h.store.get_meta("sync_error") == ""
+    assert h.store.load_sync_state().sync_error == ""
 
     h.repo.git("mv", os.fsdecode(bad), "batches/latin.yaml")
     h.repo.commit("renamed")
@@ -173,7 +173,7 @@ def test_an_address_field_must_be_one_address(
     with caplog.at_level(logging.WARNING):
         h.until_idle(timeout=60)
     assert h.state("good") == "Completed"
-    errors = json.loads(h.store.get_meta("file_errors") or "{}")
+    errors = h.store.load_sync_state().file_errors
     for name, (address, why) in BAD_ADDRESSES.items():
         b = h.batch(name)
         assert b.spec is None and h.job_names(name) == []
@@ -358,7 +358,7 @@ def test_renaming_a_batch_retires_the_old_name_as_deleting_its_file_does(
     h.repo.commit("rename a and b, delete c: three retirements", who=ADMIN)
     h.sync()
     h.reconcile()
-    refused = h.store.get_meta("deletion_refused") or ""
+    refused = h.store.load_sync_state().deletion_refused
     assert "refused to delete 3 batches" in refused and "maxDeletesPerSync=2" in refused
     assert [h.state(n) for n in "abc"] == ["Processing", "Completed", "Completed"]
 

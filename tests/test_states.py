@@ -143,10 +143,8 @@ def test_a_move_its_handler_may_not_choose_raises_a_clear_error_and_writes_nothi
 
 # A state name spelled as a string literal outside states.py, allowed here only with why.
 NAMES_ALLOWED = {
-    # the batch/v1 Job condition type, not ours
-    ("reconciler/store/kubernetes/store.py", "Failed"): 4,
-    # left to the store rework of issue 12 §3, which is splitting this file
-    ("reconciler/store/kubernetes/store.py", "Pending"): 2,
+    # the batch/v1 Job condition type, not ours (JOB_FAILED)
+    ("reconciler/store/kubernetes/jobs.py", "Failed"): 1,
 }
 
 

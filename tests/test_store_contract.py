@@ -19,7 +19,15 @@ import pytest
 from reconciler.domain.model import Batch, BatchStatus, Item, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.backends import local_db_path
-from reconciler.store.base import ConflictError, Delivery, Event, JobSpec, RecipientState, Store
+from reconciler.store.base import (
+    ConflictError,
+    Delivery,
+    Event,
+    JobSpec,
+    RecipientState,
+    Store,
+    SyncState,
+)
 from reconciler.store.local.sqlite import SqliteStore
 from tests.unit.memory_store import MemoryStore
 
@@ -206,8 +214,40 @@ def test_the_list_pages_newest_activity_first_and_meta_is_kept(store: Store) -> 
     held = store.page_batches(state="Held")
     assert held.total == 1 and [x.name for x in held.rows] == ["b"]
     assert [x.name for x in store.list_batches()] == ["a", "b", "c"]
-    assert store.get_meta("synced_commit") is None
-    store.set_meta("synced_commit", "abc")
+    assert store.load_sync_state().synced_commit is None
+    state = store.load_sync_state()
+    state.synced_commit = "abc"
+    store.save_sync_state(state)
     writes = store.writes
-    store.set_meta("synced_commit", "abc")
-    assert store.get_meta("synced_commit") == "abc" and store.writes == writes
+    store.save_sync_state(state)
+    assert store.load_sync_state().synced_commit == "abc" and store.writes == writes
+
+
+def test_sync_state_round_trips_field_by_field_and_writes_only_what_changed(
+        store: Store) -> None:
+    assert store.load_sync_state() == SyncState()
+    writes = store.writes
+    store.save_sync_state(SyncState())  # defaults where nothing is stored: nothing to write
+    assert store.writes == writes
+    full = SyncState(
+        synced_commit="c1", sync_error="fetch failed", storage_error="disk full",
+        message_id_domain="x.batchq.invalid",
+        profiles={"p": {"command": ["true"], "allowedUrlPrefixes": ["http://127.0.0.1:"]}},
+        queue={"paused": True}, profile_paths={"profiles/p.yaml": "p"},
+        renamed_batches={"old": {"path": "batches/a.yaml", "to": "new"}},
+        file_errors={"batches/x.yaml": "batches/x.yaml:1:1: bad"},
+        deletion_refused="refused to delete 3 batches", deletions={"gone": "c1"},
+    )
+    store.save_sync_state(full)
+    assert store.writes == writes + 11  # one write per field, as one meta key each
+    assert store.load_sync_state() == full
+    again = store.load_sync_state()
+    again.file_errors.pop("batches/x.yaml")
+    again.sync_error = ""
+    writes = store.writes
+    store.save_sync_state(again)
+    assert store.writes == writes + 2
+    assert store.load_sync_state() == again
+    loaded = store.load_sync_state()
+    loaded.profiles["p"]["queue"] = "changed"  # a copy: changing it changes nothing stored
+    assert store.load_sync_state() == again

@@ -37,7 +37,7 @@ from reconciler.domain.model import Batch, BatchStatus, Item
 from reconciler.domain.states import BatchState, JobState
 from reconciler.source.sync import RepoState, apply_sync
 from reconciler.store.backends import BackendSettings, local_db_path, store_factory
-from reconciler.store.base import Delivery, Event, RecipientState
+from reconciler.store.base import Delivery, Event, RecipientState, SyncState
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.heartbeat import Heartbeat
 from tests.fixtures import ADMIN, GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
@@ -95,8 +95,9 @@ def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
         result = repo.commit(changes)
         with store.transaction():  # what Reconciler.sync writes
             state = apply_sync(store, result)
-            store.set_meta("synced_commit", result.head)
-            store.set_meta("sync_error", "")
+            sync = store.load_sync_state()
+            sync.synced_commit, sync.sync_error = result.head, ""
+            store.save_sync_state(sync)
         beat.beat(sync=True, head=result.head)
         return state
 
@@ -614,9 +615,8 @@ def test_hostile_text_is_escaped(tmp_path: Path) -> None:
     store = SqliteStore(local_db_path(tmp_path))
     fill_batch(store, "hostile", ["it-1"], BatchState.COMPLETED, titles={"it-1": HOSTILE},
                depositor=HOSTILE[:250], error=HOSTILE)
-    store.set_meta("file_errors", json.dumps({"batches/x.yaml": HOSTILE}))
-    store.set_meta("sync_error", HOSTILE)
-    store.set_meta("deletion_refused", HOSTILE)
+    store.save_sync_state(SyncState(file_errors={"batches/x.yaml": HOSTILE},
+                                    sync_error=HOSTILE, deletion_refused=HOSTILE))
     store.close()
     client = make_app(tmp_path).test_client()
     for path in ("/", "/batches/hostile", "/batches/hostile?q=%3Cscript%3E",

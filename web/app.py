@@ -28,10 +28,10 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from reconciler.store.backends import BackendSettings, store_factory
-from reconciler.store.base import Store
+from reconciler.store.base import ReadStore
 
 DEFAULTS: dict[str, Any] = {
-    # () -> Store, called once per request that needs the store. None: the local
+    # () -> ReadStore, called once per request that needs the store. None: the local
     # backend's SQLite file under STATE_DIR.
     "STORE_FACTORY": None,
     # True: the factory returns one store shared by every request (the Kubernetes store,
@@ -95,7 +95,7 @@ def _split(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def build_server(store: Callable[[], Store], listen: str, state_dir: Path,
+def build_server(store: Callable[[], ReadStore], listen: str, state_dir: Path,
                  trigger: Callable[[], None] | None = None, *, shared: bool = False,
                  config: dict[str, Any] | None = None) -> BaseWSGIServer:
     """The threaded werkzeug server for the site, bound but not yet serving.
@@ -114,7 +114,7 @@ def build_server(store: Callable[[], Store], listen: str, state_dir: Path,
     return make_server(host, port, create_app(settings), threaded=True)
 
 
-def serve(store: Callable[[], Store], listen: str, state_dir: Path,
+def serve(store: Callable[[], ReadStore], listen: str, state_dir: Path,
           trigger: Callable[[], None] | None = None, *, shared: bool = False,
           config: dict[str, Any] | None = None) -> None:
     """`batchq web`: serve the site on HOST:PORT until interrupted (see `build_server`)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from reconciler.domain.states import BatchState
+from reconciler.store.base import ReadStore, SyncState
 from reconciler.support.heartbeat import read_heartbeat
 from web.storage import get_store
 from web.views import JOB_STATES, STATES
@@ -109,19 +109,20 @@ class StoreCollector:
         yield GaugeMetricFamily("batchq_git_sync_age_seconds",
                                 "Seconds since the last successful Git sync",
                                 value=now - float(last_sync) if last_sync else float("nan"))
+        sync = _sync_state(store)
         yield GaugeMetricFamily("batchq_git_sync_error",
                                 "1 while the last Git sync failed",
-                                value=1 if store.get_meta("sync_error") else 0)
+                                value=1 if sync.sync_error else 0)
         yield GaugeMetricFamily("batchq_file_errors",
                                 "Files in the repository that cannot be used",
-                                value=_file_error_count(store.get_meta("file_errors")))
+                                value=len(sync.file_errors))
 
 
-def _file_error_count(raw: str | None) -> int:
+def _sync_state(store: ReadStore) -> SyncState:
     try:
-        return len(json.loads(raw or "{}"))
-    except ValueError:
-        return 0
+        return store.load_sync_state()
+    except ValueError:  # a stored field is not JSON: the gauges read as if it were empty
+        return SyncState()
 
 
 @bp.get("/metrics")

@@ -1,6 +1,6 @@
 """What the pages and the JSON API show, computed once from the store for both.
 
-Every function here reads through the `Store` protocol and returns plain JSON-ready
+Every function here reads through the `ReadStore` protocol and returns plain JSON-ready
 values, so the HTML templates and /api/... can never disagree. Times are RFC 3339 UTC
 strings (`reconciler.support.timefmt`); the templates turn them into "3 min ago" with the
 exact time in a title.
@@ -8,7 +8,6 @@ exact time in a title.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,14 @@ from typing import Any
 
 from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.states import BatchState, JobState
-from reconciler.store.base import WAITING, Delivery, Event, RecipientState, Store
+from reconciler.store.base import (
+    WAITING,
+    Delivery,
+    Event,
+    ReadStore,
+    RecipientState,
+    SyncState,
+)
 from reconciler.support.heartbeat import read_heartbeat
 from reconciler.support.timefmt import rfc3339_or_none as iso
 
@@ -119,7 +125,7 @@ def job_view(s: ItemStatus) -> dict[str, Any]:
             "startedAt": iso(s.started_at), "finishedAt": iso(s.finished_at)}
 
 
-def job_page(store: Store, name: str, *, state: str | None, query: str | None,
+def job_page(store: ReadStore, name: str, *, state: str | None, query: str | None,
              page: str | None, size: int) -> tuple[Paging, list[dict[str, Any]]]:
     """One page of a batch's jobs: a COUNT and a LIMIT/OFFSET read, whatever its size."""
     total = store.total_items(name, state=state, query=query)
@@ -146,7 +152,7 @@ class BatchList:
     rows: list[dict[str, Any]]
 
 
-def batch_list(store: Store, args: Mapping[str, str], size: int) -> BatchList:
+def batch_list(store: ReadStore, args: Mapping[str, str], size: int) -> BatchList:
     """The list for the request's `state=` and `page=` (newest activity first)."""
     state = state_filter(args.get("state"), STATES, "state")
     counts = store.count_batches()
@@ -167,7 +173,7 @@ class JobList:
     rows: list[dict[str, Any]]
 
 
-def job_list(store: Store, name: str, args: Mapping[str, str], size: int) -> JobList:
+def job_list(store: ReadStore, name: str, args: Mapping[str, str], size: int) -> JobList:
     """The jobs for the request's `state=`, `q=` (a search) and `page=`."""
     state = state_filter(args.get("state"), JOB_STATES, "job state")
     query = (args.get("q") or "").strip()[:QUERY_MAX] or None
@@ -200,7 +206,7 @@ def delivery_summary(emailed: bool, accepted: bool, states: list[RecipientState]
     return "undeliverable"
 
 
-def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
+def reports_view(store: ReadStore, reports: list[Report]) -> list[dict[str, Any]]:
     """Reports oldest first, each with what changed since the one before it."""
     out: list[dict[str, Any]] = []
     previous: Report | None = None
@@ -230,22 +236,22 @@ def reports_view(store: Store, reports: list[Report]) -> list[dict[str, Any]]:
     return out
 
 
-def site_status(store: Store, state_dir: Path, stall_seconds: float) -> dict[str, Any]:
+def site_status(store: ReadStore, state_dir: Path, stall_seconds: float) -> dict[str, Any]:
     """The repository-wide facts every page shows: last sync, sync and file errors."""
     beat = read_heartbeat(state_dir)
     last_sync = beat.get("lastSync")
     age = round(time.time() - float(last_sync), 1) if last_sync else None
     interval = float(beat.get("interval") or 0)
     try:
-        file_errors = dict(json.loads(store.get_meta("file_errors") or "{}"))
-    except ValueError:
-        file_errors = {}
+        state = store.load_sync_state()
+    except ValueError:  # a stored field is not JSON: show the page without it
+        state = SyncState()
     return {
         "lastSync": iso(float(last_sync)) if last_sync else None,
         "syncAgeSeconds": age,
         "syncStale": age is None or age > max(stall_seconds, 3 * interval),
-        "head": str(beat.get("head") or store.get_meta("synced_commit") or ""),
-        "syncError": store.get_meta("sync_error") or "",
-        "deletionRefused": store.get_meta("deletion_refused") or "",
-        "fileErrors": {str(k): str(v) for k, v in sorted(file_errors.items())},
+        "head": str(beat.get("head") or state.synced_commit or ""),
+        "syncError": state.sync_error,
+        "deletionRefused": state.deletion_refused,
+        "fileErrors": {str(k): str(v) for k, v in sorted(state.file_errors.items())},
     }

@@ -17,7 +17,7 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store, store_factory
-from reconciler.store.base import Delivery, Store
+from reconciler.store.base import Delivery, ReadStore
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.nospace import (
     NoSpaceLeft,
@@ -143,7 +143,7 @@ def backend_settings(args: argparse.Namespace) -> BackendSettings:
                            namespace=args.namespace, kubeconfig=args.kubeconfig)
 
 
-def status_document(store: Store, name: str | None = None) -> dict[str, Any]:
+def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]:
     """The `status --json` document, in exactly the shape DESIGN §7 gives."""
     batches = [b for b in store.list_batches() if name is None or b.name == name]
     out = []
@@ -180,11 +180,11 @@ def _show(line: str, *, err: bool = False) -> None:
     print(escape_controls(line), file=sys.stderr if err else sys.stdout)
 
 
-def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) -> list[str]:
+def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None) -> list[str]:
     """Why writes may be failing: what the loop last met, how full the (local) state dir is
     now, and the jobs that failed for lack of space (they need a restart once there is)."""
     out = []
-    recorded = store.get_meta("storage_error")
+    recorded = store.load_sync_state().storage_error
     if recorded:
         out.append(recorded)
     free = free_bytes(state_dir) if state_dir is not None else None
@@ -200,7 +200,7 @@ def storage_errors(store: Store, doc: dict[str, Any], state_dir: Path | None) ->
     return out
 
 
-def print_status(store: Store, name: str | None, state_dir: Path | None = None) -> None:
+def print_status(store: ReadStore, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
@@ -225,18 +225,16 @@ def print_status(store: Store, name: str | None, state_dir: Path | None = None) 
                 tries = "1 attempt" if d["attempts"] == 1 else f"{d['attempts']} attempts"
                 _show(f"    to {d['recipient']}: {Delivery(d['state']).meaning} ({tries},"
                       f" last {d['at']}): {d['detail']}")
-    errors = json.loads(store.get_meta("file_errors") or "{}")
-    for err in errors.values():
+    state = store.load_sync_state()
+    for err in state.file_errors.values():
         for line in err.split("\n"):  # one problem a line, as `batchq validate` prints
             _show(f"error: {line}", err=True)
-    sync_error = store.get_meta("sync_error")
-    if sync_error:
-        _show(f"sync error: {sync_error}", err=True)
+    if state.sync_error:
+        _show(f"sync error: {state.sync_error}", err=True)
     for problem in storage_errors(store, doc, state_dir):
         _show(f"storage error: {problem}", err=True)
-    refused = store.get_meta("deletion_refused")
-    if refused:
-        _show(f"warning: {refused}", err=True)
+    if state.deletion_refused:
+        _show(f"warning: {state.deletion_refused}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

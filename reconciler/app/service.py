@@ -119,7 +119,7 @@ class Reconciler:
 
     # --- passes
     def sync(self) -> RepoState:
-        last = self.store.get_meta("synced_commit")
+        last = self.store.load_sync_state().synced_commit
         try:
             result = self.source.sync(last)
         except SourceError as exc:
@@ -127,7 +127,9 @@ class Reconciler:
                 raise
             self.last_sync_error = redact_text(str(exc))
             log.error("%s", self.last_sync_error)
-            self.store.set_meta("sync_error", self.last_sync_error)
+            state = self.store.load_sync_state()
+            state.sync_error = self.last_sync_error
+            self.store.save_sync_state(state)
             return load_repo_state(self.store)
         self.last_sync_error = ""
         # On SQLite the specs and the synced commit land in one transaction: a kill leaves
@@ -137,11 +139,17 @@ class Reconciler:
                 repo = apply_sync(self.store, result)
             else:
                 repo = load_repo_state(self.store)
-            self.store.set_meta("synced_commit", result.head)
-            self.store.set_meta("sync_error", "")
+            state = self.store.load_sync_state()
+            state.synced_commit, state.sync_error = result.head, ""
+            self.store.save_sync_state(state)
         self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo
+
+    def _storage_error(self, error: str) -> None:
+        state = self.store.load_sync_state()
+        state.storage_error = error
+        self.store.save_sync_state(state)
 
     def tick_jobs(self) -> bool:
         """Let the local runner start and finish jobs (the cluster does it on Kubernetes)."""
@@ -161,10 +169,10 @@ class Reconciler:
         try:
             with no_space_is_fatal(self.settings.state_dir):
                 progressed = self._pass()
-                self.store.set_meta("storage_error", "")  # a write only after a full disk
+                self._storage_error("")  # a write only after a full disk
         except NoSpaceLeft as exc:
             with contextlib.suppress(Exception):  # best effort: the store may be what is full
-                self.store.set_meta("storage_error", str(exc))
+                self._storage_error(str(exc))
             raise
         return progressed
 

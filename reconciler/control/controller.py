@@ -163,10 +163,11 @@ class Controller:
         """The configured domain, else one made up once per installation and kept in the
         store, so that two installations' Message-IDs never meet."""
         if self.message_id_domain is None:
-            domain = self.store.get_meta("message_id_domain")
+            state = self.store.load_sync_state()
+            domain = state.message_id_domain
             if not domain:
-                domain = f"{secrets.token_hex(8)}.batchq.invalid"
-                self.store.set_meta("message_id_domain", domain)
+                domain = state.message_id_domain = f"{secrets.token_hex(8)}.batchq.invalid"
+                self.store.save_sync_state(state)
             self.message_id_domain = domain
         return self.message_id_domain
 
@@ -189,7 +190,7 @@ class Controller:
             if self.backoff.waiting(batch, now):
                 continue
             try:
-                with self.store.transaction():  # one batch's step lands whole, or not at all
+                with self.store.transaction():  # whole on SQLite; see Store.transaction
                     failpoints.hit(f"step@{batch.name}")
                     if batch.name in deletions:
                         self._delete(batch, deletions[batch.name], ctx)

@@ -10,7 +10,6 @@ exactly as deleting its file does), and a commit that would delete more than
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,12 +36,11 @@ class RepoState:
 
 
 def load_repo_state(store: Store) -> RepoState:
-    raw_profiles = json.loads(store.get_meta("profiles") or "{}")
-    raw_queue = json.loads(store.get_meta("queue") or "{}")
+    state = store.load_sync_state()
     return RepoState(
-        profiles={n: Profile.from_dict(n, s) for n, s in raw_profiles.items()},
-        queue=QueueSettings.from_dict(raw_queue),
-        errors=json.loads(store.get_meta("file_errors") or "{}"),
+        profiles={n: Profile.from_dict(n, s) for n, s in state.profiles.items()},
+        queue=QueueSettings.from_dict(state.queue),
+        errors=state.file_errors,
     )
 
 
@@ -62,10 +60,9 @@ def _validate(f: FileVersion, kind: str) -> tuple[dict[str, Any] | None, str]:
 
 def apply_sync(store: Store, result: SyncResult) -> RepoState:
     """Apply one fetched commit to the store; return the repo-wide settings now in force."""
-    raw_profiles: dict[str, Any] = json.loads(store.get_meta("profiles") or "{}")
-    raw_queue: dict[str, Any] = json.loads(store.get_meta("queue") or "{}")
-    errors: dict[str, str] = json.loads(store.get_meta("file_errors") or "{}")
-    profile_paths: dict[str, str] = json.loads(store.get_meta("profile_paths") or "{}")
+    state = store.load_sync_state()
+    raw_profiles, raw_queue = state.profiles, state.queue
+    errors, profile_paths = dict(state.file_errors), state.profile_paths  # errors: saved last
     present = {f.path for f in result.changed
                if f.data is not None or f.too_big or f.name_error}
 
@@ -95,11 +92,10 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
                 name = (data.get("metadata") or {}).get("name") or PurePosixPath(f.path).stem
                 raw_profiles[name] = data.get("spec") or {}
                 profile_paths[f.path] = name
-    store.set_meta("profiles", json.dumps(raw_profiles, sort_keys=True))
-    store.set_meta("queue", json.dumps(raw_queue, sort_keys=True))
-    store.set_meta("profile_paths", json.dumps(profile_paths, sort_keys=True))
+    state.profiles, state.queue, state.profile_paths = raw_profiles, raw_queue, profile_paths
+    store.save_sync_state(state)
 
-    renamed: dict[str, dict[str, str]] = json.loads(store.get_meta("renamed_batches") or "{}")
+    renamed = dict(state.renamed_batches)  # saved last, with the file errors
     by_path: dict[str, Batch] = {}
     for b in store.list_batches():  # the batch each file holds now, before any it held
         held = b.status.state != BatchState.DELETED and b.name not in renamed
@@ -117,8 +113,9 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     queue = QueueSettings.from_dict(raw_queue)
     if result.listed:
         _prune(store, result, queue, errors, renamed)
-    store.set_meta("renamed_batches", json.dumps(renamed, sort_keys=True))
-    store.set_meta("file_errors", json.dumps(errors, sort_keys=True))
+    state = store.load_sync_state()
+    state.renamed_batches, state.file_errors = renamed, errors
+    store.save_sync_state(state)
     return RepoState(
         profiles={n: Profile.from_dict(n, s) for n, s in raw_profiles.items()},
         queue=queue,
@@ -202,33 +199,35 @@ def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[
     for path in list(errors):
         if path.startswith("batches/") and path not in result.batch_paths:
             errors.pop(path)
+    state = store.load_sync_state()
     if not gone:
-        store.set_meta("deletion_refused", "")
+        state.deletion_refused = ""
+        store.save_sync_state(state)
         return
     if len(gone) > queue.max_deletes_per_sync:
         msg = (f"refused to delete {len(gone)} batches at {result.head[:12]}: more than"
                f" maxDeletesPerSync={queue.max_deletes_per_sync}; raise it in queue.yaml"
                " to allow this")
-        if store.get_meta("deletion_refused") != msg:
-            store.set_meta("deletion_refused", msg)
+        if state.deletion_refused != msg:
+            state.deletion_refused = msg
+            store.save_sync_state(state)
             for b in gone:
                 store.add_event(Event(b.name, time.time(), "DeletionRefused", msg, result.head))
         log.warning(msg)
         return
-    store.set_meta("deletion_refused", "")
-    decided = pending_deletions(store)
-    decided.update({b.name: result.head for b in gone})
-    store.set_meta("deletions", json.dumps(decided, sort_keys=True))
+    state.deletion_refused = ""
+    state.deletions.update({b.name: result.head for b in gone})
+    store.save_sync_state(state)  # the refusal cleared, then the deletions decided
 
 
 def pending_deletions(store: Store) -> dict[str, str]:
     """Batches whose deletion was decided (name -> commit) and not yet carried out."""
-    return dict(json.loads(store.get_meta("deletions") or "{}"))
+    return store.load_sync_state().deletions
 
 
 def deletion_reason(store: Store, name: str) -> str:
     """What the Deleted batch's status says: its file is gone, or now names another."""
-    rename = json.loads(store.get_meta("renamed_batches") or "{}").get(name)
+    rename = store.load_sync_state().renamed_batches.get(name)
     if rename:
         return (f"batch renamed: {rename['path']} now names batch {rename['to']}; this one is"
                 " retired as if its file were deleted")
@@ -236,9 +235,8 @@ def deletion_reason(store: Store, name: str) -> str:
 
 
 def deletion_done(store: Store, name: str) -> None:
-    decided = pending_deletions(store)
-    decided.pop(name, None)
-    store.set_meta("deletions", json.dumps(decided, sort_keys=True))
-    renamed = json.loads(store.get_meta("renamed_batches") or "{}")
-    if renamed.pop(name, None) is not None:
-        store.set_meta("renamed_batches", json.dumps(renamed, sort_keys=True))
+    state = store.load_sync_state()
+    state.deletions.pop(name, None)
+    store.save_sync_state(state)  # the deletion first, then the rename it carried out
+    if state.renamed_batches.pop(name, None) is not None:
+        store.save_sync_state(state)

@@ -117,6 +117,29 @@ class OutboxEntry:
     queued_at: float = 0.0  # when the report was saved: the start of its maximum age
 
 
+@dataclass
+class SyncState:
+    """What the Git sync and the loop keep between passes beside the batches: where the
+    sync stands, what went wrong with it, and the repo-wide files as last read well.
+
+    Each field is stored under its own name (SQLite `meta` rows; the `batchq-meta`
+    ConfigMap's keys), encoded and decoded in one place (`store/codec.py`), so state dirs
+    and clusters written before this type keep working."""
+
+    synced_commit: str | None = None  # the commit last applied; None before the first sync
+    sync_error: str = ""  # why the last fetch failed; "" once one worked
+    storage_error: str = ""  # the full state dir the loop last met; "" once a pass wrote
+    message_id_domain: str = ""  # made up once per installation when none is configured
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> raw spec
+    queue: dict[str, Any] = field(default_factory=dict)  # queue.yaml's raw spec
+    profile_paths: dict[str, str] = field(default_factory=dict)  # file path -> profile name
+    renamed_batches: dict[str, dict[str, str]] = field(
+        default_factory=dict)  # retired name -> {"path": its file, "to": the name it holds now}
+    file_errors: dict[str, str] = field(default_factory=dict)  # file path -> its error
+    deletion_refused: str = ""  # why the last commit's deletions were refused (guard)
+    deletions: dict[str, str] = field(default_factory=dict)  # batch -> deciding commit
+
+
 @dataclass(frozen=True)
 class Page:
     """A page of a longer list, for the CLI and the web site."""
@@ -125,14 +148,13 @@ class Page:
     rows: list[Any]
 
 
-class Store(Protocol):
-    """Observed state of the queue; see the module docstring for the contract."""
+class ReadStore(Protocol):
+    """What the read-only users need (the web site, `batchq status`): reads and `close`.
 
-    writes: int  # every write that reached the backend (benchmarks assert 0 on a no-op pass)
+    The site is typed against this, so mypy refuses a write from a page."""
 
     # --- bookkeeping of the Git source and repo-wide settings
-    def get_meta(self, key: str) -> str | None: ...
-    def set_meta(self, key: str, value: str) -> None: ...
+    def load_sync_state(self) -> SyncState: ...
 
     # --- batches
     def list_batches(self) -> list[Batch]: ...
@@ -141,6 +163,45 @@ class Store(Protocol):
     ) -> Page: ...
     def count_batches(self) -> dict[str, int]: ...
     def get_batch(self, name: str) -> Batch | None: ...
+
+    # --- per-item observed state (the detail beside a small Batch status)
+    def list_items(
+        self, batch: str, *, state: str | None = None, offset: int = 0, limit: int | None = None,
+        query: str | None = None,
+    ) -> list[ItemStatus]: ...
+    def total_items(self, batch: str, *, state: str | None = None,
+                    query: str | None = None) -> int: ...
+    def count_items(self, batch: str) -> dict[str, int]: ...
+
+    # --- jobs
+    def list_jobs(self, batch: str | None = None) -> list[Job]: ...
+    def count_active_jobs(self) -> int: ...
+
+    # --- reports, outbox, timeline
+    def list_reports(self, batch: str) -> list[Report]: ...
+    def recipient_states(self, report_id: str) -> list[RecipientState]: ...
+    def outbox_stats(self) -> dict[str, int]: ...
+    def list_events(self, batch: str) -> list[Event]: ...
+    def delivered(self, report_id: str) -> bool:
+        """Has the server accepted the report's email, for at least one recipient?"""
+
+    def close(self) -> None: ...
+
+
+class Store(ReadStore, Protocol):
+    """Observed state of the queue, as the controller, the sync and the mailer write it;
+    see the module docstring for the contract."""
+
+    writes: int  # every write that reached the backend (benchmarks assert 0 on a no-op pass)
+
+    # --- bookkeeping of the Git source and repo-wide settings
+    def save_sync_state(self, state: SyncState) -> None:
+        """Write each field whose stored form differs from `state`'s, one write per field,
+        in the order of the fields; a field at its default where nothing is stored yet is
+        not written. Callers load, change the fields they own, and save."""
+        ...
+
+    # --- batches
     def apply_spec(
         self,
         name: str,
@@ -154,15 +215,8 @@ class Store(Protocol):
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None: ...
     def remove_batch(self, name: str) -> None: ...  # undelivered email still goes out
 
-    # --- per-item observed state (the detail beside a small Batch status)
+    # --- per-item observed state
     def set_items(self, batch: str, items: list[Item]) -> None: ...
-    def list_items(
-        self, batch: str, *, state: str | None = None, offset: int = 0, limit: int | None = None,
-        query: str | None = None,
-    ) -> list[ItemStatus]: ...
-    def total_items(self, batch: str, *, state: str | None = None,
-                    query: str | None = None) -> int: ...
-    def count_items(self, batch: str) -> dict[str, int]: ...
     def update_items(self, batch: str, items: list[ItemStatus]) -> None: ...
     def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
         """Keep each item's `user:password` (by item id) for its jobs only: the backend
@@ -172,28 +226,35 @@ class Store(Protocol):
 
     # --- jobs
     def create_job(self, spec: JobSpec) -> bool: ...
-    def list_jobs(self, batch: str | None = None) -> list[Job]: ...
-    def count_active_jobs(self) -> int: ...
     def delete_jobs(self, batch: str) -> None: ...
     def set_suspended(self, batch: str, suspended: bool) -> None: ...
 
     # --- reports, outbox, timeline
     def save_report(self, report: Report) -> bool: ...
-    def list_reports(self, batch: str) -> list[Report]: ...
     def pending_outbox(self, now: float) -> list[OutboxEntry]: ...
     def record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
                         error: str, retry_at: float | None) -> None:
         """One write per attempt, made as soon as the server answered (before QUIT): each
         recipient's state; `retry_at` None closes the entry (no recipient is waiting)."""
-    def recipient_states(self, report_id: str) -> list[RecipientState]: ...
-    def outbox_stats(self) -> dict[str, int]: ...
     def add_event(self, event: Event) -> None: ...
-    def list_events(self, batch: str) -> list[Event]: ...
-    def delivered(self, report_id: str) -> bool:
-        """Has the server accepted the report's email, for at least one recipient?"""
 
-    def transaction(self) -> AbstractContextManager[Any]: ...
-    def close(self) -> None: ...
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Group writes; what that guarantees depends on the backend.
+
+        - local (SQLite): all or nothing. Everything written inside commits together, with
+          one fsync, when the outermost block ends; an exception or a kill inside rolls
+          every write of it back. Nested blocks join the outermost one.
+        - kubernetes: nothing. The API server has no multi-object transactions: each write
+          stands alone and is durable as soon as it returns, and a failure part-way leaves
+          the writes before it in place.
+
+        So callers must not rely on atomicity: the controller and the sync order their
+        writes so that any prefix of a step is a state the next pass completes: a Job
+        (deterministic name) is created before the item that records it, which the next
+        pass adopts by name; a report is saved before the status that moves the batch on;
+        a batch's status is written last. On SQLite a block also costs one fsync instead
+        of one per write."""
+        ...
 
 
 def new_uid() -> str:

@@ -1,13 +1,15 @@
-"""Turning status values into JSON and back, shared by both backends."""
+"""Turning status values and the sync state into JSON and back, shared by both backends."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, fields
 from typing import Any
 
 from reconciler.domain.model import BatchStatus, Condition
 from reconciler.domain.states import BatchState
+from reconciler.store.base import SyncState
 
 
 def status_to_dict(status: BatchStatus) -> dict[str, Any]:
@@ -27,3 +29,51 @@ def status_from_dict(data: dict[str, Any]) -> BatchStatus:
 def canonical_json(value: Any) -> str:
     """Stable JSON, so that equal values compare equal as text (no spurious writes)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+_TEXT_FIELDS = frozenset({"synced_commit", "sync_error", "storage_error", "message_id_domain",
+                          "deletion_refused"})  # stored as is; every other field as JSON
+
+
+def sync_state_to_meta(state: SyncState) -> dict[str, str | None]:
+    """Each field of `state` as the text stored under its name (None: nothing to store)."""
+    out: dict[str, str | None] = {}
+    for f in fields(SyncState):
+        value = getattr(state, f.name)
+        out[f.name] = value if f.name in _TEXT_FIELDS else json.dumps(value, sort_keys=True)
+    return out
+
+
+def sync_state_from_meta(meta: Mapping[str, str]) -> SyncState:
+    """The state stored as `meta` (name -> text; other names are ignored); a name that is
+    missing or empty gives the field's default. ValueError names a field that is not JSON."""
+    values: dict[str, Any] = {}
+    for f in fields(SyncState):
+        text = meta.get(f.name)
+        if f.name in _TEXT_FIELDS:
+            if text is not None:
+                values[f.name] = text
+            continue
+        try:
+            decoded = json.loads(text or "{}")
+        except ValueError as exc:
+            raise ValueError(f"stored sync state {f.name!r} is not JSON: {exc}") from exc
+        if not isinstance(decoded, dict):
+            raise ValueError(f"stored sync state {f.name!r} is not a JSON object")
+        values[f.name] = decoded
+    return SyncState(**values)
+
+
+_DEFAULTS = sync_state_to_meta(SyncState())
+
+
+def sync_state_writes(stored: Mapping[str, str], state: SyncState) -> list[tuple[str, str]]:
+    """(name, text) for each field `save_sync_state` must write, in field order: those whose
+    text differs from what is stored, except a default where nothing is stored."""
+    out = []
+    for name, text in sync_state_to_meta(state).items():
+        old = stored.get(name)
+        if text is None or text == old or (old is None and text == _DEFAULTS[name]):
+            continue
+        out.append((name, text))
+    return out

@@ -33,8 +33,15 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
+    SyncState,
 )
-from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
+from reconciler.store.codec import (
+    canonical_json,
+    status_from_dict,
+    status_to_dict,
+    sync_state_from_meta,
+    sync_state_writes,
+)
 
 RUNNING = (JobState.PENDING, JobState.PROCESSING)
 UNSTARTED = (JobState.PENDING, JobState.HELD)
@@ -133,6 +140,13 @@ class MemoryStore:
         if self._s.meta.get(key) != value:
             self._s.meta[key] = value
             self._wrote()
+
+    def load_sync_state(self) -> SyncState:
+        return sync_state_from_meta(self._s.meta)
+
+    def save_sync_state(self, state: SyncState) -> None:
+        for key, value in sync_state_writes(self._s.meta, state):
+            self.set_meta(key, value)
 
     # --- batches
     def _batch(self, r: _BatchRecord) -> Batch:

@@ -9,10 +9,13 @@
   `<batch>-report-<round>-<incarnation>` (the outbox is their `batchq.dev/outbox` label),
   the timeline in `<batch>-timeline`; all are owned by the Batch, so deleting it removes
   them, except a report still waiting to be emailed, which is let go of and goes out.
+  Their names and contents are pure functions in configmaps.py.
 - A Batch's incarnation (`batchq.dev/incarnation`, set when it is created) tells a name
   reused after a deletion from the batch that had it before: their reports never meet.
 - One Job per item attempt, owned by the Batch, labelled batch/item/attempt; a Job that
-  finished and vanished is never re-run because the item ConfigMap recorded it.
+  finished and vanished is never re-run because the item ConfigMap recorded it. The Job
+  body and the reading of its state are pure functions in jobs.py; the status codec is in
+  status.py.
 - Item credentials (userinfo of a payload URL) live in Secrets `<batch>-credentials-XX`
   owned by the Batch, never in the item ConfigMaps or the Job; a Job's pod mounts only its
   own item's key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
@@ -39,15 +42,13 @@ from reconciler.domain.model import (
     Batch,
     BatchSpec,
     BatchStatus,
-    Condition,
     Item,
     ItemStatus,
     Job,
     Report,
 )
-from reconciler.domain.states import BatchState, JobState
+from reconciler.domain.states import JobState
 from reconciler.store.base import (
-    DEADLINE_EXCEEDED,
     ConflictError,
     Delivery,
     Event,
@@ -55,74 +56,33 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
-    deadline_message,
+    SyncState,
     new_uid,
 )
-from reconciler.store.codec import canonical_json
+from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
+from reconciler.store.kubernetes.configmaps import (
+    CHUNK,
+    TIMELINE_MAX,
+    chunk_name,
+    delivery_accepted,
+    item_status,
+    new_item_records,
+    recipients_from_cm,
+    report_cm_name,
+    report_from_json,
+    report_incarnation,
+    report_json,
+    timeline_name,
+)
 from reconciler.store.kubernetes.informer import Informer, Obj
+from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
+from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
+from reconciler.store.kubernetes.status import status_from_k8s, status_to_k8s
 from reconciler.support.redaction import redact_text
-from reconciler.support.timefmt import parse_rfc3339_or_none, rfc3339
+from reconciler.support.timefmt import parse_rfc3339_or_none
 
-GROUP, VERSION, PLURAL = "batchq.dev", "v1", "batches"
 MANAGER = "batchq-sync"
-A = "batchq.dev/"
-CHUNK = 500
-TIMELINE_MAX = 500
 META = "batchq-meta"
-CREDENTIALS_DIR = "/var/run/secrets/batchq"
-
-
-def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "state": str(s.state),
-        "observedGeneration": s.observed_generation,
-        "message": s.message[:4096],
-        "conditions": [
-            {"type": c.type, "status": "True" if c.status else "False", "reason": c.reason or
-             "Unknown", "message": c.message[:32768],
-             "lastTransitionTime": rfc3339(c.last_transition or 0)}
-            for c in s.conditions
-        ],
-        "itemsLoaded": s.items_loaded,
-        "itemCount": s.item_count,
-        "counts": dict(s.counts),
-        "failures": [dict(f) for f in s.failures[:20]],
-        "manifestError": s.manifest_error[:4096],
-        "reportRound": s.report_round,
-        "updateGeneration": s.update_generation,
-        "settled": s.settled,
-    }
-    for key, value in (("startedAt", s.started_at), ("finishedAt", s.finished_at),
-                       ("deletedAt", s.deleted_at)):
-        if value is not None:
-            out[key] = value
-    return out
-
-
-def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
-    d = d or {}
-    return BatchStatus(
-        state=BatchState(d.get("state", "Pending")),
-        observed_generation=int(d.get("observedGeneration", 0)),
-        message=d.get("message", ""),
-        conditions=[
-            Condition(c["type"], c.get("status") == "True", c.get("reason", ""),
-                      c.get("message", ""),
-                      parse_rfc3339_or_none(c.get("lastTransitionTime")) or 0.0)
-            for c in d.get("conditions", [])
-        ],
-        started_at=d.get("startedAt"),
-        finished_at=d.get("finishedAt"),
-        deleted_at=d.get("deletedAt"),
-        items_loaded=bool(d.get("itemsLoaded", False)),
-        item_count=int(d.get("itemCount", 0)),
-        counts=dict(d.get("counts", {})),
-        failures=list(d.get("failures", [])),
-        manifest_error=d.get("manifestError", ""),
-        report_round=int(d.get("reportRound", 0)),
-        update_generation=int(d.get("updateGeneration", 0)),
-        settled=bool(d.get("settled", False)),
-    )
 
 
 def _normal(status: BatchStatus) -> str:
@@ -184,8 +144,9 @@ class KubernetesStore:
         return dict(json.loads(resp.data))
 
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """The API server has no multi-object transactions: each write stands alone, and
-        the controller's steps are ordered so that any prefix of them is safe."""
+        """Guarantees nothing (see `Store.transaction`): the API server has no
+        multi-object transactions, each write stands alone, and the controller's steps are
+        ordered so that any prefix of them is safe."""
         return contextlib.nullcontext()
 
     def _wrote(self) -> None:
@@ -281,6 +242,17 @@ class KubernetesStore:
                         {"data": {key: value}})
         self._wrote()
         self.cms.remember(new)
+
+    def _meta_data(self) -> dict[str, str]:
+        cm = self.cms.get(META)
+        return {str(k): str(v) for k, v in ((cm or {}).get("data") or {}).items()}
+
+    def load_sync_state(self) -> SyncState:
+        return sync_state_from_meta(self._meta_data())
+
+    def save_sync_state(self, state: SyncState) -> None:
+        for key, value in sync_state_writes(self._meta_data(), state):
+            self.set_meta(key, value)  # one merge patch per field, as before the type
 
     def _placeholders(self) -> dict[str, dict[str, Any]]:
         return dict(json.loads(self.get_meta("placeholders") or "{}"))
@@ -454,12 +426,8 @@ class KubernetesStore:
 
     def set_items(self, batch: str, items: list[Item]) -> None:
         for k in range(0, len(items), CHUNK):
-            records = [
-                {"item": it.to_dict(), "seq": k + i, "state": "Pending", "attempts": 0,
-                 "message": "", "jobName": None, "startedAt": None, "finishedAt": None}
-                for i, it in enumerate(items[k:k + CHUNK])
-            ]
-            name = f"{batch}-items-{k // CHUNK:04d}"
+            records = new_item_records(items[k:k + CHUNK], k)
+            name = chunk_name(batch, k // CHUNK)
             if self.cms.get(name) is None:
                 self._create_cm(name, "items", batch, {"items.json": json.dumps(records)})
 
@@ -469,15 +437,8 @@ class KubernetesStore:
             out += self._cm_json(name, "items.json", [])
         return out
 
-    @staticmethod
-    def _item(r: dict[str, Any]) -> ItemStatus:
-        return ItemStatus(item=Item.from_dict(r["item"]), seq=r["seq"],
-                          state=JobState(r["state"]), attempts=r["attempts"],
-                          message=r["message"], job_name=r["jobName"],
-                          started_at=r["startedAt"], finished_at=r["finishedAt"])
-
     def _filtered(self, batch: str, state: str | None, query: str | None) -> list[ItemStatus]:
-        items = [self._item(r) for r in self._records(batch)]
+        items = [item_status(r) for r in self._records(batch)]
         if state:
             items = [s for s in items if str(s.state) == state]
         if query:
@@ -506,7 +467,7 @@ class KubernetesStore:
         for s in items:
             by_chunk.setdefault(s.seq // CHUNK, []).append(s)
         for k, changed in by_chunk.items():
-            name = f"{batch}-items-{k:04d}"
+            name = chunk_name(batch, k)
             records = self._cm_json(name, "items.json", [])
             for s in changed:
                 records[s.seq - k * CHUNK].update(
@@ -519,7 +480,7 @@ class KubernetesStore:
         them back); a Job's pod mounts its item's key (see `create_job`)."""
         buckets: dict[str, dict[str, str]] = {}
         for item_id, userinfo in credentials.items():
-            buckets.setdefault(_credentials_secret(batch, item_id), {})[item_id] = userinfo
+            buckets.setdefault(credentials_secret(batch, item_id), {})[item_id] = userinfo
         for name, data in sorted(buckets.items()):
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": name,
@@ -538,73 +499,11 @@ class KubernetesStore:
     def create_job(self, spec: JobSpec) -> bool:
         if self.jobs.get(spec.name) is not None:
             return False
-        labels = {f"{A}batch": spec.batch, f"{A}item": _label(spec.item),
-                  f"{A}attempt": str(spec.attempt), "app.kubernetes.io/managed-by": "batchq"}
-        container: dict[str, Any] = {
-            "name": "worker", "image": spec.image, "command": list(spec.command),
-            "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-            + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
-               {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"}],
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
-                              "readOnly": True}],
-        }
-        # only this item's key; readable by the container's user whatever its uid (the
-        # image's, or a profile's image without fsGroup): the pod has this one container
-        credentials = {"name": "credentials", "secret": {
-            "secretName": _credentials_secret(spec.batch, spec.item), "optional": True,
-            "defaultMode": 0o444, "items": [{"key": spec.item, "path": "userinfo"}]}}
-        if spec.resources:
-            container["resources"] = spec.resources
-        job_spec: dict[str, Any] = {
-            "suspend": spec.suspended,
-            "backoffLimit": spec.backoff_limit,
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                {"action": "FailJob", "onExitCodes": {"containerName": "worker",
-                                                      "operator": "NotIn", "values": [0]}},
-            ]},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {
-                    f"{A}item-id": spec.item, **spec.annotations}},
-                "spec": {"restartPolicy": "Never", "containers": [container],
-                         "volumes": [credentials]},
-            },
-        }
-        if spec.deadline_seconds:
-            job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
-        body = {"apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": spec.name, "labels": labels,
-                             "annotations": {f"{A}item-id": spec.item},
-                             "ownerReferences": self._owner(spec.batch)},
-                "spec": job_spec}
-        return self._create(self.batch_api.create_namespaced_job, body, self.jobs)
+        return self._create(self.batch_api.create_namespaced_job,
+                            job_manifest(spec, self._owner(spec.batch)), self.jobs)
 
     def _job(self, obj: Obj) -> Job:
-        meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        labels = meta.get("labels") or {}
-        conds = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
-        state = JobState.PENDING
-        message = ""
-        finished = None
-        if "Complete" in conds:
-            state, finished = JobState.COMPLETED, parse_rfc3339_or_none(st.get("completionTime"))
-        elif "Failed" in conds:
-            state = JobState.FAILED
-            finished = parse_rfc3339_or_none(conds["Failed"].get("lastTransitionTime"))
-            if conds["Failed"].get("reason") == DEADLINE_EXCEEDED and spec.get(
-                    "activeDeadlineSeconds"):  # the pods were stopped: their words are not why
-                message = deadline_message(int(spec["activeDeadlineSeconds"]))
-            else:
-                message = self._failure_message(meta["name"], conds["Failed"])
-        elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
-            state = JobState.PROCESSING  # started; stays so while a pod is being replaced
-        return Job(name=meta["name"], batch=labels.get(f"{A}batch", ""),
-                   item=(meta.get("annotations") or {}).get(f"{A}item-id", ""),
-                   attempt=int(labels.get(f"{A}attempt", "1")), state=state, message=message,
-                   suspended=bool(spec.get("suspend")),
-                   created_at=parse_rfc3339_or_none(meta.get("creationTimestamp")),
-                   started_at=parse_rfc3339_or_none(st.get("startTime")), finished_at=finished)
+        return job_from_k8s(obj, self._failure_message)
 
     def _failure_message(self, name: str, cond: dict[str, Any]) -> str:
         """The worker's one-line reason, from its pod's termination message (read once)."""
@@ -659,30 +558,12 @@ class KubernetesStore:
             self.jobs.remember(new)
 
     # --- reports and outbox
-    @staticmethod
-    def _report_cm(report_id: str) -> str:
-        """`name:uid:round` -> `name-report-round-uid`; a report id of a Batch stored
-        before incarnations, `name:round`, keeps the `name-report-round` it has."""
-        batch, _, round_ = report_id.rpartition(":")
-        name, _, incarnation = batch.partition(":")
-        return f"{name}-report-{round_}-{incarnation}" if incarnation else f"{name}-report-{round_}"
-
-    @staticmethod
-    def _incarnation(report_id: str) -> str:
-        parts = report_id.split(":")
-        return parts[1] if len(parts) == 3 else ""
-
     def save_report(self, report: Report) -> bool:
-        data = {"id": report.id, "batch": report.batch, "kind": report.kind,
-                "createdAt": report.created_at, "subject": report.subject,
-                "recipients": list(report.recipients), "body": report.body,
-                "changed": list(report.changed), "jobStates": report.job_states,
-                "emailed": report.emailed}
         return self._create_cm(
-            self._report_cm(report.id), "report", report.batch,
-            {"report.json": json.dumps(data)},
+            report_cm_name(report.id), "report", report.batch,
+            {"report.json": report_json(report)},
             labels={f"{A}outbox": "pending" if report.emailed else "none",
-                    f"{A}incarnation": self._incarnation(report.id)},
+                    f"{A}incarnation": report_incarnation(report.id)},
             annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0"},
             binary={"message.eml": base64.b64encode(report.message).decode()},
         )
@@ -701,32 +582,18 @@ class KubernetesStore:
         for cm in self._report_cms(batch):
             if (cm["metadata"].get("labels") or {}).get(f"{A}incarnation", "") != incarnation:
                 continue
-            d = json.loads(cm["data"]["report.json"])
-            out.append(Report(
-                id=d["id"], batch=d["batch"], kind=d["kind"], created_at=d["createdAt"],
-                subject=d["subject"], recipients=tuple(d["recipients"]), body=d["body"],
-                changed=tuple(d["changed"]), job_states=d["jobStates"], emailed=d["emailed"],
-                message=base64.b64decode((cm.get("binaryData") or {}).get("message.eml", "")),
-            ))
+            out.append(report_from_json(
+                cm["data"]["report.json"],
+                base64.b64decode((cm.get("binaryData") or {}).get("message.eml", ""))))
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
-    @staticmethod
-    def _accepted(meta: Obj) -> bool:
-        return (f"{A}delivered-at" in (meta.get("annotations") or {})
-                or (meta.get("labels") or {}).get(f"{A}outbox") == "delivered")
-
     def delivered(self, report_id: str) -> bool:
-        cm = self.cms.get(self._report_cm(report_id))
-        return cm is not None and self._accepted(cm["metadata"])
-
-    @staticmethod
-    def _recipients(cm: Obj) -> tuple[RecipientState, ...]:
-        text = (cm["metadata"].get("annotations") or {}).get(f"{A}recipients") or "[]"
-        return tuple(RecipientState.from_dict(d) for d in json.loads(text))
+        cm = self.cms.get(report_cm_name(report_id))
+        return cm is not None and delivery_accepted(cm["metadata"])
 
     def recipient_states(self, report_id: str) -> list[RecipientState]:
-        cm = self.cms.get(self._report_cm(report_id))
-        return [] if cm is None else list(self._recipients(cm))
+        cm = self.cms.get(report_cm_name(report_id))
+        return [] if cm is None else list(recipients_from_cm(cm))
 
     def pending_outbox(self, now: float) -> list[OutboxEntry]:
         out = []
@@ -741,12 +608,12 @@ class KubernetesStore:
             out.append(OutboxEntry(
                 d["id"], d["batch"], base64.b64decode(cm["binaryData"]["message.eml"]),
                 int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", ""),
-                self._recipients(cm), float(d.get("createdAt") or 0.0)))
+                recipients_from_cm(cm), float(d.get("createdAt") or 0.0)))
         return out
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
                       annotations: dict[str, str]) -> None:
-        new = self._raw(self.core.patch_namespaced_config_map, self._report_cm(report_id),
+        new = self._raw(self.core.patch_namespaced_config_map, report_cm_name(report_id),
                         self.ns, {"metadata": {"labels": labels, "annotations": annotations}})
         self._wrote()
         self.cms.remember(new)
@@ -759,7 +626,7 @@ class KubernetesStore:
             if box in (None, "none"):
                 continue
             attempts = int((meta.get("annotations") or {}).get(f"{A}attempts", "0"))
-            accepted = self._accepted(meta)
+            accepted = delivery_accepted(meta)
             out["delivered"] += accepted
             out["failed"] += max(0, attempts - accepted)
             out["waiting"] += box == "pending"
@@ -769,7 +636,7 @@ class KubernetesStore:
                         error: str, retry_at: float | None) -> None:
         """One merge patch of the report ConfigMap: the outbox label says pending,
         delivered (closed, accepted for someone) or undeliverable (closed, for no one)."""
-        cm = self.cms.get(self._report_cm(report_id)) or {"metadata": {}}
+        cm = self.cms.get(report_cm_name(report_id)) or {"metadata": {}}
         ann = cm["metadata"].get("annotations") or {}
         now = time.time()
         accepted = any(r.state == Delivery.DELIVERED for r in recipients)
@@ -789,26 +656,13 @@ class KubernetesStore:
 
     # --- timeline
     def add_event(self, event: Event) -> None:
-        name = f"{event.batch}-timeline"
+        name = timeline_name(event.batch)
         events = self._cm_json(name, "events.json", [])
         events.append([event.at, event.reason, event.message[:2048], event.revision])
         self._put_cm_json(name, "events.json", events[-TIMELINE_MAX:], "timeline", event.batch)
 
     def list_events(self, batch: str) -> list[Event]:
         return [Event(batch, at, reason, message, rev)
-                for at, reason, message, rev in self._cm_json(f"{batch}-timeline",
+                for at, reason, message, rev in self._cm_json(timeline_name(batch),
                                                               "events.json", [])]
 
-
-def _credentials_secret(batch: str, item: str) -> str:
-    """The Secret with an item's credentials: one of at most 256 per batch, picked by a hash
-    of the item id, so a Job names its own without a lookup and no Secret nears the 1 MiB
-    object limit at 100,000 items."""
-    return f"{batch}-credentials-{hashlib.sha256(item.encode()).hexdigest()[:2]}"
-
-
-def _label(value: str) -> str:
-    """A label value (≤63, alphanumeric ends); long or odd ids get a hash instead."""
-    if len(value) <= 63 and value[:1].isalnum() and value[-1:].isalnum():
-        return value
-    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]

@@ -27,9 +27,16 @@ from reconciler.store.base import (
     OutboxEntry,
     Page,
     RecipientState,
+    SyncState,
     new_uid,
 )
-from reconciler.store.codec import canonical_json, status_from_dict, status_to_dict
+from reconciler.store.codec import (
+    canonical_json,
+    status_from_dict,
+    status_to_dict,
+    sync_state_from_meta,
+    sync_state_writes,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -163,6 +170,16 @@ class SqliteStore:
 
     def set_meta(self, key: str, value: str) -> None:
         if self.get_meta(key) != value:
+            self._write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def _meta_rows(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+
+    def load_sync_state(self) -> SyncState:
+        return sync_state_from_meta(self._meta_rows())
+
+    def save_sync_state(self, state: SyncState) -> None:
+        for key, value in sync_state_writes(self._meta_rows(), state):
             self._write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- batches

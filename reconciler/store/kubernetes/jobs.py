@@ -1,0 +1,101 @@
+"""The batch/v1 Job of one item attempt, built and read back by pure functions.
+
+`job_manifest` is the body the backend creates (DESIGN §8): one immutable Job per attempt,
+owned by its Batch, labelled batch/item/attempt, suspended while the batch is held, with a
+podFailurePolicy that does not spend an item's retries on evictions and node loss, and the
+item's credentials Secret key mounted read-only. `job_from_k8s` turns a Job as the API
+server returns it into the domain `Job`. Neither talks to the API server, so both are
+unit-tested without one (tests/unit/test_kubernetes_job_manifest.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.domain.model import Job
+from reconciler.domain.states import JobState
+from reconciler.store.base import DEADLINE_EXCEEDED, JobSpec, deadline_message
+from reconciler.store.kubernetes.names import CREDENTIALS_DIR, A, credentials_secret, label_value
+from reconciler.support.timefmt import parse_rfc3339_or_none
+
+FailureMessage = Callable[[str, dict[str, Any]], str]
+"""(job name, its True `Failed` condition) -> the worker's one-line reason."""
+
+
+def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Job to create for `spec`; `owner` is the Batch's ownerReferences (may be empty)."""
+    labels = {f"{A}batch": spec.batch, f"{A}item": label_value(spec.item),
+              f"{A}attempt": str(spec.attempt), "app.kubernetes.io/managed-by": "batchq"}
+    container: dict[str, Any] = {
+        "name": "worker", "image": spec.image, "command": list(spec.command),
+        "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+        + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
+           {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
+                          "readOnly": True}],
+    }
+    # only this item's key; readable by the container's user whatever its uid (the
+    # image's, or a profile's image without fsGroup): the pod has this one container
+    credentials = {"name": "credentials", "secret": {
+        "secretName": credentials_secret(spec.batch, spec.item), "optional": True,
+        "defaultMode": 0o444, "items": [{"key": spec.item, "path": "userinfo"}]}}
+    if spec.resources:
+        container["resources"] = spec.resources
+    job_spec: dict[str, Any] = {
+        "suspend": spec.suspended,
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "worker",
+                                                  "operator": "NotIn", "values": [0]}},
+        ]},
+        "template": {
+            "metadata": {"labels": labels, "annotations": {
+                f"{A}item-id": spec.item, **spec.annotations}},
+            "spec": {"restartPolicy": "Never", "containers": [container],
+                     "volumes": [credentials]},
+        },
+    }
+    if spec.deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": spec.name, "labels": labels,
+                         "annotations": {f"{A}item-id": spec.item},
+                         "ownerReferences": owner},
+            "spec": job_spec}
+
+
+# the batch/v1 Job condition types (the Job controller's words, not batchq's states)
+JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
+
+
+def job_from_k8s(obj: dict[str, Any], failure_message: FailureMessage) -> Job:
+    """A Job's state as the Job controller reports it; `failure_message` is asked only for a
+    Job that failed for a reason other than its deadline."""
+    meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    labels = meta.get("labels") or {}
+    conds = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
+    state = JobState.PENDING
+    message = ""
+    finished = None
+    if JOB_COMPLETE in conds:
+        state, finished = JobState.COMPLETED, parse_rfc3339_or_none(st.get("completionTime"))
+    elif JOB_FAILED in conds:
+        state = JobState.FAILED
+        failed = conds[JOB_FAILED]
+        finished = parse_rfc3339_or_none(failed.get("lastTransitionTime"))
+        if failed.get("reason") == DEADLINE_EXCEEDED and spec.get(
+                "activeDeadlineSeconds"):  # the pods were stopped: their words are not why
+            message = deadline_message(int(spec["activeDeadlineSeconds"]))
+        else:
+            message = failure_message(meta["name"], failed)
+    elif st.get("startTime") or st.get("active") or st.get("succeeded") or st.get("failed"):
+        state = JobState.PROCESSING  # started; stays so while a pod is being replaced
+    return Job(name=meta["name"], batch=labels.get(f"{A}batch", ""),
+               item=(meta.get("annotations") or {}).get(f"{A}item-id", ""),
+               attempt=int(labels.get(f"{A}attempt", "1")), state=state, message=message,
+               suspended=bool(spec.get("suspend")),
+               created_at=parse_rfc3339_or_none(meta.get("creationTimestamp")),
+               started_at=parse_rfc3339_or_none(st.get("startTime")), finished_at=finished)
