@@ -57,7 +57,8 @@ OBJECTS: dict[str, list[tuple[int, str]]] = {
        }.items()},
     **{f"mrt-doc/test-cases/4blocks_{case}.checkm": [(6, "4blocks.jpg"), (7, "4blocks.txt")]
        for case in ("2term_nl", "alg_uppercase", "extra_pipe", "field_reorder",
-                    "incorrect_url_hostname", "nl_after_data", "noeof", "noterm_nl", "prefixes", "uri",
+                    "incorrect_url_hostname", "nl_after_data", "noeof", "noterm_nl",
+                    "prefixes", "uri",
                     "with_bad_date", "with_bad_moddate", "with_date", "with_moddate",
                     "with_windows_crlf")},
     "mrt-doc/test-cases/4blocks_missing_fname.checkm": [(6, "line-6"), (7, "4blocks.txt")],
