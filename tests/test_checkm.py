@@ -239,3 +239,33 @@ def test_item_count_is_bounded() -> None:
     assert len(parse_checkm(text, "m", max_items=4)) == 4
     with pytest.raises(ManifestError, match=r"^m:9: more than 3 items$"):
         parse_checkm(text, "m", max_items=3)
+
+
+def test_merritt_line_and_header_forms() -> None:
+    # as Merritt's Checkm.java reads them: the header value after spaces or `|`, trailing
+    # empty values dropped, `%20` and `%7c` decoded in values but not in the URL
+    text = "\n".join([
+        "#%checkm_0.7",
+        f"#%profile {PROFILE}mrt-single-file-batch-manifest",
+        FIELDS,
+        "http://h/a%20b.tif | | | | | a%20b.tif | | | Ann%20Lee | A%7cB %41 | |",
+        "http://h/c.tif | | | | | c.tif | | x;;y; x | | | | | | |",
+        "#%eof",
+    ])
+    first, second = parse_checkm(text, "m")
+    assert first["url"] == "http://h/a%20b.tif"
+    assert first["id"] == "a_b.tif" and first["metadata"]["fileName"] == "a b.tif"
+    assert first["title"] == "A|B %41" and first["metadata"]["creator"] == "Ann Lee"
+    assert second["id"] == "x" and second["metadata"]["localIdentifier"] == "x; y"
+
+
+def test_several_files_for_one_object_are_refused_at_the_first() -> None:
+    text = manifest("mrt-ingest-manifest", "http://h/a.jpg | | | | | a.jpg",
+                    "http://h/a.txt | | | | | a.txt", "http://h/b.txt | | | | | b.txt")
+    assert [e.url for e in read_checkm(text, "o.checkm").entries] == [
+        "http://h/a.jpg", "http://h/a.txt", "http://h/b.txt"]
+    with pytest.raises(ManifestError) as info:
+        parse_checkm(text, "o.checkm")
+    assert str(info.value) == (
+        "o.checkm:6: the mrt-ingest-manifest lists 3 files for one object (lines 6-8);"
+        " objects of several files are not supported yet (issue 8 §2)")
