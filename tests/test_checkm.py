@@ -10,6 +10,7 @@ from reconciler.manifests.checkm import (
     ManifestError,
     normalise_algorithm,
     parse_checkm,
+    read_checkm,
     sanitise_id,
 )
 from reconciler.manifests.resolve import ManifestError as ReExported
@@ -95,8 +96,10 @@ def test_container_batch_manifest() -> None:
     assert "digest" not in items[0]
 
 
-def test_batch_of_manifests_one_item_per_object_manifest() -> None:
+def test_batch_of_manifests_is_parsed_then_refused_until_items_are_objects() -> None:
     # Merritt's own test data: each line names an object manifest; trailing fields left out.
+    # Its lines are object manifests, not payloads: storing one as the payload would lose
+    # the object's files, so the batch is refused at the first line (issue 8 §2).
     text = manifest(
         "mrt-batch-manifest",
         f"http://localhost:28080/feederout/1/manifest1.txt | sha256 | {SHA} | 739 |"
@@ -107,21 +110,26 @@ def test_batch_of_manifests_one_item_per_object_manifest() -> None:
         " 2010-06-02T13:54:44-07:00 | manifest3.txt |  | local://id2 | me | my title |"
         " 2010-06-02T13:54:44-07:00",
     )
-    items = parse_checkm(text, "batch.checkm")
-    assert [i["id"] for i in items] == ["manifest1.txt", "local___id1", "local___id2"]
-    assert [i["url"].rsplit("/", 1)[1] for i in items] == [
-        "manifest1.txt", "manifest2.txt", "manifest3.txt"]
-    assert items[0]["metadata"]["primaryIdentifier"] == "ark://ark1"
-    assert items[2]["title"] == "my title" and items[2]["metadata"]["creator"] == "me"
-    assert items[1]["metadata"]["localIdentifier"] == "local://id1"
-    assert len(check_items(items, "batch.checkm")) == 3
+    parsed = read_checkm(text, "batch.checkm")
+    assert parsed.profile == "mrt-batch-manifest"
+    assert [e.id for e in parsed.entries] == ["manifest1.txt", "local___id1", "local___id2"]
+    assert parsed.entries[0].metadata["primaryIdentifier"] == "ark://ark1"
+    assert parsed.entries[2].title == "my title" and parsed.entries[2].local_ids == (
+        "local://id2",)
+    with pytest.raises(ManifestError) as info:
+        parse_checkm(text, "batch.checkm")
+    assert str(info.value) == (
+        "batch.checkm:6: an mrt-batch-manifest lists object manifests"
+        " (http://localhost:28080/feederout/1/manifest1.txt for object 'manifest1.txt'),"
+        " each an object of its own files; objects of several files are not supported yet"
+        " (issue 8 §2)")
 
 
 def test_merritt_variations_are_read() -> None:
     text = "\n".join([
         "\ufeff#%checkm_0.7",
         "# a comment",
-        "#%profile | http://uc3.cdlib.org/registry/mrt/mrt-batch-manifest",
+        "#%profile | http://uc3.cdlib.org/registry/mrt/mrt-container-batch-manifest",
         "#%columns | nfo:fileURL | nfo:hashalgorithm | nfo:hashvalue | mrt:title",
         "",
         f"http://h/a | SHA256 | {SHA} | Pipes %7C in a title",
@@ -137,7 +145,9 @@ def test_merritt_variations_are_read() -> None:
 
 @pytest.mark.parametrize(("name", "normal"), [
     ("SHA-256", "sha256"), ("sha-256", "sha256"), ("SHA256", "sha256"), ("sha_256", "sha256"),
-    ("MD5", "md5"), ("SHA-512", "sha512"), ("sha1", None), ("crc32", None), ("", None),
+    ("MD5", "md5"), ("SHA-512", "sha512"), ("sha1", "sha1"), ("SHA-384", "sha384"),
+    ("SHA3-256", "sha3_256"), ("sha3_512", "sha3_512"), ("crc32", None), ("adler32", None),
+    ("md2", None), ("", None),
 ])
 def test_algorithm_names(name: str, normal: str | None) -> None:
     assert normalise_algorithm(name) == normal
@@ -184,8 +194,9 @@ HEAD = manifest("mrt-single-file-batch-manifest").replace("#%eof\n", "")
     ("", "m:1: not a checkm manifest (the first line must be #%checkm_0.7)"),
     ("nfo:fileUrl | x\n", "m:1: not a checkm manifest"),
     ("#%checkm_0.7\n#%profile | http://uc3.cdlib.org/registry/ingest/manifest/"
-     "mrt-ingest-manifest\n", "m:2: unknown manifest profile 'http://uc3.cdlib.org/registry/"
-     "ingest/manifest/mrt-ingest-manifest' (expected"),
+     "mrt-ingest-manifesto\n", "m:2: unknown manifest profile 'http://uc3.cdlib.org/registry/"
+     "ingest/manifest/mrt-ingest-manifesto' (expected"),
+    ("#%checkm_0.7\n#%profile\n", "m:2: unknown manifest profile ''"),
     ("#%checkm_0.7\n" + FIELDS + "\nhttp://h/a\n", "m:3: data line before the #%profile"
      " header"),
     (f"#%checkm_0.7\n#%profile | {PROFILE}mrt-batch-manifest\nhttp://h/a\n",
@@ -201,8 +212,13 @@ HEAD = manifest("mrt-single-file-batch-manifest").replace("#%eof\n", "")
      " file: URL"),
     (HEAD + "http://h/a | | | 12kB\n", "m:6: file size '12kB' is not a whole number"),
     (HEAD + "http://h/a | | | -1\n", "m:6: file size '-1' is not a whole number"),
-    (HEAD + "http://h/a | crc32 | 1234\n", "m:6: unknown hash algorithm 'crc32' (md5,"
-     " sha256, sha512)"),
+    (HEAD + "http://h/a | crc32 | 1234\n", "m:6: hash algorithm 'crc32' is one Merritt"
+     " accepts, but batchq cannot verify it; give one of md5, sha1, sha224, sha256, sha384,"
+     " sha512, sha3_224, sha3_256, sha3_384, sha3_512, or leave the digest out"),
+    (HEAD + "http://h/a | whirlpool | 1234\n", "m:6: unknown hash algorithm 'whirlpool'"
+     " (md5, sha1,"),
+    (HEAD + "http://h/a | | | | | | | | | | | extra |\n",
+     "m:6: 12 values, but the #%fields header (line 5) names 11 fields"),
     (HEAD + f"http://h/a | | {MD5}\n", "m:6: nfo:hashValue is given without"
      " nfo:hashAlgorithm"),
     (HEAD + "http://h/a | md5 |\n", "m:6: nfo:hashAlgorithm md5 is given without"
@@ -219,7 +235,37 @@ def test_errors_name_the_line(text: str, message: str) -> None:
 
 
 def test_item_count_is_bounded() -> None:
-    text = manifest("mrt-batch-manifest", *(f"http://h/{n}" for n in range(4)))
+    text = manifest("mrt-container-batch-manifest", *(f"http://h/{n}" for n in range(4)))
     assert len(parse_checkm(text, "m", max_items=4)) == 4
     with pytest.raises(ManifestError, match=r"^m:9: more than 3 items$"):
         parse_checkm(text, "m", max_items=3)
+
+
+def test_merritt_line_and_header_forms() -> None:
+    # as Merritt's Checkm.java reads them: the header value after spaces or `|`, trailing
+    # empty values dropped, `%20` and `%7c` decoded in values but not in the URL
+    text = "\n".join([
+        "#%checkm_0.7",
+        f"#%profile {PROFILE}mrt-single-file-batch-manifest",
+        FIELDS,
+        "http://h/a%20b.tif | | | | | a%20b.tif | | | Ann%20Lee | A%7cB %41 | |",
+        "http://h/c.tif | | | | | c.tif | | x;;y; x | | | | | | |",
+        "#%eof",
+    ])
+    first, second = parse_checkm(text, "m")
+    assert first["url"] == "http://h/a%20b.tif"
+    assert first["id"] == "a_b.tif" and first["metadata"]["fileName"] == "a b.tif"
+    assert first["title"] == "A|B %41" and first["metadata"]["creator"] == "Ann Lee"
+    assert second["id"] == "x" and second["metadata"]["localIdentifier"] == "x; y"
+
+
+def test_several_files_for_one_object_are_refused_at_the_first() -> None:
+    text = manifest("mrt-ingest-manifest", "http://h/a.jpg | | | | | a.jpg",
+                    "http://h/a.txt | | | | | a.txt", "http://h/b.txt | | | | | b.txt")
+    assert [e.url for e in read_checkm(text, "o.checkm").entries] == [
+        "http://h/a.jpg", "http://h/a.txt", "http://h/b.txt"]
+    with pytest.raises(ManifestError) as info:
+        parse_checkm(text, "o.checkm")
+    assert str(info.value) == (
+        "o.checkm:6: the mrt-ingest-manifest lists 3 files for one object (lines 6-8);"
+        " objects of several files are not supported yet (issue 8 §2)")

@@ -21,7 +21,7 @@ HEAD = ("#%checkm_0.7\n#%profile | http://uc3.cdlib.org/registry/ingest/manifest
 
 
 @pytest.mark.parametrize("profile", ["mrt-single-file-batch-manifest",
-                                     "mrt-container-batch-manifest", "mrt-batch-manifest"])
+                                     "mrt-container-batch-manifest"])
 def test_checkm_profiles(profile: str) -> None:
     text = HEAD.format(p=profile) + (
         "http://h/a.zip | MD5 | " + "a" * 32 + " | 12 | | a.zip | | | Ann | A | 2001\n"
@@ -41,7 +41,7 @@ def test_checkm_profiles(profile: str) -> None:
     ("#%checkm_0.7\n#%profile | http://x/other\n", "m:2: unknown manifest profile"),
     (HEAD.format(p="mrt-batch-manifest") + " | | | | | a | | | | | \n", "m:4: missing"),
     (HEAD.format(p="mrt-batch-manifest") + "http://h/a | crc32 | 1 | | | a | | | | | \n",
-     "m:4: unknown hash algorithm 'crc32'"),
+     "m:4: hash algorithm 'crc32' is one Merritt accepts, but batchq cannot verify it"),
     (HEAD.format(p="mrt-batch-manifest") + "http://h/a | | | big | | a | | | | | \n",
      "m:4: file size 'big' is not a whole number"),
     (HEAD.format(p="mrt-batch-manifest") + "http://h/a | | | | | a | | | | | \n"

@@ -357,11 +357,12 @@ def test_valid_repository_exits_0_and_prints_nothing(
 def test_invalid_repository_exits_1_with_one_line_per_problem(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write(repo, "batches/bad.yaml", BATCH.replace("maps-1", "bad").replace("md5", "sha1"))
+    write(repo, "batches/bad.yaml", BATCH.replace("maps-1", "bad").replace("md5", "crc32"))
     assert validate_main([str(repo)]) == 1
     assert capsys.readouterr().out == (
-        f'{repo}/batches/bad.yaml:13:29: spec.manifest.items[0].digest.algorithm: "sha1" is not '
-        'one of "md5", "sha256", "sha512"\n'
+        f'{repo}/batches/bad.yaml:13:29: spec.manifest.items[0].digest.algorithm: "crc32" is '
+        'not one of "md5", "sha1", "sha224", "sha256", "sha384", "sha512", "sha3_224", '
+        '"sha3_256", "sha3_384", "sha3_512"\n'
     )
 
 

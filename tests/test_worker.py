@@ -269,8 +269,9 @@ def test_sigterm_removes_the_temp_file_and_logs_a_reason(
     ({"BATCHQ_ITEM_SIZE": "12kB"}, "BATCHQ_ITEM_SIZE must be a whole number of bytes, not"
      " '12kB'"),
     ({"BATCHQ_TIMEOUT": "0"}, "BATCHQ_TIMEOUT must be a positive number of seconds, not '0'"),
-    ({"BATCHQ_DIGEST_ALGORITHM": "sha1", "BATCHQ_DIGEST_VALUE": "ab"},
-     "BATCHQ_DIGEST_ALGORITHM must be md5, sha256 or sha512, not 'sha1'"),
+    ({"BATCHQ_DIGEST_ALGORITHM": "crc32", "BATCHQ_DIGEST_VALUE": "ab"},
+     "BATCHQ_DIGEST_ALGORITHM must be one of md5, sha1, sha224, sha256, sha384, sha512,"
+     " sha3_224, sha3_256, sha3_384, sha3_512, not 'crc32'"),
     ({"BATCHQ_DIGEST_ALGORITHM": "md5", "BATCHQ_DIGEST_VALUE": "abc"},
      "BATCHQ_DIGEST_VALUE 'abc' is not a md5 digest (32 hex digits)"),
 ])

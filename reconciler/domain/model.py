@@ -17,8 +17,15 @@ from reconciler.support.urls import url_allowed
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_PRIORITY = 5
-# The digests a manifest may give, and how many lowercase hex digits each one has.
-DIGEST_HEX_DIGITS = {"md5": 32, "sha256": 64, "sha512": 128}
+# The digests a manifest may give (hashlib's names, so the worker computes each one with
+# `hashlib.new`), and how many lowercase hex digits each one has. Merritt's list (mrt-core2
+# MessageDigestType) is adler32, crc32, md2, md5, sha1, sha256, sha384, sha512; the ones
+# hashlib cannot compute are refused by name (`UNVERIFIABLE_DIGESTS`).
+DIGEST_HEX_DIGITS = {
+    "md5": 32, "sha1": 40, "sha224": 56, "sha256": 64, "sha384": 96, "sha512": 128,
+    "sha3_224": 56, "sha3_256": 64, "sha3_384": 96, "sha3_512": 128,
+}
+UNVERIFIABLE_DIGESTS = ("adler32", "crc32", "md2")
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -30,7 +37,7 @@ def is_hex_digest(algorithm: str, value: str) -> bool:
 
 @dataclass(frozen=True)
 class Digest:
-    algorithm: str  # md5 | sha256 | sha512
+    algorithm: str  # a key of DIGEST_HEX_DIGITS
     value: str
 
 

@@ -178,7 +178,7 @@ def parse_manifest(data: bytes, source: str) -> list[Item]:
     head = data.removeprefix(b"\xef\xbb\xbf").lstrip()
     if not head:
         raise ManifestError(f"{source}: the manifest is empty")
-    if head[:8].lower() == b"#%checkm":
+    if head[:2] == b"#%":  # checkm, or a checkm without its first line (refused at line 1)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:

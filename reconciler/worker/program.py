@@ -9,7 +9,9 @@ and as a Kubernetes container (`python -m reconciler.worker`, or `batchq-worker`
                               means "the credentials are in BATCHQ_CREDENTIALS_FILE" (required)
     BATCHQ_STORAGE            storage root directory                            (required)
     BATCHQ_ITEM_SIZE          expected size in bytes
-    BATCHQ_DIGEST_ALGORITHM   md5 | sha256 | sha512, with BATCHQ_DIGEST_VALUE (lowercase hex)
+    BATCHQ_DIGEST_ALGORITHM   md5 | sha1 | sha224 | sha256 | sha384 | sha512 | sha3_224 |
+                              sha3_256 | sha3_384 | sha3_512 (DIGEST_HEX_DIGITS), with
+                              BATCHQ_DIGEST_VALUE (lowercase hex)
     BATCHQ_ALLOWED_PREFIXES   newline-separated URL prefixes; unset allows any URL, set but
                               empty allows none (`reconciler.support.urls` decides either way)
     BATCHQ_GIT_DIR            the reconciler's Git mirror, read-only: a relative `file:` URL
@@ -187,8 +189,9 @@ def config_from_env(env: Mapping[str, str]) -> Config:
     digest = None
     if algorithm or value:
         if algorithm not in DIGEST_HEX_DIGITS:
-            raise WorkerError(f"BATCHQ_DIGEST_ALGORITHM must be md5, sha256 or sha512, not"
-                              f" {algorithm!r}", EXIT_REFUSED)
+            raise WorkerError(f"BATCHQ_DIGEST_ALGORITHM must be one of"
+                              f" {', '.join(DIGEST_HEX_DIGITS)}, not {algorithm!r}",
+                              EXIT_REFUSED)
         if not is_hex_digest(algorithm, value):
             raise WorkerError(f"BATCHQ_DIGEST_VALUE {value!r} is not a {algorithm} digest"
                               f" ({DIGEST_HEX_DIGITS[algorithm]} hex digits)", EXIT_REFUSED)

@@ -4,6 +4,10 @@ the worker's environment accept exactly the same values and refuse the same ones
 
 from __future__ import annotations
 
+import hashlib
+import json
+from importlib.resources import files
+
 import pytest
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, is_hex_digest
@@ -70,6 +74,22 @@ def test_every_reader_refuses_what_the_table_refuses(algorithm: str, change: str
 
 
 def test_unknown_algorithms_and_uppercase() -> None:
-    assert not is_hex_digest("sha1", "a" * 40)
+    assert not is_hex_digest("crc32", "a" * 8)  # Merritt lists it; hashlib cannot compute it
     assert not is_hex_digest("sha256", "A" * 64)  # readers lowercase first where allowed
     assert not is_hex_digest("sha256", "a" * 63 + "\n")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_the_worker_computes_every_algorithm_the_table_accepts(algorithm: str) -> None:
+    # The worker hashes with hashlib.new(name): a name it cannot compute, or a length that
+    # differs from the table, would fail every job of a manifest that batchq accepted.
+    assert len(hashlib.new(algorithm, b"x").hexdigest()) == DIGEST_HEX_DIGITS[algorithm]
+
+
+def test_the_schema_lists_exactly_the_tables_algorithms() -> None:
+    schema = json.loads((files("reconciler.spec") / "schemas" / "batch.schema.json")
+                        .read_text(encoding="utf-8"))
+    items = schema["properties"]["spec"]["properties"]["manifest"]["properties"]["items"]
+    digest = items["items"]["properties"]["digest"]["properties"]
+    assert digest["algorithm"]["enum"] == list(DIGEST_HEX_DIGITS)
+    assert digest["value"]["maxLength"] == max(DIGEST_HEX_DIGITS.values())

@@ -1,0 +1,62 @@
+"""A real Merritt single-file batch manifest (mrt-dashboard's sampleBatchOfFiles.checkm)
+through the real `batchq reconcile --until-idle`, its URLs moved to a loopback payload
+server and its digests made sha1 and sha384: the worker verifies both algorithms."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc
+
+SAMPLE = (Path(__file__).parent / "data" / "merritt" / "mrt-dashboard"
+          / "sampleBatchOfFiles.checkm")
+PREFIX = "http://merritt.cdlib.org/samples/"
+
+
+def with_digest(line: str, algorithm: str, hex_value: str) -> str:
+    """The manifest line with its nfo:hashAlgorithm and nfo:hashValue replaced."""
+    parts = line.split("|")
+    parts[1], parts[2] = f" {algorithm} ", f" {hex_value} "
+    return "|".join(parts)
+
+
+def test_a_merritt_manifest_with_sha1_and_sha384_digests_runs_end_to_end(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    bodies = {name: f"the bytes of {name}\n".encode()
+              for name in ("goldenDragon.jpg", "tumbleBug.jpg", "generalDrapery.jpg")}
+    for name, body in bodies.items():
+        payloads.files[name] = body
+    wanted = {
+        "goldenDragon.jpg": ("sha1", hashlib.sha1(bodies["goldenDragon.jpg"]).hexdigest()),
+        "tumbleBug.jpg": ("SHA-384", hashlib.sha384(bodies["tumbleBug.jpg"]).hexdigest()),
+        # a digest of other bytes: the worker must compute sha384 to refuse it
+        "generalDrapery.jpg": ("sha384", hashlib.sha384(b"other bytes").hexdigest()),
+    }
+    lines = []
+    for line in SAMPLE.read_text().splitlines():
+        if line.startswith(PREFIX):
+            name = line.split("|")[0].strip().removeprefix(PREFIX)
+            line = with_digest(line.replace(PREFIX, payloads.base, 1), *wanted[name])
+        lines.append(line)
+    payloads.files["batch.checkm"] = ("\n".join(lines) + "\n").encode()
+
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/signs.yaml", batch_doc(url=payloads.base + "batch.checkm"))
+    git_repo.commit("submit Merritt's sample batch")
+    state = tmp_path / "state"
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(state),
+                  "--until-idle", "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+
+    status = json.loads(batchq("status", "signs", "--json", "--state", str(state)).stdout)
+    (batch,) = status["batches"]
+    jobs = {job["item"]: (job["state"], job["message"]) for job in batch["jobs"]}
+    assert jobs["goldenDragon.jpg"][0] == "Completed"
+    assert jobs["tumbleBug.jpg"][0] == "Completed"
+    assert jobs["generalDrapery.jpg"] == (
+        "Failed", f"digest mismatch: expected sha384 {wanted['generalDrapery.jpg'][1]}, got"
+        f" {hashlib.sha384(bodies['generalDrapery.jpg']).hexdigest()}")
+    assert batch["state"] == "Failed"
+    assert sorted(payloads.requests) == sorted(["batch.checkm", *bodies])
