@@ -116,7 +116,7 @@ class Reconciler:
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
             file_roots=settings.file_roots, downloads=self.downloads,
-            message_id_domain=settings.message_id_domain)
+            message_id_domain=settings.message_id_domain, site_url=settings.site_url)
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
         self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.relay(),
                              outbox_dir=settings.state_dir / "outbox",

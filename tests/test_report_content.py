@@ -1,0 +1,93 @@
+"""What the report email carries, as Merritt's batch report does (issue 8 §4): submission,
+submitted and completed dates, counts of pending/completed/failed jobs, every failure's
+whole message, a link to the batch page, and RFC 3339 times in the JSON attachments. The
+message is the one a real `batchq reconcile` sent to a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from email.message import Message
+from pathlib import Path
+
+from reconciler.support.timefmt import rfc3339
+from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq, profile_doc
+
+TITLE = "Letters of the Oakland harbour commission, with the survey maps of 1911 and 1912"
+
+
+def attachment(msg: Message, name: str) -> list[dict[str, object]]:
+    [part] = [p for p in msg.walk() if p.get_filename() == name]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return list(json.loads(payload))
+
+
+def body(msg: Message) -> str:
+    part = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode().replace("\r\n", "\n")
+
+
+def field(text: str, name: str) -> str:
+    [line] = [line for line in text.splitlines() if line.startswith(f"{name}:")]
+    return line.split(":", 1)[1].strip()
+
+
+def test_the_report_carries_merritts_fields_and_every_failure_whole(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
+    good = payloads.add("good", b"good payload\n")
+    good["title"] = TITLE
+    bad = payloads.add("bad", b"the bytes that arrived\n")
+    wanted = hashlib.sha512(b"the bytes that were meant\n").hexdigest()
+    got = hashlib.sha512(b"the bytes that arrived\n").hexdigest()
+    bad["digest"] = {"algorithm": "sha512", "value": wanted}
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/b.yaml", batch_doc([good, bad]))
+    git_repo.commit("submit b")
+    submitted = int(git_repo.git("log", "-1", "--format=%ct"))
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
+                  "--smtp", smtp.hostport, "--until-idle", "--timeout", "60",
+                  "--site-url", "http://127.0.0.1:8080/batchq/")
+    assert done.returncode == 0, done.stderr
+    [msg] = smtp.mailbox.messages
+    assert msg["Subject"] == "Ingest: FAIL -- Submission Failed: b"
+    text = body(msg)
+    assert field(text, "Batch") == "b"
+    assert field(text, "Batch page") == "http://127.0.0.1:8080/batchq/batches/b"
+    assert field(text, "Submitted") == rfc3339(submitted)
+    assert field(text, "Status") == "Failed"
+    assert "Jobs: 2   Completed: 1   Failed: 1   Pending: 0" in text
+    # each digest arrives whole (a token of its own on a line), and no body line is long
+    tokens = {t.rstrip(",") for line in text.splitlines() for t in line.split()}
+    assert wanted in tokens and got in tokens
+    assert all(len(line) < 200 for line in text.splitlines())
+    assert " ".join(TITLE.split()) in " ".join(text.split())  # the title whole, wrapped
+    failed = attachment(msg, "failed.json")
+    assert [f["id"] for f in failed] == ["bad"]
+    assert failed[0]["message"] == f"digest mismatch: expected sha512 {wanted}, got {got}"
+    rows = failed + attachment(msg, "completed.json")
+    finished = []
+    for row in rows:
+        for key in ("startedAt", "finishedAt"):
+            value = row[key]
+            assert isinstance(value, str) and value.endswith("Z"), row
+            finished.append(datetime.fromisoformat(value).timestamp())
+    assert field(text, "Completed") == rfc3339(max(finished))
+
+
+def test_without_a_site_url_the_report_has_no_page_link(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/b.yaml", batch_doc([payloads.add("one", b"one\n")]))
+    git_repo.commit("submit b")
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
+                  "--smtp", smtp.hostport, "--until-idle", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    [msg] = smtp.mailbox.messages
+    text = body(msg)
+    assert "Batch page:" not in text
+    assert "Jobs: 1   Completed: 1   Failed: 0   Pending: 0" in text
+    assert field(text, "Status") == "Completed"
