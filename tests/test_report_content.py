@@ -5,11 +5,16 @@ message is the one a real `batchq reconcile` sent to a real SMTP server on loopb
 
 from __future__ import annotations
 
+import email
 import hashlib
 import json
 from datetime import datetime
+from email import policy
 from email.message import Message
 from pathlib import Path
+
+import pytest
+import yaml
 
 from reconciler.support.timefmt import rfc3339
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq, profile_doc
@@ -91,3 +96,46 @@ def test_without_a_site_url_the_report_has_no_page_link(
     assert "Batch page:" not in text
     assert "Jobs: 1   Completed: 1   Failed: 0   Pending: 0" in text
     assert field(text, "Status") == "Completed"
+
+
+def test_display_names_are_quoted_and_encoded_by_batchq(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
+    sender_name = 'Merritt Ingest, UC3 "Preservation" <Team>'
+    reply_name = "Équipe dépôt — Ops"
+    git_repo.write("profiles/test.yaml", profile_doc(
+        payloads.base, fromName=sender_name, replyTo="help@example.org",
+        replyToName=reply_name))
+    git_repo.write("batches/b.yaml", batch_doc([payloads.add("one", b"one\n")]))
+    git_repo.commit("submit b")
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
+                  "--smtp", smtp.hostport, "--until-idle", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    [raw] = smtp.mailbox.messages
+    msg = email.message_from_bytes(raw.as_bytes(), policy=policy.default)
+    [sender] = msg["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == (sender_name, "batchq@example.org")
+    [reply] = msg["Reply-To"].addresses
+    assert (reply.display_name, reply.addr_spec) == (reply_name, "help@example.org")
+    assert raw.as_bytes().isascii()  # the non-ASCII name went out as an encoded word
+    assert smtp.mailbox.envelopes[0][0] == "batchq@example.org"  # MAIL FROM: the address
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("=?utf-8?q?Your_Bank?=", "contains an encoded word (=?...?=); write the name itself"),
+    ("Ops\nBcc: evil@example.org", "contains a line break"),
+    ("Ops\x1b[2J", "contains a control character; give plain text"),
+    ("   ", "is blank; give a name or leave the field out"),
+])
+def test_a_display_name_that_could_forge_a_header_is_refused_at_its_line(
+        tmp_path: Path, name: str, says: str) -> None:
+    profile = tmp_path / "profiles" / "test.yaml"
+    profile.parent.mkdir()
+    profile.write_text(yaml.safe_dump(profile_doc("http://127.0.0.1:1/", fromName=name),
+                                      sort_keys=False))
+    line = next(n for n, text in enumerate(profile.read_text().splitlines(), 1)
+                if text.lstrip().startswith("fromName:"))
+    out = batchq("validate", str(profile))
+    assert out.returncode == 1
+    [said] = (out.stdout + out.stderr).splitlines()
+    assert said.startswith(f"{profile}:{line}:") and "spec.notification.fromName: " in said
+    assert said.endswith(says) or f"{says}," in said

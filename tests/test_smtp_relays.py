@@ -78,6 +78,7 @@ class Relay:
     messages: list[Message] = field(default_factory=list)
     sessions: list[tuple[bool, bool]] = field(default_factory=list)  # (over TLS, authed)
     port: int = field(default_factory=free_port)
+    needs_auth: bool = True  # DATA refused to a session that did not authenticate
 
     @property
     def hostport(self) -> str:
@@ -91,7 +92,7 @@ class Relay:
         return AuthResult(success=ok, handled=False)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if not session.authenticated:
+        if self.needs_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         self.messages.append(email.message_from_bytes(envelope.content))
         tls = server.transport.get_extra_info("ssl_object") is not None
@@ -251,3 +252,27 @@ def test_a_relay_setting_that_cannot_work_is_refused_at_start(
                  "--smtp", "127.0.0.1:1", "--once", *options, env=env)
     assert out.returncode != 0
     assert says in out.stderr and "Traceback" not in out.stderr
+
+
+
+def test_a_non_ascii_address_is_refused_at_its_line_and_costs_nothing_else(
+        git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
+    """Decided: refused at validation (the message could never be delivered through a
+    relay without SMTPUTF8); the other batch of the same commit runs and reports."""
+    git_repo.write("profiles/test.yaml", plain_profile(payloads.base))
+    git_repo.write("batches/b.yaml", batch_doc([payloads.add("b-1", b"one\n")]))
+    git_repo.write("batches/intl.yaml", batch_doc(
+        [payloads.add("i-1", b"one\n")], depositor={"name": "Jöe", "email": "jöe@example.org"}))
+    git_repo.commit("submit b and intl")
+    state = tmp_path / "state"
+    done = reconcile(git_repo, state, smtp.hostport, password=None)
+    assert done.returncode == 0, done.stderr
+    assert [m["Subject"] for m in smtp.mailbox.messages] == [
+        "Ingest: OK -- Submission Processed: b"]
+    line = next(n for n, text in enumerate(
+        (git_repo.path / "batches/intl.yaml").read_text().splitlines(), 1)
+        if "email:" in text)
+    status = batchq("status", "--state", str(state), "intl")
+    assert (f"batches/intl.yaml:{line}:12: spec.depositor.email: \"j\\u00f6e@example.org\" has"
+            " non-ASCII characters, which a mail server without SMTPUTF8 cannot deliver; give"
+            " an ASCII address (name@example.org)") in status.stdout + status.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 from urllib.parse import quote
@@ -108,6 +109,11 @@ def _table(items: list[ItemStatus]) -> list[str]:
     return lines
 
 
+def _mailbox(address: str, name: str | None) -> Address | str:
+    """`Name <address>`, quoted and encoded by the email package, never by hand."""
+    return Address(display_name=name, addr_spec=address) if name else address
+
+
 def _item_json(s: ItemStatus) -> dict[str, object]:
     return {
         "id": s.item.id,
@@ -184,12 +190,12 @@ def build_report(
     rid = report_id(batch, round_)
     msg = EmailMessage()
     msg["Subject"] = subject
-    msg["From"] = notif.sender if notif else "batchq@localhost"
+    msg["From"] = _mailbox(notif.sender, notif.sender_name) if notif else "batchq@localhost"
     msg["To"] = ", ".join(recipients) if recipients else "undisclosed-recipients:;"
     if notif and notif.bcc:
         msg["Bcc"] = ", ".join(notif.bcc)
     if notif and notif.reply_to:
-        msg["Reply-To"] = notif.reply_to
+        msg["Reply-To"] = _mailbox(notif.reply_to, notif.reply_to_name)
     msg["Date"] = formatdate(now, usegmt=True)
     msg["Message-ID"] = message_id(rid, message_id_domain)
     msg["X-Batchq-Report"] = rid
