@@ -241,6 +241,11 @@ def test_a_relay_whose_certificate_is_not_trusted_gets_no_mail_and_no_password(
      "--smtp-user needs a password: set BATCHQ_SMTP_PASSWORD or give --smtp-password-file"),
     (["--smtp-security", "tls", "--smtp-user", USER, "--smtp-password-file", "/nonexistent/pw"],
      {}, "cannot read --smtp-password-file /nonexistent/pw: No such file or directory"),
+    ([], {"BATCHQ_SMTP_SECURITY": "startls"},  # a typo never means plaintext
+     "--smtp-security (or BATCHQ_SMTP_SECURITY) 'startls' is not one of none, starttls, tls"),
+    (["--smtp-security", "tls", "--smtp-ca-file", "/nonexistent/ca.pem"], {},
+     "--smtp-ca-file (or BATCHQ_SMTP_CA_FILE) /nonexistent/ca.pem: No such file or directory;"
+     " give a PEM file of CA certificates"),
     (["--site-url", "javascript:alert(1)"], {},
      "is not an http or https base URL; give one such as https://batchq.example.org"),
 ])

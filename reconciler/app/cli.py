@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -96,7 +97,11 @@ def _relay(p: argparse.ArgumentParser) -> None:
 
 def smtp_password(args: argparse.Namespace) -> str | None:
     """The relay password: --smtp-password-file, else BATCHQ_SMTP_PASSWORD; a clear exit
-    when a user is set without one, or a password would travel in clear."""
+    when the security is unknown, a user is set without a password, or a password would
+    travel in clear."""
+    if args.smtp_security not in SECURITIES:  # argparse checks choices, not env defaults
+        raise SystemExit(f"batchq: --smtp-security (or BATCHQ_SMTP_SECURITY)"
+                         f" {args.smtp_security!r} is not one of {', '.join(SECURITIES)}")
     if args.smtp_user is None:
         return None
     if args.smtp_security == "none":
@@ -114,6 +119,18 @@ def smtp_password(args: argparse.Namespace) -> str | None:
         raise SystemExit("batchq: --smtp-user needs a password: set BATCHQ_SMTP_PASSWORD or"
                          " give --smtp-password-file")
     return password
+
+
+def smtp_ca_file(value: str | None) -> str | None:
+    """A CA file that loads, checked at start: a wrong path must not defer every email."""
+    if value is not None:
+        try:
+            ssl.create_default_context(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SystemExit(f"batchq: --smtp-ca-file (or BATCHQ_SMTP_CA_FILE) {value}: {reason};"
+                             " give a PEM file of CA certificates") from None
+    return value
 
 
 def site_url(value: str | None) -> str | None:
@@ -193,7 +210,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age,
                     message_id_domain=domain, smtp_security=args.smtp_security,
                     smtp_user=args.smtp_user, smtp_password=smtp_password(args),
-                    smtp_ca_file=args.smtp_ca_file, site_url=site_url(args.site_url))
+                    smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url))
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
