@@ -71,14 +71,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @dataclass
-class Relay:
+class RelayServer:
     """What a TLS/AUTH relay saw: every AUTH attempt, and each message with its session."""
 
     auth_attempts: int = 0
     messages: list[Message] = field(default_factory=list)
     sessions: list[tuple[bool, bool]] = field(default_factory=list)  # (over TLS, authed)
     port: int = field(default_factory=free_port)
-    needs_auth: bool = True  # DATA refused to a session that did not authenticate
 
     @property
     def hostport(self) -> str:
@@ -92,7 +91,7 @@ class Relay:
         return AuthResult(success=ok, handled=False)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.needs_auth and not session.authenticated:
+        if not session.authenticated:  # AUTH is required here
             return "530 5.7.0 Authentication required"
         self.messages.append(email.message_from_bytes(envelope.content))
         tls = server.transport.get_extra_info("ssl_object") is not None
@@ -101,9 +100,9 @@ class Relay:
 
 
 @pytest.fixture
-def starttls_relay(pki: Pki) -> Iterator[Relay]:
+def starttls_relay(pki: Pki) -> Iterator[RelayServer]:
     """Port-587 style: STARTTLS required before anything else, AUTH required, over TLS."""
-    relay = Relay()
+    relay = RelayServer()
     ctl = SmtpController(relay, hostname="127.0.0.1", port=relay.port,
                          tls_context=pki.server_context(), require_starttls=True,
                          auth_required=True, auth_require_tls=True,
@@ -114,9 +113,9 @@ def starttls_relay(pki: Pki) -> Iterator[Relay]:
 
 
 @pytest.fixture
-def implicit_tls_relay(pki: Pki) -> Iterator[Relay]:
+def implicit_tls_relay(pki: Pki) -> Iterator[RelayServer]:
     """Port-465 style: TLS from the first byte, AUTH required."""
-    relay = Relay()
+    relay = RelayServer()
     ctl = SmtpController(relay, hostname="127.0.0.1", port=relay.port,
                          ssl_context=pki.server_context(),
                          # aiosmtpd counts only STARTTLS as TLS, and warns when AUTH is
@@ -151,7 +150,7 @@ def delivery(state: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_starttls_and_auth_deliver_over_a_verified_tls_session(
-        git_repo: GitRepo, payloads: PayloadServer, starttls_relay: Relay, pki: Pki,
+        git_repo: GitRepo, payloads: PayloadServer, starttls_relay: RelayServer, pki: Pki,
         tmp_path: Path) -> None:
     submit(git_repo, payloads)
     done = reconcile(git_repo, tmp_path / "state", starttls_relay.hostport,
@@ -165,7 +164,7 @@ def test_starttls_and_auth_deliver_over_a_verified_tls_session(
 
 
 def test_implicit_tls_with_the_password_from_a_mounted_secret_file(
-        git_repo: GitRepo, payloads: PayloadServer, implicit_tls_relay: Relay, pki: Pki,
+        git_repo: GitRepo, payloads: PayloadServer, implicit_tls_relay: RelayServer, pki: Pki,
         tmp_path: Path) -> None:
     secret = tmp_path / "secret" / "password"
     secret.parent.mkdir()
@@ -181,7 +180,7 @@ def test_implicit_tls_with_the_password_from_a_mounted_secret_file(
 
 
 def test_a_wrong_password_is_a_permanent_visible_535_never_retried(
-        git_repo: GitRepo, payloads: PayloadServer, starttls_relay: Relay, pki: Pki,
+        git_repo: GitRepo, payloads: PayloadServer, starttls_relay: RelayServer, pki: Pki,
         tmp_path: Path) -> None:
     submit(git_repo, payloads)
     state = tmp_path / "state"
@@ -220,7 +219,7 @@ def test_starttls_required_but_not_offered_sends_nothing_in_plaintext(
 
 @pytest.mark.parametrize("ca", ["other", "system"])
 def test_a_relay_whose_certificate_is_not_trusted_gets_no_mail_and_no_password(
-        git_repo: GitRepo, payloads: PayloadServer, implicit_tls_relay: Relay, pki: Pki,
+        git_repo: GitRepo, payloads: PayloadServer, implicit_tls_relay: RelayServer, pki: Pki,
         tmp_path: Path, ca: str) -> None:
     submit(git_repo, payloads)
     options = ["--smtp-ca-file", str(pki.other_ca)] if ca == "other" else []
