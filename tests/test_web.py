@@ -550,6 +550,8 @@ def comparable(value: Any, commits: dict[str, str]) -> Any:
     if isinstance(value, str):
         value = re.sub(r"https?://[^/\s]+/", "<payloads>/", value)
         value = re.sub(r"Reported: .*", "Reported: <date>", value)
+        value = re.sub(r"(Submitted|Completed): +\d{4}-\d\d-\d\dT[\d:]+Z", r"\1: <time>",
+                       value)
         value = re.sub(r":[0-9a-f]{12}:", ":<uid>:", value)
         value = re.sub(r"^250 .*", "250 <accepted>", value)
         return re.sub(r"\b[0-9a-f]{40}\b",

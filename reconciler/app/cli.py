@@ -7,14 +7,17 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
+from reconciler.control.smtp import SECURITIES
 from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, ReadStore
@@ -69,7 +72,78 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--message-id-domain", default=_env("MESSAGE_ID_DOMAIN"),
                    help="right-hand side of report Message-IDs (BATCHQ_MESSAGE_ID_DOMAIN;"
                    " default: a random one, made once per state)")
+    _relay(p)
     _file_roots(p)
+
+
+def _relay(p: argparse.ArgumentParser) -> None:
+    """How the SMTP relay is reached; the password only from the environment or a file (a
+    mounted Secret), never from the command line, where `ps` shows it."""
+    p.add_argument("--smtp-security", choices=SECURITIES, default=_env("SMTP_SECURITY", "none"),
+                   help="none, starttls (required, never plaintext) or tls (implicit, port"
+                        " 465); the certificate is always verified (BATCHQ_SMTP_SECURITY)")
+    p.add_argument("--smtp-ca-file", default=_env("SMTP_CA_FILE"),
+                   help="PEM file of the CA the relay's certificate must chain to"
+                        " (BATCHQ_SMTP_CA_FILE; default: the system's trust store)")
+    p.add_argument("--smtp-user", default=_env("SMTP_USER"),
+                   help="AUTH as this user (BATCHQ_SMTP_USER); the password comes from"
+                        " BATCHQ_SMTP_PASSWORD or --smtp-password-file")
+    p.add_argument("--smtp-password-file", default=_env("SMTP_PASSWORD_FILE"),
+                   help="file holding the SMTP password, e.g. a mounted Secret"
+                        " (BATCHQ_SMTP_PASSWORD_FILE)")
+    p.add_argument("--site-url", default=_env("SITE_URL"),
+                   help="the web site's base URL; reports then link the batch's page"
+                        " (BATCHQ_SITE_URL)")
+
+
+def smtp_password(args: argparse.Namespace) -> str | None:
+    """The relay password: --smtp-password-file, else BATCHQ_SMTP_PASSWORD; a clear exit
+    when the security is unknown, a user is set without a password, or a password would
+    travel in clear."""
+    if args.smtp_security not in SECURITIES:  # argparse checks choices, not env defaults
+        raise SystemExit(f"batchq: --smtp-security (or BATCHQ_SMTP_SECURITY)"
+                         f" {args.smtp_security!r} is not one of {', '.join(SECURITIES)}")
+    if args.smtp_user is None:
+        return None
+    if args.smtp_security == "none":
+        raise SystemExit("batchq: --smtp-user needs --smtp-security starttls or tls: a password"
+                         " is never sent in clear")
+    if args.smtp_password_file:
+        try:
+            with open(args.smtp_password_file, encoding="utf-8") as fh:
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise SystemExit(f"batchq: cannot read --smtp-password-file"
+                             f" {args.smtp_password_file}: {exc.strerror}") from None
+    password = _env("SMTP_PASSWORD")
+    if password is None:
+        raise SystemExit("batchq: --smtp-user needs a password: set BATCHQ_SMTP_PASSWORD or"
+                         " give --smtp-password-file")
+    return password
+
+
+def smtp_ca_file(value: str | None) -> str | None:
+    """A CA file that loads, checked at start: a wrong path must not defer every email."""
+    if value is not None:
+        try:
+            ssl.create_default_context(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SystemExit(f"batchq: --smtp-ca-file (or BATCHQ_SMTP_CA_FILE) {value}: {reason};"
+                             " give a PEM file of CA certificates") from None
+    return value
+
+
+def site_url(value: str | None) -> str | None:
+    """An http(s) base URL, without its trailing slash; a clear exit otherwise."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or (
+            parts.fragment) or any(c.isspace() or not c.isprintable() for c in value):
+        raise SystemExit(f"batchq: --site-url (or BATCHQ_SITE_URL) {value!r} is not an http"
+                         " or https base URL; give one such as https://batchq.example.org")
+    return value.rstrip("/")
 
 
 def _file_roots(p: argparse.ArgumentParser) -> None:
@@ -135,7 +209,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     else None,
                     git_timeout=args.git_timeout, smtp_timeout=args.smtp_timeout,
                     smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age,
-                    message_id_domain=domain)
+                    message_id_domain=domain, smtp_security=args.smtp_security,
+                    smtp_user=args.smtp_user, smtp_password=smtp_password(args),
+                    smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url))
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:

@@ -30,6 +30,7 @@ from reconciler.control.controller import Controller
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.mailer import Mailer
 from reconciler.control.notify import RetryPolicy
+from reconciler.control.smtp import Relay
 from reconciler.source.gitrepo import GitSource, SourceError
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
@@ -64,10 +65,22 @@ class Settings:
     smtp_backoff: float = 5.0  # first wait before a deferred email is tried again (doubles)
     smtp_max_age: float = 5 * 24 * 3600.0  # still deferred this long after queueing: give up
     message_id_domain: str | None = None  # None: a random one, made once and kept
+    smtp_security: str = "none"  # none | starttls | tls: how the relay is reached
+    smtp_user: str | None = None  # AUTH as this user (the password never comes from argv)
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_ca_file: str | None = None  # the CA the relay's certificate must chain to
+    site_url: str | None = None  # the web site's base URL: reports link the batch page
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
                                namespace=self.namespace, kubeconfig=self.kubeconfig)
+
+    def relay(self) -> Relay | None:
+        """The SMTP relay as configured; None: reports go to `outbox/` as files."""
+        if self.smtp is None:
+            return None
+        return Relay.parse(self.smtp, self.smtp_security, user=self.smtp_user,
+                           password=self.smtp_password, ca_file=self.smtp_ca_file)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(timeout=self.smtp_timeout, first_backoff=self.smtp_backoff,
@@ -103,9 +116,9 @@ class Reconciler:
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
             file_roots=settings.file_roots, downloads=self.downloads,
-            message_id_domain=settings.message_id_domain)
+            message_id_domain=settings.message_id_domain, site_url=settings.site_url)
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
-        self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.smtp,
+        self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.relay(),
                              outbox_dir=settings.state_dir / "outbox",
                              policy=settings.retry_policy(), on_round=self.wake.set)
         self.heartbeat = Heartbeat(settings.state_dir)

@@ -141,13 +141,14 @@ class Controller:
     def __init__(self, store: Store, *, storage_root: Path,
                  file_roots: tuple[str, ...] = (),
                  downloads: ManifestDownloads | None = None,
-                 message_id_domain: str | None = None) -> None:
+                 message_id_domain: str | None = None, site_url: str | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
         self.file_roots = file_roots  # host dirs an operator allowed for file:///... URLs
         self.downloads = downloads if downloads is not None else ManifestDownloads()
         self.backoff = Backoff()
         self.message_id_domain = message_id_domain  # None: this installation's own
+        self.site_url = site_url  # the web site's base URL: reports link the batch page
         # the decision table: the handler of each state (Deleted is only expired, above it)
         self._decisions: dict[BatchState, Callable[[Turn], Decision]] = {
             B.PENDING: self._pending,
@@ -541,7 +542,8 @@ class Controller:
         previous = earlier[-1].job_states if earlier else {}
         report = build_report(view, spec, items, profile, kind=kind,
                               round_=status.report_round, previous=previous,
-                              message_id_domain=self._message_id_domain())
+                              message_id_domain=self._message_id_domain(),
+                              site_url=self.site_url)
         if self.store.save_report(report):
             ctx.progressed = True
             failpoints.hit("after-report-saved")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.control.notify import RetryPolicy, deliver_due
+from reconciler.control.smtp import Relay
 from reconciler.store.base import Store
 from reconciler.support.nospace import NoSpaceLeft
 
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 class Mailer:
     """Runs delivery rounds in a background thread; see the module docstring."""
 
-    def __init__(self, open_store: Callable[[], Store], *, owns_store: bool, smtp: str | None,
-                 outbox_dir: Path, policy: RetryPolicy,
+    def __init__(self, open_store: Callable[[], Store], *, owns_store: bool,
+                 smtp: Relay | str | None, outbox_dir: Path, policy: RetryPolicy,
                  on_round: Callable[[], None] = lambda: None) -> None:
         self._open_store = open_store
         self._owns_store = owns_store  # False: the loop's own (shared) store, not ours to close

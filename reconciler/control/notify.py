@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reconciler.control.smtp import Envelope, Reply, SmtpClient
+from reconciler.control.smtp import Envelope, Relay, Reply, SmtpClient
 from reconciler.store.base import WAITING, Delivery, OutboxEntry, RecipientState, Store
 from reconciler.support import failpoints
 from reconciler.support.nospace import NoSpaceLeft, nearly_full
@@ -78,7 +78,7 @@ def _age(seconds: float) -> str:
 class Delivering:
     """One round of deliveries over one store (see `deliver`)."""
 
-    def __init__(self, store: Store, *, smtp: str | None, outbox_dir: Path,
+    def __init__(self, store: Store, *, smtp: Relay | str | None, outbox_dir: Path,
                  policy: RetryPolicy, now: float) -> None:
         self.store = store
         self.smtp = smtp
@@ -148,7 +148,7 @@ class RoundResult:
     sent: int  # of those, how many went out (to anyone)
 
 
-def deliver_due(store: Store, *, smtp: str | None, outbox_dir: Path,
+def deliver_due(store: Store, *, smtp: Relay | str | None, outbox_dir: Path,
                 policy: RetryPolicy | None = None, now: float | None = None,
                 stop: Callable[[], bool] | None = None) -> RoundResult:
     """One round over what is due; `stop` is asked before each message."""
@@ -169,7 +169,7 @@ def deliver_due(store: Store, *, smtp: str | None, outbox_dir: Path,
     return RoundResult(handled, sent)
 
 
-def deliver(store: Store, *, smtp: str | None, outbox_dir: Path,
+def deliver(store: Store, *, smtp: Relay | str | None, outbox_dir: Path,
             policy: RetryPolicy | None = None, now: float | None = None) -> int:
     """Deliver what is due; return how many messages went out (to anyone)."""
     return deliver_due(store, smtp=smtp, outbox_dir=outbox_dir, policy=policy, now=now).sent

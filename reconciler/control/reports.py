@@ -8,20 +8,33 @@ of the report id and the installation's own domain, so a message that is ever re
 recognisably the same message, and a batch whose name was used before, or a report of
 another installation, never shares one (mail systems drop a second message with a
 Message-ID they have seen).
+
+What the report says follows Merritt's batch report (CDLUC3/mrt-ingest, `BatchState.dump`
+and the job lines under it): the submission id, when it was submitted and completed, the
+numbers of pending, completed and failed jobs, and each job's status message — here never
+cut: a long message (a digest, a URL) is wrapped between words, so every value a depositor
+needs arrives whole. A link to the batch's page is added when the site's URL is known, and
+the JSON attachments give times as RFC 3339 (ISO 8601) in UTC.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 import time
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
+from urllib.parse import quote
 
 from reconciler.domain.model import Batch, BatchSpec, ItemStatus, Profile, Report
-from reconciler.domain.states import JobState
+from reconciler.domain.states import BatchState, JobState
 from reconciler.support.controlchars import escape_controls
+from reconciler.support.timefmt import rfc3339, rfc3339_or_none
 
 BODY_ROWS = 500  # beyond this the per-job table is in the attachments only
+TITLE_WIDTH = 40  # the title and message columns wrap at these widths, between words
+MESSAGE_WIDTH = 72
 
 
 def report_id(batch: Batch, round_: int) -> str:
@@ -66,17 +79,39 @@ def recipients_for(spec: BatchSpec, profile: Profile | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    """`text` in lines of about `width`, broken only between words: a word longer than
+    that (a digest, a URL) keeps a line of its own, whole."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
 def _table(items: list[ItemStatus]) -> list[str]:
-    rows = [("ITEM", "STATE", "ATTEMPTS", "TITLE", "MESSAGE")]
-    for s in items[:BODY_ROWS]:  # escaped before measuring, so the columns line up
+    """One row per job; a long title or message continues on the next lines, in its
+    column (escaped before measuring, so the columns line up)."""
+    rows: list[tuple[str, str, str, list[str], list[str]]] = [
+        ("ITEM", "STATE", "ATTEMPTS", ["TITLE"], ["MESSAGE"])]
+    for s in items[:BODY_ROWS]:
         rows.append((escape_controls(s.item.id), str(s.state), str(s.attempts),
-                     escape_controls(s.item.title or "")[:40], escape_controls(s.message)[:120]))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4]
-             for r in rows]
+                     _wrap(escape_controls(s.item.title or ""), TITLE_WIDTH),
+                     _wrap(escape_controls(s.message), MESSAGE_WIDTH)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    title_width = max(len(line) for r in rows for line in r[3])
+    lines = []
+    for ident, state, attempts, title, message in rows:
+        for n in range(max(len(title), len(message))):
+            first = (ident, state, attempts) if n == 0 else ("", "", "")
+            cells = [c.ljust(widths[i]) for i, c in enumerate(first)]
+            cells.append((title[n] if n < len(title) else "").ljust(title_width))
+            cells.append(message[n] if n < len(message) else "")
+            lines.append("  ".join(cells).rstrip())
     if len(items) > BODY_ROWS:
         lines.append(f"... and {len(items) - BODY_ROWS} more jobs: see the attachments")
-    return [line.rstrip() for line in lines]
+    return lines
+
+
+def _mailbox(address: str, name: str | None) -> Address | str:
+    """`Name <address>`, quoted and encoded by the email package, never by hand."""
+    return Address(display_name=name, addr_spec=address) if name else address
 
 
 def _item_json(s: ItemStatus) -> dict[str, object]:
@@ -87,8 +122,8 @@ def _item_json(s: ItemStatus) -> dict[str, object]:
         "state": str(s.state),
         "attempts": s.attempts,
         "message": s.message,
-        "startedAt": s.started_at,
-        "finishedAt": s.finished_at,
+        "startedAt": rfc3339_or_none(s.started_at),
+        "finishedAt": rfc3339_or_none(s.finished_at),
     }
 
 
@@ -103,22 +138,31 @@ def build_report(
     previous: dict[str, str],
     message_id_domain: str,
     now: float | None = None,
+    site_url: str | None = None,
 ) -> Report:
     """Build the report (and its email) for one reporting round of `batch`, whose spec in
-    force is `spec`."""
+    force is `spec`; `site_url` (the web site's base URL) adds a link to the batch page."""
     now = time.time() if now is None else now
     current = job_states(items)
     changed = changed_since(previous, current) if kind == "update" else []
     completed = [s for s in items if s.state == JobState.COMPLETED]
     failed = [s for s in items if s.state == JobState.FAILED]
+    pending = len(items) - len(completed) - len(failed)
+    finished = [s.finished_at for s in items if s.finished_at]
+    completed_at = max(finished) if finished and kind != "manifest-error" else now
     ok = kind != "manifest-error" and not failed
     subject = subject_for(kind, ok, batch.name)
     recipients = recipients_for(spec, profile)
-    lines = [
-        f"Batch:      {batch.name}",
+    lines = [f"Batch:      {batch.name}"]
+    if site_url:
+        lines.append(f"Batch page: {site_url}/batches/{quote(batch.name, safe='')}")
+    lines += [
         f"Profile:    {spec.profile}",
         f"Depositor:  {spec.depositor.name} <{spec.depositor.email}>",
         f"Commit:     {batch.source_revision}",
+        f"Submitted:  {rfc3339(batch.submitted_at)}",
+        f"Completed:  {rfc3339(completed_at)}",
+        f"Status:     {BatchState.COMPLETED if ok else BatchState.FAILED}",
         f"Reported:   {formatdate(now, usegmt=True)}",
         "",
     ]
@@ -128,7 +172,8 @@ def build_report(
                   "Fix the manifest and commit the batch file again (a new name starts a new"
                   " batch)."]
     else:
-        lines += [f"Jobs: {len(items)}   Completed: {len(completed)}   Failed: {len(failed)}", ""]
+        lines += [f"Jobs: {len(items)}   Completed: {len(completed)}   Failed: {len(failed)}"
+                  f"   Pending: {pending}", ""]
         if kind == "update":
             lines.append("Changed since the last report:")
             for item in changed:
@@ -145,12 +190,12 @@ def build_report(
     rid = report_id(batch, round_)
     msg = EmailMessage()
     msg["Subject"] = subject
-    msg["From"] = notif.sender if notif else "batchq@localhost"
+    msg["From"] = _mailbox(notif.sender, notif.sender_name) if notif else "batchq@localhost"
     msg["To"] = ", ".join(recipients) if recipients else "undisclosed-recipients:;"
     if notif and notif.bcc:
         msg["Bcc"] = ", ".join(notif.bcc)
     if notif and notif.reply_to:
-        msg["Reply-To"] = notif.reply_to
+        msg["Reply-To"] = _mailbox(notif.reply_to, notif.reply_to_name)
     msg["Date"] = formatdate(now, usegmt=True)
     msg["Message-ID"] = message_id(rid, message_id_domain)
     msg["X-Batchq-Report"] = rid

@@ -9,15 +9,26 @@ transient: the recipients it leaves undecided are tried again later.
 
 A socket timeout bounds each read, not the conversation: a server that trickles its
 greeting a byte a second would hold the sender forever. The whole transaction therefore
-runs under one `SocketDeadline`, which shuts the socket down when it passes.
+runs under one `SocketDeadline`, which shuts the socket down when it passes, TLS
+handshakes included.
+
+A relay may require TLS and AUTH (`Relay`): `starttls` refuses to go on in plaintext when
+the server does not offer STARTTLS, `tls` speaks TLS from the first byte (port 465), and
+the server's certificate is always verified (against `ca_file`, else the system's trust
+store), as Postfix's `smtp_tls_security_level = secure` does. A failed TLS setup is
+transient, as in Postfix (the operator fixes the relay or the CA; the message waits). A
+5xx to AUTH (535: wrong user or password) refuses the message for every recipient for
+good, with the server's words, so it shows in `status` and is never retried forever.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import smtplib
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -43,6 +54,40 @@ class Reply:
 
     def describe(self) -> str:
         return f"{self.code} {self.text}".strip() if self.code else self.text
+
+
+SECURITIES = ("none", "starttls", "tls")
+_DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+
+
+@dataclass(frozen=True)
+class Relay:
+    """The SMTP server reports go through, and how to talk to it safely."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    security: str = "none"  # none | starttls | tls (implicit TLS)
+    user: str | None = None  # AUTH as this user (needs TLS: no password in clear)
+    password: str | None = dataclasses.field(default=None, repr=False)
+    ca_file: str | None = None  # verify the server against this CA, else the system's
+
+    @classmethod
+    def parse(cls, hostport: str, security: str = "none", **options: Any) -> Relay:
+        """`HOST[:PORT]`; the port defaults to the security's usual one (25, 587, 465)."""
+        host, colon, port = hostport.rpartition(":")
+        if not colon:
+            host, port = hostport, ""
+        return cls(host=host or "127.0.0.1", port=int(port or _DEFAULT_PORTS[security]),
+                   security=security, **options)
+
+    @property
+    def hostport(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Certificate and host name checked: a relay that cannot prove itself gets no mail
+        and no password."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
 @dataclass(frozen=True)
@@ -74,16 +119,43 @@ class Envelope:
 
 
 class _DeadlineSMTP(smtplib.SMTP):
-    """smtplib's client, its socket watched by the deadline from before the greeting."""
+    """smtplib's client, its socket watched by the deadline from before the greeting (and
+    before a TLS handshake: the TLS socket is attached before it shakes hands)."""
 
-    def __init__(self, deadline: SocketDeadline) -> None:
+    def __init__(self, deadline: SocketDeadline, implicit_tls: ssl.SSLContext | None) -> None:
         self._deadline = deadline
+        self._implicit_tls = implicit_tls
+        self._server_name = ""  # the host connected to: the name its certificate must bear
         super().__init__(timeout=max(deadline.remaining(), 0.001))
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
         self._deadline.attach(sock)
+        self._server_name = host
+        if self._implicit_tls is not None:
+            sock = self._handshake(self._implicit_tls, sock, host)
         return sock
+
+    def _handshake(self, context: ssl.SSLContext, sock: socket.socket,
+                   host: str) -> ssl.SSLSocket:
+        tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+        self._deadline.attach(tls)
+        tls.do_handshake()
+        return tls
+
+    def starttls_under_deadline(self, context: ssl.SSLContext) -> tuple[int, bytes]:
+        """STARTTLS as smtplib does it, with the handshake under the deadline; the session
+        then starts afresh (RFC 3207: forget what the server said before)."""
+        code, raw = self.docmd("STARTTLS")
+        if code == 220:
+            assert self.sock is not None
+            self.sock = self._handshake(context, self.sock, self._server_name)
+            self.file = None
+            self.helo_resp = self.ehlo_resp = None
+            self.esmtp_features = {}
+            self.does_esmtp = False
+            self.ehlo()
+        return code, raw
 
 
 def _text(raw: Any) -> str:
@@ -99,9 +171,9 @@ class SmtpClient:
     """`with SmtpClient(...) as client: replies = client.send(...)`; QUIT on leaving, so the
     caller records the replies before the server hears the end of the session."""
 
-    def __init__(self, hostport: str, timeout: float) -> None:
-        host, _, port = hostport.rpartition(":")
-        self.host, self.port = host or "127.0.0.1", int(port or 25)
+    def __init__(self, relay: Relay | str, timeout: float) -> None:
+        self.relay = Relay.parse(relay) if isinstance(relay, str) else relay
+        self.host, self.port = self.relay.host, self.relay.port
         self.timeout = timeout
         self._deadline: SocketDeadline | None = None
         self._smtp: _DeadlineSMTP | None = None
@@ -123,8 +195,17 @@ class SmtpClient:
         assert self._deadline is not None
         if self._deadline.expired or isinstance(exc, TimeoutError):
             return Reply(0, f"no answer within {self.timeout:g} s from {self.host}:{self.port}")
+        if isinstance(exc, smtplib.SMTPAuthenticationError):  # 535: wrong user or password
+            return Reply(exc.smtp_code, f"{_text(exc.smtp_error)} (AUTH as {self.relay.user}"
+                         f" at {self.host}:{self.port}: check --smtp-user and the password)",
+                         permanent=500 <= exc.smtp_code < 600)
         if isinstance(exc, smtplib.SMTPResponseException):  # greeting or EHLO not 2xx
             return Reply(exc.smtp_code, _text(exc.smtp_error))
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return Reply(0, f"TLS: the server's certificate is not trusted:"
+                            f" {exc.verify_message} ({self.host}:{self.port}; --smtp-ca-file)")
+        if isinstance(exc, ssl.SSLError):
+            return Reply(0, f"TLS: {exc.reason or exc} ({self.host}:{self.port})")
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return Reply(0, f"{reason or type(exc).__name__} ({self.host}:{self.port})")
 
@@ -133,9 +214,27 @@ class SmtpClient:
         assert self._deadline is not None, "use SmtpClient as a context manager"
         replies: dict[str, Reply] = {}
         try:
-            self._smtp = smtp = _DeadlineSMTP(self._deadline)
+            relay = self.relay
+            context = relay.tls_context() if relay.security != "none" else None
+            self._smtp = smtp = _DeadlineSMTP(self._deadline,
+                                              context if relay.security == "tls" else None)
             smtp.connect(self.host, self.port)
             smtp.ehlo_or_helo_if_needed()
+            if relay.security == "starttls":
+                assert context is not None
+                if not smtp.has_extn("starttls"):
+                    return dict.fromkeys(recipients, Reply(0, (
+                        f"the server does not offer STARTTLS, which --smtp-security starttls"
+                        f" requires; nothing was sent in plaintext ({self.host}:{self.port})")))
+                code, raw = smtp.starttls_under_deadline(context)
+                if code != 220:  # transient, as Postfix: the relay may offer it again
+                    return dict.fromkeys(recipients, Reply(code, f"STARTTLS: {_text(raw)}"))
+            if relay.user is not None:
+                if not smtp.has_extn("auth"):
+                    return dict.fromkeys(recipients, Reply(0, (
+                        f"the server does not offer AUTH, which --smtp-user needs"
+                        f" ({self.host}:{self.port})")))
+                smtp.login(relay.user, relay.password or "")
             options: list[str] = []
             if envelope.international:
                 if not smtp.has_extn("smtputf8"):

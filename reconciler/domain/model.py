@@ -119,6 +119,8 @@ class Notification:
     reply_to: str | None = None
     suppress: bool = False  # true: keep reports, send no email
     suppressed_addresses: tuple[str, ...] = ()
+    sender_name: str | None = None  # display names, kept apart from the addresses
+    reply_to_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ class Profile:
                 reply_to=notif.get("replyTo"),
                 suppress=bool(notif.get("suppress", False)),
                 suppressed_addresses=tuple(notif.get("suppressedAddresses") or ()),
+                sender_name=notif.get("fromName"),
+                reply_to_name=notif.get("replyToName"),
             ),
         )
 

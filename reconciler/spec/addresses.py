@@ -6,6 +6,14 @@ recipients, `undisclosed:x;y@z` a group (the report builder crashed on it, every
 and `=?utf-8?q?…?=` an encoded word that a mail client shows decoded as something else.
 So a field must be one bare addr-spec that `email.headerregistry` and `email.utils` both
 read back as exactly itself, with nothing around it.
+
+A non-ASCII address (RFC 6531) is refused too: many relays do not offer SMTPUTF8, and
+a report that could never be delivered must not be written at all.
+
+A display name (`fromName`, `replyToName`) is a separate field, never part of an address:
+batchq quotes and encodes it itself, so commas, quotes and angle brackets in it are only
+text; what could still forge a header or show a reader something else — line breaks,
+control characters, an encoded word written by hand — is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ def address_problem(value: str) -> str | None:
         return f"is a group of addresses (name: a, b;); give exactly one address ({EXAMPLE})"
     if "," in value:
         return f"is a list of addresses; give exactly one address ({EXAMPLE})"
+    if not value.isascii():  # refused here rather than bounced later by a relay
+        return ("has non-ASCII characters, which a mail server without SMTPUTF8 cannot"
+                f" deliver; give an ASCII address ({EXAMPLE})")
     if any(c in value for c in '<>()"'):
         return f"has a display name, comment or quotes; give only the address ({EXAMPLE})"
     try:
@@ -35,4 +46,17 @@ def address_problem(value: str) -> str | None:
         return f"is not a valid email address ({EXAMPLE})"
     if parsed.addr_spec != value or not parsed.domain or getaddresses([value]) != [("", value)]:
         return f"is not a valid email address ({EXAMPLE})"
+    return None
+
+
+def display_name_problem(value: str) -> str | None:
+    """Why `value` cannot be a display name (a phrase to follow the value), or None."""
+    if "\r" in value or "\n" in value:
+        return "contains a line break"
+    if any(not c.isprintable() for c in value):
+        return "contains a control character; give plain text"
+    if "=?" in value:
+        return "contains an encoded word (=?...?=); write the name itself, in any script"
+    if not value.strip():
+        return "is blank; give a name or leave the field out"
     return None

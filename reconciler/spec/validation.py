@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
-from reconciler.spec.addresses import address_problem
+from reconciler.spec.addresses import address_problem, display_name_problem
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.redaction import redact_text, redact_url
@@ -445,6 +445,24 @@ def _check_addresses(doc: LoadedDocument, kind: str) -> list[Problem]:
     return problems
 
 
+NAME_FIELDS: tuple[JsonPath, ...] = tuple(
+    ("spec", "notification", key) for key in ("fromName", "replyToName"))
+
+
+def _check_display_names(doc: LoadedDocument) -> list[Problem]:
+    """A profile's display names are plain text that batchq quotes itself."""
+    problems: list[Problem] = []
+    for field in NAME_FIELDS:
+        node: Any = doc.data
+        for key in field:
+            node = node.get(key) if isinstance(node, dict) else None
+        why = display_name_problem(node) if isinstance(node, str) else None
+        if why is not None:
+            problems.append(Problem.at(doc, doc.position(field),
+                                       f"{format_path(field)}: {_show(node)} {why}"))
+    return problems
+
+
 def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> list[Problem]:
     """Every problem of one loaded document, in file order."""
     kind, problems = _check_kind(doc, expected_kind)
@@ -464,6 +482,7 @@ def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> lis
         problems += _check_no_credentials(doc)
     if kind == "Profile":
         problems += _check_profile(doc)
+        problems += _check_display_names(doc)
     return sorted(problems)
 
 
