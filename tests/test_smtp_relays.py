@@ -9,6 +9,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -179,27 +180,30 @@ def test_implicit_tls_with_the_password_from_a_mounted_secret_file(
     assert implicit_tls_relay.sessions == [(True, True)]
 
 
-def test_a_wrong_password_is_a_permanent_visible_535_never_retried(
+def test_a_wrong_password_is_shown_and_the_report_waits_for_the_right_one(
         git_repo: GitRepo, payloads: PayloadServer, starttls_relay: RelayServer, pki: Pki,
         tmp_path: Path) -> None:
+    """535 defers (Postfix's smtp_sasl_auth_soft_bounce): the report is not lost to a
+    mistyped or rotated password; it goes out once the operator fixes it."""
     submit(git_repo, payloads)
     state = tmp_path / "state"
     options = ("--smtp-security", "starttls", "--smtp-ca-file", str(pki.ca),
-               "--smtp-user", USER)
+               "--smtp-user", USER, "--smtp-backoff", "1")
     done = reconcile(git_repo, state, starttls_relay.hostport, *options, password="wrong")
     assert done.returncode == 0, done.stderr
     assert starttls_relay.messages == []
-    tried = starttls_relay.auth_attempts
-    assert tried >= 1
+    assert starttls_relay.auth_attempts >= 1
     seen = delivery(state)[DEPOSITOR]
-    assert (seen["state"], seen["code"]) == ("bounced", 535)
+    assert (seen["state"], seen["code"]) == ("deferred", 535)
     assert "Authentication credentials invalid" in seen["detail"]
     assert f"AUTH as {USER} at {starttls_relay.hostport}" in seen["detail"]
-    # a later run, even with the right password, does not try that message again
+    # the operator fixes the password: the waiting report goes out, once
+    time.sleep(1.1)  # the retry time the first run recorded (--smtp-backoff 1)
     again = reconcile(git_repo, state, starttls_relay.hostport, *options)
     assert again.returncode == 0, again.stderr
-    assert starttls_relay.auth_attempts == tried and starttls_relay.messages == []
-    assert delivery(state)[DEPOSITOR]["attempts"] == 1
+    assert [m["Subject"] for m in starttls_relay.messages] == [
+        "Ingest: OK -- Submission Processed: b"]
+    assert delivery(state)[DEPOSITOR]["state"] == "delivered"
 
 
 def test_starttls_required_but_not_offered_sends_nothing_in_plaintext(

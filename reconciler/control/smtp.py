@@ -196,9 +196,11 @@ class SmtpClient:
         if self._deadline.expired or isinstance(exc, TimeoutError):
             return Reply(0, f"no answer within {self.timeout:g} s from {self.host}:{self.port}")
         if isinstance(exc, smtplib.SMTPAuthenticationError):  # 535: wrong user or password
+            # Deferred, not bounced, as Postfix's smtp_sasl_auth_soft_bounce: a mistyped or
+            # rotated password is the operator's to fix, and the reports queued meanwhile
+            # go out once it is (or expire, visibly, after --smtp-max-age).
             return Reply(exc.smtp_code, f"{_text(exc.smtp_error)} (AUTH as {self.relay.user}"
-                         f" at {self.host}:{self.port}: check --smtp-user and the password)",
-                         permanent=500 <= exc.smtp_code < 600)
+                         f" at {self.host}:{self.port}: check --smtp-user and the password)")
         if isinstance(exc, smtplib.SMTPResponseException):  # greeting or EHLO not 2xx
             return Reply(exc.smtp_code, _text(exc.smtp_error))
         if isinstance(exc, ssl.SSLCertVerificationError):
