@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from reconciler.store.backends import local_db_path
 from tests.fixtures import (
     GitRepo,
@@ -117,3 +119,16 @@ def test_a_mirror_killed_half_built_or_mid_fetch_heals(
     assert again.returncode == 0, again.stderr
     assert states(state) == {"b": "Completed", "c": "Completed"}
     assert not list(mirror.glob("**/*.lock"))
+
+
+def test_a_reconciler_that_fails_to_start_leaves_the_state_dir_free(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    from reconciler.app.service import Reconciler, Settings
+
+    state = tmp_path / "state"
+    broken = Settings(repo=str(git_repo.path), state_dir=state, backend="kubernetes",
+                      kubeconfig=str(tmp_path / "no-such-kubeconfig"))
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for a bad config
+        Reconciler(broken)
+    working = Reconciler(Settings(repo=str(git_repo.path), state_dir=state))
+    working.close()

@@ -96,6 +96,13 @@ class Reconciler:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.lock = StateLock(settings.state_dir)
         self.lock.acquire()  # StateDirLocked: another reconciler acts on this state dir
+        try:
+            self._open(settings)
+        except BaseException:  # a reconciler that failed to start holds nothing
+            self.lock.release()
+            raise
+
+    def _open(self, settings: Settings) -> None:
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git",
                                 fetch_timeout=settings.git_timeout)
         for leftover in self.source.clear_stale_locks():
