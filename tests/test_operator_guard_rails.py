@@ -254,6 +254,18 @@ def test_a_job_past_its_deadline_is_killed_and_failed(
            " than 2 s" in shown
 
 
+def kill_reconciler_once_running(args: list[str], state: Path, job: str) -> None:
+    """`batchq run` until `job` is Processing, then SIGKILL: the reconciler dies, the job's
+    shim, in its own session, goes on."""
+    first = subprocess.Popen([sys.executable, "-m", "reconciler", "run", *args, "--interval",
+                              "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: job_row(state, job)[0] == "Processing", what="the slow job to start")
+    finally:
+        first.kill()
+        first.wait()
+
+
 @pytest.mark.usefixtures("leftover_jobs")
 def test_the_deadline_counts_from_the_jobs_start_across_a_reconciler_restart(
         git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> None:
@@ -261,13 +273,7 @@ def test_the_deadline_counts_from_the_jobs_start_across_a_reconciler_restart(
     job = deadline_repo(git_repo, "restarted", seconds)
     state = tmp_path / "state"
     args = ["--repo", str(git_repo.path), "--state", str(state), "--smtp", smtp.hostport]
-    first = subprocess.Popen([sys.executable, "-m", "reconciler", "run", *args, "--interval",
-                              "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: job_row(state, job)[0] == "Processing", what="the slow job to start")
-    finally:
-        first.kill()  # the reconciler dies; the job's shim, in its own session, goes on
-        first.wait()
+    kill_reconciler_once_running(args, state, job)
     pids = job_pids(state, job)
     started = job_row(state, job)[2]
     assert started is not None
@@ -299,13 +305,7 @@ def test_a_job_run_again_after_its_process_died_keeps_its_first_start_and_deadli
     job = deadline_repo(git_repo, "rebooted", seconds)
     state = tmp_path / "state"
     args = ["--repo", str(git_repo.path), "--state", str(state), "--smtp", smtp.hostport]
-    first = subprocess.Popen([sys.executable, "-m", "reconciler", "run", *args, "--interval",
-                              "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: job_row(state, job)[0] == "Processing", what="the slow job to start")
-    finally:
-        first.kill()
-        first.wait()
+    kill_reconciler_once_running(args, state, job)
     pids = job_pids(state, job)
     [(shim,)] = query(state, "SELECT pid FROM jobs WHERE name=?", job)
     os.killpg(shim, signal.SIGKILL)  # the machine went down with it: no exit code left
