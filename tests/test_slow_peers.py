@@ -246,49 +246,18 @@ def test_a_trickling_smtp_server_does_not_hold_a_new_batch(
         trickler.close()
 
 
-class ManifestServer:
-    """Serves one manifest, but only once released: until then each request hangs."""
-
-    def __init__(self, body: bytes) -> None:
-        self.released = threading.Event()
-        self.requests = 0
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests += 1
-                if not server.released.wait(HANG_BOUND):
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/manifest.yaml"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.released.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 def test_a_hanging_manifest_server_delays_only_its_own_batch(
         git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
     items = [payloads.add(f"m-{i}", f"m {i}\n".encode()) for i in (1, 2)]
-    manifest = ManifestServer(yaml.safe_dump(items).encode())
+    # the manifest is served only once released: until then each request hangs
+    url = payloads.add("manifest.yaml", yaml.safe_dump(items).encode(), gated=True)["url"]
     state = tmp_path / "state"
-    profile = profile_doc(payloads.base)  # the manifest server's own prefix is added below
-    profile["spec"]["allowedUrlPrefixes"].append(manifest.url)
+    profile = profile_doc(payloads.base)
     profile["spec"]["manifest"] = {"timeoutSeconds": 600}  # far beyond what the test waits
     git_repo.write("profiles/test.yaml", profile)
     # first in the queue: a loop that read the manifest inside the pass would wait for it
-    git_repo.write("batches/remote.yaml", batch_doc(url=manifest.url, priority=1))
+    git_repo.write("batches/remote.yaml", batch_doc(url=url, priority=1))
     git_repo.write("batches/inline.yaml", batch_doc([payloads.add("i-1", b"i\n")]))
     git_repo.commit("a manifest on a server that hangs, and an inline batch")
     args = ["run", "--repo", str(git_repo.path), "--state", str(state), "--smtp",
@@ -298,8 +267,8 @@ def test_a_hanging_manifest_server_delays_only_its_own_batch(
         wait_for(lambda: states(state).get("inline") == "Completed", timeout=60,
                  what="the inline batch to complete while the manifest hangs")
         assert states(state)["remote"] == "Processing"
-        assert message(state, "remote") == f"downloading the manifest {manifest.url}"
-        assert manifest.requests == 1
+        assert message(state, "remote") == f"downloading the manifest {url}"
+        assert payloads.requests.count("manifest.yaml") == 1
         # the inline report is out and recorded first: this kill is about the download, not
         # the (separately tested) moment between an SMTP server's 250 and its record
         wait_for(lambda: read_db(state, "SELECT COUNT(*) FROM outbox WHERE delivered_at IS"
@@ -308,8 +277,9 @@ def test_a_hanging_manifest_server_delays_only_its_own_batch(
         # killed mid-download: the next reconciler simply downloads again
         stop(proc)
         proc = start(*args)
-        wait_for(lambda: manifest.requests == 2, timeout=60, what="the download to restart")
-        manifest.released.set()
+        wait_for(lambda: payloads.requests.count("manifest.yaml") == 2, timeout=60,
+                 what="the download to restart")
+        payloads.release("manifest.yaml")
         wait_for(lambda: states(state).get("remote") == "Completed", timeout=60,
                  what="the remote batch to complete once its manifest arrives")
         rows = read_db(state, "SELECT item_id FROM items WHERE batch='remote' ORDER BY seq")
@@ -320,4 +290,3 @@ def test_a_hanging_manifest_server_delays_only_its_own_batch(
             "Ingest: OK -- Submission Processed: remote"]
     finally:
         stop(proc)
-        manifest.close()
