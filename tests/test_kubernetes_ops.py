@@ -29,7 +29,8 @@ def test_crd_is_generated_from_the_schemas() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "State", "Jobs", "Completed", "Failed", "Age"]
+        "State", "Ready", "Jobs", "Completed", "Failed", "Revision", "Age", "Message",
+        "Profile", "Depositor"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert {"observedGeneration", "conditions", "counts", "failures"} <= set(status)
 
@@ -57,8 +58,9 @@ def test_kubectl_shows_jobs_and_batches(k8s_cluster: Any, k8s_namespace: str, gi
         assert rows["ops-k1-1"][1:3] == ["Complete", "1/1"]
         assert rows["ops-k3-1"][1:3] == ["Failed", "0/1"]
         batches = k8s_cluster.kubectl("-n", k8s_namespace, "get", "batches").stdout.splitlines()
-        assert batches[0].split() == ["NAME", "STATE", "JOBS", "COMPLETED", "FAILED", "AGE"]
-        assert batches[1].split()[:5] == ["ops", "Failed", "3", "2", "1"]
+        assert batches[0].split()[:6] == ["NAME", "STATE", "READY", "JOBS", "COMPLETED",
+                                          "FAILED"]
+        assert batches[1].split()[:6] == ["ops", "Failed", "False", "3", "2", "1"]
         described = k8s_cluster.kubectl("-n", k8s_namespace, "get", "job", "ops-k3-1", "-o",
                                         "yaml").stdout
         job = yaml.safe_load(described)

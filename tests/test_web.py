@@ -308,8 +308,8 @@ def test_api_detail_and_jobs_shape(client: FlaskClient) -> None:
     assert update["emailed"] is False and update["changesTotal"] == 0
     assert update["previous"] == first["id"] and update["recipients"] == ["jane@example.org"]
     assert "Jobs: 2   Completed: 1   Failed: 1" in update["body"]
-    assert [e["reason"] for e in detail["timeline"]][:3] == ["SpecApplied", "Processing",
-                                                               "Reporting"]
+    assert [e["reason"] for e in detail["timeline"]][:4] == ["SpecApplied", "Processing",
+                                                               "JobFailed", "Reporting"]
     assert all(len(e["revision"]) == 40 for e in detail["timeline"])
     jobs = detail["jobPage"]
     assert jobs["total"] == 2 and [j["item"] for j in jobs["rows"]] == ["bad1", "bad2"]

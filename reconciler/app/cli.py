@@ -287,8 +287,8 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
                 _show(f"  file error: {line}")
         if batch is not None and batch.status.message:
             _show(f"  {batch.status.message}")
-        for c in b["conditions"]:  # Ready is the state, Invalid the file error above
-            if c["status"] and c["type"] not in ("Ready", "Invalid"):
+        for c in b["conditions"]:  # Ready/Reconciling are the state, Invalid the file error
+            if c["status"] and c["type"] not in ("Ready", "Reconciling", "Invalid"):
                 _show(f"  {c['type']}: {c['message']}")
         for j in b["jobs"]:
             msg = f"  {j['message']}" if j["message"] else ""

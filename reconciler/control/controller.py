@@ -23,6 +23,7 @@ from pathlib import Path
 from reconciler.control.backoff import Backoff
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
+from reconciler.control.readiness import ready, reconciling
 from reconciler.control.reports import build_report, report_id
 from reconciler.domain.model import (
     Batch,
@@ -35,7 +36,6 @@ from reconciler.domain.model import (
     Profile,
 )
 from reconciler.domain.states import (
-    BATCH_TERMINAL,
     JOB_TERMINAL,
     BatchState,
     IllegalTransition,
@@ -234,12 +234,14 @@ class Controller:
             return
         if batch.status.observed_generation == batch.generation and self._error_shown(batch) and (
             batch.status.settled or self._waiting_in_queue(batch, ctx)
-        ) and not _shows(batch.status, "ReconcileError"):
+        ) and not _shows(batch.status, "ReconcileError") and _ready_shown(batch.status):
             return  # nothing can change without a new commit: read nothing, write nothing
         status = copy.deepcopy(batch.status)
         self._flag(status, "ReconcileError", False, "", "")  # this step got this far
         if batch.spec is None:
             self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
+            status.observed_generation = batch.generation
+            self._show_readiness(status, invalid_file=batch.spec_error or "invalid file")
             self._write_status(batch, status, ctx)
             return
         jobs = (self.store.list_jobs(batch.name)
@@ -258,9 +260,15 @@ class Controller:
         self._flag(status, "Stalled", bool(waiting), "ProfileNotFound",
                    f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
                    f" {waiting}; add the profile back or change spec.profile" if waiting else "")
-        self._set_condition(status, "Ready", status.state in BATCH_TERMINAL,
-                            str(status.state), status.message)
+        self._show_readiness(status)
         self._write_status(batch, status, ctx)
+
+    def _show_readiness(self, status: BatchStatus, invalid_file: str = "") -> None:
+        """Ready (True only when Completed) and Reconciling (shown once it was True)."""
+        self._set_condition(status, "Ready", *ready(status, invalid_file=invalid_file))
+        on_its_way, reason, message = reconciling(status, invalid_file=invalid_file)
+        if on_its_way or any(c.type == "Reconciling" for c in status.conditions):
+            self._set_condition(status, "Reconciling", on_its_way, reason, message)
 
     # --- observing jobs into item status
     def _observe(self, batch: Batch, jobs: list[Job], ctx: PassContext) -> list[ItemStatus]:
@@ -270,6 +278,7 @@ class Controller:
             if j.item not in latest or j.attempt > latest[j.item].attempt:
                 latest[j.item] = j
         changed: list[ItemStatus] = []
+        failed: list[ItemStatus] = []  # seen failing in this pass
         for s in items:
             job = latest.get(s.item.id)
             if job is None or job.attempt < s.attempts:
@@ -291,10 +300,25 @@ class Controller:
             if before != (s.state, s.attempts, s.message, s.job_name, s.started_at,
                           s.finished_at):
                 changed.append(s)
+                if s.state == J.FAILED and before[0] != J.FAILED:
+                    failed.append(s)
         if changed:
             self.store.update_items(batch.name, changed)
             ctx.progressed = True
+            self._announce_failures(batch, failed)
         return items
+
+    def _announce_failures(self, batch: Batch, failed: list[ItemStatus]) -> None:
+        """One timeline entry (and Event) for the jobs seen failing in this pass: an
+        admin sees what failed without a write per item of a large batch."""
+        if not failed:
+            return
+        shown = "; ".join(f"{s.item.id} (attempt {s.attempts}): {s.message}"
+                          for s in failed[:5])
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        head = f"{len(failed)} jobs failed: " if len(failed) > 1 else "job failed: "
+        self.store.add_event(Event(batch.name, time.time(), "JobFailed", head + shown + more,
+                                   batch.source_revision))
 
     # --- the state machine: one handler per batch state, each returning the move it wants
     def _step(self, turn: Turn) -> str:
@@ -569,6 +593,7 @@ class Controller:
                        revision)
             for type_ in ("ReconcileError", "Stalled"):  # nothing waits on a deleted batch
                 self._flag(status, type_, False, "", "")
+            self._show_readiness(status)
             self._write_status(batch, status, ctx)
         deletion_done(self.store, batch.name)
         ctx.progressed = True
@@ -611,6 +636,13 @@ class Controller:
             self.store.update_status(batch.name, batch.status, status)
             failpoints.hit("after-status")
             ctx.progressed = True
+
+
+def _ready_shown(status: BatchStatus) -> bool:
+    """Does the Ready condition agree with the state (True only when Completed)? A status
+    written before that rule (Ready True on a Failed batch) is rewritten once."""
+    shown = next((c for c in status.conditions if c.type == "Ready"), None)
+    return shown is not None and shown.status == (status.state == B.COMPLETED)
 
 
 def _shows(status: BatchStatus, type_: str) -> bool:

@@ -178,7 +178,10 @@ def _apply_batch_file(
         committed_at=f.committed_at,
         error=err,
     )
-    if existing is None or batch.generation != existing.generation:
+    if existing is None and data is None:  # a new file that never parsed: nothing applied
+        store.add_event(Event(name, time.time(), "Invalid", (err or "invalid").splitlines()[0],
+                              f.revision))
+    elif existing is None or batch.generation != existing.generation:
         store.add_event(Event(name, time.time(), "SpecApplied",
                               f"generation {batch.generation} from {f.path}", f.revision))
     elif err and existing.spec_error != err:

@@ -3,7 +3,8 @@
 `python -m reconciler.spec.crd > deploy/crds/batches.batchq.dev.yaml`; a test fails when the
 committed file drifts from what this prints. JSON Schema is turned into a structural
 OpenAPI v3 schema: `$schema`/`$id`/`title` go, `additionalProperties: false` goes (the API
-server prunes unknown fields instead), and `metadata` is left to the API server.
+server prunes unknown fields instead), and `metadata` is left to the API server. A Batch
+may have no `spec`: it stands for a file that never parsed (its status says why).
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ def status_schema() -> dict[str, Any]:
 def crd() -> dict[str, Any]:
     batch = load_schema("Batch")
     spec = structural(batch["properties"]["spec"])
-    spec.pop("description", None)
-    columns = [
-        ("State", "string", ".status.state"),
-        ("Jobs", "integer", ".status.itemCount"),
-        *((str(s), "integer", f".status.counts.{s}") for s in (J.COMPLETED, J.FAILED)),
-        ("Age", "date", ".metadata.creationTimestamp"),
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    columns = [  # (name, type, JSONPath, priority: 1 only in `kubectl get -o wide`)
+        ("State", "string", ".status.state", 0),
+        ("Ready", "string", f"{ready}.status", 0),
+        ("Jobs", "integer", ".status.itemCount", 0),
+        *((str(s), "integer", f".status.counts.{s}", 0) for s in (J.COMPLETED, J.FAILED)),
+        ("Revision", "string", r".metadata.annotations.batchq\.dev/source-revision", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+        ("Message", "string", f"{ready}.message", 0),
+        ("Profile", "string", ".spec.profile", 1),
+        ("Depositor", "string", ".spec.depositor.email", 1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -72,19 +78,19 @@ def crd() -> dict[str, Any]:
                 "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    {"name": n, "type": t, "jsonPath": p} for n, t, p in columns
+                    {"name": n, "type": t, "jsonPath": p, **({"priority": k} if k else {})}
+                    for n, t, p, k in columns
                 ],
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
                     "description": batch.get("description", ""),
                     "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
+                        "apiVersion": {"type": "string", "description": f"{GROUP}/v1"},
+                        "kind": {"type": "string", "description": "Batch"},
+                        "metadata": {"type": "object"},  # the API server's own
                         "spec": spec,
                         "status": status_schema(),
                     },
-                    "required": ["spec"],
                 }},
             }],
         },

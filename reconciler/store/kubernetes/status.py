@@ -1,8 +1,11 @@
 """A Batch's status as the `status` subresource holds it, and back (DESIGN §8).
 
-Kept small: long texts are cut, the list of failures is bounded, and times of conditions
-are RFC 3339. `status_from_k8s(status_to_k8s(s))` gives back `s` for any status within
-those bounds (tests/test_codec_roundtrip.py).
+Kept small: long texts are cut, the list of failures is bounded, and every time is an
+RFC 3339 string (conditions to the second as metav1.Time; startedAt/finishedAt/deletedAt to
+the microsecond, so a pass that changed nothing writes nothing); times stored as numbers by
+earlier versions are still read. Each condition carries the status's observedGeneration.
+`status_from_k8s(status_to_k8s(s))` gives back `s` for any status within those bounds
+(tests/test_codec_roundtrip.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
         "conditions": [
             {"type": c.type, "status": "True" if c.status else "False", "reason": c.reason or
              "Unknown", "message": c.message[:32768],
-             "lastTransitionTime": rfc3339(c.last_transition or 0)}
+             "lastTransitionTime": rfc3339(c.last_transition or 0),
+             "observedGeneration": s.observed_generation}
             for c in s.conditions
         ],
         "itemsLoaded": s.items_loaded,
@@ -37,8 +41,15 @@ def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
     for key, value in (("startedAt", s.started_at), ("finishedAt", s.finished_at),
                        ("deletedAt", s.deleted_at)):
         if value is not None:
-            out[key] = value
+            out[key] = rfc3339(value, micro=True)
     return out
+
+
+def _time(value: str | float | None) -> float | None:
+    """POSIX seconds of a status time: RFC 3339 text, or a number an older version wrote."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    return parse_rfc3339_or_none(value)
 
 
 def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
@@ -53,9 +64,9 @@ def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
                       parse_rfc3339_or_none(c.get("lastTransitionTime")) or 0.0)
             for c in d.get("conditions", [])
         ],
-        started_at=d.get("startedAt"),
-        finished_at=d.get("finishedAt"),
-        deleted_at=d.get("deletedAt"),
+        started_at=_time(d.get("startedAt")),
+        finished_at=_time(d.get("finishedAt")),
+        deleted_at=_time(d.get("deletedAt")),
         items_loaded=bool(d.get("itemsLoaded", False)),
         item_count=int(d.get("itemCount", 0)),
         counts=dict(d.get("counts", {})),

@@ -74,6 +74,7 @@ from reconciler.store.kubernetes.configmaps import (
     report_json,
     timeline_name,
 )
+from reconciler.store.kubernetes.events import EventRecorder, delivery_events
 from reconciler.store.kubernetes.informer import Informer, Obj
 from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
 from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
@@ -104,6 +105,7 @@ class KubernetesStore:
         self._lock = threading.RLock()
         self._decoded: dict[str, tuple[str, Any]] = {}
         self._failure_messages: dict[str, str] = {}
+        self.recorder = EventRecorder(api, namespace)  # Events on the Batch (kubectl)
         wake = self.wake.set
         self.batches = Informer("batches", self._list_batches, wake, watch_timeout)
         self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, wake, watch_timeout,
@@ -263,7 +265,7 @@ class KubernetesStore:
         ann = meta.get("annotations") or {}
         return Batch(
             name=meta["name"],
-            spec=BatchSpec.from_dict(cr["spec"]),
+            spec=BatchSpec.from_dict(cr["spec"]) if cr.get("spec") else None,
             generation=int(meta.get("generation", 1)),
             source_path=ann.get(f"{A}source-path", ""),
             source_revision=ann.get(f"{A}source-revision", ""),
@@ -309,12 +311,8 @@ class KubernetesStore:
         cr = self.batches.get(name)
         error = error[:32768]
         if spec is None and cr is None:
-            places = self._placeholders()
-            entry = {"source_path": source_path, "revision": revision,
-                     "committed_at": committed_at, "error": error}
-            if places.get(name) != entry:
-                places[name] = entry
-                self.set_meta("placeholders", json.dumps(places, sort_keys=True))
+            self._apply_invalid(name, source_path=source_path, revision=revision,
+                                committed_at=committed_at, error=error)
             batch = self.get_batch(name)
             assert batch is not None
             return batch
@@ -367,10 +365,39 @@ class KubernetesStore:
         assert batch is not None
         return batch
 
+    def _apply_invalid(self, name: str, *, source_path: str, revision: str,
+                       committed_at: float, error: str) -> None:
+        """A Batch without a spec for a file that never parsed, so that `kubectl get
+        batches` lists it and its status says why (Invalid); its first valid version is
+        applied onto it. A placeholder kept by an earlier version is let go of."""
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
+                "metadata": {"name": name,
+                             "labels": {"app.kubernetes.io/managed-by": "batchq"},
+                             "annotations": {f"{A}source-path": source_path,
+                                             f"{A}source-revision": revision,
+                                             f"{A}submitted-at": str(committed_at),
+                                             f"{A}spec-error": error,
+                                             f"{A}incarnation": new_uid(),
+                                             f"{A}updated-at": str(time.time())}}}
+        try:  # created, never applied: one the cache has not seen yet keeps its spec
+            new = self._raw(self.custom.create_namespaced_custom_object,
+                            GROUP, VERSION, self.ns, PLURAL, body, field_manager=MANAGER)
+            self._wrote()
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            new = self._raw(self.custom.get_namespaced_custom_object,
+                            GROUP, VERSION, self.ns, PLURAL, name)
+        self.batches.remember(new)
+        places = self._placeholders()
+        if name in places:
+            places.pop(name)
+            self.set_meta("placeholders", json.dumps(places, sort_keys=True))
+
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None:
         cr = self.batches.get(name)
         if cr is None:
-            return  # a placeholder (file never parsed) has no object to hold a status
+            return  # a placeholder of an earlier version has no object to hold a status
         if _normal(new) == _normal(old):
             return
         if _normal(status_from_k8s(cr.get("status"))) != _normal(old):
@@ -653,6 +680,10 @@ class KubernetesStore:
         box = ("pending" if retry_at is not None
                else "delivered" if accepted or f"{A}delivered-at" in ann else "undeliverable")
         self._patch_report(report_id, {f"{A}outbox": box}, annotations)
+        batch = (cm["metadata"].get("labels") or {}).get(f"{A}batch")
+        for reason, note in delivery_events(report_id, recipients, error, retry_at,
+                                            first_acceptance=f"{A}delivered-at" not in ann):
+            self._announce(batch or "", reason, note)
 
     # --- timeline
     def add_event(self, event: Event) -> None:
@@ -660,6 +691,13 @@ class KubernetesStore:
         events = self._cm_json(name, "events.json", [])
         events.append([event.at, event.reason, event.message[:2048], event.revision])
         self._put_cm_json(name, "events.json", events[-TIMELINE_MAX:], "timeline", event.batch)
+        self._announce(event.batch, event.reason, event.message)
+
+    def _announce(self, batch: str, reason: str, note: str) -> None:
+        """The Kubernetes Event for a timeline entry or a delivery (none without a Batch)."""
+        cr = self.batches.get(batch)
+        if cr is not None:
+            self.recorder.record(cr, reason, note)
 
     def list_events(self, batch: str) -> list[Event]:
         return [Event(batch, at, reason, message, rev)
