@@ -625,7 +625,10 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount",
+                # OwnerReferencesPermissionEnforcement as OpenShift enables it: setting
+                # blockOwnerDeletion needs `update` on the owner's finalizers subresource
+                "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,"
+                "OwnerReferencesPermissionEnforcement",
                 # It taints new nodes not-ready until the node-lifecycle controller, which
                 # does not run here, clears the taint.
                 "--disable-admission-plugins=TaintNodesByCondition",
