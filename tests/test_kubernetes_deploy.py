@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures import ADMIN, GitRepo, SmtpServer, batch_doc, batchq, profile_doc
+from tests.fixtures import (
+    ADMIN,
+    GitRepo,
+    SmtpServer,
+    batch_doc,
+    batchq,
+    profile_doc,
+    wait_for,
+)
 from tests.world import KubeWorld
 
 pytestmark = pytest.mark.kubernetes
@@ -46,9 +54,10 @@ def deployed(k8s_cluster: Any) -> Any:
     assert applied.returncode == 0, applied.stderr
     try:
         yield k8s_cluster
-    finally:
-        k8s_cluster.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=90s",
-                            check=False)
+    finally:  # gone before another test applies deploy/ again
+        k8s_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        wait_for(lambda: k8s_cluster.kubectl("get", "namespace", NS, check=False).returncode,
+                 120, what=f"namespace {NS} to be deleted")
 
 
 def test_a_whole_story_under_the_reconcilers_own_service_account(

@@ -21,6 +21,7 @@ from web.views import (
     batch_list,
     batch_summary,
     event_view,
+    heartbeat,
     job_list,
     reports_view,
     site_status,
@@ -40,7 +41,7 @@ def batches() -> dict[str, Any]:
     cfg = current_app.config
     listing = batch_list(store, request.args, int(cfg["PAGE_SIZE"]))
     return {**listing.paging.to_json(), "state": listing.state, "counts": listing.counts,
-            "site": site_status(store, cfg["STATE_DIR"], float(cfg["STALL_SECONDS"])),
+            "site": site_status(store, heartbeat(cfg), float(cfg["STALL_SECONDS"])),
             "batches": listing.rows}
 
 

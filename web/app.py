@@ -42,6 +42,12 @@ DEFAULTS: dict[str, Any] = {
     "STATE_DIR": Path(".batchq"),
     # () -> None: ask the reconcile loop for a sync now (`rec.wake.set` in `batchq run`).
     "TRIGGER_SYNC": None,
+    # () -> bool: may this process take the webhook now (`batchq run` under leader
+    # election: does it lead)? None: always (/readyz).
+    "READY": None,
+    # () -> dict shaped as support/heartbeat.py's: where the loop's heartbeat is read
+    # (`batchq web` on Kubernetes: the leader's Lease). None: STATE_DIR's heartbeat file.
+    "HEARTBEAT": None,
     "WEBHOOK_SECRET": None,  # GitHub: HMAC-SHA256 secret for X-Hub-Signature-256
     "GITLAB_TOKEN": None,  # GitLab: the X-Gitlab-Token value
     # e.g. https://github.com/org/repo: commits link to {url}/commit/{sha}, files to
@@ -135,7 +141,10 @@ def serve_in_thread(args: argparse.Namespace, rec: Any) -> threading.Thread:
     settings = BackendSettings(backend=args.backend, state_dir=state,
                                namespace=args.namespace, kubeconfig=args.kubeconfig)
     store, shared = store_factory(settings, shared=rec.store)
-    server = build_server(store, args.web, state, trigger=rec.wake.set, shared=shared)
+    elector = rec.elector
+    ready = {"READY": (lambda: bool(elector.leader))} if elector is not None else {}
+    server = build_server(store, args.web, state, trigger=rec.wake.set, shared=shared,
+                          config=ready)
     thread = threading.Thread(target=server.serve_forever, name="batchq-web", daemon=True)
     thread.start()
     return thread

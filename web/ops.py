@@ -1,4 +1,5 @@
-"""For machines: /healthz (fails when the loop stalls), /metrics, and the push webhook.
+"""For machines: /healthz (fails when the loop stalls), /readyz (this reconciler leads),
+/livez (the site answers), /metrics, and the push webhook.
 
 The webhook is the site's only POST and changes nothing itself: it asks the reconciler
 for an immediate sync, after checking GitHub's `X-Hub-Signature-256` (HMAC-SHA256 of the
@@ -21,9 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from reconciler.domain.states import BatchState
 from reconciler.store.base import ReadStore, SyncState
-from reconciler.support.heartbeat import read_heartbeat
 from web.storage import get_store
-from web.views import JOB_STATES, STATES
+from web.views import JOB_STATES, STATES, heartbeat
 
 bp = Blueprint("ops", __name__)
 
@@ -40,7 +40,7 @@ def _registry(state: BlueprintSetupState) -> None:
 def healthz() -> tuple[dict[str, Any], int]:
     """200 while the reconcile loop passes; 503 once its last pass is too old."""
     cfg = current_app.config
-    beat = read_heartbeat(cfg["STATE_DIR"])
+    beat = heartbeat(cfg)
     interval = float(beat.get("interval") or 0)
     limit = max(float(cfg["STALL_SECONDS"]), 3 * interval)
     now = time.time()
@@ -63,6 +63,22 @@ def healthz() -> tuple[dict[str, Any], int]:
     return {"status": "ok", "lastPassAgeSeconds": age, **facts}, 200
 
 
+@bp.get("/readyz")
+def readyz() -> tuple[dict[str, Any], int]:
+    """200 when this process should get traffic that needs the acting reconciler (the push
+    webhook): under leader election, only while it leads; a site without a loop is ready."""
+    ready = current_app.config.get("READY")
+    if ready is None or ready():
+        return {"status": "ready"}, 200
+    return {"status": "standing by", "reason": "another reconciler holds the Lease"}, 503
+
+
+@bp.get("/livez")
+def livez() -> tuple[dict[str, Any], int]:
+    """200 while this process answers: the site's own liveness (/healthz is the loop's)."""
+    return {"status": "ok"}, 200
+
+
 class StoreCollector:
     """Reads the store at scrape time, so the numbers are never stale or duplicated."""
 
@@ -71,7 +87,6 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         store = get_store()
-        state_dir = current_app.config["STATE_DIR"]
         batches = GaugeMetricFamily("batchq_batches", "Batches by state", labels=["state"])
         counts = store.count_batches()
         for state in STATES:
@@ -89,7 +104,7 @@ class StoreCollector:
         for state, n in totals.items():
             jobs.add_metric([state], n)
         yield jobs
-        beat = read_heartbeat(state_dir)
+        beat = heartbeat(current_app.config)
         now = time.time()
         yield GaugeMetricFamily("batchq_reconcile_duration_seconds",
                                 "Duration of the last reconcile pass",

@@ -32,6 +32,7 @@ from web.views import (
     batch_list,
     batch_summary,
     event_view,
+    heartbeat,
     job_list,
     reports_view,
     site_status,
@@ -113,7 +114,7 @@ def install(app: Flask) -> None:
 
 def _site() -> dict[str, Any]:
     cfg = current_app.config
-    return site_status(get_store(), cfg["STATE_DIR"], float(cfg["STALL_SECONDS"]))
+    return site_status(get_store(), heartbeat(cfg), float(cfg["STALL_SECONDS"]))
 
 
 @bp.get("/")

@@ -236,9 +236,16 @@ def reports_view(store: ReadStore, reports: list[Report]) -> list[dict[str, Any]
     return out
 
 
-def site_status(store: ReadStore, state_dir: Path, stall_seconds: float) -> dict[str, Any]:
+def heartbeat(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """When the loop last passed and synced: from HEARTBEAT when the site is told where
+    (`batchq web` on Kubernetes: the leader's Lease), else the state dir's heartbeat file
+    (the loop's own site, or the embedded backend's on the same disk)."""
+    source = cfg.get("HEARTBEAT")
+    return dict(source()) if source is not None else read_heartbeat(Path(cfg["STATE_DIR"]))
+
+
+def site_status(store: ReadStore, beat: dict[str, Any], stall_seconds: float) -> dict[str, Any]:
     """The repository-wide facts every page shows: last sync, sync and file errors."""
-    beat = read_heartbeat(state_dir)
     last_sync = beat.get("lastSync")
     age = round(time.time() - float(last_sync), 1) if last_sync else None
     interval = float(beat.get("interval") or 0)

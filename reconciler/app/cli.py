@@ -350,7 +350,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from web.app import serve
 
         factory, shared = store_factory(backend_settings(args))
-        serve(factory, args.listen, state_dir=args.state, shared=shared)
+        config: dict[str, Any] = {}
+        if args.backend == "kubernetes":  # the loop runs in other pods: its Lease says how
+            from reconciler.store.kubernetes.leader import lease_heartbeat
+            from reconciler.store.kubernetes.store import KubernetesStore
+
+            shared_store = factory()
+            assert isinstance(shared_store, KubernetesStore)
+            api, namespace = shared_store.api, args.namespace
+            config["HEARTBEAT"] = lambda: lease_heartbeat(api, namespace)
+        serve(factory, args.listen, state_dir=args.state, shared=shared, config=config)
         return 0
     try:
         with no_space_is_fatal(args.state):  # a supervisor restarts `run` (as kubelet does)

@@ -36,7 +36,7 @@ from reconciler.source.sync import RepoState, apply_sync, load_repo_state
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
 from reconciler.store.base import Store
 from reconciler.support import failpoints
-from reconciler.support.heartbeat import Heartbeat
+from reconciler.support.heartbeat import Heartbeat, read_heartbeat
 from reconciler.support.nospace import NoSpaceLeft, is_no_space, no_space_is_fatal
 from reconciler.support.redaction import redact_text
 
@@ -118,7 +118,8 @@ class Reconciler:
 
             self.elector = LeaderElector(backend.api, settings.namespace,
                                          identity=settings.identity,
-                                         duration=settings.lease_seconds)
+                                         duration=settings.lease_seconds,
+                                         facts=lambda: read_heartbeat(settings.state_dir))
         self.downloads = ManifestDownloads(on_done=self.wake.set)
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",

@@ -17,6 +17,9 @@ from reconciler.support.urls import url_allowed
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_PRIORITY = 5
+# the worker image when a profile names none: deploy/Dockerfile's, tagged with the version
+# in pyproject.toml (a test holds them together), never `latest`
+DEFAULT_IMAGE = "batchq:0.1.0"
 # The digests a manifest may give (hashlib's names, so the worker computes each one with
 # `hashlib.new`), and how many lowercase hex digits each one has. Merritt's list (mrt-core2
 # MessageDigestType) is adler32, crc32, md2, md5, sha1, sha256, sha384, sha512; the ones
@@ -129,7 +132,7 @@ class Profile:
 
     name: str
     command: tuple[str, ...] | None = None  # default: the batchq worker
-    image: str = "batchq:latest"
+    image: str = DEFAULT_IMAGE
     resources: dict[str, Any] = field(default_factory=dict)
     backoff_limit: int = 0
     deadline_seconds: int | None = None
@@ -146,7 +149,7 @@ class Profile:
         return cls(
             name=name,
             command=tuple(job["command"]) if job.get("command") else None,
-            image=str(job.get("image", "batchq:latest")),
+            image=str(job.get("image", DEFAULT_IMAGE)),
             resources=dict(job.get("resources") or {}),
             backoff_limit=int(job.get("backoffLimit", 0)),
             deadline_seconds=job.get("activeDeadlineSeconds"),

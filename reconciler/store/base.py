@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from reconciler.domain.model import Batch, BatchStatus, Item, ItemStatus, Job, Report
+from reconciler.domain.model import (
+    DEFAULT_IMAGE,
+    Batch,
+    BatchStatus,
+    Item,
+    ItemStatus,
+    Job,
+    Report,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ class JobSpec:
     command: tuple[str, ...]
     env: dict[str, str]
     suspended: bool = False
-    image: str = "batchq:latest"
+    image: str = DEFAULT_IMAGE
     resources: dict[str, Any] = field(default_factory=dict)
     backoff_limit: int = 0
     deadline_seconds: int | None = None

@@ -699,7 +699,8 @@ class ControlPlane:
         )
 
     def _create_nodes(self) -> None:
-        resources = {"cpu": "64", "memory": "256Gi", "pods": "1000"}
+        # ephemeral-storage as a real kubelet reports it: worker pods request some
+        resources = {"cpu": "64", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"}
         for name in self.nodes:
             node = {
                 "apiVersion": "v1",

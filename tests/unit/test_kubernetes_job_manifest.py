@@ -43,17 +43,28 @@ def test_a_plain_job_is_owned_labelled_and_never_restarted_in_place() -> None:
     labels = {"batchq.dev/batch": "b", "batchq.dev/item": "x", "batchq.dev/attempt": "1",
               "app.kubernetes.io/managed-by": "batchq"}
     assert meta["labels"] == labels
-    assert meta["annotations"] == {"batchq.dev/item-id": "x"}
+    assert meta["annotations"] == {"batchq.dev/item-id": "x",
+                                   "kube-score/ignore": "container-image-pull-policy"}
     job = body["spec"]
     assert job["suspend"] is False and job["backoffLimit"] == 0
     assert "activeDeadlineSeconds" not in job
     assert job["template"]["metadata"]["labels"] == labels
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     c = container(body)
-    assert c["name"] == "worker" and c["image"] == "batchq:latest"
+    assert c["name"] == "worker" and c["image"] == "batchq:0.1.0"
     assert c["command"] == ["python", "-m", "reconciler.worker"]
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert "resources" not in c
+    # hardened (kube-score clean): non-root above 10000, read-only root, no token
+    pod = job["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 10000 < pod["securityContext"]["runAsGroup"]
+    assert pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "256Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "4Gi"}}
 
 
 def test_evictions_do_not_spend_retries_and_a_worker_failure_fails_the_job() -> None:
@@ -74,6 +85,7 @@ def test_env_is_sorted_and_ends_with_the_termination_log_and_credentials_file() 
         {"name": "BATCHQ_URL", "value": "http://127.0.0.1/x"},
         {"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
         {"name": "BATCHQ_CREDENTIALS_FILE", "value": "/var/run/secrets/batchq/userinfo"},
+        {"name": "TMPDIR", "value": "/tmp"},  # an emptyDir: the root filesystem is read-only
     ]
 
 
@@ -95,14 +107,19 @@ def test_no_deadline_means_no_active_deadline_seconds() -> None:
 
 
 def test_profile_image_resources_and_item_annotations_reach_the_pod() -> None:
-    resources = {"limits": {"memory": "256Mi"}}
+    resources = {"limits": {"memory": "256Mi"}, "requests": {"cpu": "2"}}
     body = job_manifest(spec(image="reg.example/ingest:2", resources=resources,
                              annotations={"batchq.dev/title": "Map"}), OWNER)
     c = container(body)
-    assert c["image"] == "reg.example/ingest:2" and c["resources"] == resources
+    # what the profile gave stands; its other side follows it (a request never exceeds its
+    # limit); a resource it left out gets both defaults
+    assert c["image"] == "reg.example/ingest:2" and c["resources"] == {
+        "limits": {"memory": "256Mi", "cpu": "2", "ephemeral-storage": "4Gi"},
+        "requests": {"cpu": "2", "memory": "256Mi", "ephemeral-storage": "256Mi"}}
+    assert resources == {"limits": {"memory": "256Mi"}, "requests": {"cpu": "2"}}  # not changed
     assert body["spec"]["template"]["metadata"]["annotations"] == {
         "batchq.dev/item-id": "x", "batchq.dev/title": "Map"}
-    assert body["metadata"]["annotations"] == {"batchq.dev/item-id": "x"}
+    assert body["metadata"]["annotations"]["batchq.dev/item-id"] == "x"
 
 
 def test_a_long_or_odd_item_gets_a_hashed_name_and_label_but_keeps_its_id() -> None:
@@ -130,12 +147,13 @@ def test_label_values_are_kept_only_when_kubernetes_accepts_them(value: str,
 def test_a_pod_mounts_only_its_own_items_key_of_its_batchs_secret_read_only() -> None:
     for item in ("x", "y", LONG_ITEM):
         body = job_manifest(spec(item=item), OWNER)
-        (volume,) = body["spec"]["template"]["spec"]["volumes"]
+        volume, *scratch = body["spec"]["template"]["spec"]["volumes"]
         assert volume == {"name": "credentials", "secret": {
             "secretName": credentials_secret("b", item), "optional": True,
             "defaultMode": 0o444, "items": [{"key": item, "path": "userinfo"}]}}
-        assert container(body)["volumeMounts"] == [
-            {"name": "credentials", "mountPath": "/var/run/secrets/batchq", "readOnly": True}]
+        assert all(set(v) == {"name", "emptyDir"} for v in scratch)  # the writable places
+        assert container(body)["volumeMounts"][0] == {
+            "name": "credentials", "mountPath": "/var/run/secrets/batchq", "readOnly": True}
     # one of at most 256 Secrets per batch, the same for the Job and for set_credentials
     names = {credentials_secret("b", f"item-{n}") for n in range(2000)}
     assert len(names) == 256 and all(n.startswith("b-credentials-") for n in names)

@@ -3,9 +3,10 @@
 `job_manifest` is the body the backend creates (DESIGN §8): one immutable Job per attempt,
 owned by its Batch, labelled batch/item/attempt, suspended while the batch is held, with a
 podFailurePolicy that does not spend an item's retries on evictions and node loss, and the
-item's credentials Secret key mounted read-only. `job_from_k8s` turns a Job as the API
-server returns it into the domain `Job`. Neither talks to the API server, so both are
-unit-tested without one (tests/unit/test_kubernetes_job_manifest.py).
+item's credentials Secret key mounted read-only, hardened as hardening.py says.
+`job_from_k8s` turns a Job as the API server returns it into the domain `Job`. Neither
+talks to the API server, so both are unit-tested without one
+(tests/unit/test_kubernetes_job_manifest.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from typing import Any
 from reconciler.domain.model import Job
 from reconciler.domain.states import JobState
 from reconciler.store.base import DEADLINE_EXCEEDED, JobSpec, deadline_message
+from reconciler.store.kubernetes.hardening import (
+    CONTAINER_SECURITY,
+    KUBE_SCORE_IGNORE,
+    POD_SECURITY,
+    PULL_POLICY,
+    TMP,
+    resources_with_defaults,
+    scratch,
+)
 from reconciler.store.kubernetes.names import CREDENTIALS_DIR, A, credentials_secret, label_value
 from reconciler.support.timefmt import parse_rfc3339_or_none
 
@@ -27,22 +37,25 @@ def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
     """The Job to create for `spec`; `owner` is the Batch's ownerReferences (may be empty)."""
     labels = {f"{A}batch": spec.batch, f"{A}item": label_value(spec.item),
               f"{A}attempt": str(spec.attempt), "app.kubernetes.io/managed-by": "batchq"}
+    volumes, mounts = scratch(spec.env.get("BATCHQ_STORAGE"))
     container: dict[str, Any] = {
-        "name": "worker", "image": spec.image, "command": list(spec.command),
+        "name": "worker", "image": spec.image, "imagePullPolicy": PULL_POLICY,
+        "command": list(spec.command),
         "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
         + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
-           {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"}],
+           {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"},
+           {"name": "TMPDIR", "value": TMP}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
-                          "readOnly": True}],
+                          "readOnly": True}, *mounts],
+        "resources": resources_with_defaults(spec.resources),
+        "securityContext": CONTAINER_SECURITY,
     }
     # only this item's key; readable by the container's user whatever its uid (the
     # image's, or a profile's image without fsGroup): the pod has this one container
     credentials = {"name": "credentials", "secret": {
         "secretName": credentials_secret(spec.batch, spec.item), "optional": True,
         "defaultMode": 0o444, "items": [{"key": spec.item, "path": "userinfo"}]}}
-    if spec.resources:
-        container["resources"] = spec.resources
     job_spec: dict[str, Any] = {
         "suspend": spec.suspended,
         "backoffLimit": spec.backoff_limit,
@@ -55,14 +68,15 @@ def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
             "metadata": {"labels": labels, "annotations": {
                 f"{A}item-id": spec.item, **spec.annotations}},
             "spec": {"restartPolicy": "Never", "containers": [container],
-                     "volumes": [credentials]},
+                     "volumes": [credentials, *volumes], "securityContext": POD_SECURITY,
+                     "automountServiceAccountToken": False},
         },
     }
     if spec.deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": spec.name, "labels": labels,
-                         "annotations": {f"{A}item-id": spec.item},
+                         "annotations": {f"{A}item-id": spec.item, **KUBE_SCORE_IGNORE},
                          "ownerReferences": owner},
             "spec": job_spec}
 
