@@ -9,6 +9,7 @@ names the job that changed. States and reports are printed along the way.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +22,10 @@ import yaml
 from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.states import BatchState, RequestedState
 
-BUNDLED = Path(__file__).resolve().parents[2] / "manifests"
+# the example repo beside the package in a checkout; an installed copy (the image) names
+# where its copy is in BATCHQ_DEMO_REPO
+BUNDLED = Path(os.environ.get("BATCHQ_DEMO_REPO")
+               or Path(__file__).resolve().parents[2] / "manifests")
 LATE_PAYLOAD = "payloads/letter-003.txt"
 FAILING = "batches/letters-2026-11.yaml"
 
