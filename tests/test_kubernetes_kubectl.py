@@ -13,7 +13,7 @@ import pytest
 from reconciler.store.kubernetes.store import KubernetesStore
 from tests.fixtures import ADMIN, GitRepo, SmtpServer, batch_doc, profile_doc, wait_for
 from tests.harness import Harness
-from tests.test_seed_stories import BATCH, run_to_first_report
+from tests.test_seed_stories import BATCH, submit_three
 from tests.world import KubeWorld
 
 pytestmark = pytest.mark.kubernetes
@@ -63,7 +63,24 @@ def kubectl(h: Harness, *args: str, check: bool = True) -> Any:
 
 def test_a_failed_batch_and_its_retry_tell_their_story(h: Harness, smtp: SmtpServer) -> None:
     """Seed story 3 (failed batch, successful retry), with what kubectl shows at each step."""
-    run_to_first_report(h, smtp, fail_third=True)
+    submit_three(h, fail_third=True)
+    # User submits manifest with 3 items -> Batch: Pending (applied; no pass has run yet)
+    h.sync()
+    assert "status" not in cr(h, "maps") and reasons(h, "maps") == ["SpecApplied"]
+    # Batch Queue starts Batch -> Processing: Admitted
+    h.reconcile()
+    shown(h, ready=("False", "Processing"), reconciling="True",
+          events=["SpecApplied", "Admitted"])
+    # jobs run; job2 completes, job3 fails: JobFailed (a Warning) while still Processing
+    h.until(lambda: set(h.jobs("maps").values()) == {"Processing"}, "every job to start")
+    h.world.release("job2", "job3")
+    h.until(lambda: h.jobs("maps")["job3"] == "Failed", "job3 to fail")
+    shown(h, ready=("False", "Processing"), reconciling="True",
+          events=["SpecApplied", "Admitted", "JobFailed"])
+    # job1 completes -> Reporting -> the report -> Failed
+    h.world.release("job1")
+    h.until(lambda: h.state("maps") == "Failed", "the first report")
+    assert h.rec.deliver() == 1 and len(smtp.mailbox.messages) == 1
     # Failed: Ready False (it was True with reason Failed before), the story in Events
     ready = condition(h, "maps", "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Failed")
@@ -128,6 +145,18 @@ def test_a_failed_batch_and_its_retry_tell_their_story(h: Harness, smtp: SmtpSer
     assert "condition met" in done.stdout
     story = reasons(h, "maps")
     assert story.index("Restarted") < story.index("UpdateReporting") < story.index("Completed")
+
+
+def shown(h: Harness, *, ready: tuple[str, str], reconciling: str, events: list[str]) -> None:
+    """What kubectl shows of the batch after a step: Ready, Reconciling, the Events so far
+    (each condition at the status's observedGeneration)."""
+    status = cr(h, "maps")["status"]
+    got = condition(h, "maps", "Ready")
+    assert (got["status"], got["reason"]) == ready, got
+    assert condition(h, "maps", "Reconciling")["status"] == reconciling
+    assert all(c["observedGeneration"] == status["observedGeneration"]
+               for c in status["conditions"])
+    assert reasons(h, "maps") == events
 
 
 def by_note(h: Harness, reason: str) -> str:
