@@ -31,8 +31,11 @@ from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.mailer import Mailer
 from reconciler.control.notify import RetryPolicy
 from reconciler.control.smtp import Relay
-from reconciler.source.gitrepo import GitSource, SourceError
+from reconciler.domain.states import BatchState
+from reconciler.source.access import Outcome, authorize
+from reconciler.source.gitrepo import GitSource, SourceError, SyncResult
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
+from reconciler.spec.policy import AccessPolicy, Mode
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
 from reconciler.store.base import Store
 from reconciler.support import failpoints
@@ -70,6 +73,7 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_ca_file: str | None = None  # the CA the relay's certificate must chain to
     site_url: str | None = None  # the web site's base URL: reports link the batch page
+    access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -142,6 +146,7 @@ class Reconciler:
         last = self.store.load_sync_state().synced_commit
         try:
             result = self.source.sync(last)
+            access = self._authorize(last, result)
         except SourceError as exc:
             if is_no_space(exc):  # the mirror is in the state dir: not the remote's fault
                 raise
@@ -155,16 +160,30 @@ class Reconciler:
         # On SQLite the specs and the synced commit land in one transaction: a kill leaves
         # both or neither, never the marker ahead of the batches it stands for.
         with self.store.transaction():
+            if access is not None:
+                result = access.result
             if result.changed or result.listed:
                 repo = apply_sync(self.store, result)
             else:
                 repo = load_repo_state(self.store)
             state = self.store.load_sync_state()
             state.synced_commit, state.sync_error = result.head, ""
+            if access is not None:  # with the specs it decided, never ahead of them
+                state.access_held, state.access_refusals = access.held, access.refusals
             self.store.save_sync_state(state)
         self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo
+
+    def _authorize(self, last: str | None, result: SyncResult) -> Outcome | None:
+        """Each commit since `last` judged by the access policy (None when it is off)."""
+        policy = self.settings.access_policy
+        if policy.mode == Mode.OFF:
+            return None
+        live = {b.source_path for b in self.store.list_batches()
+                if b.status.state != BatchState.DELETED}
+        return authorize(self.source, policy, last, result, self.store.load_sync_state(),
+                         live, timeout=self.settings.git_timeout)
 
     def _storage_error(self, error: str) -> None:
         state = self.store.load_sync_state()

@@ -156,6 +156,10 @@ class GitSource:
             self._repo = git.Repo(self.mirror)
         return self._repo
 
+    def repo(self) -> git.Repo:
+        """The mirror (the access policy reads commits and blobs from it)."""
+        return self._open()
+
     def clear_stale_locks(self) -> list[str]:
         """Remove the `*.lock` files a killed `git fetch` leaves in the mirror, and
         half-built mirrors beside it; only for the holder of the state-dir lock (nothing
