@@ -381,3 +381,64 @@ def test_reconcile_command_enforces_the_policy_file(s: Setup) -> None:
     assert doc["batches"][0]["state"] == "Completed"  # the queue was not paused
     assert [(r["commit"], r["path"]) for r in doc["refused"]] == [(pause, "queue.yaml")]
     assert f"refused: commit {pause[:12]} by jane@example.org: queue.yaml:" in text
+
+
+def test_a_clean_merge_of_two_branches_that_touched_one_file_adds_nothing(s: Setup) -> None:
+    h = s.start()
+    s.admin_profile()
+    s.deposit("a1")
+    h.until_idle()
+    s.repo.git("checkout", "-q", "-b", "jane/rename")
+    text = (s.repo.path / BATCH).read_text()
+    s.repo.write(BATCH, text.replace("name: Jane Depositor", "name: Jane Q. Depositor"))
+    s.repo.commit("jane: my full name", who=DEPOSITOR)
+    s.repo.git("checkout", "-q", "main")
+    s.edit(ADMIN, state="Held")  # meanwhile, on main, at the other end of the file
+    merge = s.repo.merge("jane/rename", FORGE, "Merge pull request #3 from jane/rename")
+    h.until_idle()
+    b = h.batch("maps")
+    assert b.spec is not None
+    assert (b.spec.depositor.name, b.spec.state) == ("Jane Q. Depositor", "Held")
+    assert h.store.load_sync_state().synced_commit == merge
+    assert refusals(s) == [] and h.store.load_sync_state().access_held == {}
+
+
+def test_an_admin_change_that_conflicts_with_a_refused_one_waits_for_a_revert(
+        s: Setup) -> None:
+    h = s.start()
+    s.admin_profile()
+    s.deposit("a1", priority=5)
+    h.until_idle()
+    s.repo.unsigned.add(DEPOSITOR[1])
+    sneaky = s.edit(DEPOSITOR, priority=1)
+    clash = s.edit(ADMIN, priority=3)  # the same line: no clean three-way merge
+    h.until_idle()
+    assert h.batch("maps").spec.priority == 5  # type: ignore[union-attr]
+    assert [(r["commit"], r["why"].split(":")[0]) for r in refusals(s)] == [
+        (sneaky, "a change must be signed by a key of the access policy"),
+        (clash, "this change does not apply cleanly to the version last authorized"
+                " (an earlier change to the file was refused)")]
+    s.repo.unsigned.clear()
+    s.edit(ADMIN, priority=2)  # still on top of the refused line: still refused
+    h.until_idle()
+    assert h.batch("maps").spec.priority == 5  # type: ignore[union-attr]
+    s.edit(ADMIN, priority=5)  # reverted to the authorized version: the file is free again
+    s.edit(ADMIN, priority=2)
+    h.until_idle()
+    assert h.batch("maps").spec.priority == 2  # type: ignore[union-attr]
+    assert refusals(s) == [] and h.store.load_sync_state().access_held == {}
+
+
+def test_turning_the_policy_off_applies_the_branch_as_it_is(s: Setup) -> None:
+    h = s.start()
+    s.admin_profile()
+    s.deposit("a1")
+    h.until_idle()
+    s.edit(DEPOSITOR, priority=1)
+    h.until_idle()
+    assert h.batch("maps").spec.priority == 5  # type: ignore[union-attr]
+    h = s.start("off")
+    h.until_idle()
+    assert h.batch("maps").spec.priority == 1  # type: ignore[union-attr]
+    state = h.store.load_sync_state()
+    assert (state.access_refusals, state.access_held) == ({}, {})

@@ -143,7 +143,10 @@ class Reconciler:
 
     # --- passes
     def sync(self) -> RepoState:
-        last = self.store.load_sync_state().synced_commit
+        before = self.store.load_sync_state()
+        last = before.synced_commit
+        if self.settings.access_policy.mode == Mode.OFF and before.access_held:
+            last = None  # the policy was turned off: read the whole tree, every file as is
         try:
             result = self.source.sync(last)
             access = self._authorize(last, result)
@@ -167,9 +170,15 @@ class Reconciler:
             else:
                 repo = load_repo_state(self.store)
             state = self.store.load_sync_state()
-            state.synced_commit, state.sync_error = result.head, ""
-            if access is not None:  # with the specs it decided, never ahead of them
+            # what the access policy held back, before the commit that stands for it (on
+            # Kubernetes each write stands alone: re-judging from the old commit on top of
+            # the new held versions changes nothing, the reverse would lose them)
+            if access is not None:
                 state.access_held, state.access_refusals = access.held, access.refusals
+            else:  # mode off: nothing is held back or refused
+                state.access_held, state.access_refusals = {}, {}
+            self.store.save_sync_state(state)
+            state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
         self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")

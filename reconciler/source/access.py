@@ -117,22 +117,25 @@ class _Judge:
     def _judge_change(self, commit: CommitRecord, change: Change) -> None:
         old, new = self.blob(change.old), self.blob(change.new)
         cur = self.current(change.path)
+        if commit.is_merge and cur.data == new:
+            return  # what the merged commits did, merged cleanly: nothing of its own
         wanted = rights.needs(change.path, old, new)
         failed = rights.refused(commit.signature, wanted, merge=commit.is_merge)
-        if not failed:
-            merged, why = self._apply(cur, old, new)
-            if merged is None:
-                self._refuse(commit, change.path, commit.signature, "", why, applied=False)
-                return
-            self.authorized[change.path] = Version(merged.data, commit.sha, commit.committed_at)
-            self.last_word[change.path] = True
-            return
-        fields = ", ".join(n.field for n in failed if n.field)
-        why = rights.reason(commit.signature, failed, merge=commit.is_merge)
         warn = self.policy.mode == Mode.WARN
-        self._refuse(commit, change.path, commit.signature, fields, why, applied=warn)
-        if warn:
-            self.authorized[change.path] = Version(new, commit.sha, commit.committed_at)
+        if failed:
+            fields = ", ".join(n.field for n in failed if n.field)
+            why = rights.reason(commit.signature, failed, merge=commit.is_merge)
+            self._refuse(commit, change.path, commit.signature, fields, why, applied=warn)
+            if not warn:
+                return
+        merged, why = self._apply(cur, old, new)
+        if merged is None:
+            if not failed:
+                self._refuse(commit, change.path, commit.signature, "", why, applied=False)
+            return
+        self.authorized[change.path] = Version(merged.data, commit.sha, commit.committed_at)
+        if not failed:
+            self.last_word[change.path] = True
 
     def _apply(self, cur: Version, old: bytes | None,
                new: bytes | None) -> tuple[Version | None, str]:
@@ -275,10 +278,10 @@ def _authorized_result(result: SyncResult, judge: _Judge, final: dict[str, Versi
     batch_paths = set(result.batch_paths)
     for path, version in final.items():
         before = judge.base_version(path)
-        if path in held or before.data != version.data:
+        if path in held:
             changed.pop(path, None)
-            if before.data != version.data:
-                changed[path] = _file_version(path, version)
+        if before.data != version.data and (path in held or path not in changed):
+            changed[path] = _file_version(path, version)
         if path.startswith("batches/") and path in held:
             if version.data is not None:
                 batch_paths.add(path)

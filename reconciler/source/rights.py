@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from reconciler.source.signatures import Signature
 from reconciler.spec.policy import Role
+from reconciler.spec.yamlsafe import DocumentError, load_document
 
 ADMIN_FIELDS: dict[tuple[str, ...], Any] = {  # path in the document -> its default
     ("spec", "state"): "Active",
@@ -44,11 +43,12 @@ class Need:
 
 
 def _parse(data: bytes | None) -> dict[str, Any] | None:
+    """The file's mapping, read as every untrusted file is (yamlsafe); None if it has none."""
     if data is None:
         return None
     try:
-        loaded = yaml.safe_load(data)
-    except yaml.YAMLError:
+        loaded = load_document(data, "").data
+    except DocumentError:
         return None
     return loaded if isinstance(loaded, dict) else None
 
