@@ -364,6 +364,11 @@ def test_the_policy_file_is_validated_at_its_lines(s: Setup, tmp_path: Path) -> 
     assert out.stdout.splitlines() == [
         f'{twice}:11:14: spec.signers[1].keys[0]: this key is also "admin@example.org"\'s;'
         " a key belongs to one principal"]
+    bare = tmp_path / "bare-off.yaml"
+    bare.write_text("apiVersion: batchq.dev/v1\nkind: AccessPolicy\nspec:\n  mode: off\n")
+    out = batchq("validate", "--access-policy", str(bare), str(s.repo.path))
+    assert out.stdout.splitlines() == [
+        f'{bare}:4:9: spec.mode: write "off" in quotes (YAML reads a bare off as false)']
 
 
 def test_reconcile_command_enforces_the_policy_file(s: Setup) -> None:
@@ -442,3 +447,21 @@ def test_turning_the_policy_off_applies_the_branch_as_it_is(s: Setup) -> None:
     assert h.batch("maps").spec.priority == 1  # type: ignore[union-attr]
     state = h.store.load_sync_state()
     assert (state.access_refusals, state.access_held) == ({}, {})
+
+
+def test_the_deployed_policy_is_valid_and_mounted_where_the_reconciler_reads_it(
+        tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    config_map = yaml.safe_load((root / "access-policy.yaml").read_text())
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(config_map["data"]["policy.yaml"])
+    assert load_policy(policy).mode == "off"
+    deployment = yaml.safe_load((root / "reconciler.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert env["BATCHQ_ACCESS_POLICY"] == f"{mounts['access-policy']}/policy.yaml"
+    assert volumes["access-policy"]["configMap"] == {"name": config_map["metadata"]["name"]}
+    assert "access-policy.yaml" in (root / "kustomization.yaml").read_text()

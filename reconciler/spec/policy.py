@@ -109,6 +109,11 @@ def load_policy(path: str | Path) -> AccessPolicy:
     if not isinstance(doc.data, dict):
         raise PolicyInvalid([Problem.at(doc, doc.position(), "expected a mapping with"
                                         " apiVersion, kind: AccessPolicy and spec")])
+    spec = doc.data.get("spec")
+    if isinstance(spec, dict) and spec.get("mode") is False:  # YAML 1.1 reads `off` so
+        raise PolicyInvalid([Problem.at(doc, doc.position(("spec", "mode")),
+                                        'spec.mode: write "off" in quotes (YAML reads a bare'
+                                        " off as false)")])
     problems = schema_problems(doc, KIND)
     if problems:
         raise PolicyInvalid(problems)
