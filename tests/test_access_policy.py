@@ -465,3 +465,17 @@ def test_the_deployed_policy_is_valid_and_mounted_where_the_reconciler_reads_it(
     assert env["BATCHQ_ACCESS_POLICY"] == f"{mounts['access-policy']}/policy.yaml"
     assert volumes["access-policy"]["configMap"] == {"name": config_map["metadata"]["name"]}
     assert "access-policy.yaml" in (root / "kustomization.yaml").read_text()
+
+
+def test_the_plan_hook_lists_what_a_range_would_have_refused(s: Setup) -> None:
+    from reconciler.source.access import refusals_between
+
+    h = s.start()
+    s.admin_profile()
+    base = s.deposit("a1")
+    restart = s.edit(DEPOSITOR, restarts={"a1": 1})
+    h.rec.source.fetch()
+    found = refusals_between(h.rec.source, h.settings.access_policy, base, restart,
+                             timeout=60)
+    assert [(r.commit, r.field) for r in found] == [(restart, "spec.restarts")]
+    assert h.store.get_batch("maps") is None  # nothing was synced or applied

@@ -289,3 +289,16 @@ def _authorized_result(result: SyncResult, judge: _Judge, final: dict[str, Versi
                 batch_paths.discard(path)
     return replace(result, changed=[changed[p] for p in sorted(changed)],
                    batch_paths=batch_paths, listed=True)
+
+
+def refusals_between(source: GitSource, policy: AccessPolicy, base: str | None, head: str,
+                     *, timeout: float) -> list[Refusal]:
+    """What the policy would refuse in BASE..HEAD, applying nothing: the hook for `batchq
+    plan BASE..HEAD` (issue 10), which shows these beside what the commits would do. The
+    mirror must hold both commits (GitSource.fetch); versions held back by the running
+    reconciler are not taken into account."""
+    judge = _Judge(source, policy, base, {})
+    revisions = [head] if base is None else [head, f"^{base}"]
+    for commit in read_commits(source.mirror, policy, revisions, timeout=timeout):
+        judge.judge(commit)
+    return judge.refused
