@@ -479,3 +479,20 @@ def test_the_plan_hook_lists_what_a_range_would_have_refused(s: Setup) -> None:
                              timeout=60)
     assert [(r.commit, r.field) for r in found] == [(restart, "spec.restarts")]
     assert h.store.get_batch("maps") is None  # nothing was synced or applied
+
+
+def test_a_file_name_that_is_not_utf8_stops_no_other_batch(s: Setup) -> None:
+    h = s.start()
+    s.admin_profile()
+    (s.repo.path / "batches").mkdir()
+    odd = bytes(s.repo.path) + b"/batches/caf\xe9.yaml"
+    with open(odd, "wb") as fh:
+        fh.write(b"kind: Batch\n")
+    s.deposit("a1")
+    h.until_idle()
+    assert h.state("maps") == "Completed"
+    errors = h.store.load_sync_state().file_errors
+    assert errors == {"batches/caf\\xe9.yaml": "batches/caf\\xe9.yaml:1:1: file name is not"
+                      " UTF-8: rename it (batches/<name>.yaml, with the name in lowercase"
+                      " letters, digits and '-')"}
+    assert h.rec.last_sync_error == ""

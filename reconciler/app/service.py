@@ -189,10 +189,13 @@ class Reconciler:
         policy = self.settings.access_policy
         if policy.mode == Mode.OFF:
             return None
+        state = self.store.load_sync_state()
+        if last == result.head:  # nothing new: what was held and refused stays as it is
+            return Outcome(result, state.access_held, state.access_refusals)
         live = {b.source_path for b in self.store.list_batches()
                 if b.status.state != BatchState.DELETED}
-        return authorize(self.source, policy, last, result, self.store.load_sync_state(),
-                         live, timeout=self.settings.git_timeout)
+        return authorize(self.source, policy, last, result, state, live,
+                         timeout=self.settings.git_timeout)
 
     def _storage_error(self, error: str) -> None:
         state = self.store.load_sync_state()

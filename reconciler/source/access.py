@@ -43,6 +43,7 @@ from reconciler.source.gitrepo import (
     GitSource,
     SyncResult,
     is_relevant,
+    is_utf8,
 )
 from reconciler.source.signatures import Change, CommitRecord, Signature, read_commits
 from reconciler.spec.policy import AccessPolicy, Mode
@@ -110,8 +111,8 @@ class _Judge:
         return self.authorized.get(path) or self.base_version(path)
 
     def judge(self, commit: CommitRecord) -> None:
-        for change in commit.changes:
-            if is_relevant(change.path):
+        for change in commit.changes:  # a name that is not UTF-8 never becomes a batch
+            if is_relevant(change.path) and is_utf8(change.path):  # (gitrepo.name_error)
                 self._judge_change(commit, change)
 
     def _judge_change(self, commit: CommitRecord, change: Change) -> None:

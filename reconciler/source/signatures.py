@@ -113,12 +113,9 @@ def read_commits(mirror: Path, policy: AccessPolicy, revisions: list[str], *,
                    *revisions, "--"]
         try:
             done = run_with_deadline(command, cwd=mirror, env=dict(os.environ),
-                                     timeout=timeout)
+                                     timeout=timeout, errors="surrogateescape")
         except subprocess.TimeoutExpired:
             raise SourceError(f"verifying signatures took over {timeout:g} s") from None
-        except UnicodeDecodeError:  # a file name that is not UTF-8 (gitrepo.name_error)
-            raise SourceError("cannot verify signatures: a changed file's name is not"
-                              " UTF-8; rename it") from None
     if done.returncode != 0:
         raise SourceError(redact_text(f"cannot list commits to verify: {done.stderr.strip()}"))
     records = []
