@@ -9,6 +9,7 @@ payload server, and the `batchq` command in processes of its own for what an ope
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -496,3 +497,34 @@ def test_a_file_name_that_is_not_utf8_stops_no_other_batch(s: Setup) -> None:
                       " UTF-8: rename it (batches/<name>.yaml, with the name in lowercase"
                       " letters, digits and '-')"}
     assert h.rec.last_sync_error == ""
+
+
+def test_a_trusted_commit_starts_verification_after_unsigned_history(s: Setup) -> None:
+    s.repo.unsigned.update({DEPOSITOR[1], ADMIN[1]})
+    s.admin_profile()
+    trusted = s.deposit("a1", priority=5)  # history from before the policy: unsigned
+    sneaky = s.edit(DEPOSITOR, priority=1)  # after it: judged
+    s.repo.unsigned.clear()
+    s.deposit("b1", path="batches/other.yaml")
+    s.policy.write_text(policy_doc(s.keys).replace(
+        "  signers:", f"  trustedCommit: {trusted}\n  signers:", 1))
+    policy = load_policy(s.policy)
+    assert policy.trusted_commit == trusted
+    h = s.h = Harness(s.repo, s.state, s.smtp.hostport, access_policy=policy)
+    h.world = s.world
+    h.until_idle()
+    assert h.state("maps") == "Completed" and h.state("other") == "Completed"
+    assert h.batch("maps").spec.priority == 5  # type: ignore[union-attr]
+    assert h.batch("maps").source_revision == trusted
+    assert [(r["commit"], r["field"]) for r in refusals(s)] == [(sneaky, "spec.priority")]
+
+
+def test_the_policy_schema_is_valid_and_every_pattern_has_words() -> None:
+    from jsonschema import Draft202012Validator
+
+    from reconciler.spec.validation import PATTERN_HINTS, load_schema
+
+    schema = load_schema("AccessPolicy")
+    Draft202012Validator.check_schema(schema)
+    patterns = set(re.findall(r'"pattern": ("(?:[^"\\]|\\.)*")', json.dumps(schema, indent=1)))
+    assert patterns and {json.loads(p) for p in patterns} <= set(PATTERN_HINTS)

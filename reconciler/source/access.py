@@ -88,7 +88,8 @@ class _Judge:
         self.repo = source.repo()
         self.mirror = source.mirror
         self.policy = policy
-        self.base_tree = self.repo.commit(base).tree if base else None
+        self.base = self.repo.commit(base) if base else None
+        self.base_tree = self.base.tree if self.base else None
         self.held = {p: Version.from_dict(v) for p, v in held.items()}
         self.authorized: dict[str, Version] = {}
         self.at_base: dict[str, Version] = {}
@@ -104,7 +105,10 @@ class _Judge:
             if path in self.held:
                 self.at_base[path] = self.held[path]
             else:
-                self.at_base[path] = Version(tree_blob(self.base_tree, path), "", 0.0)
+                base = self.base
+                self.at_base[path] = Version(tree_blob(self.base_tree, path),
+                                             base.hexsha if base else "",
+                                             float(base.committed_date) if base else 0.0)
         return self.at_base[path]
 
     def current(self, path: str) -> Version:
@@ -169,17 +173,22 @@ class _Judge:
         self.last_word[path] = False
 
 
-def _range(source: GitSource, last: str | None, head: str) -> tuple[str | None, list[str]]:
-    """The base commit (None: none known) and the revisions to verify."""
-    if last is None:
+def _range(source: GitSource, policy: AccessPolicy, last: str | None,
+           head: str) -> tuple[str | None, list[str]]:
+    """The base commit (None: none known) and the revisions to verify: from the last synced
+    commit, else from the policy's trusted commit, else the whole history."""
+    start = last or policy.trusted_commit or None
+    if start is None:
         return None, [head]
     try:
-        source.repo().commit(last)
+        source.repo().commit(start)
+        if last is None and not _is_ancestor(source.repo(), start, head):
+            raise ValueError(start)
     except (ValueError, git.BadName):  # a mirror made afresh no longer has it
-        log.warning("the last synced commit %s is not in the mirror: verifying the whole"
-                    " history of %s", last[:12], head[:12])
+        log.warning("commit %s is not in the mirror or not in the branch's history:"
+                    " verifying the whole history of %s", start[:12], head[:12])
         return None, [head]
-    return last, [head, f"^{last}"]
+    return start, [head, f"^{start}"]
 
 
 def tree_blob(tree: git.Tree | None, path: str) -> bytes | None:
@@ -200,8 +209,9 @@ def authorize(source: GitSource, policy: AccessPolicy, last: str | None, result:
     outcome = Outcome(result, dict(state.access_held), dict(state.access_refusals))
     if last == result.head:
         return outcome
-    base, revisions = _range(source, last, result.head)
-    judge = _Judge(source, policy, base, state.access_held if base else {})
+    base, revisions = _range(source, policy, last, result.head)
+    known = base is not None and base == last  # the store holds what was authorized at base
+    judge = _Judge(source, policy, base, state.access_held if known else {})
     for commit in read_commits(source.mirror, policy, revisions, timeout=timeout):
         judge.judge(commit)
     repo = source.repo()
@@ -233,7 +243,7 @@ def authorize(source: GitSource, policy: AccessPolicy, last: str | None, result:
     outcome.new_refusals = judge.refused
     outcome.refusals = _kept_refusals(state.access_refusals, judge, held, policy)
     if policy.mode == Mode.ENFORCE:
-        outcome.result = _authorized_result(result, judge, final, held, live_paths)
+        outcome.result = _authorized_result(result, judge, final, held, live_paths, known)
     for r in judge.refused:
         log.warning("access policy: %s", r.line())
     return outcome
@@ -273,12 +283,14 @@ def _file_version(path: str, version: Version) -> FileVersion:
 
 
 def _authorized_result(result: SyncResult, judge: _Judge, final: dict[str, Version],
-                       held: dict[str, dict[str, Any]], live_paths: set[str]) -> SyncResult:
-    """`result` with each judged file at its authorized version."""
+                       held: dict[str, dict[str, Any]], live_paths: set[str],
+                       known: bool) -> SyncResult:
+    """`result` with each judged file at its authorized version. `known`: the store holds
+    each file's version at the base (else it is written again)."""
     changed = {f.path: f for f in result.changed}
     batch_paths = set(result.batch_paths)
     for path, version in final.items():
-        before = judge.base_version(path)
+        before = judge.base_version(path) if known else Version(None, "", 0.0)
         if path in held:
             changed.pop(path, None)
         if before.data != version.data and (path in held or path not in changed):

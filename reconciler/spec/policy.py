@@ -44,6 +44,7 @@ class AccessPolicy:
     mode: Mode = Mode.OFF
     signers: tuple[Signer, ...] = ()
     revoked_keys: tuple[str, ...] = ()
+    trusted_commit: str = ""  # its history is authorized as is (where a fresh state starts)
     source: str = ""  # the file it was read from, for messages
     roles: dict[str, Role] = field(default_factory=dict, compare=False)
 
@@ -126,5 +127,6 @@ def load_policy(path: str | Path) -> AccessPolicy:
         signers=tuple(Signer(s["principal"], Role(s["role"]), tuple(s["keys"]))
                       for s in spec.get("signers") or []),
         revoked_keys=tuple(spec.get("revokedKeys") or []),
+        trusted_commit=spec.get("trustedCommit", ""),
         source=str(path),
     )

@@ -62,6 +62,7 @@ PATTERN_HINTS = {
     "sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+={0,2}"
     "( [^\\r\\n]*)?$": "is not an SSH public key line (paste the whole .pub file: type,"
     " base64 key, optional comment)",
+    "^[0-9a-f]{40}$": "is not a full commit id (40 lowercase hexadecimal digits)",
 }
 _TYPE_WORDS = {
     "string": "text",
