@@ -528,3 +528,20 @@ def test_the_policy_schema_is_valid_and_every_pattern_has_words() -> None:
     Draft202012Validator.check_schema(schema)
     patterns = set(re.findall(r'"pattern": ("(?:[^"\\]|\\.)*")', json.dumps(schema, indent=1)))
     assert patterns and {json.loads(p) for p in patterns} <= set(PATTERN_HINTS)
+
+
+def test_an_edit_on_a_refused_addition_is_judged_as_the_addition(s: Setup) -> None:
+    h = s.start()
+    s.admin_profile()
+    s.repo.unsigned.add(DEPOSITOR[1])
+    s.deposit("a1", priority=1)  # unsigned, and jumping the queue
+    s.repo.unsigned.clear()
+    signed = s.edit(DEPOSITOR, depositor={"name": "Jane", "email": DEPOSITOR[1]})
+    h.until_idle()
+    assert h.store.get_batch("maps") is None  # her signed edit does not launder priority: 1
+    assert [(r["signer"], r["field"]) for r in refusals(s)] == [
+        ("unsigned", "spec.priority"), (DEPOSITOR[1], "spec.priority")]
+    assert refusals(s)[1]["commit"] == signed
+    s.edit(DEPOSITOR, priority=5)  # signed, with the admin field at its default: it counts
+    h.until_idle()
+    assert h.state("maps") == "Completed" and refusals(s) == []

@@ -124,7 +124,9 @@ class _Judge:
         cur = self.current(change.path)
         if commit.is_merge and cur.data == new:
             return  # what the merged commits did, merged cleanly: nothing of its own
-        wanted = rights.needs(change.path, old, new)
+        # a file never authorized (its addition was refused) is judged as added by this
+        # commit, whole: an edit on top of it must not carry what the addition could not
+        wanted = rights.needs(change.path, None if cur.data is None else old, new)
         failed = rights.refused(commit.signature, wanted, merge=commit.is_merge)
         warn = self.policy.mode == Mode.WARN
         if failed:
