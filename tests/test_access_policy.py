@@ -328,6 +328,8 @@ def test_refusals_on_the_page_and_in_metrics(s: Setup) -> None:
     page = client.get("/").get_data(as_text=True)
     assert "refused by the access policy" in page
     assert f"commit {hold[:12]} by jane@example.org: {BATCH} spec.state" in page
+    batch_page = client.get("/batches/maps").get_data(as_text=True)
+    assert "AccessRefused" in batch_page and f"commit {hold[:12]}" in batch_page
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'batchq_access_refusals{{applied="0",path="{BATCH}"}} 1.0' in metrics
 

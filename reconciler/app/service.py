@@ -37,7 +37,7 @@ from reconciler.source.gitrepo import GitSource, SourceError, SyncResult
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
 from reconciler.spec.policy import AccessPolicy, Mode
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
-from reconciler.store.base import Store
+from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
 from reconciler.support.heartbeat import Heartbeat
 from reconciler.support.nospace import NoSpaceLeft, is_no_space, no_space_is_fatal
@@ -169,6 +169,8 @@ class Reconciler:
                 repo = apply_sync(self.store, result)
             else:
                 repo = load_repo_state(self.store)
+            if access is not None and access.new_refusals:
+                self._refusal_events(access)
             state = self.store.load_sync_state()
             # what the access policy held back, before the commit that stands for it (on
             # Kubernetes each write stands alone: re-judging from the old commit on top of
@@ -196,6 +198,15 @@ class Reconciler:
                 if b.status.state != BatchState.DELETED}
         return authorize(self.source, policy, last, result, state, live,
                          timeout=self.settings.git_timeout)
+
+    def _refusal_events(self, access: Outcome) -> None:
+        """Each refusal of a batch's file on that batch's timeline (the page shows it)."""
+        by_path = {b.source_path: b.name for b in self.store.list_batches()
+                   if b.status.state != BatchState.DELETED}
+        for refusal in access.new_refusals:
+            if refusal.path in by_path:
+                self.store.add_event(Event(by_path[refusal.path], time.time(), "AccessRefused",
+                                           refusal.line(), refusal.commit))
 
     def _storage_error(self, error: str) -> None:
         state = self.store.load_sync_state()
