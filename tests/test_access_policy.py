@@ -220,6 +220,9 @@ def test_a_forge_merge_is_judged_by_the_commits_it_merges(s: Setup) -> None:
     s.repo.write("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
                                 "spec": {"paused": True}})
     evil = s.repo.commit("Merge side (with a change of its own)", who=FORGE)
+    s.repo.write("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
+                                "spec": {"maxActiveJobs": 1}})
+    web_edit = s.repo.commit("Update queue.yaml (web editor)", who=FORGE)
     h.until_idle()
     assert h.state("maps") == "Completed"
     assert h.batch("maps").source_revision == good
@@ -227,9 +230,10 @@ def test_a_forge_merge_is_judged_by_the_commits_it_merges(s: Setup) -> None:
     assert state.queue == {} and "fromName" not in state.profiles["test"]["notification"]
     rows = {(r["commit"], r["path"], r["signer"]) for r in refusals(s)}
     assert rows == {(sneak, "profiles/test.yaml", OTHER[1]),
-                    (evil, "queue.yaml", FORGE[1])}
-    merge_refusal = next(r for r in refusals(s) if r["commit"] == evil)
-    assert "a merge commit may only combine its parents" in merge_refusal["why"]
+                    (evil, "queue.yaml", FORGE[1]), (web_edit, "queue.yaml", FORGE[1])}
+    why = {r["commit"]: r["why"] for r in refusals(s)}
+    assert why[evil].startswith("a merge commit may only combine its parents")
+    assert why[web_edit] == "a forge key signs merge commits only"
 
 
 def test_a_revoked_key_signs_nothing(s: Setup) -> None:
