@@ -18,14 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.domain.model import DEFAULT_PRIORITY
+from reconciler.domain.states import RequestedState
 from reconciler.source.signatures import Signature
 from reconciler.spec.policy import Role
 from reconciler.spec.yamlsafe import DocumentError, load_document
 
 ADMIN_FIELDS: dict[tuple[str, ...], Any] = {  # path in the document -> its default
-    ("spec", "state"): "Active",
+    ("spec", "state"): RequestedState.ACTIVE,
     ("spec", "restarts"): {},
-    ("spec", "priority"): 5,
+    ("spec", "priority"): DEFAULT_PRIORITY,
     ("spec", "depositor", "email"): None,
     ("metadata", "name"): None,
 }
