@@ -2,7 +2,8 @@
 what; DESIGN §10 Authority).
 
 The authorized version of each file starts as it was at the last synced commit (or the
-version held back then), and every commit between it and the new head (`git log
+version held back then; for a fresh state dir, as at the policy's trustedCommit, else
+absent), and every commit between it and the new head (`git log
 LAST..HEAD`, one stream: signatures.py) is judged on its own changes against its own
 signer's rights (rights.py):
 - allowed: the change is applied to the authorized version. When that version is the
@@ -21,6 +22,7 @@ signer's rights (rights.py):
   authorized is re-judged into a deletion; an admin's signed commit changes it.
 Where the branch holds a file the authorized version differs from, the authorized one is
 held (SyncState.access_held) for the next syncs, and the sync applies it instead.
+`refusals_between` judges a range without applying anything: the hook for `batchq plan`.
 """
 
 from __future__ import annotations
