@@ -551,3 +551,24 @@ def test_an_edit_on_a_refused_addition_is_judged_as_the_addition(s: Setup) -> No
     s.edit(DEPOSITOR, priority=5)  # signed, with the admin field at its default: it counts
     h.until_idle()
     assert h.state("maps") == "Completed" and refusals(s) == []
+
+
+@pytest.mark.parametrize("failpoint", ["after-apply", "after-sync"])
+def test_a_reconciler_killed_while_syncing_refuses_the_same_after_restart(
+        s: Setup, failpoint: str) -> None:
+    env = {"BATCHQ_ACCESS_POLICY": str(s.policy)}
+    run = ["reconcile", "--until-idle", "--repo", str(s.repo.path), "--state", str(s.state)]
+    s.policy.write_text(policy_doc(s.keys))
+    s.admin_profile()
+    s.deposit("a1")
+    assert batchq(*run, env=env).returncode == 0
+    hold = s.edit(DEPOSITOR, state="Held")  # refused
+    s.deposit("b1", who=OTHER, path="batches/olga.yaml")  # allowed, in the same push
+    killed = batchq(*run, env=env, failpoint=failpoint)
+    assert killed.returncode == -9, killed.stderr
+    assert batchq(*run, env=env).returncode == 0
+    doc, text = s.status()
+    states = {b["name"]: (b["state"], b["generation"]) for b in doc["batches"]}
+    assert states == {"maps": ("Completed", 1), "olga": ("Completed", 1)}
+    assert [(r["commit"], r["field"]) for r in doc["refused"]] == [(hold, "spec.state")]
+    assert f"refused: commit {hold[:12]} by jane@example.org" in text
