@@ -572,3 +572,30 @@ def test_a_reconciler_killed_while_syncing_refuses_the_same_after_restart(
     assert states == {"maps": ("Completed", 1), "olga": ("Completed", 1)}
     assert [(r["commit"], r["field"]) for r in doc["refused"]] == [(hold, "spec.state")]
     assert f"refused: commit {hold[:12]} by jane@example.org" in text
+
+
+def test_a_changed_policy_file_takes_over_without_a_restart(
+        s: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    s.policy.write_text(policy_doc(s.keys))
+    h = s.h = Harness(s.repo, s.state, s.smtp.hostport, access_policy=load_policy(s.policy),
+                      access_policy_file=str(s.policy))
+    h.world = s.world
+    s.admin_profile()
+    s.deposit("a1")
+    h.until_idle()
+    revoked = s.tmp / "policy.new"  # swapped in whole, as kubelet updates a ConfigMap
+    revoked.write_text(policy_doc(s.keys, revoked=(ADMIN[1],)))
+    revoked.replace(s.policy)
+    held = s.edit(ADMIN, state="Held")
+    h.until_idle()
+    assert h.batch("maps").spec.state == "Active"  # type: ignore[union-attr]
+    assert [r["commit"] for r in refusals(s)] == [held]
+    broken = s.tmp / "policy.broken"
+    broken.write_text("apiVersion: batchq.dev/v1\nkind: AccessPolicy\nspec: {mode: lax}\n")
+    broken.replace(s.policy)
+    s.edit(ADMIN, priority=1)
+    h.until_idle()
+    assert h.batch("maps").spec.priority == 5  # type: ignore[union-attr]  # still revoked
+    assert (f"access policy {s.policy} changed but cannot be used; the last valid one stays:"
+            f'\n{s.policy}:3:14: spec.mode: "lax" is not one of "off", "warn", "enforce"'
+            ) in caplog.text

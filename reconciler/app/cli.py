@@ -234,7 +234,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     message_id_domain=domain, smtp_security=args.smtp_security,
                     smtp_user=args.smtp_user, smtp_password=smtp_password(args),
                     smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url),
-                    access_policy=access_policy(args))
+                    access_policy=access_policy(args),
+                    access_policy_file=args.access_policy or None)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:

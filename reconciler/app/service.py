@@ -35,7 +35,7 @@ from reconciler.domain.states import BatchState
 from reconciler.source.access import Outcome, authorize
 from reconciler.source.gitrepo import GitSource, SourceError, SyncResult
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
-from reconciler.spec.policy import AccessPolicy, Mode
+from reconciler.spec.policy import AccessPolicy, Mode, PolicyFile
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
 from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
@@ -74,6 +74,7 @@ class Settings:
     smtp_ca_file: str | None = None  # the CA the relay's certificate must chain to
     site_url: str | None = None  # the web site's base URL: reports link the batch page
     access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
+    access_policy_file: str | None = None  # where it was read: read again when it changes
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -133,6 +134,14 @@ class Reconciler:
                              outbox_dir=settings.state_dir / "outbox",
                              policy=settings.retry_policy(), on_round=self.wake.set)
         self.heartbeat = Heartbeat(settings.state_dir)
+        self.policy_file = (PolicyFile(settings.access_policy_file, settings.access_policy)
+                            if settings.access_policy_file else None)
+
+    def access_policy(self) -> AccessPolicy:
+        """The access policy in force: its file's newest valid version."""
+        if self.policy_file is None:
+            return self.settings.access_policy
+        return self.policy_file.current()
 
     def close(self) -> None:
         try:
@@ -143,13 +152,14 @@ class Reconciler:
 
     # --- passes
     def sync(self) -> RepoState:
+        policy = self.access_policy()
         before = self.store.load_sync_state()
         last = before.synced_commit
-        if self.settings.access_policy.mode == Mode.OFF and before.access_held:
+        if policy.mode == Mode.OFF and before.access_held:
             last = None  # the policy was turned off: read the whole tree, every file as is
         try:
             result = self.source.sync(last)
-            access = self._authorize(last, result)
+            access = self._authorize(policy, last, result)
         except SourceError as exc:
             if is_no_space(exc):  # the mirror is in the state dir: not the remote's fault
                 raise
@@ -186,9 +196,9 @@ class Reconciler:
         failpoints.hit("after-sync")
         return repo
 
-    def _authorize(self, last: str | None, result: SyncResult) -> Outcome | None:
+    def _authorize(self, policy: AccessPolicy, last: str | None,
+                   result: SyncResult) -> Outcome | None:
         """Each commit since `last` judged by the access policy (None when it is off)."""
-        policy = self.settings.access_policy
         if policy.mode == Mode.OFF:
             return None
         state = self.store.load_sync_state()

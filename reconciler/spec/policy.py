@@ -9,6 +9,8 @@ what a schema cannot say: a principal listed twice, or one key given to two prin
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +20,7 @@ from reconciler.spec.validation import Problem, schema_problems
 from reconciler.spec.yamlsafe import DocumentError, read_document
 
 KIND = "AccessPolicy"
+log = logging.getLogger(__name__)
 
 
 class Mode(StrEnum):
@@ -130,3 +133,36 @@ def load_policy(path: str | Path) -> AccessPolicy:
         trusted_commit=spec.get("trustedCommit", ""),
         source=str(path),
     )
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows the symlink a ConfigMap update swaps
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class PolicyFile:
+    """The policy file, read again when it changes (kubelet swaps a mounted ConfigMap's
+    file in place): a valid new version takes over at the next sync, so a revoked key stops
+    counting without a restart; an invalid one is logged once with its file:line problems,
+    and the last valid policy stays."""
+
+    def __init__(self, path: str, policy: AccessPolicy) -> None:
+        self.path = path
+        self.policy = policy
+        self.stamp = _stamp(path)
+
+    def current(self) -> AccessPolicy:
+        stamp = _stamp(self.path)
+        if stamp != self.stamp:
+            self.stamp = stamp
+            try:
+                self.policy = load_policy(self.path)
+                log.warning("access policy %s read again: mode %s", self.path,
+                            self.policy.mode)
+            except PolicyInvalid as exc:
+                log.error("access policy %s changed but cannot be used; the last valid one"
+                          " stays:\n%s", self.path, exc)
+        return self.policy
