@@ -20,6 +20,7 @@ from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import BatchState
 from reconciler.store.base import ReadStore, SyncState
 from web.storage import get_store
@@ -131,6 +132,24 @@ class StoreCollector:
         yield GaugeMetricFamily("batchq_file_errors",
                                 "Files in the repository that cannot be used",
                                 value=len(sync.file_errors))
+        refused = GaugeMetricFamily("batchq_access_refusals", "Changes the access policy"
+                                    " refused, kept while the file holds them; applied: 1 in"
+                                    " mode warn", labels=["path", "applied"])
+        for r in refusals_of(sync.access_refusals):
+            refused.add_metric([r.path, str(int(r.applied))], 1)
+        yield _summed(refused)
+
+
+def _summed(family: GaugeMetricFamily) -> GaugeMetricFamily:
+    """One sample per label set (a file refused twice counts 2)."""
+    totals: dict[tuple[str, ...], float] = {}
+    for sample in family.samples:
+        key = tuple(sample.labels.values())
+        totals[key] = totals.get(key, 0.0) + sample.value
+    family.samples = []
+    for key, value in totals.items():
+        family.add_metric(list(key), value)
+    return family
 
 
 def _sync_state(store: ReadStore) -> SyncState:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import Batch, ItemStatus, Report
+from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import (
     WAITING,
@@ -261,4 +262,6 @@ def site_status(store: ReadStore, beat: dict[str, Any], stall_seconds: float) ->
         "syncError": state.sync_error,
         "deletionRefused": state.deletion_refused,
         "fileErrors": {str(k): str(v) for k, v in sorted(state.file_errors.items())},
+        "accessRefusals": [dict(r.to_dict(), line=r.line())
+                           for r in refusals_of(state.access_refusals)],
     }

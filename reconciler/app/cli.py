@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
 from reconciler.control.smtp import SECURITIES
+from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import JobState
+from reconciler.spec.policy import AccessPolicy, PolicyInvalid, load_policy
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, ReadStore
 from reconciler.support.controlchars import escape_controls
@@ -74,6 +76,25 @@ def _source(p: argparse.ArgumentParser) -> None:
                    " default: a random one, made once per state)")
     _relay(p)
     _file_roots(p)
+    _access_policy(p)
+
+
+def _access_policy(p: argparse.ArgumentParser) -> None:
+    """Who may change what: the operator's file, never the repository's."""
+    p.add_argument("--access-policy", metavar="FILE", default=_env("ACCESS_POLICY"),
+                   help="the access policy (kind AccessPolicy; BATCHQ_ACCESS_POLICY); without"
+                        " it every commit applies (mode off)")
+
+
+def access_policy(args: argparse.Namespace) -> AccessPolicy:
+    """The access policy given, or mode off; a clear exit naming each problem's line."""
+    if not args.access_policy:
+        return AccessPolicy()
+    try:
+        return load_policy(args.access_policy)
+    except PolicyInvalid as exc:
+        raise SystemExit("\n".join(f"batchq: {escape_controls(str(p))}"
+                                   for p in exc.problems)) from None
 
 
 def _relay(p: argparse.ArgumentParser) -> None:
@@ -167,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check batch, profile and queue files")
     v.add_argument("paths", nargs="+")
     _file_roots(v)
+    _access_policy(v)
     r = sub.add_parser("reconcile", help="one pass, or passes until idle")
     _common(r)
     _source(r)
@@ -211,7 +233,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age,
                     message_id_domain=domain, smtp_security=args.smtp_security,
                     smtp_user=args.smtp_user, smtp_password=smtp_password(args),
-                    smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url))
+                    smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url),
+                    access_policy=access_policy(args),
+                    access_policy_file=args.access_policy or None)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -222,6 +246,7 @@ def backend_settings(args: argparse.Namespace) -> BackendSettings:
 def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]:
     """The `status --json` document, in exactly the shape DESIGN §7 gives."""
     batches = [b for b in store.list_batches() if name is None or b.name == name]
+    refused = store.load_sync_state().access_refusals  # the access policy's refusals
     out = []
     for b in batches:
         jobs = [
@@ -247,7 +272,13 @@ def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]
             "conditions": [{"type": c.type, "status": c.status, "reason": c.reason,
                             "message": c.message} for c in b.status.conditions],
         })
-    return {"batches": out}
+        mine = refusals_of(refused, b.source_path)
+        if mine:  # the access policy's refusals of its file: a key only when there are some
+            out[-1]["refused"] = [r.to_dict() for r in mine]
+    doc: dict[str, Any] = {"batches": out}
+    if refused:  # every refusal, also of files that never became a batch
+        doc["refused"] = [r.to_dict() for r in refusals_of(refused)]
+    return doc
 
 
 def _show(line: str, *, err: bool = False) -> None:
@@ -278,6 +309,7 @@ def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None
 
 def print_status(store: ReadStore, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
+    refused = store.load_sync_state().access_refusals
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
         _show(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
@@ -287,6 +319,8 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
                 _show(f"  file error: {line}")
         if batch is not None and batch.status.message:
             _show(f"  {batch.status.message}")
+        for refusal in refusals_of(refused, batch.source_path if batch else ""):
+            _show(f"  refused: {refusal.line()}")
         for c in b["conditions"]:  # Ready/Reconciling are the state, Invalid the file error
             if c["status"] and c["type"] not in ("Ready", "Reconciling", "Invalid"):
                 _show(f"  {c['type']}: {c['message']}")
@@ -311,6 +345,8 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
         _show(f"storage error: {problem}", err=True)
     if state.deletion_refused:
         _show(f"warning: {state.deletion_refused}", err=True)
+    for refusal in refusals_of(state.access_refusals):  # the access policy's (issue 11)
+        _show(f"refused: {refusal.line()}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,7 +360,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         from reconciler.spec.validation import validate_main
 
-        return validate_main(args.paths, file_roots(args))
+        policy_ok = True
+        if args.access_policy:  # its problems first, in the same file:line:col form
+            try:
+                load_policy(args.access_policy)
+            except PolicyInvalid as exc:
+                policy_ok = False
+                for problem in exc.problems:
+                    print(escape_controls(str(problem)))
+        return max(validate_main(args.paths, file_roots(args)), 0 if policy_ok else 1)
     if args.command == "demo":
         from reconciler.app.demo import run_demo
 

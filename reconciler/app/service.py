@@ -31,10 +31,13 @@ from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.mailer import Mailer
 from reconciler.control.notify import RetryPolicy
 from reconciler.control.smtp import Relay
-from reconciler.source.gitrepo import GitSource, SourceError
+from reconciler.domain.states import BatchState
+from reconciler.source.access import Outcome, authorize
+from reconciler.source.gitrepo import GitSource, SourceError, SyncResult
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
+from reconciler.spec.policy import AccessPolicy, Mode, PolicyFile
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
-from reconciler.store.base import Store
+from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
 from reconciler.support.heartbeat import Heartbeat, read_heartbeat
 from reconciler.support.nospace import NoSpaceLeft, is_no_space, no_space_is_fatal
@@ -70,6 +73,8 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_ca_file: str | None = None  # the CA the relay's certificate must chain to
     site_url: str | None = None  # the web site's base URL: reports link the batch page
+    access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
+    access_policy_file: str | None = None  # where it was read: read again when it changes
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -130,6 +135,14 @@ class Reconciler:
                              outbox_dir=settings.state_dir / "outbox",
                              policy=settings.retry_policy(), on_round=self.wake.set)
         self.heartbeat = Heartbeat(settings.state_dir)
+        self.policy_file = (PolicyFile(settings.access_policy_file, settings.access_policy)
+                            if settings.access_policy_file else None)
+
+    def access_policy(self) -> AccessPolicy:
+        """The access policy in force: its file's newest valid version."""
+        if self.policy_file is None:
+            return self.settings.access_policy
+        return self.policy_file.current()
 
     def close(self) -> None:
         try:
@@ -140,9 +153,14 @@ class Reconciler:
 
     # --- passes
     def sync(self) -> RepoState:
-        last = self.store.load_sync_state().synced_commit
+        policy = self.access_policy()
+        before = self.store.load_sync_state()
+        last = before.synced_commit
+        if policy.mode == Mode.OFF and before.access_held:
+            last = None  # the policy was turned off: read the whole tree, every file as is
         try:
             result = self.source.sync(last)
+            access = self._authorize(policy, last, result)
         except SourceError as exc:
             if is_no_space(exc):  # the mirror is in the state dir: not the remote's fault
                 raise
@@ -156,16 +174,50 @@ class Reconciler:
         # On SQLite the specs and the synced commit land in one transaction: a kill leaves
         # both or neither, never the marker ahead of the batches it stands for.
         with self.store.transaction():
+            if access is not None:
+                result = access.result
             if result.changed or result.listed:
                 repo = apply_sync(self.store, result)
             else:
                 repo = load_repo_state(self.store)
+            if access is not None and access.new_refusals:
+                self._refusal_events(access)
             state = self.store.load_sync_state()
+            # what the access policy held back, before the commit that stands for it (on
+            # Kubernetes each write stands alone: re-judging from the old commit on top of
+            # the new held versions changes nothing, the reverse would lose them)
+            if access is not None:
+                state.access_held, state.access_refusals = access.held, access.refusals
+            else:  # mode off: nothing is held back or refused
+                state.access_held, state.access_refusals = {}, {}
+            self.store.save_sync_state(state)
             state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
         self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo
+
+    def _authorize(self, policy: AccessPolicy, last: str | None,
+                   result: SyncResult) -> Outcome | None:
+        """Each commit since `last` judged by the access policy (None when it is off)."""
+        if policy.mode == Mode.OFF:
+            return None
+        state = self.store.load_sync_state()
+        if last == result.head:  # nothing new: what was held and refused stays as it is
+            return Outcome(result, state.access_held, state.access_refusals)
+        live = {b.source_path for b in self.store.list_batches()
+                if b.status.state != BatchState.DELETED}
+        return authorize(self.source, policy, last, result, state, live,
+                         timeout=self.settings.git_timeout)
+
+    def _refusal_events(self, access: Outcome) -> None:
+        """Each refusal of a batch's file on that batch's timeline (the page shows it)."""
+        by_path = {b.source_path: b.name for b in self.store.list_batches()
+                   if b.status.state != BatchState.DELETED}
+        for refusal in access.new_refusals:
+            if refusal.path in by_path:
+                self.store.add_event(Event(by_path[refusal.path], time.time(), "AccessRefused",
+                                           refusal.line(), refusal.commit))
 
     def _storage_error(self, error: str) -> None:
         state = self.store.load_sync_state()

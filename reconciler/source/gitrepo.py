@@ -60,7 +60,8 @@ class SourceError(RuntimeError):
 
 
 def run_with_deadline(command: list[str], *, cwd: Path, env: dict[str, str],
-                      timeout: float) -> subprocess.CompletedProcess[str]:
+                      timeout: float, errors: str = "strict"
+                      ) -> subprocess.CompletedProcess[str]:
     """Run `command` in a process group of its own and end the whole group at the deadline
     (SIGTERM, then SIGKILL); raise subprocess.TimeoutExpired then.
 
@@ -71,7 +72,7 @@ def run_with_deadline(command: list[str], *, cwd: Path, env: dict[str, str],
     """
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            errors=errors, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
@@ -155,6 +156,10 @@ class GitSource:
                 os.rename(building, self.mirror)
             self._repo = git.Repo(self.mirror)
         return self._repo
+
+    def repo(self) -> git.Repo:
+        """The mirror (the access policy reads commits and blobs from it)."""
+        return self._open()
 
     def clear_stale_locks(self) -> list[str]:
         """Remove the `*.lock` files a killed `git fetch` leaves in the mirror, and

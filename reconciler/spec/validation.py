@@ -56,6 +56,13 @@ PATTERN_HINTS = {
     "^[0-9a-f]+$": "is not lowercase hexadecimal",
     "^([0-9]+(\\.[0-9]+)?|\\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$": "is not a"
     " Kubernetes quantity (for example 500m, 2, 256Mi, 1Gi)",
+    "^[A-Za-z0-9._%+@-]{1,254}$": "is not a valid principal (an email address or a name of"
+    " letters, digits and . _ % + @ -)",
+    "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|"
+    "sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+={0,2}"
+    "( [^\\r\\n]*)?$": "is not an SSH public key line (paste the whole .pub file: type,"
+    " base64 key, optional comment)",
+    "^[0-9a-f]{40}$": "is not a full commit id (40 lowercase hexadecimal digits)",
 }
 _TYPE_WORDS = {
     "string": "text",
@@ -484,6 +491,15 @@ def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> lis
         problems += _check_profile(doc)
         problems += _check_display_names(doc)
     return sorted(problems)
+
+
+def schema_problems(doc: LoadedDocument, kind: str) -> list[Problem]:
+    """Every schema problem of a file read outside the repository (the access policy),
+    in plain words at its line, as for the repository's files."""
+    seen: set[Problem] = set()
+    for error in _validator(kind).iter_errors(doc.data):
+        seen.update(_explain(error, doc))
+    return sorted(seen)
 
 
 def validate_text(

@@ -146,6 +146,10 @@ class SyncState:
     file_errors: dict[str, str] = field(default_factory=dict)  # file path -> its error
     deletion_refused: str = ""  # why the last commit's deletions were refused (guard)
     deletions: dict[str, str] = field(default_factory=dict)  # batch -> deciding commit
+    # the access policy (source/access.py): file path -> its refusals (Refusal.to_dict),
+    # and file path -> the last authorized version where the branch holds a refused one
+    access_refusals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    access_held: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
