@@ -70,7 +70,7 @@ def test_checkm_manifest_over_http(server: LoopbackServer) -> None:
         ("b.tif", server.base + "p/b.tif", None, None),
     ]
     assert items[0].digest == Digest("sha256", SHA)
-    assert items[0].metadata["creator"] == "Ann"
+    assert items[0].creator == "Ann"
     assert server.requests == ["batch.checkm"]
 
 
@@ -156,7 +156,7 @@ def test_a_manifest_over_the_size_limit_is_refused(server: LoopbackServer) -> No
     ('[{"id": "a", "url": "http://h/1", "colour": "red"}]',
      "m: item [0]: Additional properties are not allowed ('colour' was unexpected)"),
     ("- {id: ../etc, url: 'http://h/1'}\n", "m: item [0].id: '../etc' is not a valid item id"),
-    ("- {id: a}\n", "m: item [0]: 'url' is a required property"),
+    ("- {id: a}\n", "m: item [0]: needs one of url, files or container"),
     ("- {id: a, url: 'ftp://h/1'}\n", "m: item [0].url: 'ftp://h/1' is not an http://,"
      " https:// or file: URL"),
     ("- {id: a, url: 'http://h/1', size: -1}\n", "m: item [0].size: -1 is less than the"
