@@ -10,6 +10,7 @@ that fetches only what is missing, and a wrong digest on one file of several.
 
 from __future__ import annotations
 
+import email
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc
+from tests.test_web import make_app
 
 CHECKM_HEAD = [
     "#%checkm_0.7",
@@ -137,6 +139,25 @@ def test_a_batch_of_object_manifests_fetches_each_objects_files(
     record = stored_object(state, "ark:/99999/one")
     assert (record["localIds"], record["title"], record["creator"], record["date"]) == (
         ["one-1", "shelf-1"], "Object one", "Ann", "2001")
+
+    # every surface shows the objects: status --json, the report and its JSON, the page
+    shown = {k: (v["files"], v["primaryId"], v["localIds"]) for k, v in found.items()}
+    assert shown == {"one-1": (2, "ark:/99999/one", ["one-1", "shelf-1"]),
+                     "two-1": (3, None, ["two-1"])}
+    [eml] = (state / "outbox").glob("*.eml")
+    message = email.message_from_bytes(eml.read_bytes())
+    parts = {p.get_filename() or p.get_content_type(): p.get_payload(decode=True)
+             for p in message.walk()}
+    text = parts["text/plain"]
+    assert isinstance(text, bytes)
+    words = " ".join(text.decode().split())  # the title column wraps between words
+    assert "Object one 2 files; ark:/99999/one; local: one-1, shelf-1" in words
+    assert "Object two 3 files; local: two-1" in words
+    rows = json.loads(parts["completed.json"])  # type: ignore[arg-type]
+    assert {r["id"]: (r["files"], r["primaryId"], r["localIds"]) for r in rows} == shown
+    page = make_app(state).test_client().get("/batches/objects").get_data(as_text=True)
+    assert "2 files" in page and "3 files" in page
+    assert "ark:/99999/one; local: one-1, shelf-1" in page
 
 
 def zip_bytes(members: dict[str, bytes], *, link: tuple[str, str] | None = None) -> bytes:

@@ -141,6 +141,18 @@ class Item:
         return None if self.container is not None and not self.files else len(
             self.object_files())
 
+    def identifiers(self) -> str:
+        """The object's identifiers on one line, for reports and the page ("" if none)."""
+        parts = [self.primary_id] if self.primary_id else []
+        if self.local_ids:
+            parts.append("local: " + ", ".join(self.local_ids))
+        return "; ".join(parts)
+
+    def files_text(self) -> str:
+        """`1 file`, `3 files`, or `container` (its files are known once unpacked)."""
+        count = self.file_count()
+        return "container" if count is None else f"{count} file{'' if count == 1 else 's'}"
+
     def object_id(self, batch: str) -> str:
         """The object's identifier in storage: its primary identifier, else its first local
         identifier, else `<batch>/<item id>` (the storage interface's rule)."""
