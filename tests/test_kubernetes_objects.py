@@ -19,6 +19,7 @@ import pytest
 
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
+from tests.test_merritt_end_to_end import samples_on_loopback
 from tests.world import KubeWorld
 
 pytestmark = pytest.mark.kubernetes
@@ -121,3 +122,20 @@ def test_objects_of_several_files_run_as_one_job_each_on_kubernetes(
     [obj] = [s.item for s in h.store.list_items("merritt")]
     assert obj.file_count() == 2 and obj.metadata["objectManifest"] == (
         payloads.base + "obj-1.checkm")
+
+
+def test_merritts_sample_batch_of_object_manifests_on_kubernetes(
+        kube: tuple[Harness, KubeWorld, Any], payloads: PayloadServer) -> None:
+    h, _, cluster = kube
+    objects = samples_on_loopback(payloads)  # tests/data/merritt, served from loopback
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("batches/samples.yaml", batch_doc(url=payloads.base + "batch.checkm"))
+    h.repo.commit("Merritt's sample batch of object manifests")
+    h.sync()
+    h.until(lambda: h.state("samples") == "Completed", "the samples to complete",
+            timeout=120)
+    env = job_env(cluster, h.settings.namespace, "samples")
+    assert {item: [f["name"] for f in json.loads(e["BATCHQ_OBJECT"])["files"]]
+            for item, e in env.items()} == {m: list(files) for m, files in objects.items()}
+    assert {s.item.id: s.item.file_count() for s in h.store.list_items("samples")} == {
+        "bigHunt.checkm": 3, "4blocks.checkm": 2, "call911.checkm": 2}
