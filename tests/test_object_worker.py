@@ -149,3 +149,15 @@ def test_a_container_of_too_many_members_is_refused(
     url = server.add("many.tar", tar_with(members, {}))
     r = run(tmp_path, url, **obj(container={"url": url, "format": "tar"}))
     assert_failed(r, 2, "the container has more than 10000 files")
+
+
+def test_a_container_that_does_not_verify_says_so_with_both_digests(
+        tmp_path: Path, server: LoopbackServer) -> None:
+    data = tar_with([tarfile.TarInfo("a.txt")], {"a.txt": b"alpha\n"})
+    url = server.add("box.tar", data)
+    wanted = hashlib.sha256(b"another container").hexdigest()
+    r = run(tmp_path, url, **obj(container={"url": url, "digest": {
+        "algorithm": "sha256", "value": wanted}}))
+    assert_failed(r, 1, f"container: digest mismatch: expected sha256 {wanted}, got"
+                        f" {hashlib.sha256(data).hexdigest()}")
+    assert not (tmp_path / "store" / "objects").exists()

@@ -120,8 +120,9 @@ def unpack_bound(container_size: int, max_bytes: int) -> int:
 class _Fetcher:
     """Fetches one file into staging, verified; keeps verified files for a restart."""
 
-    def __init__(self, cfg: Config, staging: Path, deadline: float, label: bool) -> None:
-        self.cfg, self.staging, self.deadline, self.label = cfg, staging, deadline, label
+    def __init__(self, cfg: Config, staging: Path, deadline: float) -> None:
+        self.cfg, self.staging, self.deadline = cfg, staging, deadline
+        self.container: ObjectFile | None = None  # the container, when fetching one
         self.fetched = 0
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -152,10 +153,9 @@ class _Fetcher:
         return None
 
     def fail(self, f: ObjectFile, reason: str, code: int = EXIT_FAILED) -> WorkerError:
-        return WorkerError(f"{self._label(f)}{reason}", code)
-
-    def _label(self, f: ObjectFile) -> str:
-        return f"file {f.name!r}: " if self.label else ""
+        """`reason`, saying which file (or the container) it is about."""
+        what = "container" if f is self.container else f"file {f.name!r}"
+        return WorkerError(f"{what}: {reason}", code)
 
     def fetch(self, key: str, f: ObjectFile) -> StagedFile:
         try:
@@ -227,7 +227,8 @@ def _container_files(fetcher: _Fetcher, job: ObjectJob, algorithms: Sequence[str
                      ) -> list[StagedFile]:
     container = job.container
     assert container is not None
-    source = ObjectFile("container", container.url, container.digest, container.size)
+    source = fetcher.container = ObjectFile("container", container.url, container.digest,
+                                            container.size)
     staged = fetcher.get("container", source)
     bound = unpack_bound(staged.size, fetcher.cfg.max_bytes)
     try:
@@ -287,7 +288,7 @@ def ingest_object(cfg: Config, job: ObjectJob) -> str:
         with contextlib.suppress(OSError):
             if old.stat().st_mtime < horizon:
                 old.unlink()
-    fetcher = _Fetcher(cfg, staging, deadline, label=True)
+    fetcher = _Fetcher(cfg, staging, deadline)
     if job.container is not None:
         files = _container_files(fetcher, job, ALWAYS)
     else:
