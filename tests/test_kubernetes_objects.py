@@ -139,3 +139,33 @@ def test_merritts_sample_batch_of_object_manifests_on_kubernetes(
             for item, e in env.items()} == {m: list(files) for m, files in objects.items()}
     assert {s.item.id: s.item.file_count() for s in h.store.list_items("samples")} == {
         "bigHunt.checkm": 3, "4blocks.checkm": 2, "call911.checkm": 2}
+
+
+def test_items_of_large_objects_spread_over_configmaps_that_each_fit(
+        kube: tuple[Harness, KubeWorld, Any], payloads: PayloadServer) -> None:
+    # 24 objects of 150 files each: about 1.3 MB of items, more than one ConfigMap holds
+    # (1 MiB), though far fewer than the 500 items a ConfigMap of small items holds
+    h, world, cluster = kube
+    items = [{"id": f"obj-{n}", "files": [
+        {"name": f"page-{k:04d}.tif", "url": f"{world.prefix}{'long-path/' * 20}{n}/{k}.tif",
+         "size": k, "digest": {"algorithm": "sha256", "value": f"{k:064x}"}}
+        for k in range(150)]} for n in range(24)]
+    manifest = payloads.add("objects.json", json.dumps(items).encode())
+    assert len(payloads.files["objects.json"]) > 1024 * 1024
+    profile = profile_doc(world.prefix)
+    profile["spec"]["allowedUrlPrefixes"].append(payloads.base)
+    h.repo.write("profiles/test.yaml", profile)
+    h.repo.write("batches/large.yaml", batch_doc(url=manifest["url"]))
+    h.repo.commit("large objects")
+    h.sync()
+    h.until(lambda: h.state("large") == "Completed", "the large objects to complete",
+            timeout=180)
+    found = h.store.list_items("large")
+    assert [s.item.id for s in found] == [f"obj-{n}" for n in range(24)]
+    assert {s.item.file_count() for s in found} == {150}
+    assert {str(s.state) for s in found} == {"Completed"}  # each record found and updated
+    chunks = json.loads(cluster.kubectl("-n", h.settings.namespace, "get", "configmaps",
+                                        "-o", "json").stdout)["items"]
+    sizes = [len(cm["data"]["items.json"]) for cm in chunks
+             if cm["metadata"]["name"].startswith("large-items-")]
+    assert len(sizes) > 1 and max(sizes) < 1024 * 1024
