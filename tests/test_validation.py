@@ -500,6 +500,9 @@ spec:
       - id: box
         container: {url: https://repo.example.org/a/box.zip, format: zip}
         digest: {algorithm: md5, value: 0123456789abcdef0123456789abcdef}
+      - id: short
+        files: [{name: a, url: https://repo.example.org/a/a, digest: {algorithm: sha256,
+                                                                       value: abc}}]
       - id: both
         url: https://repo.example.org/a/x.tif
         files: [{name: x.tif, url: https://repo.example.org/a/x.tif}]
@@ -514,7 +517,9 @@ def test_an_inline_objects_file_names_and_shape_are_checked_at_their_lines() -> 
         " 'pages/p1.tif' is already used by files[0]; names are unique within an object",
         "batches/maps-1.yaml:21:17: spec.manifest.items[1].digest: digest belongs to each file"
         " (files[n].digest) or to the container (container.digest)",
-        "batches/maps-1.yaml:24:16: spec.manifest.items[2].files: give only one of url (an"
+        "batches/maps-1.yaml:24:79: spec.manifest.items[2].files[0].digest.value: sha256"
+        " digests have 64 hex digits, not 3",
+        "batches/maps-1.yaml:27:16: spec.manifest.items[3].files: give only one of url (an"
         " object of one file), files or container, not url and files",
     ]
     spec = BatchSpec.from_dict(yaml.safe_load(OBJECTS)["spec"])
@@ -525,3 +530,4 @@ def test_an_inline_objects_file_names_and_shape_are_checked_at_their_lines() -> 
     assert [f.name for f in atlas.object_files()] == ["pages/p1.tif", "../p2.tif", "pages/p1.tif"]
     assert atlas.files[0].mime == "image/tiff" and atlas.url == atlas.files[0].url
     assert spec.items[1].container is not None and spec.items[1].file_count() is None
+    assert spec.items[2].files[0].digest == ("sha256", "abc")  # refused above, at its line
