@@ -172,7 +172,7 @@ def test_remote_manifests_checkm_and_yaml(h: Harness, payloads: PayloadServer,
     assert h.jobs("ck") == {"ark-a": "Completed", "ark-b": "Completed"}
     titles = [s.item.title for s in h.store.list_items("ck")]
     assert titles == ["Map A", "Map B"]
-    assert h.store.list_items("ck")[0].item.metadata["creator"] == "Ann"
+    assert h.store.list_items("ck")[0].item.creator == "Ann"
     assert h.jobs("yl") == {"y1": "Completed", "y2": "Completed"}
     assert h.jobs("js") == {"j1": "Completed"}
     assert len(smtp.mailbox.messages) == 3

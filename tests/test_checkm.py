@@ -56,11 +56,11 @@ def test_single_file_batch_manifest() -> None:
             "digest": {"algorithm": "sha256", "value": SHA},
             "size": 48213,
             "title": "Map of Oakland",
+            "primaryId": "ark:/13030/m5",
+            "creator": "Jane Doe",
+            "date": "1911",
+            "localIds": ["map-001"],
             "metadata": {
-                "creator": "Jane Doe",
-                "date": "1911",
-                "primaryIdentifier": "ark:/13030/m5",
-                "localIdentifier": "map-001",
                 "fileName": "map-001.tif",
                 "lastModified": "2010-06-02T13:54:43-07:00",
                 "profile": "mrt-single-file-batch-manifest",
@@ -88,18 +88,22 @@ def test_container_batch_manifest() -> None:
         "https://h.example.org/box/diaries.tar.gz | | | | | diaries.tar.gz",
     )
     items = parse_checkm(text, "box.checkm")
-    assert [(i["id"], i["url"], i.get("size")) for i in items] == [
-        ("letters-1", "https://h.example.org/box/letters.zip", 1048576),
-        ("diaries.tar.gz", "https://h.example.org/box/diaries.tar.gz", None),
+    assert [i["container"] for i in items] == [  # an object of the container's members
+        {"url": "https://h.example.org/box/letters.zip", "size": 1048576, "format": "zip"},
+        {"url": "https://h.example.org/box/diaries.tar.gz", "format": "tar"},
     ]
+    assert [i["id"] for i in items] == ["letters-1", "diaries.tar.gz"]
     assert all(i["metadata"]["profile"] == "mrt-container-batch-manifest" for i in items)
-    assert "digest" not in items[0]
+    assert "url" not in items[0] and "digest" not in items[0]
+    built = check_items(items, "box.checkm")
+    assert built[0].url == "https://h.example.org/box/letters.zip"  # the object's source
+    assert built[0].file_count() is None  # known once unpacked
 
 
-def test_batch_of_manifests_is_parsed_then_refused_until_items_are_objects() -> None:
+def test_batch_of_manifests_names_each_objects_manifest() -> None:
     # Merritt's own test data: each line names an object manifest; trailing fields left out.
-    # Its lines are object manifests, not payloads: storing one as the payload would lose
-    # the object's files, so the batch is refused at the first line (issue 8 §2).
+    # Its lines are object manifests, not payloads: each item carries the object manifest's
+    # URL, which the reconciler fetches at admission for the object's files (issue 8 §2).
     text = manifest(
         "mrt-batch-manifest",
         f"http://localhost:28080/feederout/1/manifest1.txt | sha256 | {SHA} | 739 |"
@@ -113,16 +117,17 @@ def test_batch_of_manifests_is_parsed_then_refused_until_items_are_objects() -> 
     parsed = read_checkm(text, "batch.checkm")
     assert parsed.profile == "mrt-batch-manifest"
     assert [e.id for e in parsed.entries] == ["manifest1.txt", "local___id1", "local___id2"]
-    assert parsed.entries[0].metadata["primaryIdentifier"] == "ark://ark1"
+    assert parsed.entries[0].primary_id == "ark://ark1"
     assert parsed.entries[2].title == "my title" and parsed.entries[2].local_ids == (
         "local://id2",)
-    with pytest.raises(ManifestError) as info:
-        parse_checkm(text, "batch.checkm")
-    assert str(info.value) == (
-        "batch.checkm:6: an mrt-batch-manifest lists object manifests"
-        " (http://localhost:28080/feederout/1/manifest1.txt for object 'manifest1.txt'),"
-        " each an object of its own files; objects of several files are not supported yet"
-        " (issue 8 §2)")
+    items = parse_checkm(text, "batch.checkm")
+    assert [i["objectManifest"] for i in items] == [
+        f"http://localhost:28080/feederout/1/manifest{n}.txt" for n in (1, 2, 3)]
+    assert items[0]["primaryId"] == "ark://ark1" and items[1]["localIds"] == ["local://id1"]
+    assert all("url" not in i and "files" not in i for i in items)
+    with pytest.raises(ManifestError) as info:  # no reader: nothing may pass as a payload
+        check_items(items, "batch.checkm")
+    assert "objectManifest" in str(info.value)
 
 
 def test_merritt_variations_are_read() -> None:
@@ -140,7 +145,8 @@ def test_merritt_variations_are_read() -> None:
     items = parse_checkm(text, "m")
     assert [i["id"] for i in items] == ["line-6", "line-7"]
     assert items[0]["title"] == "Pipes | in a title"
-    assert items[0]["digest"] == {"algorithm": "sha256", "value": SHA}
+    assert items[0]["container"]["digest"] == {"algorithm": "sha256", "value": SHA}
+    assert "format" not in items[0]["container"]  # the job tells by the content
 
 
 @pytest.mark.parametrize(("name", "normal"), [
@@ -255,17 +261,35 @@ def test_merritt_line_and_header_forms() -> None:
     first, second = parse_checkm(text, "m")
     assert first["url"] == "http://h/a%20b.tif"
     assert first["id"] == "a_b.tif" and first["metadata"]["fileName"] == "a b.tif"
-    assert first["title"] == "A|B %41" and first["metadata"]["creator"] == "Ann Lee"
-    assert second["id"] == "x" and second["metadata"]["localIdentifier"] == "x; y"
+    assert first["title"] == "A|B %41" and first["creator"] == "Ann Lee"
+    assert second["id"] == "x" and second["localIds"] == ["x", "y"]
 
 
-def test_several_files_for_one_object_are_refused_at_the_first() -> None:
+def test_an_object_manifest_is_one_object_of_several_files() -> None:
+    text = manifest("mrt-ingest-manifest", f"http://h/a.jpg | md5 | {MD5} | 12 | | a.jpg",
+                    "http://h/a.txt | | | | | notes/a.txt", "http://h/b%20c.txt")
+    (item,) = parse_checkm(text, "https://h/objects/o-1.checkm")
+    assert item == {"id": "o-1", "metadata": {"profile": "mrt-ingest-manifest"}, "files": [
+        {"name": "a.jpg", "url": "http://h/a.jpg", "size": 12,
+         "digest": {"algorithm": "md5", "value": MD5}},
+        {"name": "notes/a.txt", "url": "http://h/a.txt"},
+        {"name": "b c.txt", "url": "http://h/b%20c.txt"},  # no nfo:fileName: the URL's
+    ]}
+    (built,) = check_items([item], "o.checkm")
+    assert built.file_count() == 3 and built.url == "http://h/a.jpg"
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("../a.txt", "has an empty, '.' or '..' path segment; a name stays inside its object"),
+    ("a/../../b", "has an empty, '.' or '..' path segment; a name stays inside its object"),
+    ("/etc/passwd", "is an absolute path; give a path relative to the object"),
+    ("a\x1b[2Jb", "contains the character '\\x1b'; use '/' between folders"),
+    ("a\\b", "contains the character '\\\\'; use '/' between folders"),
+])
+def test_an_object_file_name_that_would_leave_the_object_is_refused(
+        name: str, problem: str) -> None:
     text = manifest("mrt-ingest-manifest", "http://h/a.jpg | | | | | a.jpg",
-                    "http://h/a.txt | | | | | a.txt", "http://h/b.txt | | | | | b.txt")
-    assert [e.url for e in read_checkm(text, "o.checkm").entries] == [
-        "http://h/a.jpg", "http://h/a.txt", "http://h/b.txt"]
+                    f"http://h/x | | | | | {name}")
     with pytest.raises(ManifestError) as info:
         parse_checkm(text, "o.checkm")
-    assert str(info.value) == (
-        "o.checkm:6: the mrt-ingest-manifest lists 3 files for one object (lines 6-8);"
-        " objects of several files are not supported yet (issue 8 §2)")
+    assert str(info.value) == f"o.checkm:7: file name {name!r} {problem}"

@@ -70,11 +70,15 @@ def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: 
     assert (b["name"], b["state"], b["generation"], b["observedGeneration"]) == (
         "st", "Failed", 2, 2)
     assert b["sourceRevision"] != rev and len(b["sourceRevision"]) == 40
+    # DESIGN §7's keys first; the object's file count and identifiers added at the end
+    one_file = {"files": 1, "primaryId": None, "localIds": []}
     assert b["jobs"] == [
-        {"item": "s1", "name": "st-s1-1", "state": "Completed", "attempt": 1, "message": ""},
+        {"item": "s1", "name": "st-s1-1", "state": "Completed", "attempt": 1, "message": "",
+         **one_file},
         {"item": "s2", "name": "st-s2-1", "state": "Failed", "attempt": 1,
-         "message": b["jobs"][1]["message"]},
+         "message": b["jobs"][1]["message"], **one_file},
     ]
+    assert list(b["jobs"][0])[:5] == ["item", "name", "state", "attempt", "message"]
     assert b["jobs"][1]["message"].startswith("digest mismatch")
     # DESIGN §7's keys first; per-recipient delivery added at the end
     assert [list(r) for r in b["reports"]] == [

@@ -70,7 +70,7 @@ def test_checkm_manifest_over_http(server: LoopbackServer) -> None:
         ("b.tif", server.base + "p/b.tif", None, None),
     ]
     assert items[0].digest == Digest("sha256", SHA)
-    assert items[0].metadata["creator"] == "Ann"
+    assert items[0].creator == "Ann"
     assert server.requests == ["batch.checkm"]
 
 
@@ -156,7 +156,7 @@ def test_a_manifest_over_the_size_limit_is_refused(server: LoopbackServer) -> No
     ('[{"id": "a", "url": "http://h/1", "colour": "red"}]',
      "m: item [0]: Additional properties are not allowed ('colour' was unexpected)"),
     ("- {id: ../etc, url: 'http://h/1'}\n", "m: item [0].id: '../etc' is not a valid item id"),
-    ("- {id: a}\n", "m: item [0]: 'url' is a required property"),
+    ("- {id: a}\n", "m: item [0]: needs one of url, files or container"),
     ("- {id: a, url: 'ftp://h/1'}\n", "m: item [0].url: 'ftp://h/1' is not an http://,"
      " https:// or file: URL"),
     ("- {id: a, url: 'http://h/1', size: -1}\n", "m: item [0].size: -1 is less than the"
@@ -218,3 +218,67 @@ def test_a_large_json_manifest_is_checked_quickly() -> None:
     items = parse_manifest(json.dumps(entries).encode(), "m")
     assert len(items) == 10_000 and items[-1].size == 9999
     assert time.monotonic() - started < 10  # jsonschema alone takes seconds for this
+
+
+OBJECT_FIELDS = ("#%fields | nfo:fileUrl | nfo:hashAlgorithm | nfo:hashValue | nfo:fileSize |"
+                 " nfo:fileLastModified | nfo:fileName | mrt:primaryIdentifier |"
+                 " mrt:localIdentifier")
+
+
+def merritt(profile_name: str, *lines: str) -> str:
+    return "\n".join(["#%checkm_0.7", "#%profile | http://uc3.cdlib.org/registry/ingest/"
+                      f"manifest/{profile_name}", OBJECT_FIELDS, *lines, "#%eof", ""])
+
+
+def test_object_manifests_are_fetched_over_http_within_the_prefixes(
+        server: LoopbackServer) -> None:
+    server.add("o/one.checkm", merritt("mrt-ingest-manifest", f"{server.base}f/a | | | 1 | | a",
+                                       f"{server.base}f/b | | | 2 | | dir/b").encode())
+    body = merritt("mrt-batch-manifest", f"{server.base}o/one.checkm | | | | | one.checkm | |"
+                                         " one")
+    (item,) = resolve(server, body, "batch.checkm")
+    assert [(f.name, f.url, f.size) for f in item.files] == [
+        ("a", server.base + "f/a", 1), ("dir/b", server.base + "f/b", 2)]
+    assert item.local_ids == ("one",) and server.requests == ["batch.checkm", "o/one.checkm"]
+
+    # an object manifest outside the profile's prefixes is never requested
+    url = server.add("batch2.checkm", merritt(
+        "mrt-batch-manifest", "http://elsewhere.invalid/one.checkm | | | | | one.checkm").encode())
+    with pytest.raises(ManifestError) as info:
+        resolve_items(spec(url), profile(server.base))
+    assert str(info.value) == (
+        "object 'one.checkm': object manifest URL http://elsewhere.invalid/one.checkm is not"
+        f' allowed by profile "demo" (allowed prefixes: {server.base})')
+    assert server.requests[-1] == "batch2.checkm"  # nothing was asked of anyone after it
+
+    # one that is missing: the object, the URL and the reason
+    url = server.add("batch3.checkm", merritt(
+        "mrt-batch-manifest", f"{server.base}o/gone.checkm | | | | | gone.checkm").encode())
+    with pytest.raises(ManifestError) as info:
+        resolve_items(spec(url), profile(server.base))
+    assert str(info.value) == (f"object 'gone.checkm': cannot download the object manifest"
+                               f" {server.base}o/gone.checkm: HTTP 404 fetching"
+                               f" {server.base}o/gone.checkm")
+
+
+def test_an_object_too_large_for_one_job_is_refused_with_the_bound(
+        server: LoopbackServer) -> None:
+    lines = [f"{server.base}files/{'x' * 200}-{n} | | | 1 | | f-{n}" for n in range(300)]
+    with pytest.raises(ManifestError) as info:
+        resolve(server, merritt("mrt-ingest-manifest", *lines), "big.checkm")
+    message = str(info.value)
+    assert message.startswith(f"{server.base}big.checkm: item [0] ('big').files: the object's"
+                              " 300 files take ")
+    assert message.endswith(" bytes to describe, more than the 65536 a job is given; split"
+                            " it into several objects")
+
+
+def test_the_files_of_one_object_share_their_credentials(server: LoopbackServer) -> None:
+    host = server.base.removeprefix("http://")
+    body = merritt("mrt-ingest-manifest", f"http://ann:pw1@{host}f/a | | | | | a",
+                   f"http://bob:pw2@{host}f/b | | | | | b")
+    with pytest.raises(ManifestError) as info:
+        resolve(server, body, "o.checkm")
+    assert str(info.value) == ("item 'o': its files' URLs carry different credentials"
+                               " (user:password@); the files of one object share one, or none")
+    assert "pw1" not in str(info.value)

@@ -60,3 +60,63 @@ def test_a_merritt_manifest_with_sha1_and_sha384_digests_runs_end_to_end(
         f" {hashlib.sha384(bodies['generalDrapery.jpg']).hexdigest()}")
     assert batch["state"] == "Failed"
     assert sorted(payloads.requests) == sorted(["batch.checkm", *bodies])
+
+
+MERRITT = Path(__file__).parent / "data" / "merritt" / "mrt-dashboard"
+
+
+def samples_on_loopback(payloads: PayloadServer) -> dict[str, dict[str, bytes]]:
+    """Merritt's sampleBatchOfManifests and the three object manifests it names, served
+    from loopback as written but for the host; each file's bytes are made here, of the
+    size its line gives, and an md5 line gets the md5 of those bytes. Returns the files
+    of each object, by object manifest."""
+    objects: dict[str, dict[str, bytes]] = {}
+    for manifest in ("bigHunt.checkm", "4blocks.checkm", "call911.checkm"):
+        lines, files = [], {}
+        for line in (MERRITT / manifest).read_text().splitlines():
+            if line.startswith(PREFIX):
+                fields = [f.strip() for f in line.split("|")]
+                name = fields[0].removeprefix(PREFIX)
+                size = int(fields[3]) if fields[3] else 100 + len(name)
+                body = (name.encode() * (size // len(name) + 1))[:size]
+                payloads.files[name], files[fields[5]] = body, body
+                if fields[1] == "md5":
+                    line = with_digest(line, "md5", hashlib.md5(body).hexdigest())
+                line = line.replace(PREFIX, payloads.base, 1)
+            lines.append(line)
+        payloads.files[f"manifests/{manifest}"] = ("\n".join(lines) + "\n").encode()
+        objects[manifest] = files
+    batch = (MERRITT / "sampleBatchOfManifests.checkm").read_text()
+    payloads.files["batch.checkm"] = batch.replace(PREFIX, payloads.base).encode()
+    return objects
+
+
+def test_merritts_sample_batch_of_object_manifests_runs_end_to_end(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    objects = samples_on_loopback(payloads)
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("batches/samples.yaml", batch_doc(url=payloads.base + "batch.checkm"))
+    git_repo.commit("submit Merritt's sample batch of object manifests")
+    state = tmp_path / "state"
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(state),
+                  "--until-idle", "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+
+    status = json.loads(batchq("status", "samples", "--json", "--state", str(state)).stdout)
+    (batch,) = status["batches"]
+    assert batch["state"] == "Completed"
+    assert {j["item"]: (j["state"], j["files"]) for j in batch["jobs"]} == {
+        "bigHunt.checkm": ("Completed", 3), "4blocks.checkm": ("Completed", 2),
+        "call911.checkm": ("Completed", 2)}
+    root = state / "storage" / "storage"
+    for manifest, files in objects.items():
+        object_id = f"samples/{manifest}"  # the samples carry no identifiers
+        record = json.loads((root / "objects" / (
+            hashlib.sha256(object_id.encode()).hexdigest() + ".json")).read_text())
+        assert sorted(record["state"]) == sorted(files)
+        for name, body in files.items():
+            sha = record["state"][name]["digests"]["sha256"]
+            assert sha == hashlib.sha256(body).hexdigest()
+            assert (root / "sha256" / sha[:2] / sha).read_bytes() == body
+    fetched = sorted(r for r in payloads.requests if not r.endswith(".checkm"))
+    assert fetched == sorted(name for files in objects.values() for name in files)

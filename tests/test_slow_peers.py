@@ -290,3 +290,40 @@ def test_a_hanging_manifest_server_delays_only_its_own_batch(
             "Ingest: OK -- Submission Processed: remote"]
     finally:
         stop(proc)
+
+
+def test_a_hanging_object_manifest_delays_only_its_own_batch(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    # an mrt-batch-manifest whose one object manifest hangs until released (issue 8 §2):
+    # object manifests are read in the batch's background download, never in a pass
+    files = [payloads.add(f"o-{i}", f"o {i}\n".encode()) for i in (1, 2)]
+    head = ("#%checkm_0.7\n#%profile | http://uc3.cdlib.org/registry/ingest/manifest/{}\n"
+            "#%fields | nfo:fileUrl | nfo:hashAlgorithm | nfo:hashValue | nfo:fileSize |"
+            " nfo:fileLastModified | nfo:fileName\n")
+    payloads.add("object.checkm", (head.format("mrt-ingest-manifest") + "".join(
+        f"{f['url']} | sha256 | {f['digest']['value']} | {f['size']} | | {f['id']}\n"
+        for f in files) + "#%eof\n").encode(), gated=True)
+    url = payloads.add("batch.checkm", (head.format("mrt-batch-manifest")
+                                        + f"{payloads.base}object.checkm | | | | | obj\n"
+                                        "#%eof\n").encode())["url"]
+    state = tmp_path / "state"
+    profile = profile_doc(payloads.base)
+    profile["spec"]["manifest"] = {"timeoutSeconds": 600}  # far beyond what the test waits
+    git_repo.write("profiles/test.yaml", profile)
+    git_repo.write("batches/remote.yaml", batch_doc(url=url, priority=1))
+    git_repo.write("batches/inline.yaml", batch_doc([payloads.add("i-1", b"i\n")]))
+    git_repo.commit("an object manifest on a server that hangs, and an inline batch")
+    proc = start("run", "--repo", str(git_repo.path), "--state", str(state), "--interval",
+                 "0.2")
+    try:
+        wait_for(lambda: states(state).get("inline") == "Completed", timeout=60,
+                 what="the inline batch to complete while the object manifest hangs")
+        assert states(state)["remote"] == "Processing"
+        assert message(state, "remote") == f"downloading the manifest {url}"
+        assert payloads.requests.count("object.checkm") == 1
+        payloads.release("object.checkm")
+        wait_for(lambda: states(state).get("remote") == "Completed", timeout=60,
+                 what="the remote batch to complete once its object manifest arrives")
+        assert sorted(r for r in payloads.requests if r.startswith("o-")) == ["o-1", "o-2"]
+    finally:
+        stop(proc)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from reconciler.domain.model import BatchSpec, Profile, QueueSettings
@@ -176,7 +177,8 @@ def test_unknown_fields_at_the_keys_own_line() -> None:
         'batches/maps-1.yaml:8:3: spec.priorty: unknown field "priorty" '
         "(allowed: profile, depositor, state, priority, manifest, restarts)",
         'batches/maps-1.yaml:15:9: spec.manifest.items[0].sise: unknown field "sise" '
-        "(allowed: id, url, digest, size, title, metadata)",
+        "(allowed: id, url, digest, size, title, files, container, primaryId, localIds, creator,"
+        " date, metadata)",
     ]
     assert problems("apiVersion: batchq.dev/v1\nkind: Queue\nspec: {}\nstatus: {}\n") == [
         'batches/maps-1.yaml:4:1: status: unknown field "status" (allowed: apiVersion, kind, spec)'
@@ -235,7 +237,8 @@ def test_missing_required_fields() -> None:
     ).replace("url: file:payloads/map-002.tif", "title: x")
     assert problems(text) == [
         'batches/maps-1.yaml:7:3: spec.depositor: missing required field "email"',
-        'batches/maps-1.yaml:18:9: spec.manifest.items[1]: missing required field "url"',
+        'batches/maps-1.yaml:18:9: spec.manifest.items[1]: must have one of "url", "files" or'
+            ' "container"',
     ]
 
 
@@ -473,3 +476,58 @@ def test_profile_prefixes_and_storage_path_are_checked() -> None:
         'profiles/demo.yaml:13:93: spec.allowedUrlPrefixes[2]: "https://repo.example.org/?q"'
         " is not a usable prefix: a prefix has no query or fragment",
     ]
+
+
+OBJECTS = """\
+apiVersion: batchq.dev/v1
+kind: Batch
+metadata:
+  name: maps-1
+spec:
+  profile: demo
+  depositor: {name: Jane Doe, email: jane@example.org}
+  manifest:
+    items:
+      - id: atlas
+        primaryId: ark:/13030/m5atlas
+        localIds: [atlas-1, shelf-9]
+        creator: Jane Doe
+        files:
+          - {name: pages/p1.tif, url: https://repo.example.org/a/p1.tif, mime: image/tiff}
+          - name: ../p2.tif
+            url: https://repo.example.org/a/p2.tif
+          - {name: pages/p1.tif, url: https://repo.example.org/a/p3.tif}
+      - id: box
+        container: {url: https://repo.example.org/a/box.zip, format: zip}
+        digest: {algorithm: md5, value: 0123456789abcdef0123456789abcdef}
+      - id: short
+        files: [{name: a, url: https://repo.example.org/a/a, digest: {algorithm: sha256,
+                                                                       value: abc}}]
+      - id: both
+        url: https://repo.example.org/a/x.tif
+        files: [{name: x.tif, url: https://repo.example.org/a/x.tif}]
+"""
+
+
+def test_an_inline_objects_file_names_and_shape_are_checked_at_their_lines() -> None:
+    assert problems(OBJECTS) == [
+        "batches/maps-1.yaml:16:19: spec.manifest.items[0].files[1].name: file name"
+        " '../p2.tif' has an empty, '.' or '..' path segment; a name stays inside its object",
+        "batches/maps-1.yaml:18:20: spec.manifest.items[0].files[2].name: file name"
+        " 'pages/p1.tif' is already used by files[0]; names are unique within an object",
+        "batches/maps-1.yaml:21:17: spec.manifest.items[1].digest: digest belongs to each file"
+        " (files[n].digest) or to the container (container.digest)",
+        "batches/maps-1.yaml:24:79: spec.manifest.items[2].files[0].digest.value: sha256"
+        " digests have 64 hex digits, not 3",
+        "batches/maps-1.yaml:27:16: spec.manifest.items[3].files: give only one of url (an"
+        " object of one file), files or container, not url and files",
+    ]
+    spec = BatchSpec.from_dict(yaml.safe_load(OBJECTS)["spec"])
+    assert spec.items is not None
+    atlas = spec.items[0]
+    assert (atlas.primary_id, atlas.local_ids, atlas.creator) == (
+        "ark:/13030/m5atlas", ("atlas-1", "shelf-9"), "Jane Doe")
+    assert [f.name for f in atlas.object_files()] == ["pages/p1.tif", "../p2.tif", "pages/p1.tif"]
+    assert atlas.files[0].mime == "image/tiff" and atlas.url == atlas.files[0].url
+    assert spec.items[1].container is not None and spec.items[1].file_count() is None
+    assert spec.items[2].files[0].digest == ("sha256", "abc")  # refused above, at its line

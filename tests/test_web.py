@@ -318,7 +318,8 @@ def test_api_detail_and_jobs_shape(client: FlaskClient) -> None:
     row = only["rows"][0]
     assert row["message"].startswith("digest mismatch") and row["attempts"] == 1
     assert {"item", "title", "url", "name", "state", "attempts", "message", "startedAt",
-            "finishedAt"} == row.keys()
+            "finishedAt", "files", "primaryId", "localIds"} == row.keys()
+    assert (row["files"], row["primaryId"], row["localIds"]) == (1, None, [])
     assert client.get("/api/batches/good/jobs?page=2").get_json()["rows"][0]["item"] == "ok2"
     bad = client.get("/api/batches/mixed/jobs?state=Nope")
     assert bad.status_code == 400 and "unknown job state" in bad.get_json()["message"]

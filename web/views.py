@@ -122,6 +122,8 @@ def batch_summary(b: Batch) -> dict[str, Any]:
 
 def job_view(s: ItemStatus) -> dict[str, Any]:
     return {"item": s.item.id, "title": s.item.title, "url": s.item.url, "name": s.job_name,
+            "files": s.item.file_count(), "primaryId": s.item.primary_id,
+            "localIds": list(s.item.local_ids),
             "state": str(s.state), "attempts": s.attempts, "message": s.message,
             "startedAt": iso(s.started_at), "finishedAt": iso(s.finished_at)}
 

@@ -251,7 +251,10 @@ def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]
     for b in batches:
         jobs = [
             {"item": s.item.id, "name": s.job_name, "state": str(s.state),
-             "attempt": s.attempts, "message": s.message}
+             "attempt": s.attempts, "message": s.message,
+             # beyond DESIGN §7's keys, small: the object's file count and identifiers
+             "files": s.item.file_count(), "primaryId": s.item.primary_id,
+             "localIds": list(s.item.local_ids)}
             for s in store.list_items(b.name)
         ]
         reports = [

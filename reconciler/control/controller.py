@@ -671,13 +671,22 @@ class StorageOutsideRoot(RuntimeError):
 
 def _withhold_credentials(items: list[Item]) -> tuple[list[Item], dict[str, str]]:
     """The items as they may be stored and shown (userinfo as ***), and the userinfo by
-    item id, which only the backend's job credentials ever hold."""
+    item id, which only the backend's job credentials ever hold. The URLs of one object
+    share one userinfo (`resolve_items` refuses an object whose URLs differ in it)."""
     shown: list[Item] = []
     credentials: dict[str, str] = {}
-    for item in items:
-        url, userinfo = split_userinfo(item.url)
+
+    def hide(url: str, item_id: str) -> str:
+        shown_url, userinfo = split_userinfo(url)
         if userinfo is not None:
-            credentials[item.id] = userinfo
-            item = dataclasses.replace(item, url=url)
+            credentials[item_id] = userinfo
+        return shown_url
+
+    for item in items:
+        item = dataclasses.replace(
+            item, url=hide(item.url, item.id),
+            files=tuple(dataclasses.replace(f, url=hide(f.url, item.id)) for f in item.files),
+            container=item.container and dataclasses.replace(
+                item.container, url=hide(item.container.url, item.id)))
         shown.append(item)
     return shown, credentials

@@ -78,6 +78,15 @@ def build_job(
         "BATCHQ_STORAGE": storage_root,
         "BATCHQ_ALLOWED_PREFIXES": "\n".join(profile.allowed_prefixes),
     }
+    if item.files or item.container:  # an object of several files, or a container
+        env["BATCHQ_OBJECT"] = item.object_json()  # bounded at admission (objectrules)
+        env["BATCHQ_OBJECT_ID"] = item.object_id(batch)
+        for key, value in (("BATCHQ_TITLE", item.title), ("BATCHQ_CREATOR", item.creator),
+                           ("BATCHQ_DATE", item.date)):
+            if value:
+                env[key] = value
+        if item.local_ids:
+            env["BATCHQ_LOCAL_IDS"] = "\n".join(item.local_ids)
     if item.size is not None:
         env["BATCHQ_ITEM_SIZE"] = str(item.size)
     if item.digest is not None:

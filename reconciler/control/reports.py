@@ -27,7 +27,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from urllib.parse import quote
 
-from reconciler.domain.model import Batch, BatchSpec, ItemStatus, Profile, Report
+from reconciler.domain.model import Batch, BatchSpec, Item, ItemStatus, Profile, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.timefmt import rfc3339, rfc3339_or_none
@@ -91,8 +91,11 @@ def _table(items: list[ItemStatus]) -> list[str]:
     rows: list[tuple[str, str, str, list[str], list[str]]] = [
         ("ITEM", "STATE", "ATTEMPTS", ["TITLE"], ["MESSAGE"])]
     for s in items[:BODY_ROWS]:
-        rows.append((escape_controls(s.item.id), str(s.state), str(s.attempts),
-                     _wrap(escape_controls(s.item.title or ""), TITLE_WIDTH),
+        title = _wrap(escape_controls(s.item.title or ""), TITLE_WIDTH)
+        about = _about(s.item)
+        if about:  # an object's files and identifiers go under its title
+            title = [t for t in title if t] + _wrap(escape_controls(about), TITLE_WIDTH)
+        rows.append((escape_controls(s.item.id), str(s.state), str(s.attempts), title,
                      _wrap(escape_controls(s.message), MESSAGE_WIDTH)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     title_width = max(len(line) for r in rows for line in r[3])
@@ -109,6 +112,15 @@ def _table(items: list[ItemStatus]) -> list[str]:
     return lines
 
 
+def _about(item: Item) -> str:
+    """`3 files; ark:/13030/m5; local: a, b`: what the report says of an object beyond
+    its title ("" for a plain single-file item without identifiers)."""
+    parts = [item.files_text()] if item.files or item.container else []
+    if item.identifiers():
+        parts.append(item.identifiers())
+    return "; ".join(parts)
+
+
 def _mailbox(address: str, name: str | None) -> Address | str:
     """`Name <address>`, quoted and encoded by the email package, never by hand."""
     return Address(display_name=name, addr_spec=address) if name else address
@@ -119,6 +131,9 @@ def _item_json(s: ItemStatus) -> dict[str, object]:
         "id": s.item.id,
         "title": s.item.title,
         "url": s.item.url,
+        "files": s.item.file_count(),  # null: a container, its files known once unpacked
+        "primaryId": s.item.primary_id,
+        "localIds": list(s.item.local_ids),
         "state": str(s.state),
         "attempts": s.attempts,
         "message": s.message,

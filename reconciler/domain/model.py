@@ -12,6 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.domain.objects import (
+    Container,
+    ObjectFile,
+    name_from_url,
+    name_problem,
+    object_json,
+)
 from reconciler.domain.states import BatchState, JobState, RequestedState
 from reconciler.support.urls import url_allowed
 
@@ -46,7 +53,14 @@ class Digest:
 
 @dataclass(frozen=True)
 class Item:
-    """One manifest entry: a payload to ingest."""
+    """One manifest entry: one object to ingest (DESIGN §10, issue 8 §2).
+
+    An object is one of: a single file (`url`, `digest`, `size`: today's shape, its name
+    the checkm `nfo:fileName` or the URL's last segment), several `files`, or a
+    `container` (zip or tar) whose members are its files. `url` is always the object's
+    source as reports show it: the file's URL, the container's, the object manifest's
+    (Merritt's mrt-batch-manifest), or for inline `files` the first file's.
+    """
 
     id: str
     url: str
@@ -54,21 +68,39 @@ class Item:
     size: int | None = None
     title: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    files: tuple[ObjectFile, ...] = ()
+    container: Container | None = None
+    primary_id: str | None = None
+    local_ids: tuple[str, ...] = ()
+    creator: str | None = None
+    date: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Item:
         digest = data.get("digest")
+        files = tuple(ObjectFile.from_dict(f) for f in data.get("files") or ())
+        container = Container.from_dict(data["container"]) if data.get("container") else None
+        url = data.get("url") or (container.url if container else files[0].url)
         return cls(
             id=str(data["id"]),
-            url=str(data["url"]),
+            url=str(url),
             digest=Digest(str(digest["algorithm"]), str(digest["value"])) if digest else None,
             size=int(data["size"]) if data.get("size") is not None else None,
             title=str(data["title"]) if data.get("title") is not None else None,
             metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+            files=files,
+            container=container,
+            primary_id=_text(data.get("primaryId")),
+            local_ids=tuple(str(i) for i in data.get("localIds") or ()),
+            creator=_text(data.get("creator")),
+            date=_text(data.get("date")),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "url": self.url}
+        """The item as a batch file would give it (url only for an object of one file)."""
+        out: dict[str, Any] = {"id": self.id}
+        if not (self.files or self.container):
+            out["url"] = self.url
         if self.digest:
             out["digest"] = {"algorithm": self.digest.algorithm, "value": self.digest.value}
         if self.size is not None:
@@ -77,7 +109,61 @@ class Item:
             out["title"] = self.title
         if self.metadata:
             out["metadata"] = dict(self.metadata)
+        if self.files:
+            out["files"] = [f.to_dict() for f in self.files]
+        if self.container is not None:
+            out["container"] = self.container.to_dict()
+        for key, value in (("primaryId", self.primary_id), ("creator", self.creator),
+                           ("date", self.date)):
+            if value is not None:
+                out[key] = value
+        if self.local_ids:
+            out["localIds"] = list(self.local_ids)
         return out
+
+    def object_files(self) -> tuple[ObjectFile, ...]:
+        """The object's files as the manifest lists them; () for a container, whose files
+        are its members (known once it is unpacked)."""
+        if self.files:
+            return self.files
+        if self.container is not None:
+            return ()
+        given = self.metadata.get("fileName", "")
+        name = (given if given and name_problem(given) is None else "") or name_from_url(
+            self.url) or self.id
+        digest = (self.digest.algorithm, self.digest.value) if self.digest else None
+        return (ObjectFile(name, self.url, digest, self.size, self.metadata.get("mimeType")),)
+
+    def object_json(self) -> str:
+        """The object as its job is given it (BATCHQ_OBJECT); see `objects.object_json`."""
+        files = [f.to_dict() for f in self.object_files()]
+        return object_json(files, self.container.to_dict() if self.container else None)
+
+    def file_count(self) -> int | None:
+        """How many files the object has; None for a container (known once unpacked)."""
+        return None if self.container is not None and not self.files else len(
+            self.object_files())
+
+    def identifiers(self) -> str:
+        """The object's identifiers on one line, for reports and the page ("" if none)."""
+        parts = [self.primary_id] if self.primary_id else []
+        if self.local_ids:
+            parts.append("local: " + ", ".join(self.local_ids))
+        return "; ".join(parts)
+
+    def files_text(self) -> str:
+        """`1 file`, `3 files`, or `container` (its files are known once unpacked)."""
+        count = self.file_count()
+        return "container" if count is None else f"{count} file{'' if count == 1 else 's'}"
+
+    def object_id(self, batch: str) -> str:
+        """The object's identifier in storage: its primary identifier, else its first local
+        identifier, else `<batch>/<item id>` (the storage interface's rule)."""
+        return self.primary_id or (self.local_ids[0] if self.local_ids else f"{batch}/{self.id}")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True)

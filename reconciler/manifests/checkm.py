@@ -3,9 +3,18 @@ r"""Merritt checkm manifests (`#%checkm_0.7`), read as Merritt's own parser read
 Batch profiles: mrt-single-file-batch-manifest (each line a file), mrt-container-batch-manifest
 (each line a container: zip, tar, ...), mrt-batch-manifest (each line an object manifest,
 itself a checkm file listing the object's files). Object profile: mrt-ingest-manifest (every
-line a file of ONE object). A single-file or container line is one item (one job); an object
-manifest of one file is one item; objects of several files, and the object manifests an
-mrt-batch-manifest names, are parsed but refused for now (issue 8 §2: an item is an object).
+line a file of ONE object). Each maps to items that are objects (issue 8 §2):
+- a single-file batch line is an object of one file, named by its nfo:fileName (else the
+  URL's last segment);
+- a container batch line is an object whose files are the members of the zip or tar it
+  names (the format from the URL's ending, else the nfo:fileName's, else the content);
+- an mrt-ingest-manifest is ONE object, its lines the object's files (names unique within
+  it), its id the manifest's file name without `.checkm`;
+- an mrt-batch-manifest line is an object whose files its object manifest (an
+  mrt-ingest-manifest) lists: the item carries `objectManifest`, the URL that
+  `reconciler.manifests.resolve` downloads at admission and replaces by `files`.
+Object-level fields (mrt:primaryIdentifier, mrt:localIdentifier, mrt:title, mrt:creator,
+mrt:date) become the item's `primaryId`, `localIds`, `title`, `creator`, `date`.
 
 The format as Merritt writes and accepts it:
 
@@ -43,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, UNVERIFIABLE_DIGESTS, is_hex_digest
+from reconciler.domain.objects import container_format, name_from_url, name_problem
 
 BATCH_PROFILES = (
     "mrt-single-file-batch-manifest",
@@ -56,7 +66,6 @@ MAX_ITEMS = 100_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _URL = re.compile(r"(https?://|file:)\S+", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"#%[A-Za-z0-9_]*")
-NOT_YET = "objects of several files are not supported yet (issue 8 §2)"
 
 FILE_URL = "nfo:fileUrl"
 KNOWN_FIELDS = (
@@ -65,11 +74,8 @@ KNOWN_FIELDS = (
     "mrt:title", "mrt:date", "mrt:mimeType", "nie:mimeType",
 )
 _CANONICAL = {name.lower(): name for name in KNOWN_FIELDS}
-# checkm field -> item metadata key
+# checkm field -> item metadata key (the object-level fields are the item's own)
 METADATA = {
-    "mrt:creator": "creator",
-    "mrt:date": "date",
-    "mrt:primaryIdentifier": "primaryIdentifier",
     "nfo:fileName": "fileName",
     "nfo:fileLastModified": "lastModified",
     "mrt:mimeType": "mimeType",
@@ -94,18 +100,53 @@ class Entry:
     title: str | None = None
     local_ids: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+    name: str = ""  # the file's name within its object (object manifests)
+    primary_id: str | None = None
+    creator: str | None = None
+    date: str | None = None
 
     def item(self, profile: str) -> dict[str, Any]:
-        """The entry as a batch file's inline item."""
-        item: dict[str, Any] = {"id": self.id, "url": self.url}
+        """The entry as a batch file's inline item: an object of one file, a container,
+        or (mrt-batch-manifest) an object whose files `objectManifest` lists."""
+        item: dict[str, Any] = {"id": self.id}
+        where: dict[str, Any] = {"url": self.url}
         if self.digest:
-            item["digest"] = dict(self.digest)
+            where["digest"] = dict(self.digest)
         if self.size is not None:
-            item["size"] = self.size
-        if self.title:
-            item["title"] = self.title
+            where["size"] = self.size
+        if profile == "mrt-container-batch-manifest":
+            fmt = container_format(self.url) or container_format(
+                self.metadata.get("fileName", ""))
+            item["container"] = {**where, **({"format": fmt} if fmt else {})}
+        elif profile == "mrt-batch-manifest":
+            item["objectManifest"] = self.url
+        else:
+            item.update(where)
+        item.update(self.object_fields())
         item["metadata"] = {**self.metadata, "profile": profile}
         return item
+
+    def object_fields(self) -> dict[str, Any]:
+        """The object-level fields this line gives (identifiers, title, creator, date)."""
+        out: dict[str, Any] = {}
+        for key, value in (("title", self.title), ("primaryId", self.primary_id),
+                           ("creator", self.creator), ("date", self.date)):
+            if value:
+                out[key] = value
+        if self.local_ids:
+            out["localIds"] = list(self.local_ids)
+        return out
+
+    def file(self) -> dict[str, Any]:
+        """The entry as one file of an object (an mrt-ingest-manifest line)."""
+        out: dict[str, Any] = {"name": self.name, "url": self.url}
+        if self.digest:
+            out["digest"] = dict(self.digest)
+        if self.size is not None:
+            out["size"] = self.size
+        if self.metadata.get("mimeType"):
+            out["mime"] = self.metadata["mimeType"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -158,6 +199,7 @@ class _Parser:
         self.fields_line = 0
         self.entries: list[Entry] = []
         self.id_lines: dict[str, tuple[int, str]] = {}
+        self.name_lines: dict[str, int] = {}
 
     def error(self, n: int, message: str) -> ManifestError:
         return ManifestError(f"{self.source}:{n}: {message}")
@@ -215,9 +257,13 @@ class _Parser:
         if not _URL.fullmatch(url):
             raise self.error(n, f"{FILE_URL} {url!r} is not an http://, https:// or file: URL")
         local_ids = _local_ids(row.get("mrt:localIdentifier", ""))
-        raw_id = local_ids[0] if local_ids else _decode(row.get("nfo:fileName", "")).strip()
+        file_name = _decode(row.get("nfo:fileName", "")).strip()
+        raw_id = local_ids[0] if local_ids else file_name
         item_id = sanitise_id(raw_id) or f"line-{n}"
-        if item_id in self.id_lines:
+        name = file_name or name_from_url(url) or item_id
+        if self.profile == OBJECT_PROFILE:  # lines are files of one object: names unique
+            self.object_file_name(n, name)
+        elif item_id in self.id_lines:
             first, first_raw = self.id_lines[item_id]
             earlier = f" (from {first_raw!r})" if first_raw != raw_id else ""
             raise self.error(n, f"item id {item_id!r} (from {raw_id!r}) is already used on"
@@ -226,13 +272,27 @@ class _Parser:
         size = row.get("nfo:fileSize", "")
         if size and not re.fullmatch(r"[0-9]{1,19}", size):
             raise self.error(n, f"file size {size!r} is not a whole number")
-        metadata = {key: _decode(row[name]) for name, key in METADATA.items() if row.get(name)}
-        if local_ids:
-            metadata["localIdentifier"] = "; ".join(local_ids)
+        metadata = {key: _decode(row[f]) for f, key in METADATA.items() if row.get(f)}
+
+        def text(f: str) -> str | None:
+            return _decode(row[f]).strip() or None if row.get(f) else None
+
         return Entry(line=n, id=item_id, url=url, digest=self.digest(n, row),
-                     size=int(size) if size else None,
-                     title=_decode(row["mrt:title"]) if row.get("mrt:title") else None,
-                     local_ids=local_ids, metadata=metadata)
+                     size=int(size) if size else None, title=text("mrt:title"),
+                     local_ids=local_ids, metadata=metadata, name=name,
+                     primary_id=text("mrt:primaryIdentifier"), creator=text("mrt:creator"),
+                     date=text("mrt:date"))
+
+    def object_file_name(self, n: int, name: str) -> None:
+        """An object's file name: safe as a path within the object, and unique in it."""
+        problem = name_problem(name)
+        if problem:
+            raise self.error(n, f"file name {name!r} {problem}")
+        if name in self.name_lines:
+            raise self.error(n, f"file name {name!r} is already used on line"
+                                f" {self.name_lines[name]} (names are unique within an"
+                                " object)")
+        self.name_lines[name] = n
 
     def digest(self, n: int, row: dict[str, str]) -> dict[str, str] | None:
         algorithm, value = row.get("nfo:hashAlgorithm", ""), row.get("nfo:hashValue", "")
@@ -285,22 +345,34 @@ def read_checkm(text: str, source: str, *, max_items: int = MAX_ITEMS) -> Checkm
     return CheckmManifest(source, parser.profile, tuple(parser.entries))
 
 
+def object_id_from_source(source: str) -> str:
+    """An object manifest's item id: its file name without `.checkm` (`4blocks.checkm` ->
+    `4blocks`), made safe; `object` when nothing usable is left."""
+    stem = source.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    stem = re.sub(r"\.(checkm|txt)$", "", stem, flags=re.IGNORECASE)
+    return sanitise_id(stem) or "object"
+
+
+def object_item(manifest: CheckmManifest, item_id: str) -> dict[str, Any]:
+    """An mrt-ingest-manifest as ONE item: an object whose files are its lines. Object-level
+    fields, when its lines carry them, come from the first line that gives each."""
+    item: dict[str, Any] = {"id": item_id, "files": [e.file() for e in manifest.entries]}
+    for entry in manifest.entries:
+        for key, value in entry.object_fields().items():
+            item.setdefault(key, value)
+    item["metadata"] = {"profile": OBJECT_PROFILE}
+    return item
+
+
 def parse_checkm(text: str, source: str, *, max_items: int = MAX_ITEMS) -> list[dict[str, Any]]:
     """Items (shaped like a batch file's inline items) from a checkm manifest.
 
-    One item per line of a single-file or container batch manifest, and one for an
-    object manifest of one file. An object of several files, and an mrt-batch-manifest
-    (whose lines are object manifests, not payloads), are refused at `source:line` until
-    an item can be an object (issue 8 §2), rather than stored as if they were payloads.
+    One item per line of a batch manifest (an mrt-batch-manifest line's item has
+    `objectManifest` instead of files: the caller fetches it); ONE item for an object
+    manifest (mrt-ingest-manifest), whatever its number of lines. A container line whose
+    format neither its URL nor its file name tells is refused at its line.
     """
     manifest = read_checkm(text, source, max_items=max_items)
-    entries = manifest.entries
-    if manifest.profile == "mrt-batch-manifest":
-        raise ManifestError(f"{source}:{entries[0].line}: an mrt-batch-manifest lists object"
-                            f" manifests ({entries[0].url} for object {entries[0].id!r}),"
-                            f" each an object of its own files; {NOT_YET}")
-    if manifest.profile == OBJECT_PROFILE and len(entries) > 1:
-        raise ManifestError(f"{source}:{entries[0].line}: the {OBJECT_PROFILE} lists"
-                            f" {len(entries)} files for one object (lines {entries[0].line}"
-                            f"-{entries[-1].line}); {NOT_YET}")
-    return [entry.item(manifest.profile) for entry in entries]
+    if manifest.profile == OBJECT_PROFILE:
+        return [object_item(manifest, object_id_from_source(source))]
+    return [entry.item(manifest.profile) for entry in manifest.entries]

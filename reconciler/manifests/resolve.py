@@ -10,33 +10,58 @@ not allow. A relative `file:` manifest is read from Git at the batch's commit. T
 download is bounded in time and size (`reconciler.manifests.fetch`), and YAML goes
 through `reconciler.spec.yamlsafe`, which refuses alias bombs and deep nesting. Messages
 never show a URL's credentials.
+
+Objects (issue 8 §2): an item's rules beyond the schema (`reconciler.spec.objectrules`)
+hold for manifest items as for inline ones, and every file URL and container URL passes
+the URL check. The lines of an mrt-batch-manifest name object manifests: each is fetched
+here (the same URL check on it and its redirects, the same size bound, within what is left
+of the manifest's deadline, at most `OBJECT_MANIFESTS_AT_ONCE` at a time; this runs in the
+background download of `reconciler.control.downloads`), must be an mrt-ingest-manifest,
+and becomes the object's `files`; an error names the object and the object manifest's URL
+and line.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, BatchSpec, Item, Profile
-from reconciler.manifests.checkm import MAX_ITEMS, ManifestError, parse_checkm
+from reconciler.manifests.checkm import (
+    MAX_ITEMS,
+    OBJECT_PROFILE,
+    ManifestError,
+    parse_checkm,
+    read_checkm,
+)
 from reconciler.manifests.fetch import FetchError, fetch_bytes
 from reconciler.manifests.repofiles import RepoSnapshot
+from reconciler.spec.objectrules import object_problems
 from reconciler.spec.validation import PATTERN_HINTS, item_validator
 from reconciler.spec.yamlsafe import DocumentError, load_document
-from reconciler.support.redaction import redact_text
+from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, url_allowed
 
 __all__ = ["MAX_ITEMS", "ManifestError", "check_items", "parse_manifest", "resolve_items"]
 
 # A YAML manifest's expanded node count is bounded by its size (no alias bombs) and in all.
 MAX_NODES = 4_000_000
+OBJECT_MANIFESTS_AT_ONCE = 4  # object manifests of one batch downloaded at a time
+MAX_OBJECT_FILES = 10_000  # lines of one object manifest (the schema's files.maxItems)
+# Reads an object manifest's bytes from its URL (checked, bounded); raises ManifestError.
+ObjectManifestReader = Callable[[str], bytes]
 
 
 def _schema_message(error: Any) -> str:
+    if error.validator == "anyOf" and all(set(b) == {"required"} for b in error.validator_value):
+        names = [n for b in error.validator_value for n in b["required"]]
+        return f"needs one of {', '.join(names[:-1])} or {names[-1]}"
     pattern = error.schema.get("pattern") if error.validator == "pattern" else None
     if isinstance(pattern, str) and pattern in PATTERN_HINTS:
         return f"{error.instance!r} {PATTERN_HINTS[pattern]}"
@@ -94,6 +119,19 @@ def _keyword(key: str, rule: Any, schema: dict[str, Any]) -> Check | None:
         return lambda v: not isinstance(v, int | float) or v <= rule
     if key == "enum":
         return lambda v: v in rule
+    if key == "minItems":
+        return lambda v: not isinstance(v, list) or len(v) >= rule
+    if key == "maxItems":
+        return lambda v: not isinstance(v, list) or len(v) <= rule
+    if key == "items" and isinstance(rule, dict):
+        each = _compile(rule)
+        return None if each is None else (
+            lambda v: not isinstance(v, list) or all(each(x) for x in v))
+    if key == "anyOf":
+        compiled = [_compile(branch) for branch in rule]
+        branches = [b for b in compiled if b is not None]
+        return None if len(branches) < len(compiled) else (
+            lambda v: any(b(v) for b in branches))
     return None
 
 
@@ -136,6 +174,11 @@ def check_items(raw: list[Any], source: str) -> list[Item]:
             raise ManifestError(f"{source}: item [{n}] has id {item_id!r}, already used by"
                                 f" item [{seen[item_id]}]")
         seen[item_id] = n
+        problems = object_problems(entry)
+        if problems:
+            at, message = problems[0]
+            path = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in at)
+            raise ManifestError(f"{source}: item [{n}] ({item_id!r}){path}: {message}")
         digest = entry.get("digest")
         if digest and len(digest["value"]) != DIGEST_HEX_DIGITS[digest["algorithm"]]:
             raise ManifestError(f"{source}: item [{n}] ({item_id!r}): a {digest['algorithm']}"
@@ -173,19 +216,65 @@ def _structured(data: bytes, source: str) -> Any:
     return doc.data
 
 
-def parse_manifest(data: bytes, source: str) -> list[Item]:
-    """Items from a downloaded manifest: checkm, or a YAML/JSON list (or `{items: [...]}`)."""
+def _decode_checkm(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(f"{source}:{line}: not valid UTF-8 (byte"
+                            f" 0x{data[exc.start]:02x}); save the manifest as UTF-8") from None
+
+
+def _object_files(item: dict[str, Any], read: ObjectManifestReader) -> None:
+    """Replace an mrt-batch-manifest item's `objectManifest` by the files it lists."""
+    url = item.pop("objectManifest")
+    try:
+        data = read(url)
+        manifest = read_checkm(_decode_checkm(data, url), url, max_items=MAX_OBJECT_FILES)
+        if manifest.profile != OBJECT_PROFILE:
+            raise ManifestError(f"{url}: is an {manifest.profile}; an mrt-batch-manifest line"
+                                f" names an object manifest ({OBJECT_PROFILE})")
+    except ManifestError as exc:
+        raise ManifestError(f"object {item['id']!r}: {exc}") from None
+    item["files"] = [entry.file() for entry in manifest.entries]
+    for entry in manifest.entries:
+        for key, value in entry.object_fields().items():
+            item.setdefault(key, value)
+    item["metadata"] = {**item.get("metadata", {}), "objectManifest": redact_url(url)}
+
+
+def expand_objects(raw: list[Any], source: str, read: ObjectManifestReader | None) -> None:
+    """Fetch the object manifests that items name (`objectManifest`, from an
+    mrt-batch-manifest), a few at a time, and give each item its files; the first error
+    (in manifest order) is raised."""
+    pending = [item for item in raw if isinstance(item, dict) and "objectManifest" in item]
+    if not pending:
+        return
+    if read is None:
+        raise ManifestError(f"{source}: an mrt-batch-manifest's object manifests can only be"
+                            " read when the batch runs")
+    with ThreadPoolExecutor(min(OBJECT_MANIFESTS_AT_ONCE, len(pending)),
+                            thread_name_prefix="batchq-object-manifest") as pool:
+        futures = [pool.submit(_object_files, item, read) for item in pending]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def parse_manifest(data: bytes, source: str, *,
+                   read_object: ObjectManifestReader | None = None) -> list[Item]:
+    """Items from a downloaded manifest: checkm, or a YAML/JSON list (or `{items: [...]}`).
+    `read_object` fetches the object manifests an mrt-batch-manifest names."""
     head = data.removeprefix(b"\xef\xbb\xbf").lstrip()
     if not head:
         raise ManifestError(f"{source}: the manifest is empty")
     if head[:2] == b"#%":  # checkm, or a checkm without its first line (refused at line 1)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise ManifestError(f"{source}:{line}: not valid UTF-8 (byte"
-                                f" 0x{data[exc.start]:02x}); save the manifest as UTF-8") from None
-        return check_items(parse_checkm(text, source), source)
+        raw = parse_checkm(_decode_checkm(data, source), source)
+        expand_objects(raw, source, read_object)
+        return check_items(raw, source)
     body = _structured(data, source)
     if isinstance(body, dict):
         unknown = sorted(set(body) - {"items"})
@@ -231,18 +320,46 @@ def _resolve(spec: BatchSpec, profile: Profile, repo: RepoSnapshot | None,
             check_url(url, profile.allowed_prefixes, file_roots=file_roots, by=by)
         except UrlRefused as exc:
             raise ManifestError(f"manifest {exc}") from None
+        ends_by = time.monotonic() + timeout  # the object manifests' deadline too
         try:
             data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout, repo=repo,
                                file_roots=file_roots, allowed=lambda target: url_allowed(
                                    target, profile.allowed_prefixes, file_roots=file_roots))
         except FetchError as exc:
             raise ManifestError(f"cannot download the manifest: {exc}") from exc
-        items = parse_manifest(data, url)
+
+        def read_object(object_url: str) -> bytes:
+            try:
+                check_url(object_url, profile.allowed_prefixes, file_roots=file_roots, by=by)
+            except UrlRefused as exc:
+                raise ManifestError(f"object manifest {exc}") from None
+            left = ends_by - time.monotonic()
+            if left <= 0:
+                raise ManifestError(f"cannot download the object manifest {object_url}: the"
+                                    f" manifest's {timeout:g} s deadline has passed")
+            try:
+                return fetch_bytes(object_url, max_bytes=max_bytes, timeout=left, repo=repo,
+                                   file_roots=file_roots, allowed=lambda target: url_allowed(
+                                       target, profile.allowed_prefixes, file_roots=file_roots))
+            except FetchError as exc:
+                raise ManifestError(f"cannot download the object manifest {object_url}:"
+                                    f" {exc}") from exc
+
+        items = parse_manifest(data, url, read_object=read_object)
     else:
         raise ManifestError("the batch has neither manifest items nor a manifest URL")
     for item in items:
-        try:
-            check_url(item.url, profile.allowed_prefixes, file_roots=file_roots, by=by)
-        except UrlRefused as exc:
-            raise ManifestError(f"item {item.id!r}: {exc}") from None
+        urls = [f.url for f in item.object_files()]
+        urls += [item.container.url] if item.container else []
+        userinfos = set()
+        for file_url in urls:
+            try:
+                userinfos.add(check_url(file_url, profile.allowed_prefixes,
+                                        file_roots=file_roots, by=by).userinfo)
+            except UrlRefused as exc:
+                raise ManifestError(f"item {item.id!r}: {exc}") from None
+        if len(userinfos - {None}) > 1:
+            raise ManifestError(f"item {item.id!r}: its files' URLs carry different"
+                                " credentials (user:password@); the files of one object"
+                                " share one, or none")
     return items

@@ -38,8 +38,9 @@ def structural(node: Any) -> Any:
             out[key] = {name: structural(sub) for name, sub in value.items()}
             continue
         out[key] = structural(value)
-    if "oneOf" in out:  # value validation only: branches must not restate types
-        out["oneOf"] = [{k: v for k, v in b.items() if k == "required"} for b in out["oneOf"]]
+    for key in ("oneOf", "anyOf"):  # value validation only: branches must not restate types
+        if key in out:
+            out[key] = [{k: v for k, v in b.items() if k == "required"} for b in out[key]]
     return out
 
 

@@ -27,6 +27,7 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
 from reconciler.spec.addresses import address_problem, display_name_problem
+from reconciler.spec.objectrules import object_problems
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.redaction import redact_text, redact_url
@@ -234,6 +235,9 @@ def _explain(error: Any, doc: LoadedDocument) -> Iterator[Problem]:
     elif kind == "oneOf" and all(set(s) == {"required"} for s in value):
         names = [json.dumps(n) for s in value for n in s["required"]]
         yield problem(f"must have exactly one of {', '.join(names[:-1])} or {names[-1]}", key=True)
+    elif kind == "anyOf" and all(set(s) == {"required"} for s in value):
+        names = [json.dumps(n) for s in value for n in s["required"]]
+        yield problem(f"must have one of {', '.join(names[:-1])} or {names[-1]}", key=True)
     elif kind == "minimum":
         yield problem(f"must be at least {value}, not {_show(instance)}")
     elif kind == "maximum":
@@ -331,6 +335,10 @@ def _check_batch(doc: LoadedDocument) -> list[Problem]:
                 )
             else:
                 first_seen[item_id] = index
+        for where, message in object_problems(item):
+            node = (*at, *where)
+            problems.append(Problem.at(doc, doc.position(node),
+                                       f"{format_path(node)}: {message}"))
         digest = item.get("digest")
         if isinstance(digest, dict):
             algorithm, hex_value = digest.get("algorithm"), digest.get("value")
@@ -611,8 +619,18 @@ def _batch_urls(doc: LoadedDocument) -> Iterator[tuple[JsonPath, str]]:
         yield ("spec", "manifest", "url"), manifest["url"]
     items = manifest.get("items")
     for index, item in enumerate(items if isinstance(items, list) else ()):
-        if isinstance(item, dict) and isinstance(item.get("url"), str):
-            yield ("spec", "manifest", "items", index, "url"), item["url"]
+        if not isinstance(item, dict):
+            continue
+        at: JsonPath = ("spec", "manifest", "items", index)
+        if isinstance(item.get("url"), str):
+            yield (*at, "url"), item["url"]
+        files = item.get("files")
+        for n, entry in enumerate(files if isinstance(files, list) else ()):
+            if isinstance(entry, dict) and isinstance(entry.get("url"), str):
+                yield (*at, "files", n, "url"), entry["url"]
+        container = item.get("container")
+        if isinstance(container, dict) and isinstance(container.get("url"), str):
+            yield (*at, "container", "url"), container["url"]
 
 
 def _check_urls(doc: LoadedDocument, profile: str, prefixes: list[str],

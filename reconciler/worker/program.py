@@ -25,6 +25,10 @@ and as a Kubernetes container (`python -m reconciler.worker`, or `batchq-worker`
     BATCHQ_TERMINATION_LOG    file that receives the one-line failure reason (default
                               /dev/termination-log when that file exists, as Kubernetes
                               mounts it; otherwise none)
+    BATCHQ_OBJECT             an object of several files or a container (JSON; at most
+                              64 KiB): the job is then `reconciler.worker.objectjob`'s,
+                              with BATCHQ_OBJECT_ID, BATCHQ_TITLE, BATCHQ_CREATOR,
+                              BATCHQ_DATE and BATCHQ_LOCAL_IDS (one a line) for storage
 
 Storage: the bytes go to a temp file inside the storage root, hashed while streaming
 (sha256 always, and the manifest's algorithm), are verified against the expected size and
@@ -429,7 +433,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run(env: Mapping[str, str]) -> tuple[int, str]:
     """Do the job; return (exit code, one-line reason or "")."""
     try:
-        ingest(config_from_env(env))
+        cfg = config_from_env(env)
+        if env.get("BATCHQ_OBJECT", "").strip():
+            # imported here: objectjob builds on this module's helpers
+            from reconciler.worker.objectjob import ingest_object, object_from_env
+            print(ingest_object(cfg, object_from_env(env, cfg.batch, cfg.item)), flush=True)
+        else:
+            ingest(cfg)
         return EXIT_OK, ""
     except WorkerError as exc:
         return exc.code, one_line(str(exc))

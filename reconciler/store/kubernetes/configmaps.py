@@ -1,7 +1,10 @@
 """The ConfigMaps beside a Batch (DESIGN §8), as pure functions: their names and the
 JSON inside them, so that a Batch's status stays small and the detail lives here.
 
-- `<batch>-items-NNNN`: `items.json`, the observed state of up to CHUNK items each.
+- `<batch>-items-NNNN`: `items.json`, the observed state of up to CHUNK items each, and
+  of at most about CHUNK_BYTES of JSON (an item is an object of up to 64 KiB of files, and
+  a ConfigMap holds 1 MiB); the first item's seq is the `batchq.dev/first-seq` annotation
+  (chunks written before it have CHUNK items each: NNNN * CHUNK).
 - `<batch>-report-<round>-<incarnation>`: `report.json` and `message.eml`; the outbox is
   its `batchq.dev/outbox` label, and delivery is kept in its annotations.
 - `<batch>-timeline`: `events.json`, the last TIMELINE_MAX events.
@@ -20,12 +23,37 @@ from reconciler.store.base import RecipientState
 from reconciler.store.kubernetes.names import A
 
 CHUNK = 500
+CHUNK_BYTES = 900_000  # of a ConfigMap's 1 MiB (1,048,576 bytes), with room for metadata
+RECORD_STATE_BYTES = 1_500  # what a record's state may add to its item (message <= 1 KiB)
+FIRST_SEQ = f"{A}first-seq"
 TIMELINE_MAX = 500
 
 
 def chunk_name(batch: str, index: int) -> str:
     """The ConfigMap holding items `index*CHUNK` up to the next chunk."""
     return f"{batch}-items-{index:04d}"
+
+
+def item_chunks(items: list[Item]) -> list[tuple[int, list[Item]]]:
+    """The items split into ConfigMaps: (first seq, items), at most CHUNK items and about
+    CHUNK_BYTES each. A pure function of the list, so that writing them again after a
+    crash finds the same names."""
+    out: list[tuple[int, list[Item]]] = []
+    size = 0
+    for seq, item in enumerate(items):
+        need = len(json.dumps(item.to_dict())) + RECORD_STATE_BYTES
+        if not out or len(out[-1][1]) >= CHUNK or size + need > CHUNK_BYTES:
+            out.append((seq, []))
+            size = 0
+        out[-1][1].append(item)
+        size += need
+    return out
+
+
+def chunk_start(name: str, annotations: dict[str, str]) -> int:
+    """The seq of a chunk's first item: its annotation, else (older chunks) NNNN * CHUNK."""
+    given = annotations.get(FIRST_SEQ)
+    return int(given) if given is not None else int(name.rsplit("-", 1)[1]) * CHUNK
 
 
 def new_item_records(items: list[Item], start: int) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import copy
 import hashlib
@@ -61,10 +62,12 @@ from reconciler.store.base import (
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
 from reconciler.store.kubernetes.configmaps import (
-    CHUNK,
+    FIRST_SEQ,
     TIMELINE_MAX,
     chunk_name,
+    chunk_start,
     delivery_accepted,
+    item_chunks,
     item_status,
     new_item_records,
     recipients_from_cm,
@@ -452,11 +455,21 @@ class KubernetesStore:
         )
 
     def set_items(self, batch: str, items: list[Item]) -> None:
-        for k in range(0, len(items), CHUNK):
-            records = new_item_records(items[k:k + CHUNK], k)
-            name = chunk_name(batch, k // CHUNK)
+        for index, (start, chunk) in enumerate(item_chunks(items)):
+            records = new_item_records(chunk, start)
+            name = chunk_name(batch, index)
             if self.cms.get(name) is None:
-                self._create_cm(name, "items", batch, {"items.json": json.dumps(records)})
+                self._create_cm(name, "items", batch, {"items.json": json.dumps(records)},
+                                annotations={FIRST_SEQ: str(start)})
+
+    def _chunk_starts(self, batch: str) -> list[tuple[int, str]]:
+        """(first seq, name) of the batch's item ConfigMaps, in seq order."""
+        out = []
+        for name in self._chunk_names(batch):
+            cm = self.cms.get(name) or {}
+            out.append((chunk_start(name, (cm.get("metadata") or {}).get("annotations") or {}),
+                        name))
+        return sorted(out)
 
     def _records(self, batch: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -490,14 +503,16 @@ class KubernetesStore:
         return out
 
     def update_items(self, batch: str, items: list[ItemStatus]) -> None:
+        starts = self._chunk_starts(batch)
+        firsts = [first for first, _ in starts]
         by_chunk: dict[int, list[ItemStatus]] = {}
         for s in items:
-            by_chunk.setdefault(s.seq // CHUNK, []).append(s)
+            by_chunk.setdefault(bisect.bisect_right(firsts, s.seq) - 1, []).append(s)
         for k, changed in by_chunk.items():
-            name = chunk_name(batch, k)
+            first, name = starts[k]
             records = self._cm_json(name, "items.json", [])
             for s in changed:
-                records[s.seq - k * CHUNK].update(
+                records[s.seq - first].update(
                     state=str(s.state), attempts=s.attempts, message=s.message,
                     jobName=s.job_name, startedAt=s.started_at, finishedAt=s.finished_at)
             self._put_cm_json(name, "items.json", records, "items", batch)
