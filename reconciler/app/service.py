@@ -162,6 +162,7 @@ class Reconciler:
             state = self.store.load_sync_state()
             state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
+        self.store.repair_drift()  # what was changed by hand goes back to what Git says
         self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo

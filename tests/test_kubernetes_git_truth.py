@@ -1,0 +1,139 @@
+"""Issue 9 §0 on a real API server: Git is the only source of truth. What kubectl does to
+a Batch by hand (delete it, edit its spec, edit its status) is put back from Git and the
+records kept beside it; no Job runs again and no report is emailed twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures import GitRepo, SmtpServer, batch_doc, profile_doc, wait_for
+from tests.harness import Harness
+from tests.world import KubeWorld
+
+pytestmark = pytest.mark.kubernetes
+
+
+@pytest.fixture
+def kube(k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
+         tmp_path: Path) -> Iterator[tuple[Harness, KubeWorld, Any]]:
+    api = k8s_cluster.api_client()
+    world = KubeWorld(api, k8s_namespace)
+    h = Harness(git_repo, tmp_path / "state", smtp.hostport, backend="kubernetes",
+                namespace=k8s_namespace, kubeconfig=str(k8s_cluster.kubeconfig),
+                leader_election=False)
+    try:
+        yield h, world, k8s_cluster
+    finally:
+        h.close()
+        world.close()
+        api.close()
+
+
+def kubectl(cluster: Any, h: Harness, *args: str) -> Any:
+    return cluster.kubectl("-n", h.settings.namespace, *args, check=False)
+
+
+def batch_object(cluster: Any, h: Harness, name: str) -> dict[str, Any] | None:
+    out = kubectl(cluster, h, "get", "batch", name, "-o", "json")
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def job_names(cluster: Any, h: Harness, batch: str) -> list[str]:
+    out = kubectl(cluster, h, "get", "jobs", "-l", f"batchq.dev/batch={batch}", "-o", "json")
+    return sorted(j["metadata"]["name"] for j in json.loads(out.stdout)["items"])
+
+
+def finished_batch(h: Harness, world: KubeWorld, smtp: SmtpServer) -> dict[str, str]:
+    """`ops`: three items, one failing; Failed, its FAIL report emailed once."""
+    items = [world.item(f"k{i}", fail=i == 3, gated=False) for i in (1, 2, 3)]
+    h.repo.write("profiles/test.yaml", profile_doc(world.prefix))
+    h.repo.write("batches/ops.yaml", batch_doc(items))
+    h.repo.commit("submit")
+    h.sync()
+    h.until(lambda: h.state("ops") == "Failed", "the batch to finish", timeout=120)
+    h.full_pass()
+    h.rec.deliver()
+    assert smtp.mailbox.subjects() == ["Ingest: FAIL -- Submission Failed: ops"]
+    return h.jobs("ops")
+
+
+def test_a_batch_deleted_by_hand_is_applied_again_and_nothing_runs_or_mails_twice(
+        kube: tuple[Harness, KubeWorld, Any], smtp: SmtpServer) -> None:
+    h, world, cluster = kube
+    items = finished_batch(h, world, smtp)
+    assert items == {"k1": "Completed", "k2": "Completed", "k3": "Failed"}
+    old_uid = batch_object(cluster, h, "ops")["metadata"]["uid"]  # type: ignore[index]
+
+    assert kubectl(cluster, h, "delete", "batch", "ops").returncode == 0
+    wait_for(lambda: (batch_object(cluster, h, "ops") or {}).get("status"), 60,
+             step=h.full_pass, what="the Batch to be applied again from Git, with its status")
+    back = batch_object(cluster, h, "ops")
+    assert back is not None and back["metadata"]["uid"] != old_uid
+    assert back["spec"]["manifest"]["items"][2]["id"] == "k3"
+    assert back["status"]["state"] == "Failed"
+    assert back["status"]["counts"] == {"Completed": 2, "Failed": 1}
+    # the garbage collector took the old Jobs with the old object; none is made again
+    wait_for(lambda: not job_names(cluster, h, "ops"), 60, step=h.full_pass,
+             what="the garbage collector to take the Jobs of the deleted object")
+    for _ in range(3):
+        h.full_pass()
+    assert job_names(cluster, h, "ops") == []
+    assert h.jobs("ops") == items and h.state("ops") == "Failed"
+    assert h.attempts("ops") == {"k1": 1, "k2": 1, "k3": 1}
+    assert [r.kind for r in h.store.list_reports("ops")] == ["initial"]
+    h.rec.deliver()
+    assert len(smtp.mailbox.messages) == 1  # no second report
+    repaired = [e.message for e in h.store.list_events("ops") if e.reason == "Repaired"]
+    assert repaired and repaired[0].startswith("the Batch object was deleted by hand")
+
+
+def test_a_spec_or_status_edited_by_hand_is_put_back_and_drives_nothing(
+        kube: tuple[Harness, KubeWorld, Any], smtp: SmtpServer) -> None:
+    h, world, cluster = kube
+    items = finished_batch(h, world, smtp)
+    generation = h.batch("ops").generation
+
+    patched = kubectl(cluster, h, "patch", "batch", "ops", "--type", "merge", "-p",
+                      json.dumps({"spec": {"state": "Held", "priority": 1,
+                                           "restarts": {"k3": 3}}}))
+    assert patched.returncode == 0, patched.stderr
+    patched = kubectl(cluster, h, "patch", "batch", "ops", "--subresource", "status",
+                      "--type", "merge", "-p",
+                      json.dumps({"status": {"state": "Processing", "reportRound": 0,
+                                             "settled": False}}))
+    assert patched.returncode == 0, patched.stderr
+
+    def put_back() -> bool:
+        obj = batch_object(cluster, h, "ops") or {}
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        return (spec.get("state", "Active") == "Active" and "restarts" not in spec
+                and spec.get("priority", 5) == 5 and status.get("state") == "Failed")
+    wait_for(put_back, 60, step=h.full_pass, what="the hand edits to be taken back")
+    for _ in range(3):
+        h.full_pass()
+    batch = h.batch("ops")
+    assert batch.spec is not None and str(batch.spec.state) == "Active"
+    assert batch.spec.restarts == {} and batch.generation == generation
+    assert h.jobs("ops") == items and h.attempts("ops")["k3"] == 1  # no restart ran
+    assert job_names(cluster, h, "ops") == ["ops-k1-1", "ops-k2-1", "ops-k3-1"]
+    h.rec.deliver()
+    assert len(smtp.mailbox.messages) == 1  # the hand-made Processing sent no second FAIL
+    reasons = [e.message.split(" by hand")[0] for e in h.store.list_events("ops")
+               if e.reason == "Repaired"]
+    assert reasons[0] in ("the Batch spec was edited", "the Batch status was edited")
+    assert set(reasons) <= {"the Batch spec was edited", "the Batch status was edited"}
+
+    # a later commit is applied on top of Git's spec, not of the hand edit
+    h.repo.write("batches/ops.yaml", batch_doc(
+        [world.item(f"k{i}", fail=i == 3, gated=False) for i in (1, 2, 3)], priority=3))
+    h.repo.commit("admin: priority 3")
+    h.full_pass()
+    obj = batch_object(cluster, h, "ops")
+    assert obj is not None and obj["spec"]["priority"] == 3
+    assert obj["spec"].get("state", "Active") == "Active" and "restarts" not in obj["spec"]
+    assert h.batch("ops").generation == generation + 1
