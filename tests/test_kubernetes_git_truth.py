@@ -74,7 +74,7 @@ def test_a_batch_deleted_by_hand_is_applied_again_and_nothing_runs_or_mails_twic
              step=h.full_pass, what="the Batch to be applied again from Git, with its status")
     back = batch_object(cluster, h, "ops")
     assert back is not None and back["metadata"]["uid"] != old_uid
-    assert back["spec"]["manifest"]["items"][2]["id"] == "k3"
+    assert back["spec"]["manifest"]["itemsFrom"]["count"] == 3  # the items: in ops-spec
     assert back["status"]["state"] == "Failed"
     assert back["status"]["counts"] == {"Completed": 2, "Failed": 1}
     # the garbage collector took the old Jobs with the old object; none is made again
@@ -137,3 +137,26 @@ def test_a_spec_or_status_edited_by_hand_is_put_back_and_drives_nothing(
     assert obj is not None and obj["spec"]["priority"] == 3
     assert obj["spec"].get("state", "Active") == "Active" and "restarts" not in obj["spec"]
     assert h.batch("ops").generation == generation + 1
+
+
+def test_finished_jobs_are_cleaned_up_by_their_ttl_and_every_result_stays(
+        kube: tuple[Harness, KubeWorld, Any], smtp: SmtpServer) -> None:
+    h, world, cluster = kube
+    profile = profile_doc(world.prefix)
+    profile["spec"]["job"] = {"ttlSecondsAfterFinished": 1}
+    h.repo.write("profiles/test.yaml", profile)
+    h.repo.write("batches/ttl.yaml", batch_doc(
+        [world.item(f"t{i}", fail=i == 2, gated=False) for i in (1, 2)]))
+    h.repo.commit("jobs cleaned up a second after they finish")
+    h.sync()
+    h.until(lambda: h.state("ttl") == "Failed", "the batch to finish", timeout=120)
+    wait_for(lambda: not job_names(cluster, h, "ttl"), 60, step=h.full_pass,
+             what="the TTL-after-finished controller to delete the finished Jobs")
+    for _ in range(3):
+        h.full_pass()
+    assert job_names(cluster, h, "ttl") == []  # a finished Job deleted is not made again
+    assert h.jobs("ttl") == {"t1": "Completed", "t2": "Failed"}
+    assert h.store.list_items("ttl", state="Failed")[0].message.startswith("digest mismatch")
+    assert h.batch("ttl").status.counts == {"Completed": 1, "Failed": 1}
+    h.rec.deliver()
+    assert len(smtp.mailbox.messages) == 1

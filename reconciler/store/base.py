@@ -37,6 +37,7 @@ class JobSpec:
     backoff_limit: int = 0
     deadline_seconds: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    ttl_seconds_after_finished: int | None = None  # Kubernetes; the local store keeps rows
 
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the Job controller's reason, on both backends

@@ -3,7 +3,9 @@
 `job_manifest` is the body the backend creates (DESIGN §8): one immutable Job per attempt,
 owned by its Batch, labelled batch/item/attempt, suspended while the batch is held, with a
 podFailurePolicy that does not spend an item's retries on evictions and node loss, and the
-item's credentials Secret key mounted read-only. `job_from_k8s` turns a Job as the API
+item's credentials Secret key mounted read-only, and deleted by the TTL-after-finished
+controller `ttlSecondsAfterFinished` after it finished (the profile's; the item records,
+not the Job, are what the batch shows). `job_from_k8s` turns a Job as the API
 server returns it into the domain `Job`. Neither talks to the API server, so both are
 unit-tested without one (tests/unit/test_kubernetes_job_manifest.py).
 """
@@ -60,6 +62,8 @@ def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if spec.deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:  # the item records keep its result
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": spec.name, "labels": labels,
                          "annotations": {f"{A}item-id": spec.item},

@@ -14,10 +14,13 @@ Git and its retention ends):
 - `<batch>-status`: the batch's status (`status.json`), written on every status change.
   The Batch's `.status` is a projection of it, put back when edited by hand.
 
-A hand-deleted Batch is re-created from `<batch>-spec`, a hand-edited spec is taken back
-(the hash of the object's spec no longer matches), and a hand-edited status is never read
-and is overwritten; the items, reports and timeline ConfigMaps are unowned too, so none of
-them is taken by the garbage collector with the Batch.
+The Batch object's spec is Git's, with an inline items list replaced by
+`manifest.itemsFrom` (where the items are kept, how many, their hash): the object stays a
+few KiB, however large the manifest. A hand-deleted Batch is re-created from
+`<batch>-spec`, a hand-edited spec is taken back (the hash of the object's spec no longer
+matches), and a hand-edited status is never read and is overwritten; the items, reports
+and timeline ConfigMaps are unowned too, so none of them is taken by the garbage
+collector with the Batch.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ def encode_spec(spec: dict[str, Any]) -> str:
 
 def decode_spec(data: str) -> dict[str, Any]:
     return dict(json.loads(gzip.decompress(base64.b64decode(data))))
+
+
+def object_spec(batch: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec the Batch object holds: Git's, with an inline items list replaced by where
+    it is kept (`manifest.itemsFrom`, see spec/crd.py), so no write to the object (status
+    included: etcd stores the whole object each time) carries a large manifest."""
+    items = (spec.get("manifest") or {}).get("items")
+    if items is None:
+        return spec
+    out = dict(spec)
+    out["manifest"] = {"itemsFrom": {"configMap": spec_record_name(batch), "key": SPEC_KEY,
+                                     "count": len(items), "sha256": spec_digest(items)}}
+    return out
 
 
 def projected_status(status: dict[str, Any], observed: int, generation: int,

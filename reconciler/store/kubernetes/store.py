@@ -4,12 +4,13 @@
   can reach, so nothing is read back from it: the spec as applied from Git, the batch's
   generation and incarnation live in `<batch>-spec`, its status in `<batch>-status`
   (records.py). The object's spec is server-side applied from Git (field manager
-  `batchq-sync`, forced); its `.status` is a projection of the recorded status, written
-  through the status subresource as one JSON patch of `/status` (never the spec).
+  `batchq-sync`, forced), an inline items list replaced by `manifest.itemsFrom`; its
+  `.status` is a projection of the recorded status, written through the status
+  subresource as one JSON patch of `/status` (never the spec).
   `repair_drift` (each sync) applies a hand-deleted Batch again, replaces a hand-edited
   spec and overwrites a hand-edited status; none of them ever drives a step or an email.
 - Status stays small: counts, a bounded list of failures, the report round. Per-item
-  detail lives in ConfigMaps `<batch>-items-NNNN` (500 items each), reports in
+  detail lives in ConfigMaps `<batch>-items-NNNN` (cut by count and size), reports in
   `<batch>-report-<round>-<incarnation>` (the outbox is their `batchq.dev/outbox` label),
   the timeline in `<batch>-timeline`. Like the records, they are owned by nothing
   (labelled `batchq.dev/batch`), so `kubectl delete batch` cannot take them: they are
@@ -33,6 +34,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import copy
 import json
@@ -69,27 +71,39 @@ from reconciler.store.base import (
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
 from reconciler.store.kubernetes.configmaps import (
     CHUNK,
-    TIMELINE_MAX,
+    REPORT_KEY,
+    bounded_timeline,
     chunk_name,
     delivery_accepted,
+    item_chunks,
     item_status,
     new_item_records,
     recipients_from_cm,
     report_cm_name,
     report_from_json,
+    report_from_parts,
     report_incarnation,
-    report_json,
+    report_part_name,
+    report_parts,
     timeline_name,
 )
 from reconciler.store.kubernetes.informer import Informer, Obj
 from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
-from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
+from reconciler.store.kubernetes.names import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    A,
+    credentials_secret,
+    label_value,
+)
 from reconciler.store.kubernetes.records import (
     RECORD_KEY,
     SPEC_KEY,
     STATUS_KEY,
     decode_spec,
     encode_spec,
+    object_spec,
     projected_status,
     spec_digest,
     spec_record_name,
@@ -473,17 +487,18 @@ class KubernetesStore:
         """Apply the Batch object from Git's spec (server-side apply, forced); a spec edited
         by hand is first replaced whole, since an apply leaves fields it never set (a hand
         `state: Held`) to their new manager. Sets the record's appliedSpecHash."""
+        shown = object_spec(name, spec)
         if cr is not None and self._drifted(cr, record):
             self._raw(self.custom.patch_namespaced_custom_object,
                       GROUP, VERSION, self.ns, PLURAL, name,
-                      [{"op": "replace", "path": "/spec", "value": spec}],
+                      [{"op": "replace", "path": "/spec", "value": shown}],
                       _content_type="application/json-patch+json")
             self._wrote()
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
                 "metadata": {"name": name,
                              "labels": {"app.kubernetes.io/managed-by": "batchq"},
                              "annotations": _annotations(record)},
-                "spec": spec}
+                "spec": shown}
         new = self._raw(
             self.custom.patch_namespaced_custom_object,
             GROUP, VERSION, self.ns, PLURAL, name, body, field_manager=MANAGER,
@@ -559,6 +574,7 @@ class KubernetesStore:
             name = obj["metadata"]["name"]
             if self._record(name) is None and not obj["metadata"].get("deletionTimestamp"):
                 self._adopt_status(name, obj)  # created only: never over a record we missed
+                self._let_go(name)
                 self._create_cm(spec_record_name(name), "batch-spec", name,
                                 {RECORD_KEY: json.dumps(_legacy_record(obj), sort_keys=True)},
                                 binary={SPEC_KEY: encode_spec(obj["spec"])})
@@ -588,6 +604,18 @@ class KubernetesStore:
                 repaired.append(name)
         return repaired
 
+    def _let_go(self, batch: str) -> None:
+        """The ConfigMaps of a batch stored while they were owned by its Batch are let go
+        of, so a hand delete of the Batch cannot take them."""
+        for cm in self.cms.snapshot():
+            meta = cm["metadata"]
+            if (meta.get("labels") or {}).get(f"{A}batch") == batch and meta.get(
+                    "ownerReferences"):
+                new = self._raw(self.core.patch_namespaced_config_map, meta["name"], self.ns,
+                                {"metadata": {"ownerReferences": None}})
+                self._wrote()
+                self.cms.remember(new)
+
     def remove_batch(self, name: str) -> None:
         places = self._placeholders()
         if name in places:
@@ -610,15 +638,17 @@ class KubernetesStore:
             self.batches.forget(name)
         # the records, items, reports already sent and the timeline: owned by nothing, so
         # deleted here, at once (a new batch of the same name must not find them)
-        selector = f"{A}batch={name},{A}outbox!=pending"
-        doomed = [cm["metadata"]["name"] for cm in self.cms.snapshot()
-                  if (cm["metadata"].get("labels") or {}).get(f"{A}batch") == name
-                  and (cm["metadata"].get("labels") or {}).get(f"{A}outbox") != "pending"]
-        if doomed:
-            self.core.delete_collection_namespaced_config_map(self.ns, label_selector=selector)
-            self._wrote()
-            for cm_name in doomed:
-                self.cms.forget(cm_name)
+        kept = {label_value(cm["metadata"]["name"]) for cm in self._report_cms(name)
+                if (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"}
+        for cm in self.cms.snapshot():
+            lab = cm["metadata"].get("labels") or {}
+            if lab.get(f"{A}batch") != name or lab.get(f"{A}outbox") == "pending" or (
+                    lab.get(f"{A}report") in kept):
+                continue  # not this batch's, or email still to go out (with its parts)
+            with contextlib.suppress(ApiException):
+                self.core.delete_namespaced_config_map(cm["metadata"]["name"], self.ns)
+                self._wrote()
+            self.cms.forget(cm["metadata"]["name"])
         self.core.delete_collection_namespaced_secret(  # not cached: deleted blindly
             self.ns, label_selector=f"{A}kind=credentials,{A}batch={name}")
         self._wrote()
@@ -633,15 +663,29 @@ class KubernetesStore:
         )
 
     def set_items(self, batch: str, items: list[Item]) -> None:
-        for k in range(0, len(items), CHUNK):
-            records = new_item_records(items[k:k + CHUNK], k)
-            name = chunk_name(batch, k // CHUNK)
+        """Chunks of at most CHUNK items and ITEMS_BYTES (configmaps.item_chunks), each
+        with the seq of its first item; made again alike after a kill."""
+        for index, (first, chunk) in enumerate(item_chunks(items)):
+            name = chunk_name(batch, index)
             if self.cms.get(name) is None:
-                self._create_cm(name, "items", batch, {"items.json": json.dumps(records)})
+                self._create_cm(name, "items", batch,
+                                {"items.json": json.dumps(new_item_records(chunk, first))},
+                                annotations={f"{A}first-seq": str(first)})
+
+    def _chunk_starts(self, batch: str) -> list[tuple[int, str]]:
+        """(seq of its first item, name) of each items ConfigMap, in order; one stored
+        before chunks were cut by size holds CHUNK items."""
+        out = []
+        for name in self._chunk_names(batch):
+            cm = self.cms.get(name) or {"metadata": {}}
+            first = (cm["metadata"].get("annotations") or {}).get(f"{A}first-seq")
+            out.append((int(first) if first is not None
+                        else int(name.rsplit("-", 1)[1]) * CHUNK, name))
+        return sorted(out)
 
     def _records(self, batch: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for name in self._chunk_names(batch):
+        for _, name in self._chunk_starts(batch):
             out += self._cm_json(name, "items.json", [])
         return out
 
@@ -671,14 +715,16 @@ class KubernetesStore:
         return out
 
     def update_items(self, batch: str, items: list[ItemStatus]) -> None:
+        starts = self._chunk_starts(batch)
+        firsts = [first for first, _ in starts]
         by_chunk: dict[int, list[ItemStatus]] = {}
         for s in items:
-            by_chunk.setdefault(s.seq // CHUNK, []).append(s)
+            by_chunk.setdefault(bisect.bisect_right(firsts, s.seq) - 1, []).append(s)
         for k, changed in by_chunk.items():
-            name = chunk_name(batch, k)
+            first, name = starts[k]
             records = self._cm_json(name, "items.json", [])
             for s in changed:
-                records[s.seq - k * CHUNK].update(
+                records[s.seq - first].update(
                     state=str(s.state), attempts=s.attempts, message=s.message,
                     jobName=s.job_name, startedAt=s.started_at, finishedAt=s.finished_at)
             self._put_cm_json(name, "items.json", records, "items", batch)
@@ -767,13 +813,33 @@ class KubernetesStore:
 
     # --- reports and outbox
     def save_report(self, report: Report) -> bool:
+        """Its parts first, then the report's own ConfigMap, whose presence means saved
+        (configmaps.py); a part left by a kill before that is rewritten with this report."""
+        name = report_cm_name(report.id)
+        if self.cms.get(name) is not None:
+            return False
+        parts = report_parts(report)
+        incarnation = {f"{A}incarnation": report_incarnation(report.id)}
+        for k, part in enumerate(parts[1:], 1):
+            binary = {REPORT_KEY: base64.b64encode(part).decode()}
+            part_name = report_part_name(name, k)
+            if self._create_cm(part_name, "report-part", report.batch, {},
+                               labels={**incarnation, f"{A}report": label_value(name)},
+                               binary=binary):
+                continue
+            old = self.cms.get(part_name) or self._raw(
+                self.core.read_namespaced_config_map, part_name, self.ns)
+            if (old.get("binaryData") or {}) != binary:
+                new = self._raw(self.core.patch_namespaced_config_map, part_name, self.ns,
+                                {"binaryData": binary})
+                self._wrote()
+                self.cms.remember(new)
         return self._create_cm(
-            report_cm_name(report.id), "report", report.batch,
-            {"report.json": report_json(report)},
-            labels={f"{A}outbox": "pending" if report.emailed else "none",
-                    f"{A}incarnation": report_incarnation(report.id)},
-            annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0"},
-            binary={"message.eml": base64.b64encode(report.message).decode()},
+            name, "report", report.batch, {},
+            labels={f"{A}outbox": "pending" if report.emailed else "none", **incarnation},
+            annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0",
+                         f"{A}parts": str(len(parts))},
+            binary={REPORT_KEY: base64.b64encode(parts[0]).decode()},
         )
 
     def _report_cms(self, batch: str | None = None) -> list[Obj]:
@@ -781,6 +847,29 @@ class KubernetesStore:
                 if (cm["metadata"].get("labels") or {}).get(f"{A}kind") == "report"
                 and (batch is None
                      or (cm["metadata"].get("labels") or {}).get(f"{A}batch") == batch)]
+
+    def _report(self, cm: Obj) -> Report:
+        """The report a report ConfigMap holds, with its parts; decoded once (a report's
+        content never changes once saved, only its delivery annotations do)."""
+        meta = cm["metadata"]
+        key = f"{meta['name']}/{meta.get('uid', '')}/report"
+        memo = self._decoded.get(key)
+        if memo is None:
+            data, binary = cm.get("data") or {}, cm.get("binaryData") or {}
+            if "report.json" in data:  # stored before parts
+                report = report_from_json(data["report.json"], base64.b64decode(
+                    binary.get("message.eml", "")))
+            else:
+                parts = [base64.b64decode(binary[REPORT_KEY])]
+                for k in range(1, int((meta.get("annotations") or {}).get(f"{A}parts", "1"))):
+                    part_name = report_part_name(meta["name"], k)
+                    part = self.cms.get(part_name) or self._raw(
+                        self.core.read_namespaced_config_map, part_name, self.ns)
+                    parts.append(base64.b64decode(part["binaryData"][REPORT_KEY]))
+                report = report_from_parts(parts)
+            memo = ("", report)
+            self._decoded[key] = memo
+        return copy.copy(memo[1])
 
     def list_reports(self, batch: str) -> list[Report]:
         """The reports of the batch now holding the name (not of an earlier one)."""
@@ -790,9 +879,7 @@ class KubernetesStore:
         for cm in self._report_cms(batch):
             if (cm["metadata"].get("labels") or {}).get(f"{A}incarnation", "") != incarnation:
                 continue
-            out.append(report_from_json(
-                cm["data"]["report.json"],
-                base64.b64decode((cm.get("binaryData") or {}).get("message.eml", ""))))
+            out.append(self._report(cm))
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
     def delivered(self, report_id: str) -> bool:
@@ -812,11 +899,11 @@ class KubernetesStore:
                 continue
             if float(ann.get(f"{A}next-attempt-at", "0")) > now:
                 continue
-            d = json.loads(cm["data"]["report.json"])
+            report = self._report(cm)
             out.append(OutboxEntry(
-                d["id"], d["batch"], base64.b64decode(cm["binaryData"]["message.eml"]),
+                report.id, report.batch, report.message,
                 int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", ""),
-                recipients_from_cm(cm), float(d.get("createdAt") or 0.0)))
+                recipients_from_cm(cm), float(report.created_at or 0.0)))
         return out
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
@@ -867,7 +954,8 @@ class KubernetesStore:
         name = timeline_name(event.batch)
         events = self._cm_json(name, "events.json", [])
         events.append([event.at, event.reason, event.message[:2048], event.revision])
-        self._put_cm_json(name, "events.json", events[-TIMELINE_MAX:], "timeline", event.batch)
+        self._put_cm_json(name, "events.json", bounded_timeline(events), "timeline",
+                          event.batch)
 
     def list_events(self, batch: str) -> list[Event]:
         return [Event(batch, at, reason, message, rev)
