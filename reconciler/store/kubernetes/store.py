@@ -534,12 +534,15 @@ class KubernetesStore:
         self._put_cm_json(status_name, STATUS_KEY, doc, "batch-status", name)
 
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None:
-        current = self.get_batch(name)
-        if current is None or (self._record(name) is None and self.batches.get(name) is None):
+        cr = self.batches.get(name)
+        if self._record(name) is None and cr is None:
             return  # a placeholder (file never parsed) has no object to hold a status
         if _normal(new) == _normal(old):
             return
-        if _normal(current.status) != _normal(old):
+        doc = self._cm_json(status_record_name(name), STATUS_KEY, None)
+        current = status_from_k8s(doc["status"] if doc else None if self._record(name)
+                                  else (cr or {}).get("status"))
+        if _normal(current) != _normal(old):
             raise ConflictError(f"status of batch {name} changed under us")
         doc = {"status": status_to_k8s(new), "updatedAt": time.time()}
         self._put_cm_json(status_record_name(name), STATUS_KEY, doc, "batch-status", name)
@@ -555,7 +558,7 @@ class KubernetesStore:
         want = projected_status(doc["status"], int(doc["status"].get("observedGeneration", 0)),
                                 int(found[0]["generation"]),
                                 int(cr["metadata"].get("generation", 1)))
-        if canonical_json(cr.get("status")) == canonical_json(want):
+        if cr.get("status") == want:  # as values: the server may write 1000.0 as 1000
             return False
         new = self._raw(self.custom.patch_namespaced_custom_object_status,
                         GROUP, VERSION, self.ns, PLURAL, name,
