@@ -102,7 +102,11 @@ def test_a_10000_item_batch_keeps_every_object_small_and_its_report_is_saved_and
 
     sizes = object_sizes(h.cluster, h.settings.namespace)
     biggest = max(sizes, key=lambda k: sizes[k])
-    print(f"\n{len(sizes)} objects; the largest, {biggest}: {sizes[biggest]} bytes")
+    items_cms = [v for k, v in sizes.items() if "-items-" in k]
+    print(f"\n{len(sizes)} objects; the largest, {biggest}: {sizes[biggest]} bytes;"
+          f" {len(items_cms)} item ConfigMaps, at most {max(items_cms)} bytes;"
+          f" report in {sum(1 for k in sizes if '-report-' in k)} ConfigMaps;"
+          f" the Batch {sizes['batch/big']} bytes")
     assert sizes[biggest] < LIMIT // 2, f"{biggest} is {sizes[biggest]} bytes"
     assert sum(1 for k in sizes if "-report-" in k) > 1  # the report needed several parts
 
