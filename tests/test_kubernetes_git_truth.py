@@ -160,3 +160,66 @@ def test_finished_jobs_are_cleaned_up_by_their_ttl_and_every_result_stays(
     assert h.batch("ttl").status.counts == {"Completed": 1, "Failed": 1}
     h.rec.deliver()
     assert len(smtp.mailbox.messages) == 1
+
+
+def test_a_batch_stored_before_records_is_recorded_and_survives_a_hand_delete(
+        kube: tuple[Harness, KubeWorld, Any], smtp: SmtpServer) -> None:
+    """As the store left a finished batch before this change: status on the object, item
+    and report ConfigMaps owned by it, no `old-spec` / `old-status`."""
+    h, world, cluster = kube
+    ns = h.settings.namespace
+    item = world.item("o1", gated=False)
+    h.repo.write("profiles/test.yaml", profile_doc(world.prefix))
+    h.repo.write("batches/old.yaml", batch_doc([item]))
+    h.repo.commit("a batch stored by the earlier store")
+    a = "batchq.dev/"
+    cluster.request("POST", f"/apis/batchq.dev/v1/namespaces/{ns}/batches", {
+        "apiVersion": "batchq.dev/v1", "kind": "Batch",
+        "metadata": {"name": "old", "annotations": {
+            f"{a}source-path": "batches/old.yaml", f"{a}source-revision": "0" * 40,
+            f"{a}submitted-at": "1000.0", f"{a}spec-error": "", f"{a}spec-hash": "earlier",
+            f"{a}incarnation": "0123456789ab"}},
+        "spec": batch_doc([item])["spec"]})
+    uid = cluster.request("GET", f"/apis/batchq.dev/v1/namespaces/{ns}/batches/old")[
+        "metadata"]["uid"]
+    assert kubectl(cluster, h, "patch", "batch", "old", "--subresource", "status", "--type",
+                   "merge", "-p", json.dumps({"status": {
+                       "state": "Completed", "observedGeneration": 1, "itemsLoaded": True,
+                       "itemCount": 1, "counts": {"Completed": 1}, "reportRound": 1,
+                       "settled": True}})).returncode == 0
+    owner = [{"apiVersion": "batchq.dev/v1", "kind": "Batch", "name": "old", "uid": uid,
+              "controller": True, "blockOwnerDeletion": True}]
+    record = {"item": item, "seq": 0, "state": "Completed", "attempts": 1, "message": "",
+              "jobName": "old-o1-1", "startedAt": 1000.0, "finishedAt": 1001.0}
+    report = {"id": "old:0123456789ab:1", "batch": "old", "kind": "initial",
+              "createdAt": 1002.0, "subject": "Ingest: OK -- Submission Processed: old",
+              "recipients": ["jane@example.org"], "body": "body", "changed": [],
+              "jobStates": {"o1": "Completed"}, "emailed": True}
+    for name, labels, data, extra in (
+            ("old-items-0000", {f"{a}kind": "items"},
+             {"items.json": json.dumps([record])}, {}),
+            ("old-report-1-0123456789ab",
+             {f"{a}kind": "report", f"{a}outbox": "delivered", f"{a}incarnation":
+              "0123456789ab"}, {"report.json": json.dumps(report)},
+             {"binaryData": {"message.eml": "U3ViamVjdDogb2sNCg0KYm9keQ0K"}})):
+        cluster.request("POST", f"/api/v1/namespaces/{ns}/configmaps", {
+            "metadata": {"name": name, "labels": {**labels, f"{a}batch": "old"},
+                         "annotations": {f"{a}delivered-at": "1003"},
+                         "ownerReferences": owner},
+            "data": data, **extra})
+
+    h.full_pass()  # the first sync records it, and lets go of its ConfigMaps
+    assert h.state("old") == "Completed" and h.jobs("old") == {"o1": "Completed"}
+    for name in ("old-items-0000", "old-report-1-0123456789ab"):
+        cm = cluster.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{name}")
+        assert not cm["metadata"].get("ownerReferences"), name
+    assert kubectl(cluster, h, "delete", "batch", "old").returncode == 0
+    wait_for(lambda: (batch_object(cluster, h, "old") or {}).get("status"), 60,
+             step=h.full_pass, what="the Batch to be applied again from its records")
+    for _ in range(3):
+        h.full_pass()
+    assert h.state("old") == "Completed" and h.jobs("old") == {"o1": "Completed"}
+    assert [r.id for r in h.store.list_reports("old")] == ["old:0123456789ab:1"]
+    assert job_names(cluster, h, "old") == []
+    h.rec.deliver()
+    assert smtp.mailbox.messages == []  # reported before: never again

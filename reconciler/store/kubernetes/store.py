@@ -467,8 +467,9 @@ class KubernetesStore:
             if (cr is None or changed or self._drifted(cr, record)
                     or _annotations(record).items() - _cr_annotations(cr).items()):
                 cr = self._put_batch(name, spec, record, cr)
-            if found is None:
+            if found is None:  # new, or stored before records: those are kept from now on
                 self._adopt_status(name, cr)
+                self._let_go(name)
             self._save_record(name, record, spec)
             places = self._placeholders()
             if name in places:
@@ -484,11 +485,12 @@ class KubernetesStore:
 
     def _put_batch(self, name: str, spec: dict[str, Any], record: dict[str, Any],
                    cr: Obj | None) -> Obj:
-        """Apply the Batch object from Git's spec (server-side apply, forced); a spec edited
-        by hand is first replaced whole, since an apply leaves fields it never set (a hand
-        `state: Held`) to their new manager. Sets the record's appliedSpecHash."""
+        """Apply the Batch object from Git's spec (server-side apply, forced). The spec of
+        an object that exists is first replaced whole: an apply leaves alone the fields
+        another manager set (a hand `state: Held`, the inline items of an object written
+        before `itemsFrom`). Sets the record's appliedSpecHash."""
         shown = object_spec(name, spec)
-        if cr is not None and self._drifted(cr, record):
+        if cr is not None:
             self._raw(self.custom.patch_namespaced_custom_object,
                       GROUP, VERSION, self.ns, PLURAL, name,
                       [{"op": "replace", "path": "/spec", "value": shown}],
