@@ -223,3 +223,35 @@ def test_a_batch_stored_before_records_is_recorded_and_survives_a_hand_delete(
     assert job_names(cluster, h, "old") == []
     h.rec.deliver()
     assert smtp.mailbox.messages == []  # reported before: never again
+
+
+def test_a_job_that_finished_and_expired_while_the_reconciler_was_away_is_recorded_not_rerun(
+        kube: tuple[Harness, KubeWorld, Any], smtp: SmtpServer) -> None:
+    h, world, cluster = kube
+    profile = profile_doc(world.prefix)
+    profile["spec"]["job"] = {"ttlSecondsAfterFinished": 1}
+    h.repo.write("profiles/test.yaml", profile)
+    h.repo.write("batches/away.yaml", batch_doc([world.item("a1")]))  # held running
+    h.repo.commit("one job")
+    h.sync()
+    h.until(lambda: h.jobs("away") == {"a1": "Processing"}, "the job to run", timeout=120)
+    h.rec.close()  # the reconciler is away while the job finishes and its TTL runs out
+    world.release("a1")
+
+    def expired() -> bool:
+        obj = json.loads(kubectl(cluster, h, "get", "jobs", "-o", "json").stdout)["items"]
+        return not obj or bool(obj[0]["metadata"].get("deletionTimestamp"))
+    wait_for(expired, 60, what="the TTL-after-finished controller to delete the Job")
+    with world.lock:  # from now on a pod of this item would run, held, forever
+        world.released.discard("a1")
+    h.restart()
+    h.until(lambda: h.state("away") == "Completed", "the result to be recorded", timeout=60)
+    wait_for(lambda: not job_names(cluster, h, "away"), 60, step=h.full_pass,
+             what="the Job to go once its result is recorded")
+    for _ in range(3):
+        h.full_pass()
+    assert job_names(cluster, h, "away") == []  # not made again
+    assert h.jobs("away") == {"a1": "Completed"} and h.attempts("away") == {"a1": 1}
+    h.full_pass()
+    h.rec.deliver()
+    assert smtp.mailbox.subjects() == ["Ingest: OK -- Submission Processed: away"]

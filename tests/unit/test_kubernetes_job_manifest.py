@@ -45,6 +45,7 @@ def test_a_plain_job_is_owned_labelled_and_never_restarted_in_place() -> None:
               "app.kubernetes.io/managed-by": "batchq"}
     assert meta["labels"] == labels
     assert meta["annotations"] == {"batchq.dev/item-id": "x"}
+    assert meta["finalizers"] == ["batchq.dev/result"]  # kept until its result is recorded
     job = body["spec"]
     assert job["suspend"] is False and job["backoffLimit"] == 0
     assert "activeDeadlineSeconds" not in job

@@ -56,7 +56,7 @@ from reconciler.domain.model import (
     Job,
     Report,
 )
-from reconciler.domain.states import BatchState, JobState
+from reconciler.domain.states import JOB_TERMINAL, BatchState, JobState
 from reconciler.store.base import (
     ConflictError,
     Delivery,
@@ -88,7 +88,7 @@ from reconciler.store.kubernetes.configmaps import (
     timeline_name,
 )
 from reconciler.store.kubernetes.informer import Informer, Obj
-from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
+from reconciler.store.kubernetes.jobs import RESULT_FINALIZER, job_from_k8s, job_manifest
 from reconciler.store.kubernetes.names import (
     GROUP,
     PLURAL,
@@ -583,6 +583,7 @@ class KubernetesStore:
                 self._create_cm(spec_record_name(name), "batch-spec", name,
                                 {RECORD_KEY: json.dumps(_legacy_record(obj), sort_keys=True)},
                                 binary={SPEC_KEY: encode_spec(obj["spec"])})
+        self._release_deleted_jobs()
         repaired = []
         for name in sorted(set(self._recorded_names())):
             found, batch = self._record(name), self.get_batch(name)
@@ -733,6 +734,10 @@ class KubernetesStore:
                     state=str(s.state), attempts=s.attempts, message=s.message,
                     jobName=s.job_name, startedAt=s.started_at, finishedAt=s.finished_at)
             self._put_cm_json(name, "items.json", records, "items", batch)
+        for s in items:  # recorded: a finished Job may now go (its TTL, by hand)
+            job = self.jobs.get(s.job_name) if s.job_name else None
+            if job is not None and s.state in JOB_TERMINAL:
+                self._release(job)
 
     def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
         """Secrets owned by nothing (a hand-deleted Batch must not take them from the Jobs
@@ -797,8 +802,48 @@ class KubernetesStore:
         self.batch_api.delete_collection_namespaced_job(
             self.ns, label_selector=f"{A}batch={batch}", propagation_policy="Background")
         self._wrote()
-        for o in mine:
+        for o in mine:  # the batch goes: nothing waits for their results (those not yet
+            self._release(o)  # released are the unfinished ones, at most maxActiveJobs)
             self.jobs.forget(o["metadata"]["name"])
+
+    def _release(self, obj: Obj) -> None:
+        """Take the result finalizer off a Job (jobs.py), if it has it."""
+        meta = obj["metadata"]
+        held = meta.get("finalizers") or []
+        if RESULT_FINALIZER not in held:
+            return
+        try:
+            new = self._raw(self.batch_api.patch_namespaced_job, meta["name"], self.ns,
+                            [{"op": "test", "path": "/metadata/finalizers", "value": held},
+                             {"op": "replace", "path": "/metadata/finalizers",
+                              "value": [f for f in held if f != RESULT_FINALIZER]}],
+                            _content_type="application/json-patch+json")
+        except ApiException as exc:
+            if exc.status in (404, 422):  # gone, or its finalizers changed: seen again later
+                return
+            raise
+        self._wrote()
+        self.jobs.remember(new)
+
+    def _release_deleted_jobs(self) -> None:
+        """A Job being deleted (TTL, by hand, its Batch deleted) goes once its result is
+        recorded, or at once if it never finished; a finished one whose result is not yet
+        recorded waits for the controller to record it (update_items releases it)."""
+        recorded: dict[str, dict[str, str]] = {}
+        for obj in self.jobs.snapshot():
+            meta = obj["metadata"]
+            if not meta.get("deletionTimestamp") or RESULT_FINALIZER not in (
+                    meta.get("finalizers") or []):
+                continue
+            job = job_from_k8s(obj, lambda _name, _cond: "")
+            batch = job.batch
+            if job.state in JOB_TERMINAL and self.get_batch(batch) is not None:
+                if batch not in recorded:
+                    recorded[batch] = {r["jobName"]: r["state"] for r in self._records(batch)
+                                       if r.get("jobName")}
+                if recorded[batch].get(job.name) not in {str(s) for s in JOB_TERMINAL}:
+                    continue
+            self._release(obj)
 
     def set_suspended(self, batch: str, suspended: bool) -> None:
         """Suspend Jobs that have not started (suspending a running Job would kill it)."""
