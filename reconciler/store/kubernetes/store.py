@@ -134,6 +134,13 @@ def _cr_annotations(cr: Obj | None) -> dict[str, str]:
     return dict(((cr or {}).get("metadata") or {}).get("annotations") or {})
 
 
+def _items_elsewhere(cr: Obj) -> bool:
+    """Does the object hold `manifest.itemsFrom`? Then this store wrote it, and a kill
+    came before its record: the record comes with the next apply (the commit is synced
+    again), the object alone does not say what the batch is."""
+    return "itemsFrom" in ((cr.get("spec") or {}).get("manifest") or {})
+
+
 def _legacy_record(cr: Obj) -> dict[str, Any]:
     """The record of a Batch stored before records were kept: read from the object."""
     meta = cr["metadata"]
@@ -409,7 +416,7 @@ class KubernetesStore:
         if found is not None:
             return self._recorded_batch(name, *found)
         cr = self.batches.get(name)
-        if cr is not None:
+        if cr is not None and not _items_elsewhere(cr):
             return self._batch(cr)
         p = self._placeholders().get(name)
         return self._placeholder_batch(name, p) if p else None
@@ -577,7 +584,8 @@ class KubernetesStore:
         Returns the batches repaired (each also gets a `Repaired` event)."""
         for obj in self.batches.snapshot():
             name = obj["metadata"]["name"]
-            if self._record(name) is None and not obj["metadata"].get("deletionTimestamp"):
+            if self._record(name) is None and not obj["metadata"].get(
+                    "deletionTimestamp") and not _items_elsewhere(obj):
                 self._adopt_status(name, obj)  # created only: never over a record we missed
                 self._let_go(name)
                 self._create_cm(spec_record_name(name), "batch-spec", name,
@@ -586,8 +594,9 @@ class KubernetesStore:
         self._release_deleted_jobs()
         repaired = []
         for name in sorted(set(self._recorded_names())):
-            found, batch = self._record(name), self.get_batch(name)
-            if found is None or batch is None or batch.status.state == BatchState.DELETED:
+            found = self._record(name)
+            doc = self._cm_json(status_record_name(name), STATUS_KEY, None)
+            if found is None or (doc or {}).get("status", {}).get("state") == BatchState.DELETED:
                 continue  # a deleted batch is not brought back: it is on its way out
             record, spec = found
             cr = self.batches.get(name)
@@ -837,7 +846,7 @@ class KubernetesStore:
                 continue
             job = job_from_k8s(obj, lambda _name, _cond: "")
             batch = job.batch
-            if job.state in JOB_TERMINAL and self.get_batch(batch) is not None:
+            if job.state in JOB_TERMINAL and (self._record(batch) or self.batches.get(batch)):
                 if batch not in recorded:
                     recorded[batch] = {r["jobName"]: r["state"] for r in self._records(batch)
                                        if r.get("jobName")}
