@@ -14,6 +14,7 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.model import BatchStatus, Item, ItemStatus
 from reconciler.domain.states import BatchState, JobState
 from reconciler.spec.crd import render
+from reconciler.store.kubernetes.configmaps import ITEMS_BYTES, item_chunks
 from reconciler.store.kubernetes.store import KubernetesStore
 from tests.fixtures import GitRepo, SmtpServer, batch_doc, profile_doc, wait_for
 from tests.harness import Harness
@@ -111,8 +112,8 @@ def test_status_stays_small_for_a_10000_item_batch(k8s_cluster: Any, k8s_namespa
         assert len(yaml.safe_dump(cr["status"])) < 8_000
         cms = k8s_cluster.request("GET", f"/api/v1/namespaces/{k8s_namespace}/configmaps"
                                          "?labelSelector=batchq.dev/kind=items")["items"]
-        assert len(cms) == 20
-        assert max(len(cm["data"]["items.json"]) for cm in cms) < 512 * 1024
+        assert len(cms) == len(item_chunks(items)) > 1  # cut by count and by size
+        assert max(len(cm["data"]["items.json"]) for cm in cms) < ITEMS_BYTES
         assert store.list_items("big", offset=9_990, limit=5)[0].item.id == "item-09990"
     finally:
         store.close()

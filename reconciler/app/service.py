@@ -193,6 +193,7 @@ class Reconciler:
             self.store.save_sync_state(state)
             state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
+        self.store.repair_drift()  # what was changed by hand goes back to what Git says
         self.heartbeat.beat(sync=True, head=result.head)
         failpoints.hit("after-sync")
         return repo

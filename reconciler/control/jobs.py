@@ -112,4 +112,5 @@ def build_job(
         backoff_limit=profile.backoff_limit,
         deadline_seconds=profile.deadline_seconds,
         annotations=pod_annotations(item),
+        ttl_seconds_after_finished=profile.ttl_seconds_after_finished,
     )

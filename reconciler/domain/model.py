@@ -222,6 +222,7 @@ class Profile:
     resources: dict[str, Any] = field(default_factory=dict)
     backoff_limit: int = 0
     deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int = 86400  # Kubernetes: finished Jobs are then deleted
     storage: str = "storage"
     allowed_prefixes: tuple[str, ...] = ()
     manifest_max_bytes: int = 50 * 1024 * 1024
@@ -239,6 +240,7 @@ class Profile:
             resources=dict(job.get("resources") or {}),
             backoff_limit=int(job.get("backoffLimit", 0)),
             deadline_seconds=job.get("activeDeadlineSeconds"),
+            ttl_seconds_after_finished=int(job.get("ttlSecondsAfterFinished", 86400)),
             storage=str(spec.get("storage", {}).get("path", "storage")),
             allowed_prefixes=tuple(spec.get("allowedUrlPrefixes") or ()),
             manifest_max_bytes=int((spec.get("manifest") or {}).get("maxBytes", 50 * 1024**2)),

@@ -20,6 +20,22 @@ from reconciler.spec.validation import SCHEMA_DIR, load_schema
 
 GROUP = "batchq.dev"
 DROP = {"$schema", "$id", "title", "$comment"}
+# What the Batch object holds instead of an inline items list (issue 9 §0): the file's
+# items stay in the spec record, so the object stays small and status writes never
+# rewrite them (reconciler/store/kubernetes/records.py).
+ITEMS_FROM: dict[str, Any] = {
+    "description": "Set by batchq in place of the file's inline items: they are kept, as"
+                   " applied from Git, in this ConfigMap key (gzipped JSON spec), so the Batch"
+                   " object stays small.",
+    "type": "object",
+    "required": ["configMap", "key", "count", "sha256"],
+    "properties": {
+        "configMap": {"type": "string"},
+        "key": {"type": "string"},
+        "count": {"type": "integer", "minimum": 1},
+        "sha256": {"type": "string", "description": "Of the items, as canonical JSON."},
+    },
+}
 
 
 def structural(node: Any) -> Any:
@@ -52,6 +68,9 @@ def status_schema() -> dict[str, Any]:
 def crd() -> dict[str, Any]:
     batch = load_schema("Batch")
     spec = structural(batch["properties"]["spec"])
+    manifest = spec["properties"]["manifest"]
+    manifest["properties"]["itemsFrom"] = ITEMS_FROM
+    manifest["oneOf"].append({"required": ["itemsFrom"]})
     ready = '.status.conditions[?(@.type=="Ready")]'
     columns = [  # (name, type, JSONPath, priority: 1 only in `kubectl get -o wide`)
         ("State", "string", ".status.state", 0),

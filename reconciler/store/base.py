@@ -45,6 +45,7 @@ class JobSpec:
     backoff_limit: int = 0
     deadline_seconds: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    ttl_seconds_after_finished: int | None = None  # Kubernetes; the local store keeps rows
 
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the Job controller's reason, on both backends
@@ -226,6 +227,12 @@ class Store(ReadStore, Protocol):
     ) -> Batch: ...  # a new batch gets a new uid (new_uid)
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None: ...
     def remove_batch(self, name: str) -> None: ...  # undelivered email still goes out
+    def repair_drift(self) -> list[str]:
+        """Put back what was changed by hand beside the store's own records, as applied
+        from Git (Kubernetes: a Batch deleted with kubectl while its file is in Git, its spec
+        or its status edited); return the batches repaired. Called once a sync; a store
+        that nothing else can edit (SQLite) has nothing to repair."""
+        ...
 
     # --- per-item observed state
     def set_items(self, batch: str, items: list[Item]) -> None: ...

@@ -232,6 +232,10 @@ class MemoryStore:
         r.version += 1
         self._wrote()
 
+    def repair_drift(self) -> list[str]:
+        """Nothing but this store writes its state: there is never drift to repair."""
+        return []
+
     def remove_batch(self, name: str) -> None:
         with self._tx():
             s = self._s

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.control.jobs import job_name
+from reconciler.control.jobs import build_job, job_name
+from reconciler.domain.model import Item, Profile
 from reconciler.domain.states import JobState
 from reconciler.store.base import JobSpec, deadline_message
 from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
@@ -45,6 +46,7 @@ def test_a_plain_job_is_owned_labelled_and_never_restarted_in_place() -> None:
     assert meta["labels"] == labels
     assert meta["annotations"] == {"batchq.dev/item-id": "x",
                                    "kube-score/ignore": "container-image-pull-policy"}
+    assert meta["finalizers"] == ["batchq.dev/result"]  # kept until its result is recorded
     job = body["spec"]
     assert job["suspend"] is False and job["backoffLimit"] == 0
     assert "activeDeadlineSeconds" not in job
@@ -94,6 +96,8 @@ def test_env_is_sorted_and_ends_with_the_termination_log_and_credentials_file() 
     ({"suspended": False}, "suspend", False),
     ({"backoff_limit": 3}, "backoffLimit", 3),
     ({"deadline_seconds": 600}, "activeDeadlineSeconds", 600),
+    ({"ttl_seconds_after_finished": 86400}, "ttlSecondsAfterFinished", 86400),
+    ({"ttl_seconds_after_finished": 0}, "ttlSecondsAfterFinished", 0),
 ])
 def test_job_spec_fields_follow_the_job_spec(kw: dict[str, Any], field: str,
                                              expected: object) -> None:
@@ -104,6 +108,14 @@ def test_no_deadline_means_no_active_deadline_seconds() -> None:
     for seconds in (None, 0):
         assert "activeDeadlineSeconds" not in job_manifest(
             spec(deadline_seconds=seconds), OWNER)["spec"]
+
+
+def test_the_profiles_ttl_reaches_the_job_and_defaults_to_a_day() -> None:
+    item = Item(id="x", url="http://127.0.0.1/x")
+    for job, expected in (({}, 86400), ({"ttlSecondsAfterFinished": 60}, 60)):
+        built = build_job("b", item, 1, Profile.from_dict("p", {"job": job}), suspended=False,
+                          git_dir=None, commit="c", file_roots=(), storage_root="/s")
+        assert job_manifest(built, OWNER)["spec"]["ttlSecondsAfterFinished"] == expected
 
 
 def test_profile_image_resources_and_item_annotations_reach_the_pod() -> None:

@@ -3,10 +3,14 @@
 `job_manifest` is the body the backend creates (DESIGN §8): one immutable Job per attempt,
 owned by its Batch, labelled batch/item/attempt, suspended while the batch is held, with a
 podFailurePolicy that does not spend an item's retries on evictions and node loss, and the
-item's credentials Secret key mounted read-only, hardened as hardening.py says.
-`job_from_k8s` turns a Job as the API server returns it into the domain `Job`. Neither
-talks to the API server, so both are unit-tested without one
-(tests/unit/test_kubernetes_job_manifest.py).
+item's credentials Secret key mounted read-only, hardened as hardening.py says, and deleted by the TTL-after-finished
+controller `ttlSecondsAfterFinished` after it finished (the profile's; the item records,
+not the Job, are what the batch shows). Its finalizer `batchq.dev/result` keeps a
+finished Job that is deleted (by its TTL, by hand, with its Batch) until its result is
+recorded, so a result is never lost and a finished attempt never run again, however long
+the reconciler was away. `job_from_k8s` turns a Job as the API
+server returns it into the domain `Job`. Neither talks to the API server, so both are
+unit-tested without one (tests/unit/test_kubernetes_job_manifest.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from reconciler.store.kubernetes.hardening import (
 from reconciler.store.kubernetes.names import CREDENTIALS_DIR, A, credentials_secret, label_value
 from reconciler.support.timefmt import parse_rfc3339_or_none
 
+RESULT_FINALIZER = f"{A}result"  # held until the Job's result is in the item records
 FailureMessage = Callable[[str, dict[str, Any]], str]
 """(job name, its True `Failed` condition) -> the worker's one-line reason."""
 
@@ -74,10 +79,12 @@ def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if spec.deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:  # the item records keep its result
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": spec.name, "labels": labels,
                          "annotations": {f"{A}item-id": spec.item, **KUBE_SCORE_IGNORE},
-                         "ownerReferences": owner},
+                         "ownerReferences": owner, "finalizers": [RESULT_FINALIZER]},
             "spec": job_spec}
 
 

@@ -1,24 +1,32 @@
 """The `kubernetes` backend: Batch custom resources, batch/v1 Jobs, ConfigMaps (DESIGN §8).
 
-- A Batch's spec is server-side applied by the Git sync (field manager `batchq-sync`);
-  `metadata.generation` is the API server's. Its status is written only through the
-  status subresource, with the resourceVersion we read (a conflict raises ConflictError
-  and the batch is simply reconciled again on the next pass).
+- Git is the only source of truth (issue 9 §0). The Batch object is what kubectl shows and
+  can reach, so nothing is read back from it: the spec as applied from Git, the batch's
+  generation and incarnation live in `<batch>-spec`, its status in `<batch>-status`
+  (records.py). The object's spec is server-side applied from Git (field manager
+  `batchq-sync`, forced), an inline items list replaced by `manifest.itemsFrom`; its
+  `.status` is a projection of the recorded status, written through the status
+  subresource as one JSON patch of `/status` (never the spec).
+  `repair_drift` (each sync) applies a hand-deleted Batch again, replaces a hand-edited
+  spec and overwrites a hand-edited status; none of them ever drives a step or an email.
 - Status stays small: counts, a bounded list of failures, the report round. Per-item
-  detail lives in ConfigMaps `<batch>-items-NNNN` (500 items each), reports in
+  detail lives in ConfigMaps `<batch>-items-NNNN` (cut by count and size), reports in
   `<batch>-report-<round>-<incarnation>` (the outbox is their `batchq.dev/outbox` label),
-  the timeline in `<batch>-timeline`; all are owned by the Batch, so deleting it removes
-  them, except a report still waiting to be emailed, which is let go of and goes out.
+  the timeline in `<batch>-timeline`. Like the records, they are owned by nothing
+  (labelled `batchq.dev/batch`), so `kubectl delete batch` cannot take them: they are
+  deleted by `remove_batch`, when the batch's file is gone from Git and its retention
+  ended, except a report still waiting to be emailed, which goes out.
   Their names and contents are pure functions in configmaps.py.
-- A Batch's incarnation (`batchq.dev/incarnation`, set when it is created) tells a name
+- A Batch's incarnation (recorded, and shown as `batchq.dev/incarnation`) tells a name
   reused after a deletion from the batch that had it before: their reports never meet.
 - One Job per item attempt, owned by the Batch, labelled batch/item/attempt; a Job that
   finished and vanished is never re-run because the item ConfigMap recorded it. The Job
   body and the reading of its state are pure functions in jobs.py; the status codec is in
   status.py.
 - Item credentials (userinfo of a payload URL) live in Secrets `<batch>-credentials-XX`
-  owned by the Batch, never in the item ConfigMaps or the Job; a Job's pod mounts only its
-  own item's key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
+  (owned by nothing, like the records: the Jobs made again after a hand delete need
+  them), never in the item ConfigMaps or the Job; a Job's pod mounts only its own item's
+  key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
 - Reads come from watch caches (informer.py); a write that would change nothing is not
   sent, so a pass with no change makes no API write.
 """
@@ -29,8 +37,8 @@ import base64
 import bisect
 import contextlib
 import copy
-import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -48,7 +56,7 @@ from reconciler.domain.model import (
     Job,
     Report,
 )
-from reconciler.domain.states import JobState
+from reconciler.domain.states import JOB_TERMINAL, BatchState, JobState
 from reconciler.store.base import (
     ConflictError,
     Delivery,
@@ -62,10 +70,10 @@ from reconciler.store.base import (
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
 from reconciler.store.kubernetes.configmaps import (
-    FIRST_SEQ,
-    TIMELINE_MAX,
+    CHUNK,
+    REPORT_KEY,
+    bounded_timeline,
     chunk_name,
-    chunk_start,
     delivery_accepted,
     item_chunks,
     item_status,
@@ -73,20 +81,80 @@ from reconciler.store.kubernetes.configmaps import (
     recipients_from_cm,
     report_cm_name,
     report_from_json,
+    report_from_parts,
     report_incarnation,
-    report_json,
+    report_part_name,
+    report_parts,
     timeline_name,
 )
 from reconciler.store.kubernetes.events import EventRecorder, delivery_events
 from reconciler.store.kubernetes.informer import Informer, Obj
-from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
-from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
+from reconciler.store.kubernetes.jobs import RESULT_FINALIZER, job_from_k8s, job_manifest
+from reconciler.store.kubernetes.names import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    A,
+    credentials_secret,
+    label_value,
+)
+from reconciler.store.kubernetes.records import (
+    RECORD_KEY,
+    SPEC_KEY,
+    STATUS_KEY,
+    decode_spec,
+    encode_spec,
+    object_spec,
+    projected_status,
+    spec_digest,
+    spec_record_name,
+    status_record_name,
+)
 from reconciler.store.kubernetes.status import status_from_k8s, status_to_k8s
 from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import parse_rfc3339_or_none
 
+log = logging.getLogger(__name__)
 MANAGER = "batchq-sync"
 META = "batchq-meta"
+
+
+def _annotations(record: dict[str, Any]) -> dict[str, str]:
+    """What the Batch object shows of its record, for kubectl (never read back)."""
+    out = {f"{A}source-path": str(record["sourcePath"]),
+           f"{A}source-revision": str(record["sourceRevision"]),
+           f"{A}submitted-at": str(record["submittedAt"]),
+           f"{A}spec-error": str(record["specError"]),
+           f"{A}spec-hash": str(record["specHash"])}
+    if record.get("incarnation"):  # a Batch created before incarnations keeps having none
+        out[f"{A}incarnation"] = str(record["incarnation"])
+    return out
+
+
+def _cr_annotations(cr: Obj | None) -> dict[str, str]:
+    return dict(((cr or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def _items_elsewhere(cr: Obj) -> bool:
+    """Does the object hold `manifest.itemsFrom`? Then this store wrote it, and a kill
+    came before its record: the record comes with the next apply (the commit is synced
+    again), the object alone does not say what the batch is."""
+    return "itemsFrom" in ((cr.get("spec") or {}).get("manifest") or {})
+
+
+def _legacy_record(cr: Obj) -> dict[str, Any]:
+    """The record of a Batch stored before records were kept: read from the object."""
+    meta = cr["metadata"]
+    ann = meta.get("annotations") or {}
+    return {"incarnation": ann.get(f"{A}incarnation", ""),
+            "generation": int(meta.get("generation", 1)),
+            "specHash": ann.get(f"{A}spec-hash", ""),
+            "sourcePath": ann.get(f"{A}source-path", ""),
+            "sourceRevision": ann.get(f"{A}source-revision", ""),
+            "submittedAt": float(ann.get(f"{A}submitted-at", "0") or 0),
+            "specError": ann.get(f"{A}spec-error", ""),
+            "appliedSpecHash": spec_digest(cr.get("spec")),
+            "updatedAt": float(ann.get(f"{A}updated-at", "0") or 0)}
 
 
 def _normal(status: BatchStatus) -> str:
@@ -184,9 +252,8 @@ class KubernetesStore:
                    binary: dict[str, str] | None = None) -> bool:
         meta: dict[str, Any] = {"name": name, "labels": {f"{A}kind": kind, **(labels or {})},
                                 "annotations": annotations or {}}
-        if batch is not None:
+        if batch is not None:  # owned by nothing: a hand-deleted Batch does not take it
             meta["labels"][f"{A}batch"] = batch
-            meta["ownerReferences"] = self._owner(batch)
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
                                 "data": data}
         if binary:
@@ -264,8 +331,10 @@ class KubernetesStore:
 
     # --- batches
     def _batch(self, cr: Obj) -> Batch:
+        """A Batch stored before its records (until `repair_drift` records it)."""
         meta = cr["metadata"]
         ann = meta.get("annotations") or {}
+        doc = self._cm_json(status_record_name(meta["name"]), STATUS_KEY, None)
         return Batch(
             name=meta["name"],
             spec=BatchSpec.from_dict(cr["spec"]) if cr.get("spec") else None,
@@ -273,11 +342,48 @@ class KubernetesStore:
             source_path=ann.get(f"{A}source-path", ""),
             source_revision=ann.get(f"{A}source-revision", ""),
             submitted_at=float(ann.get(f"{A}submitted-at", "0")),
-            status=status_from_k8s(cr.get("status")),
+            status=status_from_k8s(doc["status"] if doc else cr.get("status")),
             spec_error=ann.get(f"{A}spec-error", ""),
             updated_at=float(ann.get(f"{A}updated-at", "0") or 0)
             or (parse_rfc3339_or_none(meta.get("creationTimestamp")) or 0.0),
             uid=ann.get(f"{A}incarnation", ""),
+        )
+
+    def _record(self, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The batch's record and its spec as last applied from Git (records.py), or None.
+        The spec is decoded once per version of the ConfigMap; callers only read it."""
+        cm_name = spec_record_name(name)
+        cm = self.cms.get(cm_name)
+        if cm is None:
+            return None
+        rv = cm["metadata"].get("resourceVersion", "")
+        memo = self._decoded.get(f"{cm_name}/record")
+        if memo is None or memo[0] != rv:
+            record = json.loads((cm.get("data") or {}).get(RECORD_KEY) or "{}")
+            spec = decode_spec((cm.get("binaryData") or {})[SPEC_KEY])
+            memo = (rv, (record, spec))
+            self._decoded[f"{cm_name}/record"] = memo
+        record, spec = memo[1]
+        return dict(record), spec
+
+    def _recorded_names(self) -> list[str]:
+        return [str((cm["metadata"].get("labels") or {}).get(f"{A}batch"))
+                for cm in self.cms.snapshot()
+                if (cm["metadata"].get("labels") or {}).get(f"{A}kind") == "batch-spec"]
+
+    def _recorded_batch(self, name: str, record: dict[str, Any],
+                        spec: dict[str, Any]) -> Batch:
+        doc = self._cm_json(status_record_name(name), STATUS_KEY, None)
+        return Batch(
+            name=name, spec=BatchSpec.from_dict(spec), generation=int(record["generation"]),
+            source_path=str(record["sourcePath"]),
+            source_revision=str(record["sourceRevision"]),
+            submitted_at=float(record["submittedAt"]),
+            status=status_from_k8s(doc["status"] if doc else None),
+            spec_error=str(record.get("specError", "")),
+            updated_at=max(float(doc.get("updatedAt", 0)) if doc else 0.0,
+                           float(record.get("updatedAt", 0))),
+            uid=str(record.get("incarnation", "")),
         )
 
     def _placeholder_batch(self, name: str, p: dict[str, Any]) -> Batch:
@@ -286,8 +392,11 @@ class KubernetesStore:
                      spec_error=p["error"], updated_at=p["committed_at"])
 
     def list_batches(self) -> list[Batch]:
-        out = [self._batch(cr) for cr in self.batches.snapshot()]
-        out += [self._placeholder_batch(n, p) for n, p in self._placeholders().items()]
+        names = {cr["metadata"]["name"] for cr in self.batches.snapshot()}
+        names.update(self._recorded_names())
+        out = [b for b in (self.get_batch(n) for n in names) if b is not None]
+        out += [self._placeholder_batch(n, p) for n, p in self._placeholders().items()
+                if n not in names]
         return sorted(out, key=lambda b: b.name)
 
     def page_batches(self, *, state: str | None = None, offset: int = 0,
@@ -303,8 +412,13 @@ class KubernetesStore:
         return out
 
     def get_batch(self, name: str) -> Batch | None:
+        """From the batch's records (never from what kubectl can edit in the Batch); a
+        Batch stored before them is read from the object itself."""
+        found = self._record(name)
+        if found is not None:
+            return self._recorded_batch(name, *found)
         cr = self.batches.get(name)
-        if cr is not None:
+        if cr is not None and not _items_elsewhere(cr):
             return self._batch(cr)
         p = self._placeholders().get(name)
         return self._placeholder_batch(name, p) if p else None
@@ -312,54 +426,56 @@ class KubernetesStore:
     def apply_spec(self, name: str, spec: dict[str, Any] | None, *, source_path: str,
                    revision: str, committed_at: float, error: str) -> Batch:
         cr = self.batches.get(name)
+        found = self._record(name)
         error = error[:32768]
-        if spec is None and cr is None:
+        if spec is None and cr is None and found is None:
             self._apply_invalid(name, source_path=source_path, revision=revision,
                                 committed_at=committed_at, error=error)
             batch = self.get_batch(name)
             assert batch is not None
             return batch
-        ann = (cr or {}).get("metadata", {}).get("annotations") or {}
-        if spec is None:
+        if spec is None:  # a broken edit: the last good spec stays, the error is shown
+            if found is not None:
+                record, applied = found
+                self._save_record(name, {**record, "specError": error,
+                                         "sourceRevision": revision,
+                                         "sourcePath": source_path}, applied)
+            ann = (cr or {}).get("metadata", {}).get("annotations") or {}
             wanted = {f"{A}spec-error": error, f"{A}source-revision": revision,
                       f"{A}source-path": source_path}
-            if any(ann.get(k) != v for k, v in wanted.items()):
+            if cr is not None and any(ann.get(k) != v for k, v in wanted.items()):
                 new = self._raw(
                     self.custom.patch_namespaced_custom_object,
                     GROUP, VERSION, self.ns, PLURAL, name,
-                    {"metadata": {"annotations": {**wanted, f"{A}updated-at": str(time.time())}}},
+                    {"metadata": {"annotations": wanted}},
                 )
                 self._wrote()
                 self.batches.remember(new)
         else:
-            digest = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
-            changed = ann.get(f"{A}spec-hash") != digest
-            annotations = {
-                f"{A}source-path": source_path,
-                f"{A}source-revision": revision if changed or cr is None
-                else ann.get(f"{A}source-revision", revision),
-                f"{A}submitted-at": ann.get(f"{A}submitted-at", str(committed_at)),
-                f"{A}spec-error": error,
-                f"{A}spec-hash": digest,
+            base = found[0] if found is not None else (
+                _legacy_record(cr) if cr is not None else None)
+            digest = spec_digest(spec)
+            changed = base is None or base.get("specHash") != digest
+            record = {
+                "incarnation": new_uid() if base is None else base.get("incarnation", ""),
+                "generation": 1 if base is None else int(base["generation"]) + changed,
+                "specHash": digest,
+                "sourcePath": source_path,
+                "sourceRevision": revision if base is None or changed
+                else base["sourceRevision"],
+                "submittedAt": committed_at if base is None else base["submittedAt"],
+                "specError": error,
+                "appliedSpecHash": "" if base is None else base.get("appliedSpecHash", ""),
+                "updatedAt": time.time() if base is None or changed
+                else base.get("updatedAt", 0.0),
             }
-            # made once, at creation, and applied again each time (an applied field left
-            # out is removed); a Batch created before incarnations keeps having none
-            incarnation = new_uid() if cr is None else ann.get(f"{A}incarnation")
-            if incarnation:
-                annotations[f"{A}incarnation"] = incarnation
-            if changed or any(ann.get(k) != v for k, v in annotations.items()):
-                body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
-                        "metadata": {"name": name,
-                                     "labels": {"app.kubernetes.io/managed-by": "batchq"},
-                                     "annotations": {**annotations,
-                                                     f"{A}updated-at": str(time.time())}},
-                        "spec": spec}
-                new = self._raw(
-                    self.custom.patch_namespaced_custom_object,
-                    GROUP, VERSION, self.ns, PLURAL, name, body, field_manager=MANAGER,
-                    force=True, _content_type="application/apply-patch+yaml")
-                self._wrote()
-                self.batches.remember(new)
+            if (cr is None or changed or self._drifted(cr, record)
+                    or _annotations(record).items() - _cr_annotations(cr).items()):
+                cr = self._put_batch(name, spec, record, cr)
+            if found is None:  # new, or stored before records: those are kept from now on
+                self._adopt_status(name, cr)
+                self._let_go(name)
+            self._save_record(name, record, spec)
             places = self._placeholders()
             if name in places:
                 places.pop(name)
@@ -397,29 +513,169 @@ class KubernetesStore:
             places.pop(name)
             self.set_meta("placeholders", json.dumps(places, sort_keys=True))
 
+    def _drifted(self, cr: Obj, record: dict[str, Any]) -> bool:
+        """Was the Batch's spec changed since we applied it (by `kubectl edit`, say)?"""
+        return spec_digest(cr.get("spec")) != record.get("appliedSpecHash")
+
+    def _put_batch(self, name: str, spec: dict[str, Any], record: dict[str, Any],
+                   cr: Obj | None) -> Obj:
+        """Apply the Batch object from Git's spec (server-side apply, forced). The spec of
+        an object that exists is first replaced whole: an apply leaves alone the fields
+        another manager set (a hand `state: Held`, the inline items of an object written
+        before `itemsFrom`). Sets the record's appliedSpecHash."""
+        shown = object_spec(name, spec)
+        if cr is not None:
+            self._raw(self.custom.patch_namespaced_custom_object,
+                      GROUP, VERSION, self.ns, PLURAL, name,
+                      [{"op": "add", "path": "/spec", "value": shown}]  # add: a spec-less Batch too,
+                      _content_type="application/json-patch+json")
+            self._wrote()
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
+                "metadata": {"name": name,
+                             "labels": {"app.kubernetes.io/managed-by": "batchq"},
+                             "annotations": _annotations(record)},
+                "spec": shown}
+        new = self._raw(
+            self.custom.patch_namespaced_custom_object,
+            GROUP, VERSION, self.ns, PLURAL, name, body, field_manager=MANAGER,
+            force=True, _content_type="application/apply-patch+yaml")
+        self._wrote()
+        self.batches.remember(new)
+        record["appliedSpecHash"] = spec_digest(new.get("spec"))
+        return new
+
+    def _save_record(self, name: str, record: dict[str, Any], spec: dict[str, Any]) -> None:
+        """Write `<batch>-spec` if it differs (records.py)."""
+        cm_name = spec_record_name(name)
+        data = {RECORD_KEY: json.dumps(record, sort_keys=True)}
+        binary = {SPEC_KEY: encode_spec(spec)}
+        cm = self.cms.get(cm_name)
+        if cm is None:
+            if self._create_cm(cm_name, "batch-spec", name, data, binary=binary):
+                return
+            cm = self._raw(self.core.read_namespaced_config_map, cm_name, self.ns)
+        if (cm.get("data") or {}) == data and (cm.get("binaryData") or {}) == binary:
+            return
+        body = copy.deepcopy(cm)
+        body["data"], body["binaryData"] = data, binary
+        self._replace(self.cms, f"ConfigMap {cm_name}", self.core.replace_namespaced_config_map,
+                      cm_name, self.ns, body)
+
+    def _adopt_status(self, name: str, cr: Obj | None) -> None:
+        """A Batch stored before its records: its status becomes the recorded one."""
+        status_name = status_record_name(name)
+        if cr is None or not cr.get("status") or self.cms.get(status_name) is not None:
+            return
+        doc = {"status": status_to_k8s(status_from_k8s(cr["status"])), "updatedAt": time.time()}
+        self._put_cm_json(status_name, STATUS_KEY, doc, "batch-status", name)
+
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None:
         cr = self.batches.get(name)
-        if cr is None:
-            return  # a placeholder of an earlier version has no object to hold a status
+        if self._record(name) is None and cr is None:
+            return  # a placeholder (file never parsed) has no object to hold a status
         if _normal(new) == _normal(old):
             return
-        if _normal(status_from_k8s(cr.get("status"))) != _normal(old):
+        doc = self._cm_json(status_record_name(name), STATUS_KEY, None)
+        current = status_from_k8s(doc["status"] if doc else None if self._record(name)
+                                  else (cr or {}).get("status"))
+        if _normal(current) != _normal(old):
             raise ConflictError(f"status of batch {name} changed under us")
-        body = copy.deepcopy(cr)
-        body["status"] = status_to_k8s(new)
-        body["metadata"].setdefault("annotations", {})[f"{A}updated-at"] = str(time.time())
-        self._replace(self.batches, f"status of batch {name}",
-                      self.custom.replace_namespaced_custom_object_status,
-                      GROUP, VERSION, self.ns, PLURAL, name, body)
+        doc = {"status": status_to_k8s(new), "updatedAt": time.time()}
+        self._put_cm_json(status_record_name(name), STATUS_KEY, doc, "batch-status", name)
+        if not self._project_status(name) and cr is not None and not cr.get("spec"):
+            self._status_on_invalid(name, new)
+
+    def _status_on_invalid(self, name: str, new: BatchStatus) -> None:
+        """A Batch for a file that never parsed has no records to project from: its status
+        (Invalid, with the file:line:col message) is written on it directly, so that
+        `kubectl get batches` says why."""
+        cr = self._raw(self.custom.patch_namespaced_custom_object_status,
+                       GROUP, VERSION, self.ns, PLURAL, name,
+                       [{"op": "add", "path": "/status", "value": status_to_k8s(new)}],
+                       _content_type="application/json-patch+json")
+        self._wrote()
+        self.batches.remember(cr)
+
+    def _project_status(self, name: str) -> bool:
+        """Put the recorded status on the Batch's status subresource if it shows another:
+        one JSON patch of `/status` (the small summary; never the spec). True if written."""
+        cr, found = self.batches.get(name), self._record(name)
+        doc = self._cm_json(status_record_name(name), STATUS_KEY, None)
+        if cr is None or found is None or doc is None:
+            return False
+        want = projected_status(doc["status"], int(doc["status"].get("observedGeneration", 0)),
+                                int(found[0]["generation"]),
+                                int(cr["metadata"].get("generation", 1)))
+        if cr.get("status") == want:  # as values: the server may write 1000.0 as 1000
+            return False
+        new = self._raw(self.custom.patch_namespaced_custom_object_status,
+                        GROUP, VERSION, self.ns, PLURAL, name,
+                        [{"op": "add", "path": "/status", "value": want}],
+                        _content_type="application/json-patch+json")
+        self._wrote()
+        self.batches.remember(new)
+        return True
+
+    def repair_drift(self) -> list[str]:
+        """Put back what was done to the Batch objects by hand, from the records: a Batch
+        deleted while its file is in Git is applied again, a spec edited is replaced, a
+        status edited is overwritten; a Batch stored before its records is recorded.
+        Returns the batches repaired (each also gets a `Repaired` event)."""
+        for obj in self.batches.snapshot():
+            name = obj["metadata"]["name"]
+            if self._record(name) is None and obj.get("spec") and not obj["metadata"].get(
+                    "deletionTimestamp") and not _items_elsewhere(obj):
+                self._adopt_status(name, obj)  # created only: never over a record we missed
+                self._let_go(name)
+                self._create_cm(spec_record_name(name), "batch-spec", name,
+                                {RECORD_KEY: json.dumps(_legacy_record(obj), sort_keys=True)},
+                                binary={SPEC_KEY: encode_spec(obj["spec"])})
+        self._release_deleted_jobs()
+        repaired = []
+        for name in sorted(set(self._recorded_names())):
+            found = self._record(name)
+            doc = self._cm_json(status_record_name(name), STATUS_KEY, None)
+            if found is None or (doc or {}).get("status", {}).get("state") == BatchState.DELETED:
+                continue  # a deleted batch is not brought back: it is on its way out
+            record, spec = found
+            cr = self.batches.get(name)
+            if cr is not None and cr["metadata"].get("deletionTimestamp"):
+                continue  # being deleted: applied again once it is gone
+            what = ("object was deleted" if cr is None
+                    else "spec was edited" if self._drifted(cr, record) else "")
+            if what:
+                self._put_batch(name, spec, record, cr)
+                self._save_record(name, record, spec)
+            if self._project_status(name) and not what:
+                what = "status was edited"
+            if what:
+                log.warning("batch %s: the Batch %s by hand; put back", name, what)
+                self.add_event(Event(name, time.time(), "Repaired",
+                                     f"the Batch {what} by hand; put back as applied from"
+                                     f" {record['sourcePath']} at"
+                                     f" {str(record['sourceRevision'])[:12]}",
+                                     str(record["sourceRevision"])))
+                repaired.append(name)
+        return repaired
+
+    def _let_go(self, batch: str) -> None:
+        """The ConfigMaps of a batch stored while they were owned by its Batch are let go
+        of, so a hand delete of the Batch cannot take them."""
+        for cm in self.cms.snapshot():
+            meta = cm["metadata"]
+            if (meta.get("labels") or {}).get(f"{A}batch") == batch and meta.get(
+                    "ownerReferences"):
+                new = self._raw(self.core.patch_namespaced_config_map, meta["name"], self.ns,
+                                {"metadata": {"ownerReferences": None}})
+                self._wrote()
+                self.cms.remember(new)
 
     def remove_batch(self, name: str) -> None:
         places = self._placeholders()
         if name in places:
             places.pop(name)
             self.set_meta("placeholders", json.dumps(places, sort_keys=True))
-        if self.batches.get(name) is None:
-            return
-        # let go of email not yet delivered, so the garbage collector keeps it and it goes out
+        # let go of email not yet delivered (a report made before the records were unowned)
         for cm in self._report_cms(name):
             pending = (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"
             if pending and cm["metadata"].get("ownerReferences"):
@@ -428,22 +684,28 @@ class KubernetesStore:
                 self._wrote()
                 self.cms.remember(new)
         self.delete_jobs(name)
-        with contextlib.suppress(ApiException):
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.ns, PLURAL, name, propagation_policy="Background")
-            self._wrote()
-        self.batches.forget(name)
-        # the rest at once, not whenever the garbage collector gets to it: a new batch of
-        # the same name must not find the old items or timeline under the names it uses
-        selector = f"{A}batch={name},{A}outbox!=pending"
-        doomed = [cm["metadata"]["name"] for cm in self.cms.snapshot()
-                  if (cm["metadata"].get("labels") or {}).get(f"{A}batch") == name
-                  and (cm["metadata"].get("labels") or {}).get(f"{A}outbox") != "pending"]
-        if doomed:
-            self.core.delete_collection_namespaced_config_map(self.ns, label_selector=selector)
-            self._wrote()
-            for cm_name in doomed:
-                self.cms.forget(cm_name)
+        if self.batches.get(name) is not None:
+            with contextlib.suppress(ApiException):
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, self.ns, PLURAL, name, propagation_policy="Background")
+                self._wrote()
+            self.batches.forget(name)
+        # the records, items, reports already sent and the timeline: owned by nothing, so
+        # deleted here, at once (a new batch of the same name must not find them)
+        kept = {label_value(cm["metadata"]["name"]) for cm in self._report_cms(name)
+                if (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"}
+        for cm in self.cms.snapshot():
+            lab = cm["metadata"].get("labels") or {}
+            if lab.get(f"{A}batch") != name or lab.get(f"{A}outbox") == "pending" or (
+                    lab.get(f"{A}report") in kept):
+                continue  # not this batch's, or email still to go out (with its parts)
+            with contextlib.suppress(ApiException):
+                self.core.delete_namespaced_config_map(cm["metadata"]["name"], self.ns)
+                self._wrote()
+            self.cms.forget(cm["metadata"]["name"])
+        self.core.delete_collection_namespaced_secret(  # not cached: deleted blindly
+            self.ns, label_selector=f"{A}kind=credentials,{A}batch={name}")
+        self._wrote()
 
     # --- items
     def _chunk_names(self, batch: str) -> list[str]:
@@ -455,25 +717,29 @@ class KubernetesStore:
         )
 
     def set_items(self, batch: str, items: list[Item]) -> None:
-        for index, (start, chunk) in enumerate(item_chunks(items)):
-            records = new_item_records(chunk, start)
+        """Chunks of at most CHUNK items and ITEMS_BYTES (configmaps.item_chunks), each
+        with the seq of its first item; made again alike after a kill."""
+        for index, (first, chunk) in enumerate(item_chunks(items)):
             name = chunk_name(batch, index)
             if self.cms.get(name) is None:
-                self._create_cm(name, "items", batch, {"items.json": json.dumps(records)},
-                                annotations={FIRST_SEQ: str(start)})
+                self._create_cm(name, "items", batch,
+                                {"items.json": json.dumps(new_item_records(chunk, first))},
+                                annotations={f"{A}first-seq": str(first)})
 
     def _chunk_starts(self, batch: str) -> list[tuple[int, str]]:
-        """(first seq, name) of the batch's item ConfigMaps, in seq order."""
+        """(seq of its first item, name) of each items ConfigMap, in order; one stored
+        before chunks were cut by size holds CHUNK items."""
         out = []
         for name in self._chunk_names(batch):
-            cm = self.cms.get(name) or {}
-            out.append((chunk_start(name, (cm.get("metadata") or {}).get("annotations") or {}),
-                        name))
+            cm = self.cms.get(name) or {"metadata": {}}
+            first = (cm["metadata"].get("annotations") or {}).get(f"{A}first-seq")
+            out.append((int(first) if first is not None
+                        else int(name.rsplit("-", 1)[1]) * CHUNK, name))
         return sorted(out)
 
     def _records(self, batch: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for name in self._chunk_names(batch):
+        for _, name in self._chunk_starts(batch):
             out += self._cm_json(name, "items.json", [])
         return out
 
@@ -516,18 +782,22 @@ class KubernetesStore:
                     state=str(s.state), attempts=s.attempts, message=s.message,
                     jobName=s.job_name, startedAt=s.started_at, finishedAt=s.finished_at)
             self._put_cm_json(name, "items.json", records, "items", batch)
+        for s in items:  # recorded: a finished Job may now go (its TTL, by hand)
+            job = self.jobs.get(s.job_name) if s.job_name else None
+            if job is not None and s.state in JOB_TERMINAL:
+                self._release(job)
 
     def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
-        """Secrets owned by the Batch (the reconciler may create and patch them, never read
-        them back); a Job's pod mounts its item's key (see `create_job`)."""
+        """Secrets owned by nothing (a hand-deleted Batch must not take them from the Jobs
+        re-created for it; `remove_batch` deletes them), which the reconciler may create and
+        patch, never read back; a Job's pod mounts its item's key (see `create_job`)."""
         buckets: dict[str, dict[str, str]] = {}
         for item_id, userinfo in credentials.items():
             buckets.setdefault(credentials_secret(batch, item_id), {})[item_id] = userinfo
         for name, data in sorted(buckets.items()):
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": name,
-                                 "labels": {f"{A}kind": "credentials", f"{A}batch": batch},
-                                 "ownerReferences": self._owner(batch)},
+                                 "labels": {f"{A}kind": "credentials", f"{A}batch": batch}},
                     "stringData": data}
             try:
                 self.core.create_namespaced_secret(self.ns, body)
@@ -580,8 +850,48 @@ class KubernetesStore:
         self.batch_api.delete_collection_namespaced_job(
             self.ns, label_selector=f"{A}batch={batch}", propagation_policy="Background")
         self._wrote()
-        for o in mine:
+        for o in mine:  # the batch goes: nothing waits for their results (those not yet
+            self._release(o)  # released are the unfinished ones, at most maxActiveJobs)
             self.jobs.forget(o["metadata"]["name"])
+
+    def _release(self, obj: Obj) -> None:
+        """Take the result finalizer off a Job (jobs.py), if it has it."""
+        meta = obj["metadata"]
+        held = meta.get("finalizers") or []
+        if RESULT_FINALIZER not in held:
+            return
+        try:
+            new = self._raw(self.batch_api.patch_namespaced_job, meta["name"], self.ns,
+                            [{"op": "test", "path": "/metadata/finalizers", "value": held},
+                             {"op": "replace", "path": "/metadata/finalizers",
+                              "value": [f for f in held if f != RESULT_FINALIZER]}],
+                            _content_type="application/json-patch+json")
+        except ApiException as exc:
+            if exc.status in (404, 422):  # gone, or its finalizers changed: seen again later
+                return
+            raise
+        self._wrote()
+        self.jobs.remember(new)
+
+    def _release_deleted_jobs(self) -> None:
+        """A Job being deleted (TTL, by hand, its Batch deleted) goes once its result is
+        recorded, or at once if it never finished; a finished one whose result is not yet
+        recorded waits for the controller to record it (update_items releases it)."""
+        recorded: dict[str, dict[str, str]] = {}
+        for obj in self.jobs.snapshot():
+            meta = obj["metadata"]
+            if not meta.get("deletionTimestamp") or RESULT_FINALIZER not in (
+                    meta.get("finalizers") or []):
+                continue
+            job = job_from_k8s(obj, lambda _name, _cond: "")
+            batch = job.batch
+            if job.state in JOB_TERMINAL and (self._record(batch) or self.batches.get(batch)):
+                if batch not in recorded:
+                    recorded[batch] = {r["jobName"]: r["state"] for r in self._records(batch)
+                                       if r.get("jobName")}
+                if recorded[batch].get(job.name) not in {str(s) for s in JOB_TERMINAL}:
+                    continue
+            self._release(obj)
 
     def set_suspended(self, batch: str, suspended: bool) -> None:
         """Suspend Jobs that have not started (suspending a running Job would kill it)."""
@@ -601,13 +911,33 @@ class KubernetesStore:
 
     # --- reports and outbox
     def save_report(self, report: Report) -> bool:
+        """Its parts first, then the report's own ConfigMap, whose presence means saved
+        (configmaps.py); a part left by a kill before that is rewritten with this report."""
+        name = report_cm_name(report.id)
+        if self.cms.get(name) is not None:
+            return False
+        parts = report_parts(report)
+        incarnation = {f"{A}incarnation": report_incarnation(report.id)}
+        for k, part in enumerate(parts[1:], 1):
+            binary = {REPORT_KEY: base64.b64encode(part).decode()}
+            part_name = report_part_name(name, k)
+            if self._create_cm(part_name, "report-part", report.batch, {},
+                               labels={**incarnation, f"{A}report": label_value(name)},
+                               binary=binary):
+                continue
+            old = self.cms.get(part_name) or self._raw(
+                self.core.read_namespaced_config_map, part_name, self.ns)
+            if (old.get("binaryData") or {}) != binary:
+                new = self._raw(self.core.patch_namespaced_config_map, part_name, self.ns,
+                                {"binaryData": binary})
+                self._wrote()
+                self.cms.remember(new)
         return self._create_cm(
-            report_cm_name(report.id), "report", report.batch,
-            {"report.json": report_json(report)},
-            labels={f"{A}outbox": "pending" if report.emailed else "none",
-                    f"{A}incarnation": report_incarnation(report.id)},
-            annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0"},
-            binary={"message.eml": base64.b64encode(report.message).decode()},
+            name, "report", report.batch, {},
+            labels={f"{A}outbox": "pending" if report.emailed else "none", **incarnation},
+            annotations={f"{A}attempts": "0", f"{A}next-attempt-at": "0",
+                         f"{A}parts": str(len(parts))},
+            binary={REPORT_KEY: base64.b64encode(parts[0]).decode()},
         )
 
     def _report_cms(self, batch: str | None = None) -> list[Obj]:
@@ -615,6 +945,29 @@ class KubernetesStore:
                 if (cm["metadata"].get("labels") or {}).get(f"{A}kind") == "report"
                 and (batch is None
                      or (cm["metadata"].get("labels") or {}).get(f"{A}batch") == batch)]
+
+    def _report(self, cm: Obj) -> Report:
+        """The report a report ConfigMap holds, with its parts; decoded once (a report's
+        content never changes once saved, only its delivery annotations do)."""
+        meta = cm["metadata"]
+        key = f"{meta['name']}/{meta.get('uid', '')}/report"
+        memo = self._decoded.get(key)
+        if memo is None:
+            data, binary = cm.get("data") or {}, cm.get("binaryData") or {}
+            if "report.json" in data:  # stored before parts
+                report = report_from_json(data["report.json"], base64.b64decode(
+                    binary.get("message.eml", "")))
+            else:
+                parts = [base64.b64decode(binary[REPORT_KEY])]
+                for k in range(1, int((meta.get("annotations") or {}).get(f"{A}parts", "1"))):
+                    part_name = report_part_name(meta["name"], k)
+                    part = self.cms.get(part_name) or self._raw(
+                        self.core.read_namespaced_config_map, part_name, self.ns)
+                    parts.append(base64.b64decode(part["binaryData"][REPORT_KEY]))
+                report = report_from_parts(parts)
+            memo = ("", report)
+            self._decoded[key] = memo
+        return copy.copy(memo[1])
 
     def list_reports(self, batch: str) -> list[Report]:
         """The reports of the batch now holding the name (not of an earlier one)."""
@@ -624,9 +977,7 @@ class KubernetesStore:
         for cm in self._report_cms(batch):
             if (cm["metadata"].get("labels") or {}).get(f"{A}incarnation", "") != incarnation:
                 continue
-            out.append(report_from_json(
-                cm["data"]["report.json"],
-                base64.b64decode((cm.get("binaryData") or {}).get("message.eml", ""))))
+            out.append(self._report(cm))
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
     def delivered(self, report_id: str) -> bool:
@@ -646,11 +997,11 @@ class KubernetesStore:
                 continue
             if float(ann.get(f"{A}next-attempt-at", "0")) > now:
                 continue
-            d = json.loads(cm["data"]["report.json"])
+            report = self._report(cm)
             out.append(OutboxEntry(
-                d["id"], d["batch"], base64.b64decode(cm["binaryData"]["message.eml"]),
+                report.id, report.batch, report.message,
                 int(ann.get(f"{A}attempts", "0")), ann.get(f"{A}last-error", ""),
-                recipients_from_cm(cm), float(d.get("createdAt") or 0.0)))
+                recipients_from_cm(cm), float(report.created_at or 0.0)))
         return out
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
@@ -705,7 +1056,8 @@ class KubernetesStore:
         name = timeline_name(event.batch)
         events = self._cm_json(name, "events.json", [])
         events.append([event.at, event.reason, event.message[:2048], event.revision])
-        self._put_cm_json(name, "events.json", events[-TIMELINE_MAX:], "timeline", event.batch)
+        self._put_cm_json(name, "events.json", bounded_timeline(events), "timeline",
+                          event.batch)
         self._announce(event.batch, event.reason, event.message)
 
     def _announce(self, batch: str, reason: str, note: str) -> None:
