@@ -3,13 +3,13 @@
 `job_manifest` is the body the backend creates (DESIGN §8): one immutable Job per attempt,
 owned by its Batch, labelled batch/item/attempt, suspended while the batch is held, with a
 podFailurePolicy that does not spend an item's retries on evictions and node loss, and the
-item's credentials Secret key mounted read-only, hardened as hardening.py says, and deleted by the TTL-after-finished
-controller `ttlSecondsAfterFinished` after it finished (the profile's; the item records,
-not the Job, are what the batch shows). Its finalizer `batchq.dev/result` keeps a
-finished Job that is deleted (by its TTL, by hand, with its Batch) until its result is
-recorded, so a result is never lost and a finished attempt never run again, however long
-the reconciler was away. `job_from_k8s` turns a Job as the API
-server returns it into the domain `Job`. Neither talks to the API server, so both are
+item's credentials Secret key mounted read-only, hardened as hardening.py says, and
+deleted by the TTL-after-finished controller `ttlSecondsAfterFinished` after it finished
+(the profile's; the item records, not the Job, are what the batch shows). Its finalizer
+`batchq.dev/result` keeps a finished Job that is deleted (by its TTL, by hand, with its
+Batch) until its result is recorded, so a result is never lost and a finished attempt
+never run again, however long the reconciler was away. `job_from_k8s` turns a Job as the
+API server returns it into the domain `Job`. Neither talks to the API server, so both are
 unit-tested without one (tests/unit/test_kubernetes_job_manifest.py).
 """
 

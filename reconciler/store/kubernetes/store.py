@@ -527,7 +527,7 @@ class KubernetesStore:
         if cr is not None:
             self._raw(self.custom.patch_namespaced_custom_object,
                       GROUP, VERSION, self.ns, PLURAL, name,
-                      [{"op": "add", "path": "/spec", "value": shown}]  # add: a spec-less Batch too,
+                      [{"op": "add", "path": "/spec", "value": shown}],  # a spec-less one too
                       _content_type="application/json-patch+json")
             self._wrote()
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
