@@ -130,7 +130,7 @@ def test_only_the_leader_acts_and_another_takes_over(k8s_cluster: Any, k8s_names
         recs[name] = Reconciler(Settings(
             repo=str(git_repo.path), state_dir=tmp_path / name, backend="kubernetes",
             namespace=k8s_namespace, kubeconfig=str(k8s_cluster.kubeconfig), interval=0.3,
-            identity=name, lease_seconds=3))
+            identity=name, lease_seconds=3, renew_deadline=2, retry_period=0.5))
         stops[name] = threading.Event()
         threads[name] = threading.Thread(target=recs[name].run_forever, args=(stops[name],),
                                          daemon=True)
@@ -142,7 +142,7 @@ def test_only_the_leader_acts_and_another_takes_over(k8s_cluster: Any, k8s_names
                  == "Completed", 60, what="the first batch")
         assert recs["a"].elector.leader and not recs["b"].elector.leader
         assert recs["b"].store.writes == 0  # the stand-by wrote nothing
-        stops["a"].set()  # the leader dies without giving up its Lease
+        stops["a"].set()  # the leader stops: it releases its Lease on the way out
         threads["a"].join(10)
         git_repo.write("batches/second.yaml", batch_doc([world.item("l2", gated=False)]))
         git_repo.commit("second")

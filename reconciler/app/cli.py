@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import ssl
 import sys
 import threading
@@ -20,7 +21,7 @@ from reconciler.app.statelock import StateDirLocked
 from reconciler.control.smtp import SECURITIES
 from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store, store_factory
-from reconciler.store.base import Delivery, ReadStore
+from reconciler.store.base import Delivery, ReadStore, StoreUnavailable
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.nospace import (
     NoSpaceLeft,
@@ -161,6 +162,35 @@ def file_roots(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(os.path.abspath(d) for d in args.file_roots)
 
 
+def _leader(p: argparse.ArgumentParser) -> None:
+    """Leader election on Kubernetes, with client-go's flags and defaults."""
+    p.add_argument("--leader-identity", default=_env("LEADER_IDENTITY"),
+                   help="this replica's name in the Lease (BATCHQ_LEADER_IDENTITY; default"
+                        " HOSTNAME-PID)")
+    p.add_argument("--lease-duration", type=float, default=_seconds("LEASE_DURATION", 15),
+                   help="seconds a silent leader keeps the Lease (BATCHQ_LEASE_DURATION)")
+    p.add_argument("--renew-deadline", type=float, default=_seconds("RENEW_DEADLINE", 10),
+                   help="seconds a leader that cannot renew goes on acting"
+                        " (BATCHQ_RENEW_DEADLINE)")
+    p.add_argument("--retry-period", type=float, default=_seconds("RETRY_PERIOD", 2),
+                   help="seconds between renewals, or tries to get the Lease"
+                        " (BATCHQ_RETRY_PERIOD)")
+
+
+def lease_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The leader-election fields of Settings (`run` only); a clear exit for bad timings."""
+    if not hasattr(args, "lease_duration"):
+        return {}
+    from reconciler.store.kubernetes.leader import LeaseTimings
+
+    problem = LeaseTimings(args.lease_duration, args.renew_deadline, args.retry_period).check()
+    if problem:
+        raise SystemExit(f"batchq: {problem}: change --lease-duration, --renew-deadline or"
+                         " --retry-period")
+    return {"identity": args.leader_identity, "lease_seconds": args.lease_duration,
+            "renew_deadline": args.renew_deadline, "retry_period": args.retry_period}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="batchq", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -178,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     _common(run)
     _source(run)
     run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"))
+    _leader(run)
     s = sub.add_parser("status", help="batches, jobs and reports")
     _common(s)
     s.add_argument("batch", nargs="?")
@@ -211,7 +242,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     smtp_backoff=args.smtp_backoff, smtp_max_age=args.smtp_max_age,
                     message_id_domain=domain, smtp_security=args.smtp_security,
                     smtp_user=args.smtp_user, smtp_password=smtp_password(args),
-                    smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url))
+                    smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url),
+                    **lease_settings(args))
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -342,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      if args.backend == "local" else None)
                 finally:
                     store.close()
-        except NoSpaceLeft as exc:
+        except (NoSpaceLeft, StoreUnavailable) as exc:
             _show(f"batchq: {exc}", err=True)
             return 1
         return 0
@@ -352,15 +384,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         factory, shared = store_factory(backend_settings(args))
         serve(factory, args.listen, state_dir=args.state, shared=shared)
         return 0
+    stop = threading.Event()
+    if args.command == "run":  # SIGTERM (a rollout, kubelet): stop acting, let the Lease go
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         with no_space_is_fatal(args.state):  # a supervisor restarts `run` (as kubelet does)
-            rec = Reconciler(settings_from(args))
+            rec = open_reconciler(settings_from(args), retry=args.command == "run", stop=stop)
     except StateDirLocked as exc:
         print(f"batchq: {exc}", file=sys.stderr)
         return 3
-    except NoSpaceLeft as exc:
+    except (NoSpaceLeft, StoreUnavailable) as exc:
         _show(f"batchq: {exc}", err=True)
         return 1
+    if rec is None:  # stopped while waiting for the store
+        return 0
     try:
         if args.command == "reconcile":
             try:
@@ -376,7 +413,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _show(f"batchq: sync failed: {rec.last_sync_error}", err=True)
                 return 1
             return 0
-        stop = threading.Event()
         if args.web:
             from web.app import serve_in_thread
 
@@ -388,6 +424,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         rec.close()
+
+
+def open_reconciler(settings: Settings, *, retry: bool,
+                    stop: threading.Event) -> Reconciler | None:
+    """A started Reconciler. `run` rides through a store that cannot be reached yet (the
+    API server down, the CRD not installed): it says why and tries again after 1 s,
+    doubling up to 30 s, until it can or `stop` is set (then None); the other commands
+    raise StoreUnavailable at once."""
+    delay = 1.0
+    while True:
+        try:
+            return Reconciler(settings)
+        except StoreUnavailable as exc:
+            if not retry:
+                raise
+            logging.getLogger("batchq").error("%s; trying again in %g s", exc, delay)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, 30.0)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@
   own item's key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
 - Reads come from watch caches (informer.py); a write that would change nothing is not
   sent, so a pass with no change makes no API write.
+- `may_write` (set by the loop to "I hold the Lease and am not stopping") is asked before
+  every write that acts: when it says no, NotLeader is raised and the write is not made.
+  Recording a delivery is the one exception: the email went out, and the record of it
+  is what keeps it from going out twice.
+- `connect` waits for the caches; when they do not fill it raises StoreUnavailable saying
+  why (the CRD is missing, the server cannot be reached), and `close` stops and joins
+  the watch threads.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client, config
@@ -53,13 +60,16 @@ from reconciler.store.base import (
     Delivery,
     Event,
     JobSpec,
+    NotLeader,
     OutboxEntry,
     Page,
     RecipientState,
+    StoreUnavailable,
     SyncState,
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
+from reconciler.store.kubernetes.apierrors import cache_unavailable, crd_missing
 from reconciler.store.kubernetes.configmaps import (
     CHUNK,
     TIMELINE_MAX,
@@ -100,6 +110,7 @@ class KubernetesStore:
         self.batch_api = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.writes = 0
+        self.may_write: Callable[[], bool] | None = None  # None: always (no election)
         self.wake = threading.Event()
         self._lock = threading.RLock()
         self._decoded: dict[str, tuple[str, Any]] = {}
@@ -113,24 +124,47 @@ class KubernetesStore:
 
     @classmethod
     def connect(cls, namespace: str, kubeconfig: str | None = None,
-                watch_timeout: int = 300) -> KubernetesStore:
+                watch_timeout: int = 300, sync_timeout: float = 30.0) -> KubernetesStore:
+        """An open store with its caches filled; StoreUnavailable (the caches stopped and
+        joined) when they do not fill within `sync_timeout` or the CRD is missing."""
         if kubeconfig:
             api = config.new_client_from_config(config_file=kubeconfig)
         else:
             config.load_incluster_config()
             api = client.ApiClient()
         store = cls(api, namespace, watch_timeout)
-        store.start()
+        try:
+            store.start(sync_timeout)
+        except BaseException:
+            store.close()
+            raise
         return store
 
-    def start(self) -> None:
-        for inf in (self.batches, self.jobs, self.cms):
+    def start(self, timeout: float = 30.0) -> None:
+        informers = (self.batches, self.jobs, self.cms)
+        for inf in informers:
             inf.start()
+        deadline = time.monotonic() + timeout
+        for inf in informers:
+            while not inf.wait_synced(0.1):
+                if crd_missing(self.batches.error):  # no use waiting for it to appear
+                    raise StoreUnavailable(cache_unavailable("batches", self.batches.error))
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(cache_unavailable(inf.kind, inf.error, timeout))
 
     def close(self) -> None:
+        """Stop the watch threads and wait for them, then close the connections."""
         for inf in (self.batches, self.jobs, self.cms):
             inf.stop()
         self.api.close()
+
+    def fence_with(self, may_write: Callable[[], bool]) -> None:
+        """Ask `may_write` before every write that acts (see the module docstring)."""
+        self.may_write = may_write
+
+    def _act(self) -> None:
+        if self.may_write is not None and not self.may_write():
+            raise NotLeader("this reconciler no longer holds the Lease: the write was not made")
 
     def _list_batches(self, **kwargs: Any) -> Any:
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
@@ -190,6 +224,7 @@ class KubernetesStore:
 
     def _create(self, create: Any, body: Obj, cache: Informer) -> bool:
         """Create an object; False if it exists already (creating twice is a no-op)."""
+        self._act()
         try:
             created = self._raw(create, self.ns, body)
         except ApiException as exc:
@@ -218,6 +253,7 @@ class KubernetesStore:
 
     def _replace(self, cache: Informer, what: str, replace: Any, *args: Any) -> None:
         """Write back an object read from the cache; its resourceVersion guards the write."""
+        self._act()
         try:
             new = self._raw(replace, *args)
         except ApiException as exc:
@@ -238,6 +274,7 @@ class KubernetesStore:
             return
         if self.cms.get(META) is None and self._create_cm(META, "meta", None, {key: value}):
             return
+        self._act()
         new = self._raw(self.core.patch_namespaced_config_map, META, self.ns,
                         {"data": {key: value}})
         self._wrote()
@@ -323,6 +360,7 @@ class KubernetesStore:
             wanted = {f"{A}spec-error": error, f"{A}source-revision": revision,
                       f"{A}source-path": source_path}
             if any(ann.get(k) != v for k, v in wanted.items()):
+                self._act()
                 new = self._raw(
                     self.custom.patch_namespaced_custom_object,
                     GROUP, VERSION, self.ns, PLURAL, name,
@@ -353,6 +391,7 @@ class KubernetesStore:
                                      "annotations": {**annotations,
                                                      f"{A}updated-at": str(time.time())}},
                         "spec": spec}
+                self._act()
                 new = self._raw(
                     self.custom.patch_namespaced_custom_object,
                     GROUP, VERSION, self.ns, PLURAL, name, body, field_manager=MANAGER,
@@ -393,11 +432,13 @@ class KubernetesStore:
         for cm in self._report_cms(name):
             pending = (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"
             if pending and cm["metadata"].get("ownerReferences"):
+                self._act()
                 new = self._raw(self.core.patch_namespaced_config_map, cm["metadata"]["name"],
                                 self.ns, {"metadata": {"ownerReferences": None}})
                 self._wrote()
                 self.cms.remember(new)
         self.delete_jobs(name)
+        self._act()
         with contextlib.suppress(ApiException):
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, self.ns, PLURAL, name, propagation_policy="Background")
@@ -410,6 +451,7 @@ class KubernetesStore:
                   if (cm["metadata"].get("labels") or {}).get(f"{A}batch") == name
                   and (cm["metadata"].get("labels") or {}).get(f"{A}outbox") != "pending"]
         if doomed:
+            self._act()
             self.core.delete_collection_namespaced_config_map(self.ns, label_selector=selector)
             self._wrote()
             for cm_name in doomed:
@@ -487,6 +529,7 @@ class KubernetesStore:
                                  "labels": {f"{A}kind": "credentials", f"{A}batch": batch},
                                  "ownerReferences": self._owner(batch)},
                     "stringData": data}
+            self._act()
             try:
                 self.core.create_namespaced_secret(self.ns, body)
             except ApiException as exc:
@@ -535,6 +578,7 @@ class KubernetesStore:
                 if (o["metadata"].get("labels") or {}).get(f"{A}batch") == batch]
         if not mine:
             return
+        self._act()
         self.batch_api.delete_collection_namespaced_job(
             self.ns, label_selector=f"{A}batch={batch}", propagation_policy="Background")
         self._wrote()
@@ -552,6 +596,7 @@ class KubernetesStore:
                 continue
             if not suspended and not is_suspended:
                 continue
+            self._act()
             new = self._raw(self.batch_api.patch_namespaced_job, o["metadata"]["name"],
                             self.ns, {"spec": {"suspend": suspended}})
             self._wrote()
