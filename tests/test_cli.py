@@ -201,3 +201,17 @@ def test_run_with_web_serves_pages_and_a_webhook_wakes_the_loop(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_lease_timings_that_cannot_work_are_refused_before_anything_starts(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    """As client-go: retry period < renew deadline < lease duration, or a leader could act
+    after a stand-by took its Lease over. Refused at start, naming the flags."""
+    out = batchq("run", "--backend", "kubernetes", "--repo", str(git_repo.path), "--state",
+                 str(tmp_path / "state"), "--lease-duration", "5", "--renew-deadline", "10",
+                 timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "batchq: lease timings must satisfy 0 < retry period (2 s) < renew deadline (10 s)"
+        " < lease duration (5 s): change --lease-duration, --renew-deadline or"
+        " --retry-period")

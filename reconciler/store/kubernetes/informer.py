@@ -136,8 +136,11 @@ class Informer:
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _failed(self, exc: BaseException, what: str) -> bool:
+        """Keep the failure; log it once the cache exists (before, whoever waits for the
+        cache says why it is not there, in words of its own)."""
         if not self._stop.is_set():
-            log.warning("%s watch failed (retrying): %s", self.kind, what)
+            level = logging.WARNING if self.synced.is_set() else logging.INFO
+            log.log(level, "%s watch failed (retrying): %s", self.kind, what)
         self.error = exc
         return True
 
