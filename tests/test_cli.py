@@ -18,6 +18,7 @@ from tests.fixtures import (
     SmtpServer,
     batch_doc,
     batchq,
+    free_port,
     profile_doc,
     wait_for,
 )
@@ -215,3 +216,26 @@ def test_lease_timings_that_cannot_work_are_refused_before_anything_starts(
         "batchq: lease timings must satisfy 0 < retry period (2 s) < renew deadline (10 s)"
         " < lease duration (5 s): change --lease-duration, --renew-deadline or"
         " --retry-period")
+
+
+def test_reconcile_says_in_one_line_that_the_api_server_cannot_be_reached(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    """Nothing listens on the kubeconfig's port (127.0.0.1): `reconcile --once` waits for
+    its caches as long as it would for a slow server, then exits 1 with one line."""
+    port = free_port()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+        "clusters": [{"name": "dead", "cluster": {"server": f"https://127.0.0.1:{port}",
+                                                  "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
+    out = batchq("reconcile", "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                 "--repo", str(git_repo.path), "--state", str(tmp_path / "state"), "--once",
+                 timeout=90)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("batchq: the batches cache did not sync in 30 s: cannot reach"
+                               " the API server: "), lines[0]
+    assert f"port={port}" in lines[0] and "Connection refused" in lines[0], lines[0]

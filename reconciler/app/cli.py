@@ -409,6 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except NoSpaceLeft as exc:  # one line, no traceback; the next run resumes
                 _show(f"batchq: {exc}", err=True)
                 return 1
+            except Exception as exc:  # the API server failed us: one line, exit 1
+                line = api_failure_line(args, exc)
+                if line is None:
+                    raise
+                _show(f"batchq: {line}", err=True)
+                return 1
             if rec.last_sync_error:  # the work went on from the last good commit
                 _show(f"batchq: sync failed: {rec.last_sync_error}", err=True)
                 return 1
@@ -424,6 +430,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         rec.close()
+
+
+def api_failure_line(args: argparse.Namespace, exc: Exception) -> str | None:
+    """One line for a failed Kubernetes API call; None for any other exception."""
+    if args.backend != "kubernetes":
+        return None
+    from reconciler.store.kubernetes.apierrors import api_failure, describe
+
+    return describe(exc) if api_failure(exc) else None
 
 
 def open_reconciler(settings: Settings, *, retry: bool,

@@ -23,6 +23,11 @@ def crd_missing(error: BaseException | None) -> bool:
     return isinstance(error, ApiException) and error.status == 404
 
 
+def api_failure(error: BaseException) -> bool:
+    """Did an API call fail (an answer that is an error, or no answer at all)?"""
+    return isinstance(error, ApiException | TransportError)
+
+
 def describe(error: BaseException) -> str:
     """One line for any failure of an API call."""
     if isinstance(error, ApiException):

@@ -73,6 +73,8 @@ class LeaderElector:
         self._failing = ""  # the failure last logged, so an outage is one line, not many
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # a hung API server must not hold the thread past the point of losing the Lease
+        self._timeout = {"_request_timeout": timings.renew_deadline}
 
     # --- what the loop asks
     def is_leader(self) -> bool:
@@ -149,12 +151,13 @@ class LeaderElector:
         """One attempt; True if this process holds the Lease now. API errors propagate."""
         began = time.monotonic()
         try:
-            lease = self.coord.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coord.read_namespaced_lease(self.name, self.namespace, **self._timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise
             try:
-                self.coord.create_namespaced_lease(self.namespace, self._body(None, 0, None))
+                self.coord.create_namespaced_lease(self.namespace, self._body(None, 0, None),
+                                                **self._timeout)
             except ApiException as exc2:
                 if exc2.status != 409:
                     raise
@@ -176,7 +179,8 @@ class LeaderElector:
         try:
             self.coord.replace_namespaced_lease(
                 self.name, self.namespace,
-                self._body(lease.metadata.resource_version, transitions, acquired))
+                self._body(lease.metadata.resource_version, transitions, acquired),
+                **self._timeout)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -190,13 +194,13 @@ class LeaderElector:
         if not leading:
             return False
         try:
-            lease = self.coord.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coord.read_namespaced_lease(self.name, self.namespace, **self._timeout)
             if (lease.spec.holder_identity or "") != self.identity:
                 return False
             self.coord.replace_namespaced_lease(
                 self.name, self.namespace,
                 self._body(lease.metadata.resource_version, lease.spec.lease_transitions or 0,
-                           None, holder="", duration=1))
+                           None, holder="", duration=1), **self._timeout)
         except Exception as exc:  # it expires by itself then
             log.warning("could not release the Lease %s: %s", self.name, describe(exc))
             return False

@@ -127,12 +127,13 @@ class KubernetesStore:
                 watch_timeout: int = 300, sync_timeout: float = 30.0) -> KubernetesStore:
         """An open store with its caches filled; StoreUnavailable (the caches stopped and
         joined) when they do not fill within `sync_timeout` or the CRD is missing."""
+        cfg = client.Configuration()
         if kubeconfig:
-            api = config.new_client_from_config(config_file=kubeconfig)
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         else:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        store = cls(api, namespace, watch_timeout)
+            config.load_incluster_config(client_configuration=cfg)
+        cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
+        store = cls(client.ApiClient(cfg), namespace, watch_timeout)
         try:
             store.start(sync_timeout)
         except BaseException:
