@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ class Informer:
         self.relists = 0
         self.error: BaseException | None = None  # the last failure, None once it works
         self._rv = ""  # the last resourceVersion seen: a watch resumes from it
+        self._told = ""  # the failure last logged
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"informer-{kind}", daemon=True)
@@ -81,15 +83,18 @@ class Informer:
     def stop(self, timeout: float = 10.0) -> None:
         """End the thread, cutting a watch short, and wait for it."""
         self._stop.set()
-        current = self._watch
-        if current is not None:
-            current.stop()
-            resp = getattr(current, "_resp", None)  # the open watch response, if any
-            if resp is not None:
-                with contextlib.suppress(Exception):  # it may be closing by itself
-                    resp.shutdown()  # unblocks the thread's read of the socket
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if self._thread is threading.current_thread():
+            return
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            current = self._watch  # a watch may be opening as we stop: shut it once open
+            if current is not None:
+                current.stop()
+                resp = getattr(current, "_resp", None)  # the open watch response, if any
+                if resp is not None:
+                    with contextlib.suppress(Exception):  # it may be closing by itself
+                        resp.shutdown()  # unblocks the thread's read of the socket
+            self._thread.join(0.1)
 
     def snapshot(self) -> list[Obj]:
         with self.lock:
@@ -119,7 +124,7 @@ class Informer:
                 if not self._rv:
                     self._rv = self._relist()
                 self._watch_from(self._rv)  # ends after watch_timeout, or when stopped
-                self.error = None
+                self.error, self._told = None, ""
                 backoff = FIRST_BACKOFF
             except ApiException as exc:
                 if exc.status == 410:  # the version is gone: list again, at once
@@ -136,11 +141,13 @@ class Informer:
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _failed(self, exc: BaseException, what: str) -> bool:
-        """Keep the failure; log it once the cache exists (before, whoever waits for the
-        cache says why it is not there, in words of its own)."""
-        if not self._stop.is_set():
+        """Keep the failure; log it (once, until it changes or the watch works again)
+        once the cache exists (before, whoever waits for the cache says why it is not
+        there, in words of its own)."""
+        if not self._stop.is_set() and what != self._told:  # an outage is one line
             level = logging.WARNING if self.synced.is_set() else logging.INFO
             log.log(level, "%s watch failed (retrying): %s", self.kind, what)
+            self._told = what
         self.error = exc
         return True
 
@@ -154,7 +161,7 @@ class Informer:
             o.setdefault("apiVersion", result.get("apiVersion"))
         with self.lock:
             self.objects = fresh
-        self.error = None
+        self.error, self._told = None, ""
         self.synced.set()
         self._on_change()
         return str(result["metadata"].get("resourceVersion", ""))

@@ -102,8 +102,8 @@ class LeaderElector:
 
     # --- the thread
     def _run(self) -> None:
+        was = False  # leadership as last told (it can also lapse between two attempts)
         while not self._stop.is_set():
-            was = self.is_leader()
             try:
                 self.try_acquire_or_renew()
                 if self._failing:
@@ -119,6 +119,7 @@ class LeaderElector:
                 log.warning("%s lost the Lease %s: it stops acting", self.identity, self.name)
             if was != now:
                 self._on_change()
+            was = now
             period = self.timings.retry_period
             self._stop.wait(period if now else period * (1 + 0.2 * random.random()))
 
