@@ -273,3 +273,31 @@ def test_a_pass_longer_than_the_lease_and_a_hand_over_in_the_middle_of_it(
             if r is not None and r.alive():
                 r.proc.kill()
         world.close()
+
+
+def test_a_forbidden_reconciler_says_so_and_retries_until_it_is_allowed(
+        k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
+        tmp_path: Path) -> None:
+    """A 403 (RBAC not there yet, or an API server that restarted and has not loaded it)
+    does not end `run`: it is logged, in one line, and retried with back-off."""
+    ns = k8s_namespace
+    world = KubeWorld(k8s_cluster.api_client(), ns)
+    git_repo.write("profiles/test.yaml", profile_doc(world.prefix))
+    git_repo.write("batches/allowed.yaml", batch_doc([world.item("f1", gated=False)]))
+    git_repo.commit("a batch")
+    rec = Replica(k8s_cluster, ns, git_repo, tmp_path, smtp, "batchq-limited", "a")
+    try:
+        wait_for(lambda: "the API server refused the request (403 Forbidden): right after"
+                 in rec.text(), 90, what="the 403 in the log", detail=rec.text)
+        assert rec.alive(), rec.text()
+        assert batch_state(k8s_cluster, ns, "allowed") is None
+        k8s_cluster.kubectl("-n", ns, "create", "rolebinding", "batchq-limited",
+                            "--clusterrole=cluster-admin", "--user=batchq-limited")
+        wait_for(lambda: batch_state(k8s_cluster, ns, "allowed") == "Completed", 120,
+                 what="the batch, once allowed", detail=rec.text)
+        assert "Traceback" not in rec.text(), rec.text()
+        assert rec.stop() == 0, rec.text()
+    finally:
+        if rec.alive():
+            rec.proc.kill()
+        world.close()

@@ -66,6 +66,7 @@ BINARIES = (
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # Users besides the admin, one per reconciler replica in a test: the audit log names them.
 REPLICA_USERS = ("batchq-replica-a", "batchq-replica-b")
+LIMITED_USER = "batchq-limited"  # in no group: RBAC allows it nothing until a test binds it
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 CONTROLLERS = (
     "job-controller",
@@ -363,7 +364,8 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.ca_file = self.workdir / "pki" / "ca.crt"
         self.audit_log = self.workdir / "audit.log"  # the replica users' writes, JSON lines
-        self.user_tokens = {u: f"{u}-{os.urandom(16).hex()}" for u in REPLICA_USERS}
+        self.user_tokens = {u: f"{u}-{os.urandom(16).hex()}"
+                            for u in (*REPLICA_USERS, LIMITED_USER)}
         self._apiserver_args: list[str] = []
         self._ports: _Ports | None = None
         self._procs: list[_Process] = []
@@ -509,7 +511,8 @@ class ControlPlane:
         self._ports = _Ports(*(_free_port() for _ in range(6)))
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{self.token},batchq-admin,batchq-admin,"system:masters"\n' + "".join(
-            f'{t},{u},{u},"system:masters"\n' for u, t in self.user_tokens.items()))
+            f'{t},{u},{u},"system:masters"\n' if u != LIMITED_USER else f"{t},{u},{u}\n"
+            for u, t in self.user_tokens.items()))
         tokens.chmod(0o600)
         (self.workdir / "audit-policy.yaml").write_text(json.dumps({
             "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
@@ -522,7 +525,7 @@ class ControlPlane:
             self._write_kubeconfig(self.user_kubeconfig(user), user, token)
 
     def user_kubeconfig(self, user: str) -> Path:
-        """A kubeconfig that authenticates as `user` (one of REPLICA_USERS)."""
+        """A kubeconfig that authenticates as `user` (REPLICA_USERS, LIMITED_USER)."""
         return self.workdir / f"kubeconfig-{user}"
 
     def audited_writes(self) -> list[dict[str, Any]]:

@@ -34,9 +34,9 @@ def describe(error: BaseException) -> str:
         reason = str(error.reason or "").strip()
         status = f"{error.status} {reason}".strip() if error.status else reason
         if error.status in (401, 403):
-            return (f"the API server refused the request ({status}); retrying (right after"
-                    " an API server restart this passes; otherwise check the RBAC of"
-                    " deploy/rbac.yaml)")
+            return (f"the API server refused the request ({status}): right after an API"
+                    " server restart this passes by itself; otherwise grant the reconciler"
+                    " the RBAC of deploy/rbac.yaml")
         return f"the API server answered {status}"
     if isinstance(error, MaxRetryError):
         return f"cannot reach the API server: {error.reason}"

@@ -112,7 +112,7 @@ class LeaderElector:
             except Exception as exc:  # an outage: keep trying, every period
                 what = describe(exc)
                 if what != self._failing:
-                    log.warning("leader election: %s", what)
+                    log.warning("leader election failed (retrying): %s", what)
                     self._failing = what
             now = self.is_leader()
             if was and not now:
