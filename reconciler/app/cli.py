@@ -382,7 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from web.app import serve
 
         factory, shared = store_factory(backend_settings(args))
-        serve(factory, args.listen, state_dir=args.state, shared=shared)
+        try:
+            serve(factory, args.listen, state_dir=args.state, shared=shared)
+        finally:
+            if shared:  # its watch threads are stopped and joined before the interpreter ends
+                factory().close()
         return 0
     stop = threading.Event()
     if args.command == "run":  # SIGTERM (a rollout, kubelet): stop acting, let the Lease go
