@@ -301,3 +301,42 @@ def test_a_forbidden_reconciler_says_so_and_retries_until_it_is_allowed(
         if rec.alive():
             rec.proc.kill()
         world.close()
+
+
+def outbox_labels(cp: Any, ns: str, batch: str) -> list[str]:
+    try:
+        cms = cp.request("GET", f"/api/v1/namespaces/{ns}/configmaps?labelSelector="
+                                f"batchq.dev/kind=report,batchq.dev/batch={batch}")["items"]
+    except OSError:
+        return []
+    return [str(cm["metadata"]["labels"].get("batchq.dev/outbox")) for cm in cms]
+
+
+def test_an_outage_between_sending_an_email_and_recording_it_sends_it_once(
+        k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
+        tmp_path: Path) -> None:
+    """The relay accepted the report, then the API server went away before the delivery
+    was recorded: the record is retried until the server is back, and the report is not
+    sent a second time."""
+    ns = k8s_namespace
+    world = KubeWorld(k8s_cluster.api_client(), ns)
+    git_repo.write("profiles/test.yaml", profile_doc(world.prefix))
+    git_repo.write("batches/mail.yaml", batch_doc([world.item("m1", gated=False)]))
+    git_repo.commit("a batch")
+    rec = Replica(k8s_cluster, ns, git_repo, tmp_path, smtp, "batchq-replica-a", "a",
+                  "after-smtp-send:sleep=3")  # time to pull the plug after the relay's 250
+    try:
+        wait_for(lambda: emails_for(smtp, "mail"), 120, what="the report", detail=rec.text)
+        k8s_cluster.kill_apiserver()
+        with pytest.raises(subprocess.TimeoutExpired):
+            rec.proc.wait(20)  # the outage; the reconciler lives through it
+        k8s_cluster.start_apiserver_again()
+        wait_for(lambda: outbox_labels(k8s_cluster, ns, "mail") == ["delivered"], 120,
+                 what="the delivery to be recorded", detail=rec.text)
+        assert rec.stop() == 0, rec.text()
+        assert emails_for(smtp, "mail") == ["Ingest: OK -- Submission Processed: mail"]
+        assert "recording the delivery of" in rec.text(), rec.text()
+    finally:
+        if rec.alive():
+            rec.proc.kill()
+        world.close()

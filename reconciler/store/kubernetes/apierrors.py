@@ -28,6 +28,14 @@ def api_failure(error: BaseException) -> bool:
     return isinstance(error, ApiException | TransportError)
 
 
+def transient(error: BaseException) -> bool:
+    """Worth trying again: no answer, a server error, throttling, or a 401/403 (an API
+    server that just restarted refuses requests until its authorizers are up)."""
+    if isinstance(error, ApiException):
+        return error.status in (401, 403, 429) or (error.status or 0) >= 500
+    return isinstance(error, TransportError)
+
+
 def describe(error: BaseException) -> str:
     """One line for any failure of an API call."""
     if isinstance(error, ApiException):

@@ -37,6 +37,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,7 +70,12 @@ from reconciler.store.base import (
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
-from reconciler.store.kubernetes.apierrors import cache_unavailable, crd_missing
+from reconciler.store.kubernetes.apierrors import (
+    cache_unavailable,
+    crd_missing,
+    describe,
+    transient,
+)
 from reconciler.store.kubernetes.configmaps import (
     CHUNK,
     TIMELINE_MAX,
@@ -92,6 +98,8 @@ from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import parse_rfc3339_or_none
 
 MANAGER = "batchq-sync"
+RECORD_PATIENCE = 600.0  # seconds a delivery record is retried through an API outage
+log = logging.getLogger(__name__)
 META = "batchq-meta"
 
 
@@ -659,8 +667,23 @@ class KubernetesStore:
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
                       annotations: dict[str, str]) -> None:
-        new = self._raw(self.core.patch_namespaced_config_map, report_cm_name(report_id),
-                        self.ns, {"metadata": {"labels": labels, "annotations": annotations}})
+        """Record a delivery attempt, trying again through an API outage (1 s, doubling up
+        to 30 s, for RECORD_PATIENCE): the email went out, and a record that is lost
+        would send it again."""
+        delay, deadline = 1.0, time.monotonic() + RECORD_PATIENCE
+        while True:
+            try:
+                new = self._raw(self.core.patch_namespaced_config_map,
+                                report_cm_name(report_id), self.ns,
+                                {"metadata": {"labels": labels, "annotations": annotations}})
+                break
+            except Exception as exc:
+                if not transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("recording the delivery of %s failed (retrying in %g s): %s",
+                            report_id, delay, describe(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self._wrote()
         self.cms.remember(new)
 
