@@ -18,6 +18,7 @@ from tests.fixtures import (
     SmtpServer,
     batch_doc,
     batchq,
+    free_port,
     profile_doc,
     wait_for,
 )
@@ -205,3 +206,40 @@ def test_run_with_web_serves_pages_and_a_webhook_wakes_the_loop(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_lease_timings_that_cannot_work_are_refused_before_anything_starts(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    """As client-go: retry period < renew deadline < lease duration, or a leader could act
+    after a stand-by took its Lease over. Refused at start, naming the flags."""
+    out = batchq("run", "--backend", "kubernetes", "--repo", str(git_repo.path), "--state",
+                 str(tmp_path / "state"), "--lease-duration", "5", "--renew-deadline", "10",
+                 timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "batchq: lease timings must satisfy 0 < retry period (2 s) < renew deadline (10 s)"
+        " < lease duration (5 s): change --lease-duration, --renew-deadline or"
+        " --retry-period")
+
+
+def test_reconcile_says_in_one_line_that_the_api_server_cannot_be_reached(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    """Nothing listens on the kubeconfig's port (127.0.0.1): `reconcile --once` waits for
+    its caches as long as it would for a slow server, then exits 1 with one line."""
+    port = free_port()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+        "clusters": [{"name": "dead", "cluster": {"server": f"https://127.0.0.1:{port}",
+                                                  "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
+    out = batchq("reconcile", "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                 "--repo", str(git_repo.path), "--state", str(tmp_path / "state"), "--once",
+                 timeout=90)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("batchq: the batches cache did not sync in 30 s: cannot reach"
+                               " the API server: "), lines[0]
+    assert f"port={port}" in lines[0] and "Connection refused" in lines[0], lines[0]

@@ -133,7 +133,7 @@ def test_only_the_leader_acts_and_another_takes_over(k8s_cluster: Any, k8s_names
         recs[name] = Reconciler(Settings(
             repo=str(git_repo.path), state_dir=tmp_path / name, backend="kubernetes",
             namespace=k8s_namespace, kubeconfig=str(k8s_cluster.kubeconfig), interval=0.3,
-            identity=name, lease_seconds=3))
+            identity=name, lease_seconds=3, renew_deadline=2, retry_period=0.5))
         stops[name] = threading.Event()
         threads[name] = threading.Thread(target=recs[name].run_forever, args=(stops[name],),
                                          daemon=True)
@@ -145,7 +145,7 @@ def test_only_the_leader_acts_and_another_takes_over(k8s_cluster: Any, k8s_names
                  == "Completed", 60, what="the first batch")
         assert recs["a"].elector.leader and not recs["b"].elector.leader
         assert recs["b"].store.writes == 0  # the stand-by wrote nothing
-        stops["a"].set()  # the leader dies without giving up its Lease
+        stops["a"].set()  # the leader stops: it releases its Lease on the way out
         threads["a"].join(10)
         git_repo.write("batches/second.yaml", batch_doc([world.item("l2", gated=False)]))
         git_repo.commit("second")
@@ -191,7 +191,8 @@ def test_deploy_applies_with_server_dry_run(k8s_cluster: Any) -> None:
 @pytest.mark.kubernetes
 def test_a_watch_that_ends_is_restarted_and_changes_still_arrive(
         k8s_cluster: Any, k8s_namespace: str) -> None:
-    """The API server ends every watch after 1 s here (as it does after its timeout)."""
+    """The API server ends every watch after 1 s here (as it does after its timeout); the
+    next watch resumes from the last resourceVersion seen, without listing again."""
     store = KubernetesStore.connect(k8s_namespace, str(k8s_cluster.kubeconfig),
                                     watch_timeout=1)
     try:
@@ -204,5 +205,6 @@ def test_a_watch_that_ends_is_restarted_and_changes_still_arrive(
         wait_for(lambda: informer.get("after-restarts") is not None, 20,
                  what="a change after the restarts to reach the cache")
         assert store.wake.is_set()  # and the loop was woken at once
+        assert informer.relists == 1  # each watch resumed where the last one ended
     finally:
         store.close()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import ssl
 import sys
 import threading
@@ -22,7 +23,7 @@ from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import JobState
 from reconciler.spec.policy import AccessPolicy, PolicyInvalid, load_policy
 from reconciler.store.backends import BackendSettings, open_store, store_factory
-from reconciler.store.base import Delivery, ReadStore
+from reconciler.store.base import Delivery, ReadStore, StoreUnavailable
 from reconciler.support.controlchars import escape_controls
 from reconciler.support.nospace import (
     NoSpaceLeft,
@@ -182,6 +183,35 @@ def file_roots(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(os.path.abspath(d) for d in args.file_roots)
 
 
+def _leader(p: argparse.ArgumentParser) -> None:
+    """Leader election on Kubernetes, with client-go's flags and defaults."""
+    p.add_argument("--leader-identity", default=_env("LEADER_IDENTITY"),
+                   help="this replica's name in the Lease (BATCHQ_LEADER_IDENTITY; default"
+                        " HOSTNAME-PID)")
+    p.add_argument("--lease-duration", type=float, default=_seconds("LEASE_DURATION", 15),
+                   help="seconds a silent leader keeps the Lease (BATCHQ_LEASE_DURATION)")
+    p.add_argument("--renew-deadline", type=float, default=_seconds("RENEW_DEADLINE", 10),
+                   help="seconds a leader that cannot renew goes on acting"
+                        " (BATCHQ_RENEW_DEADLINE)")
+    p.add_argument("--retry-period", type=float, default=_seconds("RETRY_PERIOD", 2),
+                   help="seconds between renewals, or tries to get the Lease"
+                        " (BATCHQ_RETRY_PERIOD)")
+
+
+def lease_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The leader-election fields of Settings (`run` only); a clear exit for bad timings."""
+    if not hasattr(args, "lease_duration"):
+        return {}
+    from reconciler.store.kubernetes.leader import LeaseTimings
+
+    problem = LeaseTimings(args.lease_duration, args.renew_deadline, args.retry_period).check()
+    if problem:
+        raise SystemExit(f"batchq: {problem}: change --lease-duration, --renew-deadline or"
+                         " --retry-period")
+    return {"identity": args.leader_identity, "lease_seconds": args.lease_duration,
+            "renew_deadline": args.renew_deadline, "retry_period": args.retry_period}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="batchq", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -200,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
     _common(run)
     _source(run)
     run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"))
+    _leader(run)
     s = sub.add_parser("status", help="batches, jobs and reports")
     _common(s)
     s.add_argument("batch", nargs="?")
@@ -235,7 +266,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     smtp_user=args.smtp_user, smtp_password=smtp_password(args),
                     smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url),
                     access_policy=access_policy(args),
-                    access_policy_file=args.access_policy or None)
+                    access_policy_file=args.access_policy or None,
+                    **lease_settings(args))
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
@@ -389,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      if args.backend == "local" else None)
                 finally:
                     store.close()
-        except NoSpaceLeft as exc:
+        except (NoSpaceLeft, StoreUnavailable) as exc:
             _show(f"batchq: {exc}", err=True)
             return 1
         return 0
@@ -406,17 +438,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert isinstance(shared_store, KubernetesStore)
             api, namespace = shared_store.api, args.namespace
             config["HEARTBEAT"] = lambda: lease_heartbeat(api, namespace)
-        serve(factory, args.listen, state_dir=args.state, shared=shared, config=config)
+        try:
+            serve(factory, args.listen, state_dir=args.state, shared=shared, config=config)
+        finally:
+            if shared:  # its watch threads are stopped and joined before the interpreter ends
+                factory().close()
         return 0
+    stop = threading.Event()
+    if args.command == "run":  # SIGTERM (a rollout, kubelet): stop acting, let the Lease go
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         with no_space_is_fatal(args.state):  # a supervisor restarts `run` (as kubelet does)
-            rec = Reconciler(settings_from(args))
+            rec = open_reconciler(settings_from(args), retry=args.command == "run", stop=stop)
     except StateDirLocked as exc:
         print(f"batchq: {exc}", file=sys.stderr)
         return 3
-    except NoSpaceLeft as exc:
+    except (NoSpaceLeft, StoreUnavailable) as exc:
         _show(f"batchq: {exc}", err=True)
         return 1
+    if rec is None:  # stopped while waiting for the store
+        return 0
     try:
         if args.command == "reconcile":
             try:
@@ -428,11 +469,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             except NoSpaceLeft as exc:  # one line, no traceback; the next run resumes
                 _show(f"batchq: {exc}", err=True)
                 return 1
+            except Exception as exc:  # the API server failed us: one line, exit 1
+                line = api_failure_line(args, exc)
+                if line is None:
+                    raise
+                _show(f"batchq: {line}", err=True)
+                return 1
             if rec.last_sync_error:  # the work went on from the last good commit
                 _show(f"batchq: sync failed: {rec.last_sync_error}", err=True)
                 return 1
             return 0
-        stop = threading.Event()
         if args.web:
             from web.app import serve_in_thread
 
@@ -444,6 +490,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         rec.close()
+
+
+def api_failure_line(args: argparse.Namespace, exc: Exception) -> str | None:
+    """One line for a failed Kubernetes API call; None for any other exception."""
+    if args.backend != "kubernetes":
+        return None
+    from reconciler.store.kubernetes.apierrors import api_failure, describe
+
+    return describe(exc) if api_failure(exc) else None
+
+
+def open_reconciler(settings: Settings, *, retry: bool,
+                    stop: threading.Event) -> Reconciler | None:
+    """A started Reconciler. `run` rides through a store that cannot be reached yet (the
+    API server down, the CRD not installed): it says why and tries again after 1 s,
+    doubling up to 30 s, until it can or `stop` is set (then None); the other commands
+    raise StoreUnavailable at once."""
+    delay = 1.0
+    while True:
+        try:
+            return Reconciler(settings)
+        except StoreUnavailable as exc:
+            if not retry:
+                raise
+            logging.getLogger("batchq").error("%s; trying again in %g s", exc, delay)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, 30.0)
 
 
 if __name__ == "__main__":

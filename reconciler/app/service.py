@@ -12,6 +12,12 @@ loop stalls.
 A full disk under the state dir ends a pass as one NoSpaceLeft (support/nospace.py), kept
 for `batchq status` when the store can still take it; `run_forever` says so once and
 retries every interval, and the first pass after space returns clears it.
+On Kubernetes `run_forever` acts only while it holds the Lease: the elector renews it from
+a thread of its own, every write and every email asks `may_act` first, and a pass that
+loses the Lease (or is asked to stop) ends before its next write (NotLeader). Any other
+failure of a pass (the API server down or restarting) is logged in one line and the pass
+is tried again after 1 s, doubling up to 30 s, as client-go's controllers do; `run` never
+exits for it. On stop the Lease is released, so the stand-by takes over at once.
 """
 
 from __future__ import annotations
@@ -37,13 +43,14 @@ from reconciler.source.gitrepo import GitSource, SourceError, SyncResult
 from reconciler.source.sync import RepoState, apply_sync, load_repo_state
 from reconciler.spec.policy import AccessPolicy, Mode, PolicyFile
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
-from reconciler.store.base import Event, Store
+from reconciler.store.base import Event, NotLeader, Store
 from reconciler.support import failpoints
 from reconciler.support.heartbeat import Heartbeat, read_heartbeat
 from reconciler.support.nospace import NoSpaceLeft, is_no_space, no_space_is_fatal
 from reconciler.support.redaction import redact_text
 
 log = logging.getLogger(__name__)
+FIRST_RETRY, MAX_RETRY = 1.0, 30.0  # seconds after a failed pass, doubling (as client-go)
 
 
 @dataclass
@@ -60,7 +67,9 @@ class Settings:
     kubeconfig: str | None = None
     leader_election: bool = True  # kubernetes: only the Lease holder acts
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
-    lease_seconds: int = 15  # a silent leader is replaced after this long
+    lease_seconds: float = 15.0  # a silent leader is replaced after this long
+    renew_deadline: float = 10.0  # a leader that could not renew this long stops acting
+    retry_period: float = 2.0  # how often the Lease is renewed, or tried for
     git_timeout: float = 120.0  # overall deadline of one `git fetch`
     file_roots: tuple[str, ...] = ()  # host dirs absolute file: URLs may name (operator's)
     storage_root: Path | None = None  # profiles' storage paths live under it (state/storage)
@@ -118,13 +127,19 @@ class Reconciler:
         self.runner = backend.runner
         self.wake = backend.wake
         self.elector: Any = None
+        self._electing = False  # run_forever started the elector: acting needs the Lease
+        self._stopping: threading.Event = threading.Event()
         if backend.api is not None and settings.leader_election:
-            from reconciler.store.kubernetes.leader import LeaderElector
+            from reconciler.store.kubernetes.leader import LeaderElector, LeaseTimings
 
-            self.elector = LeaderElector(backend.api, settings.namespace,
-                                         identity=settings.identity,
-                                         duration=settings.lease_seconds,
-                                         facts=lambda: read_heartbeat(settings.state_dir))
+            self.elector = LeaderElector(
+                backend.api, settings.namespace, identity=settings.identity,
+                timings=LeaseTimings(settings.lease_seconds, settings.renew_deadline,
+                                     settings.retry_period),
+                on_change=self.wake.set,
+                facts=lambda: read_heartbeat(settings.state_dir))
+            if backend.fence is not None:
+                backend.fence(self.may_act)
         self.downloads = ManifestDownloads(on_done=self.wake.set)
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
@@ -133,7 +148,8 @@ class Reconciler:
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
         self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.relay(),
                              outbox_dir=settings.state_dir / "outbox",
-                             policy=settings.retry_policy(), on_round=self.wake.set)
+                             policy=settings.retry_policy(), on_round=self.wake.set,
+                             may_send=self.may_act)
         self.heartbeat = Heartbeat(settings.state_dir)
         self.policy_file = (PolicyFile(settings.access_policy_file, settings.access_policy)
                             if settings.access_policy_file else None)
@@ -144,8 +160,17 @@ class Reconciler:
             return self.settings.access_policy
         return self.policy_file.current()
 
+    def may_act(self) -> bool:
+        """May this process write or send now? Always, without leader election; with it,
+        only while `run_forever` holds the Lease and is not stopping."""
+        if self._stopping.is_set():
+            return False
+        return not self._electing or self.elector.is_leader()
+
     def close(self) -> None:
         try:
+            if self.elector is not None:
+                self.elector.stop(release=True)  # the stand-by takes over at once
             self.mailer.close()  # after the message in flight, if any: it is recorded
             self.store.close()
         finally:
@@ -298,31 +323,55 @@ class Reconciler:
         raise TimeoutError(f"not idle after {timeout:.0f} s")
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Passes until `stop` is set (see the module docstring); then the Lease is let go."""
+        self._stopping = stop  # setting it stops acting at once, even mid-pass
+        if self.elector is not None:
+            self._electing = True
+            self.elector.start()
+        try:
+            self._loop(stop)
+        finally:
+            if self.elector is not None:
+                self.elector.stop(release=True)
+
+    def _loop(self, stop: threading.Event) -> None:
         full = ""  # the NoSpaceLeft last told, so a full disk is logged once, not every pass
+        failures = 0  # passes failed in a row: the wait before the next one doubles
         while not stop.is_set():
             self.wake.clear()
-            if self.elector is not None and not self.elector.try_acquire_or_renew():
-                # alive, standing by
+            if self.elector is not None and not self.elector.is_leader():
+                # alive, standing by; the elector wakes the loop when it gets the Lease
                 self.heartbeat.beat(interval=self.settings.interval, duration=0.0)
-                stop.wait(self.elector.duration / 3)
+                self._sleep(self.elector.timings.retry_period, stop)
                 continue
             try:
                 progressed = self.run_pass()
                 if full:
                     log.warning("space is back in the state dir %s", self.settings.state_dir)
                     full = ""
+                if failures:
+                    log.warning("reconcile passes succeed again after %d failed", failures)
+                    failures = 0
             except NoSpaceLeft as exc:  # retried every interval until space returns
                 if str(exc) != full:
                     log.error("%s", exc)
                     full = str(exc)
                 progressed = False
-            except Exception:  # the loop must outlive one bad pass; /healthz shows stalls
-                log.exception("reconcile pass failed")
-                progressed = False
+            except NotLeader:  # lost the Lease or stopping: the pass ended between writes
+                if not stop.is_set():
+                    log.warning("the Lease was lost during a pass: it stopped before its"
+                                " next write")
+                continue
+            except Exception as exc:  # the loop must outlive any failure; /healthz shows stalls
+                failures += 1
+                delay = min(FIRST_RETRY * 2 ** (failures - 1), MAX_RETRY)
+                log.error("reconcile pass failed (%d in a row; next try in %g s): %s",
+                          failures, delay, redact_text(f"{type(exc).__name__}: {exc}"),
+                          exc_info=failures == 1)
+                self._sleep(delay, stop)
+                continue
             if not progressed:
                 wait = self.settings.interval if full or not self.busy() else 0.5
-                if self.elector is not None:
-                    wait = min(wait, self.elector.duration / 3)
                 self._sleep(wait, stop)
 
     def _sleep(self, seconds: float, stop: threading.Event) -> None:

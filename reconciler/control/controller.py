@@ -54,7 +54,7 @@ from reconciler.source.sync import (
     pending_deletions,
 )
 from reconciler.spec.validation import storage_path_problem
-from reconciler.store.base import ConflictError, Event, Store
+from reconciler.store.base import ConflictError, Event, NotLeader, Store
 from reconciler.support import failpoints
 from reconciler.support.nospace import is_no_space
 from reconciler.support.urls import split_userinfo
@@ -198,8 +198,8 @@ class Controller:
                     else:
                         self.reconcile(batch, ctx)
             except Exception as exc:  # one broken batch never stops the others
-                if is_no_space(exc):  # ...but a full disk stops every batch: the pass ends
-                    raise
+                if is_no_space(exc) or isinstance(exc, NotLeader):  # ...but a full disk, or
+                    raise  # losing the Lease, stops every batch: the pass ends
                 self._failed(batch, exc, ctx)
             else:
                 self.backoff.succeeded(batch.name)

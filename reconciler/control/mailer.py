@@ -27,13 +27,15 @@ class Mailer:
 
     def __init__(self, open_store: Callable[[], Store], *, owns_store: bool,
                  smtp: Relay | str | None, outbox_dir: Path, policy: RetryPolicy,
-                 on_round: Callable[[], None] = lambda: None) -> None:
+                 on_round: Callable[[], None] = lambda: None,
+                 may_send: Callable[[], bool] = lambda: True) -> None:
         self._open_store = open_store
         self._owns_store = owns_store  # False: the loop's own (shared) store, not ours to close
         self.smtp = smtp
         self.outbox_dir = outbox_dir
         self.policy = policy
         self._on_round = on_round  # a round recorded something: the loop may look again
+        self._may_send = may_send  # asked before each message (the leader's Lease)
         self._cond = threading.Condition()
         self.no_space: NoSpaceLeft | None = None  # the last round's, for the loop to raise
         self._asked = 0  # rounds asked for
@@ -103,7 +105,8 @@ class Mailer:
                 handled = sent = 0
                 try:
                     result = deliver_due(store, smtp=self.smtp, outbox_dir=self.outbox_dir,
-                                         policy=self.policy, stop=lambda: self._stopping)
+                                         policy=self.policy,
+                                         stop=lambda: self._stopping or not self._may_send())
                     handled, sent = result.handled, result.sent
                 except NoSpaceLeft as exc:  # the loop ends its pass with it and tells it
                     self.no_space = exc

@@ -107,6 +107,7 @@ class Delivering:
             return self._record(entry, states, dict.fromkeys(waiting, note))
         with SmtpClient(self.smtp, self.policy.timeout) as client:
             replies = client.send(envelope, waiting)
+            failpoints.hit("after-smtp-send")  # sent, not yet recorded
             if all(r.code == 0 and not r.permanent for r in replies.values()):
                 self.server_down = next(iter(replies.values()))
             return self._record(entry, states, replies)  # before QUIT

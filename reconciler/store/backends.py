@@ -40,6 +40,8 @@ class Backend:
     wake: threading.Event  # set when a job ends or a watch sees a change
     runner: LocalRunner | None = None  # local: starts and reaps the job processes
     api: Any = field(default=None)  # kubernetes: the API client (leader election)
+    # kubernetes: fence(may_write) makes the store ask may_write() before each write
+    fence: Callable[[Callable[[], bool]], None] | None = None
 
 
 def local_db_path(state_dir: Path) -> Path:
@@ -58,7 +60,7 @@ def open_backend(settings: BackendSettings) -> Backend:
         from reconciler.store.kubernetes.store import KubernetesStore
 
         k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig)
-        return Backend(store=k8s, wake=k8s.wake, api=k8s.api)
+        return Backend(store=k8s, wake=k8s.wake, api=k8s.api, fence=k8s.fence_with)
     raise ValueError(f"unknown backend {settings.backend!r}: use local or kubernetes")
 
 

@@ -283,3 +283,13 @@ def new_uid() -> str:
 
 class ConflictError(RuntimeError):
     """Someone else wrote the object since we read it: re-read and try again."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or is not set up (the API server is down, the CRD is not
+    installed); the message says what is wrong and what to do."""
+
+
+class NotLeader(RuntimeError):
+    """This process may not write now (it lost its Lease, or is shutting down): the write
+    was not started, and the pass ends without one more."""

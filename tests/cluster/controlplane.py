@@ -64,6 +64,10 @@ BINARIES = (
     "kwok",
 )
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# Users besides the admin, one per reconciler replica in a test: the audit log names them.
+REPLICA_USERS = ("batchq-replica-a", "batchq-replica-b")
+LIMITED_USER = "batchq-limited"  # in no group: RBAC allows it nothing until a test binds it
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 CONTROLLERS = (
     "job-controller",
     "garbage-collector-controller",
@@ -359,6 +363,10 @@ class ControlPlane:
         self.token = "batchq-admin-" + os.urandom(16).hex()
         self.kubeconfig = self.workdir / "kubeconfig"
         self.ca_file = self.workdir / "pki" / "ca.crt"
+        self.audit_log = self.workdir / "audit.log"  # the replica users' writes, JSON lines
+        self.user_tokens = {u: f"{u}-{os.urandom(16).hex()}"
+                            for u in (*REPLICA_USERS, LIMITED_USER)}
+        self._apiserver_args: list[str] = []
         self._ports: _Ports | None = None
         self._procs: list[_Process] = []
         self._lock = threading.Lock()
@@ -502,8 +510,58 @@ class ControlPlane:
         self._ssl = None
         self._ports = _Ports(*(_free_port() for _ in range(6)))
         tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{self.token},batchq-admin,batchq-admin,"system:masters"\n')
+        tokens.write_text(f'{self.token},batchq-admin,batchq-admin,"system:masters"\n' + "".join(
+            f'{t},{u},{u},"system:masters"\n' if u != LIMITED_USER else f"{t},{u},{u}\n"
+            for u, t in self.user_tokens.items()))
         tokens.chmod(0o600)
+        (self.workdir / "audit-policy.yaml").write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "users": list(REPLICA_USERS),
+                       "verbs": list(WRITE_VERBS)},
+                      {"level": "None"}]}))
+        self._write_kubeconfig(self.kubeconfig, "batchq-admin", self.token)
+        for user, token in self.user_tokens.items():
+            self._write_kubeconfig(self.user_kubeconfig(user), user, token)
+
+    def user_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig that authenticates as `user` (REPLICA_USERS, LIMITED_USER)."""
+        return self.workdir / f"kubeconfig-{user}"
+
+    def audited_writes(self) -> list[dict[str, Any]]:
+        """The replica users' write requests so far, as the API server's audit log has
+        them (one event each, at ResponseComplete)."""
+        if not self.audit_log.exists():
+            return []
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def kill_apiserver(self) -> None:
+        """SIGKILL kube-apiserver (an outage); `start_apiserver_again` brings it back on the
+        same port, with the same etcd and certificates."""
+        with self._lock:
+            procs = [p for p in self._procs if p.name == "kube-apiserver"]
+            self._procs = [p for p in self._procs if p.name != "kube-apiserver"]
+        for p in procs:
+            self._signal(p, signal.SIGKILL)
+            p.popen.wait()
+
+    def start_apiserver_again(self, timeout: float = 60.0) -> None:
+        self._spawn("kube-apiserver", self._apiserver_args)
+
+        def ready() -> bool:
+            try:
+                return bool(self.request("GET", "/readyz", timeout=3) == "ok")
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                return False
+
+        self._wait("kube-apiserver /readyz after a restart", time.monotonic() + timeout, ready)
+
+    def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
         kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -513,17 +571,17 @@ class ControlPlane:
                     "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
                 }
             ],
-            "users": [{"name": "batchq-admin", "user": {"token": self.token}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "batchq-test",
-                    "context": {"cluster": "batchq-test", "user": "batchq-admin"},
+                    "context": {"cluster": "batchq-test", "user": user},
                 }
             ],
             "current-context": "batchq-test",
         }
-        self.kubeconfig.write_text(json.dumps(kubeconfig, indent=2) + "\n")
-        self.kubeconfig.chmod(0o600)
+        path.write_text(json.dumps(kubeconfig, indent=2) + "\n")
+        path.chmod(0o600)
 
     def _spawn(self, name: str, args: Sequence[str]) -> _Process:
         log = self.workdir / f"{name}.log"
@@ -606,9 +664,7 @@ class ControlPlane:
     def _start_apiserver(self, deadline: float) -> None:
         assert self._ports is not None
         pki = self.workdir / "pki"
-        self._spawn(
-            "kube-apiserver",
-            [
+        self._apiserver_args = [
                 f"--etcd-servers=http://127.0.0.1:{self._ports.etcd_client}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
@@ -639,9 +695,13 @@ class ControlPlane:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "--v=1",
-            ],
-        )
+        ]
+        self._spawn("kube-apiserver", self._apiserver_args)
 
         def ready() -> bool:
             try:

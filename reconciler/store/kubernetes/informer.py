@@ -1,14 +1,20 @@
 """A watch cache: list once, then watch, restarting the watch whenever it ends (DESIGN §8).
 
 Reads come from memory; every change wakes the reconcile loop, so a finished Job reaches
-its Batch at once. Watches end silently (timeouts, API server restarts, 410 Gone for an
-expired resourceVersion): the thread lists again and carries on. Objects we wrote
-ourselves are put into the cache at once (`remember`), and an older version arriving late
-from the watch never replaces a newer one.
+its Batch at once. Watches end silently (timeouts, API server restarts): the thread
+watches again from the last resourceVersion it saw, as client-go's reflector does, and
+lists again only when the server says that version is gone (410 Gone). A failed call is
+retried after 1 s, doubling up to 30 s, and the last failure is kept (`error`) so that a
+caller can say why the cache is not there (the CRD is missing, the server is down).
+Objects we wrote ourselves are put into the cache at once (`remember`), and an older
+version arriving late from the watch never replaces a newer one. `stop` ends the thread
+at once, even in the middle of a watch, and waits for it: a thread still reading a socket
+while the interpreter exits aborts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -21,6 +27,8 @@ from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0  # seconds between failed calls, as client-go
+LIST_TIMEOUT = 60.0  # seconds a list may take before it is tried again
 
 
 class _RawWatch(watch.Watch):  # type: ignore[misc]
@@ -58,19 +66,35 @@ class Informer:
         self.lock = threading.Lock()
         self.synced = threading.Event()
         self.restarts = 0
+        self.relists = 0
+        self.error: BaseException | None = None  # the last failure, None once it works
+        self._rv = ""  # the last resourceVersion seen: a watch resumes from it
+        self._told = ""  # the failure last logged
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"informer-{kind}", daemon=True)
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self) -> None:
         self._thread.start()
-        if not self.synced.wait(timeout):
-            raise TimeoutError(f"the {self.kind} cache did not sync in {timeout:.0f} s")
 
-    def stop(self) -> None:
+    def wait_synced(self, timeout: float) -> bool:
+        return self.synced.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread, cutting a watch short, and wait for it."""
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
+        if self._thread is threading.current_thread():
+            return
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            current = self._watch  # a watch may be opening as we stop: shut it once open
+            if current is not None:
+                current.stop()
+                resp = getattr(current, "_resp", None)  # the open watch response, if any
+                if resp is not None:
+                    with contextlib.suppress(Exception):  # it may be closing by itself
+                        resp.shutdown()  # unblocks the thread's read of the socket
+            self._thread.join(0.1)
 
     def snapshot(self) -> list[Obj]:
         with self.lock:
@@ -93,31 +117,51 @@ class Informer:
             self.objects.pop(name, None)
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = FIRST_BACKOFF
         while not self._stop.is_set():
+            failed = False
             try:
-                rv = self._relist()
-                backoff = 0.5
-                self._watch_from(rv)
+                if not self._rv:
+                    self._rv = self._relist()
+                self._watch_from(self._rv)  # ends after watch_timeout, or when stopped
+                self.error, self._told = None, ""
+                backoff = FIRST_BACKOFF
             except ApiException as exc:
-                if exc.status != 410:
-                    log.warning("%s watch failed: %s", self.kind, exc.reason)
+                if exc.status == 410:  # the version is gone: list again, at once
+                    self._rv = ""
+                else:
+                    failed = self._failed(exc, f"{exc.status} {exc.reason}")
             except Exception as exc:  # the cache must outlive any one failure
-                log.warning("%s watch ended: %s", self.kind, exc)
+                failed = self._failed(exc, str(exc))
             if self._stop.is_set():
                 return
             self.restarts += 1
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            if failed:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _failed(self, exc: BaseException, what: str) -> bool:
+        """Keep the failure; log it (once, until it changes or the watch works again)
+        once the cache exists (before, whoever waits for the cache says why it is not
+        there, in words of its own)."""
+        if not self._stop.is_set() and what != self._told:  # an outage is one line
+            level = logging.WARNING if self.synced.is_set() else logging.INFO
+            log.log(level, "%s watch failed (retrying): %s", self.kind, what)
+            self._told = what
+        self.error = exc
+        return True
 
     def _relist(self) -> str:
-        resp = self._list(_preload_content=False, **self._kwargs)
+        self.relists += 1
+        resp = self._list(_preload_content=False, _request_timeout=LIST_TIMEOUT,
+                          **self._kwargs)
         result = json.loads(resp.data)
         fresh = {o["metadata"]["name"]: o for o in result.get("items", [])}
         for o in fresh.values():
             o.setdefault("apiVersion", result.get("apiVersion"))
         with self.lock:
             self.objects = fresh
+        self.error, self._told = None, ""
         self.synced.set()
         self._on_change()
         return str(result["metadata"].get("resourceVersion", ""))
@@ -135,6 +179,9 @@ class Informer:
             if kind == "ERROR":
                 code = obj.get("code")
                 raise ApiException(status=code, reason=str(obj.get("message")))
+            rv = str(obj.get("metadata", {}).get("resourceVersion") or "")
+            if rv:
+                self._rv = rv
             if kind == "BOOKMARK":
                 continue
             name = obj["metadata"]["name"]

@@ -29,6 +29,13 @@
   key, read-only, as the file BATCHQ_CREDENTIALS_FILE names.
 - Reads come from watch caches (informer.py); a write that would change nothing is not
   sent, so a pass with no change makes no API write.
+- `may_write` (set by the loop to "I hold the Lease and am not stopping") is asked before
+  every write that acts: when it says no, NotLeader is raised and the write is not made.
+  Recording a delivery is the one exception: the email went out, and the record of it
+  is what keeps it from going out twice.
+- `connect` waits for the caches; when they do not fill it raises StoreUnavailable saying
+  why (the CRD is missing, the server cannot be reached), and `close` stops and joins
+  the watch threads.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client, config
@@ -62,13 +69,21 @@ from reconciler.store.base import (
     Delivery,
     Event,
     JobSpec,
+    NotLeader,
     OutboxEntry,
     Page,
     RecipientState,
+    StoreUnavailable,
     SyncState,
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
+from reconciler.store.kubernetes.apierrors import (
+    cache_unavailable,
+    crd_missing,
+    describe,
+    transient,
+)
 from reconciler.store.kubernetes.configmaps import (
     CHUNK,
     REPORT_KEY,
@@ -116,6 +131,8 @@ from reconciler.support.timefmt import parse_rfc3339_or_none
 
 log = logging.getLogger(__name__)
 MANAGER = "batchq-sync"
+RECORD_PATIENCE = 600.0  # seconds a delivery record is retried through an API outage
+log = logging.getLogger(__name__)
 META = "batchq-meta"
 
 
@@ -172,6 +189,7 @@ class KubernetesStore:
         self.batch_api = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.writes = 0
+        self.may_write: Callable[[], bool] | None = None  # None: always (no election)
         self.wake = threading.Event()
         self._lock = threading.RLock()
         self._decoded: dict[str, tuple[str, Any]] = {}
@@ -186,24 +204,48 @@ class KubernetesStore:
 
     @classmethod
     def connect(cls, namespace: str, kubeconfig: str | None = None,
-                watch_timeout: int = 300) -> KubernetesStore:
+                watch_timeout: int = 300, sync_timeout: float = 30.0) -> KubernetesStore:
+        """An open store with its caches filled; StoreUnavailable (the caches stopped and
+        joined) when they do not fill within `sync_timeout` or the CRD is missing."""
+        cfg = client.Configuration()
         if kubeconfig:
-            api = config.new_client_from_config(config_file=kubeconfig)
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         else:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        store = cls(api, namespace, watch_timeout)
-        store.start()
+            config.load_incluster_config(client_configuration=cfg)
+        cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
+        store = cls(client.ApiClient(cfg), namespace, watch_timeout)
+        try:
+            store.start(sync_timeout)
+        except BaseException:
+            store.close()
+            raise
         return store
 
-    def start(self) -> None:
-        for inf in (self.batches, self.jobs, self.cms):
+    def start(self, timeout: float = 30.0) -> None:
+        informers = (self.batches, self.jobs, self.cms)
+        for inf in informers:
             inf.start()
+        deadline = time.monotonic() + timeout
+        for inf in informers:
+            while not inf.wait_synced(0.1):
+                if crd_missing(self.batches.error):  # no use waiting for it to appear
+                    raise StoreUnavailable(cache_unavailable("batches", self.batches.error))
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(cache_unavailable(inf.kind, inf.error, timeout))
 
     def close(self) -> None:
+        """Stop the watch threads and wait for them, then close the connections."""
         for inf in (self.batches, self.jobs, self.cms):
             inf.stop()
         self.api.close()
+
+    def fence_with(self, may_write: Callable[[], bool]) -> None:
+        """Ask `may_write` before every write that acts (see the module docstring)."""
+        self.may_write = may_write
+
+    def _act(self) -> None:
+        if self.may_write is not None and not self.may_write():
+            raise NotLeader("this reconciler no longer holds the Lease: the write was not made")
 
     def _list_batches(self, **kwargs: Any) -> Any:
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
@@ -262,6 +304,7 @@ class KubernetesStore:
 
     def _create(self, create: Any, body: Obj, cache: Informer) -> bool:
         """Create an object; False if it exists already (creating twice is a no-op)."""
+        self._act()
         try:
             created = self._raw(create, self.ns, body)
         except ApiException as exc:
@@ -290,6 +333,7 @@ class KubernetesStore:
 
     def _replace(self, cache: Informer, what: str, replace: Any, *args: Any) -> None:
         """Write back an object read from the cache; its resourceVersion guards the write."""
+        self._act()
         try:
             new = self._raw(replace, *args)
         except ApiException as exc:
@@ -310,6 +354,7 @@ class KubernetesStore:
             return
         if self.cms.get(META) is None and self._create_cm(META, "meta", None, {key: value}):
             return
+        self._act()
         new = self._raw(self.core.patch_namespaced_config_map, META, self.ns,
                         {"data": {key: value}})
         self._wrote()
@@ -489,6 +534,7 @@ class KubernetesStore:
         """A Batch without a spec for a file that never parsed, so that `kubectl get
         batches` lists it and its status says why (Invalid); its first valid version is
         applied onto it. A placeholder kept by an earlier version is let go of."""
+        self._act()
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
                 "metadata": {"name": name,
                              "labels": {"app.kubernetes.io/managed-by": "batchq"},
@@ -523,6 +569,7 @@ class KubernetesStore:
         an object that exists is first replaced whole: an apply leaves alone the fields
         another manager set (a hand `state: Held`, the inline items of an object written
         before `itemsFrom`). Sets the record's appliedSpecHash."""
+        self._act()
         shown = object_spec(name, spec)
         if cr is not None:
             self._raw(self.custom.patch_namespaced_custom_object,
@@ -589,6 +636,7 @@ class KubernetesStore:
         """A Batch for a file that never parsed has no records to project from: its status
         (Invalid, with the file:line:col message) is written on it directly, so that
         `kubectl get batches` says why."""
+        self._act()
         cr = self._raw(self.custom.patch_namespaced_custom_object_status,
                        GROUP, VERSION, self.ns, PLURAL, name,
                        [{"op": "add", "path": "/status", "value": status_to_k8s(new)}],
@@ -608,6 +656,7 @@ class KubernetesStore:
                                 int(cr["metadata"].get("generation", 1)))
         if cr.get("status") == want:  # as values: the server may write 1000.0 as 1000
             return False
+        self._act()
         new = self._raw(self.custom.patch_namespaced_custom_object_status,
                         GROUP, VERSION, self.ns, PLURAL, name,
                         [{"op": "add", "path": "/status", "value": want}],
@@ -665,6 +714,7 @@ class KubernetesStore:
             meta = cm["metadata"]
             if (meta.get("labels") or {}).get(f"{A}batch") == batch and meta.get(
                     "ownerReferences"):
+                self._act()
                 new = self._raw(self.core.patch_namespaced_config_map, meta["name"], self.ns,
                                 {"metadata": {"ownerReferences": None}})
                 self._wrote()
@@ -679,11 +729,13 @@ class KubernetesStore:
         for cm in self._report_cms(name):
             pending = (cm["metadata"].get("labels") or {}).get(f"{A}outbox") == "pending"
             if pending and cm["metadata"].get("ownerReferences"):
+                self._act()
                 new = self._raw(self.core.patch_namespaced_config_map, cm["metadata"]["name"],
                                 self.ns, {"metadata": {"ownerReferences": None}})
                 self._wrote()
                 self.cms.remember(new)
         self.delete_jobs(name)
+        self._act()
         if self.batches.get(name) is not None:
             with contextlib.suppress(ApiException):
                 self.custom.delete_namespaced_custom_object(
@@ -799,6 +851,7 @@ class KubernetesStore:
                     "metadata": {"name": name,
                                  "labels": {f"{A}kind": "credentials", f"{A}batch": batch}},
                     "stringData": data}
+            self._act()
             try:
                 self.core.create_namespaced_secret(self.ns, body)
             except ApiException as exc:
@@ -847,6 +900,7 @@ class KubernetesStore:
                 if (o["metadata"].get("labels") or {}).get(f"{A}batch") == batch]
         if not mine:
             return
+        self._act()
         self.batch_api.delete_collection_namespaced_job(
             self.ns, label_selector=f"{A}batch={batch}", propagation_policy="Background")
         self._wrote()
@@ -861,6 +915,7 @@ class KubernetesStore:
         if RESULT_FINALIZER not in held:
             return
         try:
+            self._act()
             new = self._raw(self.batch_api.patch_namespaced_job, meta["name"], self.ns,
                             [{"op": "test", "path": "/metadata/finalizers", "value": held},
                              {"op": "replace", "path": "/metadata/finalizers",
@@ -904,6 +959,7 @@ class KubernetesStore:
                 continue
             if not suspended and not is_suspended:
                 continue
+            self._act()
             new = self._raw(self.batch_api.patch_namespaced_job, o["metadata"]["name"],
                             self.ns, {"spec": {"suspend": suspended}})
             self._wrote()
@@ -928,6 +984,7 @@ class KubernetesStore:
             old = self.cms.get(part_name) or self._raw(
                 self.core.read_namespaced_config_map, part_name, self.ns)
             if (old.get("binaryData") or {}) != binary:
+                self._act()
                 new = self._raw(self.core.patch_namespaced_config_map, part_name, self.ns,
                                 {"binaryData": binary})
                 self._wrote()
@@ -1006,8 +1063,23 @@ class KubernetesStore:
 
     def _patch_report(self, report_id: str, labels: dict[str, str],
                       annotations: dict[str, str]) -> None:
-        new = self._raw(self.core.patch_namespaced_config_map, report_cm_name(report_id),
-                        self.ns, {"metadata": {"labels": labels, "annotations": annotations}})
+        """Record a delivery attempt, trying again through an API outage (1 s, doubling up
+        to 30 s, for RECORD_PATIENCE): the email went out, and a record that is lost
+        would send it again."""
+        delay, deadline = 1.0, time.monotonic() + RECORD_PATIENCE
+        while True:
+            try:
+                new = self._raw(self.core.patch_namespaced_config_map,
+                                report_cm_name(report_id), self.ns,
+                                {"metadata": {"labels": labels, "annotations": annotations}})
+                break
+            except Exception as exc:
+                if not transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("recording the delivery of %s failed (retrying in %g s): %s",
+                            report_id, delay, describe(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self._wrote()
         self.cms.remember(new)
 
