@@ -33,6 +33,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -141,11 +142,25 @@ def find_or_build_binaries(build: bool) -> Path | None:
 # --- small helpers --------------------------------------------------------------------
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (32768 and up on Linux), so the
+    outbound connections the components make while starting cannot take it before the one
+    it is meant for binds it; never the same twice in one session."""
+    for _ in range(1000):
+        port = random.randint(20000, 32000)
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
         return port
+    raise RuntimeError("no free port between 20000 and 32000 on 127.0.0.1")
 
 
 def _tail(path: Path, lines: int) -> str:
