@@ -43,3 +43,16 @@ def content_files(root: Path, object_id: str) -> list[str]:
     obj = root / object_key(object_id)
     return sorted(p.relative_to(obj).as_posix() for p in obj.glob("v*/content/**/*")
                   if p.is_file())
+
+
+def s3_root(server: Any, bucket: str, prefix: str = "ocfl") -> Any:
+    """An fsspec filesystem rooted at s3://bucket/prefix on the test server, for ocfl-py."""
+    from fsspec.implementations.dirfs import DirFileSystem
+    from s3fs import S3FileSystem
+
+    from tests.s3.server import ACCESS_KEY, REGION, SECRET_KEY
+
+    fs = S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, endpoint_url=server.endpoint,
+                      client_kwargs={"region_name": REGION}, skip_instance_cache=True,
+                      use_listings_cache=False)
+    return DirFileSystem(path=f"{bucket}/{prefix}", fs=fs)

@@ -17,6 +17,7 @@ from ocfl.storage_root import StorageRoot
 
 from reconciler.storage import FilesystemTarget, ObjectInfo, StagedFile, StorageError
 from reconciler.storage.layout import object_key
+from tests.fixtures import batchq
 from tests.ocfl_check import content_files, head_file, validate_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,3 +161,37 @@ def test_concurrent_deposits_of_one_object_take_turns(tmp_path: Path) -> None:
     assert versions == ["v1", "v2", "v3", "v4"]
     validate_root(root)
     assert len(content_files(root, "shared")) == 80
+
+
+def test_a_profile_storage_is_checked_and_never_holds_credentials(tmp_path: Path) -> None:
+    good = tmp_path / "profiles" / "good.yaml"
+    good.parent.mkdir()
+    good.write_text("apiVersion: batchq.dev/v1\nkind: Profile\nspec:\n  storage:\n"
+                    "    type: s3\n    bucket: preservation\n    prefix: ocfl/maps\n"
+                    "    endpoint: https://s3.example.org\n    region: us-west-2\n")
+    bad = tmp_path / "profiles" / "bad.yaml"
+    bad.write_text("apiVersion: batchq.dev/v1\nkind: Profile\nspec:\n  storage:\n"
+                   "    type: s3\n    bucket: x\n    path: maps\n"
+                   "    secretAccessKey: do-not-commit-me\n")
+    mixed = tmp_path / "profiles" / "mixed.yaml"
+    mixed.write_text("apiVersion: batchq.dev/v1\nkind: Profile\nspec:\n  storage:\n"
+                     "    path: maps\n    bucket: preservation\n")
+    ok = batchq("validate", str(good))
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    found = batchq("validate", str(bad), str(mixed))
+    assert found.returncode == 1
+    lines = (found.stdout + found.stderr).splitlines()
+    assert lines == [
+        f"{bad}:6:13: spec.storage.bucket: \"x\" is not an S3 bucket name (3 to 63 lowercase"
+        " letters, digits, '.' and '-'; starting and ending with a letter or digit)",
+        f"{bad}:7:11: spec.storage.path: is for type filesystem; an s3 storage names a bucket"
+        " and a prefix instead",
+        f"{bad}:8:5: spec.storage.secretAccessKey: unknown field \"secretAccessKey\" (allowed:"
+        " type, path, bucket, prefix, endpoint, region)",
+        f"{bad}:8:22: spec.storage.secretAccessKey: credentials never go in a profile (it is"
+        " in Git): the operator gives them to the reconciler (AWS_ACCESS_KEY_ID and"
+        " AWS_SECRET_ACCESS_KEY, or on Kubernetes the Secret named by --s3-secret); remove"
+        " this field",
+        f"{mixed}:6:13: spec.storage.bucket: is for type s3: add `type: s3`, or remove it",
+    ]
+    assert "do-not-commit-me" not in found.stdout + found.stderr

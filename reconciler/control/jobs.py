@@ -62,6 +62,7 @@ def build_job(
     commit: str,
     file_roots: tuple[str, ...],
     storage_root: str,
+    storage_mount: str = "",
 ) -> JobSpec:
     """The Job for one attempt: the worker is configured by environment only. `name` is
     given for an attempt whose Job was already created (under its own naming scheme).
@@ -75,9 +76,16 @@ def build_job(
         "BATCHQ_ITEM_ID": item.id,
         "BATCHQ_ITEM_URL": item.url,
         "BATCHQ_ATTEMPT": str(attempt),
-        "BATCHQ_STORAGE": storage_root,
         "BATCHQ_ALLOWED_PREFIXES": "\n".join(profile.allowed_prefixes),
     }
+    if profile.storage_s3 is None:
+        env["BATCHQ_STORAGE"] = storage_root
+    else:  # the credentials are the backend's to give (runner env, Secret reference)
+        env["BATCHQ_STORAGE_URL"] = profile.storage_s3.url
+        if profile.storage_s3.endpoint:
+            env["BATCHQ_S3_ENDPOINT"] = profile.storage_s3.endpoint
+        if profile.storage_s3.region:
+            env["BATCHQ_S3_REGION"] = profile.storage_s3.region
     if item.size is not None:
         env["BATCHQ_ITEM_SIZE"] = str(item.size)
     if item.digest is not None:
@@ -103,4 +111,5 @@ def build_job(
         backoff_limit=profile.backoff_limit,
         deadline_seconds=profile.deadline_seconds,
         annotations=pod_annotations(item),
+        storage_mount=storage_mount if profile.storage_s3 is None else "",
     )

@@ -210,9 +210,18 @@ class S3Target:
                 self._put(name, data)
         self._root_checked = True
 
-    def _recover(self, obj: str) -> Inventory | None:
+    def _recover(self, obj: str, object_id: str) -> Inventory | None:
         """Repair a root sidecar left behind, and commit a complete next version that a
-        killed deposit wrote but did not commit (both idempotent, so safe to race)."""
+        killed deposit wrote but did not commit (both idempotent, so safe to race); drop
+        the claim on the head version, which no deposit needs once it is committed."""
+        inventory = self._recover_head(obj)
+        if inventory is not None:
+            claims = f"{DEPOSITS}/claims/{object_hash(object_id)}"
+            self._call("delete", self.client.delete_object,
+                       Key=self.key(f"{claims}/{inventory['head']}"))
+        return inventory
+
+    def _recover_head(self, obj: str) -> Inventory | None:
         inventory = self._head(obj)
         if inventory is None:
             return None
@@ -257,7 +266,7 @@ class S3Target:
         owner = f"{info.batch}/{info.item}"
         deadline = time.monotonic() + self.wait_seconds
         while True:
-            previous = self._recover(obj)
+            previous = self._recover(obj, info.object_id)
             plan = plan_version(previous, info, files, message=message, created=_now())
             if plan is None:
                 assert previous is not None

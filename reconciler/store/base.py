@@ -37,6 +37,9 @@ class JobSpec:
     backoff_limit: int = 0
     deadline_seconds: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    # filesystem storage: the operator's storage root, which the job's BATCHQ_STORAGE lies
+    # under (Kubernetes mounts the storage PersistentVolumeClaim there); "" for S3 storage
+    storage_mount: str = ""
 
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the Job controller's reason, on both backends

@@ -75,7 +75,13 @@ from reconciler.store.kubernetes.configmaps import (
     timeline_name,
 )
 from reconciler.store.kubernetes.informer import Informer, Obj
-from reconciler.store.kubernetes.jobs import job_from_k8s, job_manifest
+from reconciler.store.kubernetes.jobs import (
+    DEFAULT_S3_SECRET,
+    DEFAULT_STORAGE_CLAIM,
+    StorageRefs,
+    job_from_k8s,
+    job_manifest,
+)
 from reconciler.store.kubernetes.names import GROUP, PLURAL, VERSION, A, credentials_secret
 from reconciler.store.kubernetes.status import status_from_k8s, status_to_k8s
 from reconciler.support.redaction import redact_text
@@ -93,9 +99,12 @@ def _normal(status: BatchStatus) -> str:
 class KubernetesStore:
     """The store on a cluster; see the module docstring."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, watch_timeout: int = 300) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, watch_timeout: int = 300, *,
+                 storage_claim: str = DEFAULT_STORAGE_CLAIM,
+                 s3_secret: str = DEFAULT_S3_SECRET) -> None:
         self.api = api
         self.ns = namespace
+        self.storage = StorageRefs(storage_claim, s3_secret)
         self.custom = client.CustomObjectsApi(api)
         self.batch_api = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -113,13 +122,15 @@ class KubernetesStore:
 
     @classmethod
     def connect(cls, namespace: str, kubeconfig: str | None = None,
-                watch_timeout: int = 300) -> KubernetesStore:
+                watch_timeout: int = 300, *, storage_claim: str = DEFAULT_STORAGE_CLAIM,
+                s3_secret: str = DEFAULT_S3_SECRET) -> KubernetesStore:
         if kubeconfig:
             api = config.new_client_from_config(config_file=kubeconfig)
         else:
             config.load_incluster_config()
             api = client.ApiClient()
-        store = cls(api, namespace, watch_timeout)
+        store = cls(api, namespace, watch_timeout, storage_claim=storage_claim,
+                    s3_secret=s3_secret)
         store.start()
         return store
 
@@ -500,7 +511,8 @@ class KubernetesStore:
         if self.jobs.get(spec.name) is not None:
             return False
         return self._create(self.batch_api.create_namespaced_job,
-                            job_manifest(spec, self._owner(spec.batch)), self.jobs)
+                            job_manifest(spec, self._owner(spec.batch), self.storage),
+                            self.jobs)
 
     def _job(self, obj: Obj) -> Job:
         return job_from_k8s(obj, self._failure_message)
