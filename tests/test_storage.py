@@ -17,7 +17,7 @@ from ocfl.storage_root import StorageRoot
 
 from reconciler.storage import FilesystemTarget, ObjectInfo, StagedFile, StorageError
 from reconciler.storage.layout import object_key
-from tests.fixtures import batchq
+from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq
 from tests.ocfl_check import content_files, head_file, validate_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,3 +195,41 @@ def test_a_profile_storage_is_checked_and_never_holds_credentials(tmp_path: Path
         f"{mixed}:6:13: spec.storage.bucket: is for type s3: add `type: s3`, or remove it",
     ]
     assert "do-not-commit-me" not in found.stdout + found.stderr
+
+
+def test_a_batch_is_deposited_to_a_filesystem_root_end_to_end(
+        git_repo: GitRepo, smtp: SmtpServer, payloads: PayloadServer, tmp_path: Path) -> None:
+    items = [payloads.add(f"scan-{n}.tif", f"scan {n}\n".encode() * (n + 1)) for n in range(3)]
+    git_repo.write("profiles/test.yaml", {
+        "apiVersion": "batchq.dev/v1", "kind": "Profile",
+        "spec": {"allowedUrlPrefixes": [payloads.base],
+                 "notification": {"from": "batchq@example.org"},
+                 "storage": {"type": "filesystem", "path": "ocfl"}}})
+    git_repo.write("batches/scans.yaml", batch_doc(items))
+    git_repo.commit("three scans")
+    state, root = tmp_path / "state", tmp_path / "storage-root"
+    done = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(state),
+                  "--smtp", smtp.hostport, "--until-idle", "--timeout", "120",
+                  env={"BATCHQ_STORAGE_ROOT": str(root)})
+    assert done.returncode == 0, done.stderr
+    [batch] = json.loads(batchq("status", "scans", "--json", "--state", str(state)).stdout
+                         )["batches"]
+    assert batch["state"] == "Completed", batch
+    assert validate_root(root / "ocfl")[0] == 3
+    for n, item in enumerate(items):
+        assert head_file(root / "ocfl", f"scans/{item['id']}", f"scan-{n}.tif") == (
+            f"scan {n}\n".encode() * (n + 1))
+
+
+def test_a_directory_holding_other_files_is_not_made_a_storage_root(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sha256" / "ab").mkdir(parents=True)  # payloads of the layout before OCFL
+    (root / "items").mkdir()
+    with pytest.raises(StorageError) as exc:
+        FilesystemTarget(root).deposit(ObjectInfo("o", "b", "i"),
+                                       [staged(tmp_path, "a", b"x")], message="m")
+    assert str(exc.value) == (
+        f"{root} is not an OCFL storage root and is not empty (it holds items, sha256): give"
+        " the profile a storage.path of its own, or move those files away")
+    assert sorted(p.name for p in root.iterdir()) == ["items", "sha256"]

@@ -126,7 +126,17 @@ class FilesystemTarget:
     # -- writing ------------------------------------------------------------------------
 
     def _ensure_root(self) -> None:
-        """Declare the storage root (once; each file written atomically)."""
+        """Declare the storage root (once; each file written atomically). A directory that
+        already holds something else is refused: OCFL objects never mix with other files
+        (payloads stored by the content-addressed layout before OCFL, for instance)."""
+        declaration = next(iter(root_files()))
+        if self.root.is_dir() and not (self.root / declaration).exists():
+            other = sorted(p.name for p in self.root.iterdir() if p.name != "extensions")
+            if other:
+                raise StorageError(
+                    f"{self.root} is not an OCFL storage root and is not empty (it holds"
+                    f" {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): give the"
+                    " profile a storage.path of its own, or move those files away")
         for name, data in root_files().items():
             path = self.root / name
             if not path.exists():
