@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ from reconciler.storage.layout import (
 from reconciler.storage.model import DepositResult, ObjectInfo, StagedFile, StorageError
 from reconciler.support.failpoints import hit
 
+MULTIPART_BYTES = 64 * 1024**2
+UPLOADS = 4  # files of one object uploaded at once (the client is thread-safe)
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
@@ -163,8 +166,15 @@ class S3Target:
             raise StorageError(f"S3 put s3://{self.bucket}/{self.key(path)}: {exc}") from None
 
     def _upload(self, path: str, staged: StagedFile) -> None:
+        """One PUT for a file up to MULTIPART_BYTES (no transfer manager to start), a
+        multipart upload above."""
         try:
-            self.client.upload_file(str(staged.path), self.bucket, self.key(path))
+            if staged.size <= MULTIPART_BYTES:
+                with staged.path.open("rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=self.key(path), Body=body)
+            else:
+                self.client.upload_file(str(staged.path), self.bucket, self.key(path))
+            hit("storage-file-placed")
         except (ClientError, BotoCoreError, OSError) as exc:
             raise StorageError(f"S3 upload of {staged.name!r} to"
                                f" s3://{self.bucket}/{self.key(path)}: {exc}") from None
@@ -285,9 +295,10 @@ class S3Target:
                 return self.deposit(info, files, message=message)
             version = f"{obj}/{plan.version}"
             self._delete_tree(version)  # what a killed attempt of this version left
-            for path, staged in plan.copies:
-                self._upload(f"{obj}/{path}", staged)
-                hit("storage-file-placed")
+            with ThreadPoolExecutor(max_workers=UPLOADS) as pool:
+                for done in [pool.submit(self._upload, f"{obj}/{path}", staged)
+                             for path, staged in plan.copies]:
+                    done.result()
             data, sidecar = encode(plan.inventory)
             self._put(f"{version}/{INVENTORY}", data)
             self._put(f"{version}/{SIDECAR}", sidecar)
