@@ -131,7 +131,9 @@ class FilesystemTarget:
         (payloads stored by the content-addressed layout before OCFL, for instance)."""
         declaration = next(iter(root_files()))
         if self.root.is_dir() and not (self.root / declaration).exists():
-            other = sorted(p.name for p in self.root.iterdir() if p.name != "extensions")
+            ours = {"extensions", *(name.split("/")[0] for name in root_files())}
+            other = sorted(p.name for p in self.root.iterdir()  # a concurrent deposit's
+                           if p.name not in ours and not p.name.startswith("."))  # temps
             if other:
                 raise StorageError(
                     f"{self.root} is not an OCFL storage root and is not empty (it holds"
