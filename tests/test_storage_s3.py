@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.storage import ObjectInfo, StagedFile, open_target
+from reconciler.storage import ObjectInfo, StagedFile, StorageError, open_target
 from reconciler.storage.layout import object_key
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq
 from tests.ocfl_check import s3_root, validate_root
@@ -149,3 +149,16 @@ def test_a_batch_is_deposited_to_s3_end_to_end(
     for path in (tmp_path / "st").rglob("*"):
         if path.is_file():
             assert creds["AWS_SECRET_ACCESS_KEY"].encode() not in path.read_bytes(), path
+
+
+def test_a_prefix_holding_other_keys_is_not_made_a_storage_root(
+        s3_server: Any, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    s3_server.client.put_object(Bucket=bucket, Key="ocfl/sha256/ab/abcd", Body=b"old")
+    with pytest.raises(StorageError) as exc:
+        open_target(s3_server.env(bucket)).deposit(
+            ObjectInfo("o", "b", "i"), staged(tmp_path, {"a": b"x"}), message="m")
+    assert str(exc.value) == (
+        f"s3://{bucket}/ocfl/ is not an OCFL storage root and is not empty (it holds sha256):"
+        " give the profile a prefix of its own, or move those keys away")
+    assert s3_server.keys(bucket) == ["ocfl/sha256/ab/abcd"]

@@ -134,7 +134,7 @@ class FilesystemTarget:
             ours = {"extensions", *(name.split("/")[0] for name in root_files())}
             other = sorted(p.name for p in self.root.iterdir()  # a concurrent deposit's
                            if p.name not in ours and not p.name.startswith("."))  # temps
-            if other:
+            if other and not (self.root / declaration).exists():  # a racing deposit's
                 raise StorageError(
                     f"{self.root} is not an OCFL storage root and is not empty (it holds"
                     f" {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): give the"

@@ -213,9 +213,24 @@ class S3Target:
     # -- writing ------------------------------------------------------------------------
 
     def _ensure_root(self) -> None:
+        """Declare the storage root once; a prefix that already holds other keys is refused
+        (OCFL objects never mix with other files), as on a filesystem."""
         if self._root_checked:
             return
-        for name, data in root_files().items():
+        files = root_files()
+        if self._get(next(iter(files))) is None:
+            prefix = self.key("")
+            listed = self._call("list", self.client.list_objects_v2, Prefix=prefix,
+                                MaxKeys=20)
+            ours = {"extensions", *(name.split("/")[0] for name in files)}
+            other = sorted({o["Key"][len(prefix):].split("/")[0]
+                            for o in listed.get("Contents", [])} - ours)
+            if other and self._get(next(iter(files))) is None:  # not a racing deposit's
+                raise StorageError(
+                    f"s3://{self.bucket}/{prefix} is not an OCFL storage root and is not"
+                    f" empty (it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}"
+                    "): give the profile a prefix of its own, or move those keys away")
+        for name, data in files.items():
             if self._get(name) is None:
                 self._put(name, data)
         self._root_checked = True
