@@ -162,3 +162,24 @@ def test_a_prefix_holding_other_keys_is_not_made_a_storage_root(
         f"s3://{bucket}/ocfl/ is not an OCFL storage root and is not empty (it holds sha256):"
         " give the profile a prefix of its own, or move those keys away")
     assert s3_server.keys(bucket) == ["ocfl/sha256/ab/abcd"]
+
+
+def test_credentials_may_come_from_a_mounted_file_instead_of_the_environment(
+        s3_server: Any, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    env = s3_server.env(bucket)
+    secret = tmp_path / "s3-credentials"
+    secret.write_text(f"AWS_ACCESS_KEY_ID={env.pop('AWS_ACCESS_KEY_ID')}\n"
+                      f"AWS_SECRET_ACCESS_KEY={env.pop('AWS_SECRET_ACCESS_KEY')}\n")
+    secret.chmod(0o600)
+    env["BATCHQ_S3_CREDENTIALS_FILE"] = str(secret)
+    got = open_target(env).deposit(ObjectInfo("o", "b", "i"), staged(tmp_path, {"a": b"x"}),
+                                   message="m")
+    assert (got.version, got.created) == ("v1", True)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("AWS_ACCESS_KEY_ID=batchq-test\nAWS_SECRET_ACCESS_KEY=not-the-key\n")
+    env["BATCHQ_S3_CREDENTIALS_FILE"] = str(wrong)
+    with pytest.raises(StorageError) as exc:
+        open_target(env).stored_files("o")
+    assert str(exc.value).startswith(f"S3 get s3://{bucket}/ocfl/")
+    assert "not-the-key" not in str(exc.value)

@@ -41,7 +41,7 @@ def server() -> Iterator[LoopbackServer]:
 
 
 def worker_env(tmp: Path, url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHQ_", "AWS_"))}
     env.update(PYTHONPATH=str(REPO), BATCHQ_BATCH="maps", BATCHQ_ITEM_ID="map-001",
                BATCHQ_ITEM_URL=url, BATCHQ_STORAGE=str(tmp / "store"),
                BATCHQ_TERMINATION_LOG=str(tmp / "termination-log"))
@@ -255,6 +255,13 @@ def test_sigterm_removes_the_temp_file_and_logs_a_reason(
     ({"BATCHQ_BATCH": ""}, "BATCHQ_BATCH is not set"),
     ({"BATCHQ_STORAGE": ""},
      "BATCHQ_STORAGE (a directory) or BATCHQ_STORAGE_URL (s3://...) is not set"),
+    ({"BATCHQ_STORAGE_URL": "s3://bucket/ocfl"},
+     "set BATCHQ_STORAGE or BATCHQ_STORAGE_URL, not both"),
+    ({"BATCHQ_STORAGE": "", "BATCHQ_STORAGE_URL": "http://bucket/ocfl"},
+     "BATCHQ_STORAGE_URL 'http://bucket/ocfl' is not s3://bucket/prefix"),
+    ({"BATCHQ_STORAGE": "", "BATCHQ_STORAGE_URL": "s3://bucket/ocfl"},
+     "S3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (on"
+     " Kubernetes from a Secret) or in BATCHQ_S3_CREDENTIALS_FILE"),
     ({"BATCHQ_ITEM_SIZE": "12kB"}, "BATCHQ_ITEM_SIZE must be a whole number of bytes, not"
      " '12kB'"),
     ({"BATCHQ_TIMEOUT": "0"}, "BATCHQ_TIMEOUT must be a positive number of seconds, not '0'"),
