@@ -30,6 +30,7 @@ def payloads() -> Iterator[PayloadServer]:
 
 
 # --- both backends (DESIGN §9): the same scenarios on SQLite and on a real API server
+import os  # noqa: E402
 import uuid  # noqa: E402
 
 from tests.harness import Harness  # noqa: E402
@@ -93,3 +94,36 @@ def world_and_harness(backend: str, request: pytest.FixtureRequest, git_repo: Gi
         world.close()
         if backend == "kubernetes":
             api.close()
+
+
+# --- a real S3 server (SeaweedFS) for preservation storage, issue 8 §3
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One SeaweedFS for the session. It is built by scripts/build-test-s3 (scripts/test
+    runs it when CI=true or BATCHQ_SETUP_PARTS=1), never by a fixture: a cold build takes
+    many minutes. Missing, it fails the test under CI=true and skips it elsewhere."""
+    import shutil as _shutil
+
+    from tests.s3.server import S3Server, weed_binary
+
+    binary = weed_binary()
+    if not binary.is_file():
+        why = (f"the S3 test server is not built ({binary}): run scripts/build-test-s3"
+               " (Go >= 1.26), or scripts/test with BATCHQ_SETUP_PARTS=1")
+        if _shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+            why += "; this machine has no Go toolchain to build it"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    server = S3Server(tmp_path_factory.mktemp("s3"), binary)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the S3 server carry the `s3` mark, so `-m "not s3"` deselects them."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)

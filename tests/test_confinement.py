@@ -27,8 +27,8 @@ import pytest
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, url_allowed
-from reconciler.worker.program import cas_path
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq
+from tests.ocfl_check import head_file
 from web.app import create_app
 
 SECRET = "Zq9-never-shown-7f3a"
@@ -114,8 +114,7 @@ def test_file_urls_are_read_from_git_at_the_batch_commit_never_the_host(
             " repository (only an operator can allow a host directory, with"
             " --allow-file-root)"))
     stored = stored_files(state / "storage")
-    assert cas_path(state / "storage" / "storage", hashlib.sha256(committed).hexdigest()
-                    ).read_bytes() == committed
+    assert head_file(state / "storage" / "storage", "good/a", "a.txt") == committed
     for path in stored:
         data = path.read_bytes()
         assert SECRET.encode() not in data and b"root:" not in data, path
@@ -308,8 +307,7 @@ def test_storage_path_stays_inside_the_storage_root(
     reconcile(git_repo, state, smtp, env={"BATCHQ_STORAGE_ROOT": str(root)})
     found = outcome(state)
     assert found["inside"][0] == "Completed"
-    sha = hashlib.sha256(body).hexdigest()
-    assert cas_path(root / "deposits" / "2026", sha).read_bytes() == body
+    assert head_file(root / "deposits" / "2026", "inside/p", "p") == body
     assert not outside.exists() and not (tmp_path / "escaped").exists()
     # the other two profiles never loaded, so their batches wait and nothing ran
     assert found["absolute"] == found["climbing"] == ("Pending", {}, "")
@@ -445,7 +443,7 @@ def test_credentials_in_payload_urls_are_used_and_never_shown(
     token = "Basic " + base64.b64encode(f"depositor:{SECRET}".encode()).decode()
     assert ("/a.txt", token) in home.seen  # the credentials were used for the request
     assert elsewhere.seen == [("/c.bin", None)]  # and not handed to another origin
-    assert cas_path(state / "storage" / "storage", sha).read_bytes() == payload
+    assert head_file(state / "storage" / "storage", "creds/a.txt", "a.txt") == payload
 
     shown = everything_shown(state, "creds")
     assert f"http://***@{home.base}/a.txt" in shown

@@ -4,7 +4,6 @@ loopback, real files; exit code, stderr line, termination log, stored file and r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.worker.program import cas_path, record_path
+from reconciler.storage.layout import object_key
 from tests.fixtures import GitRepo, wait_for
+from tests.ocfl_check import content_files, head_file, inventory, validate_root
 from tests.test_fetch import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def server() -> Iterator[LoopbackServer]:
 
 
 def worker_env(tmp: Path, url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHQ_", "AWS_"))}
     env.update(PYTHONPATH=str(REPO), BATCHQ_BATCH="maps", BATCHQ_ITEM_ID="map-001",
                BATCHQ_ITEM_URL=url, BATCHQ_STORAGE=str(tmp / "store"),
                BATCHQ_TERMINATION_LOG=str(tmp / "termination-log"))
@@ -78,68 +78,57 @@ def assert_failed(r: Run, code: int, reason: str) -> None:
     assert r.log == reason + "\n"
 
 
-def test_stores_content_addressed_then_resumes_without_downloading(
+def test_stores_an_ocfl_object_then_resumes_without_downloading(
         tmp_path: Path, server: LoopbackServer) -> None:
     url = server.add("map-001.tif", BODY)
     r = run(tmp_path, url, **expect(BODY, len(BODY), "md5"))
     assert (r.code, r.stderr, r.log) == (0, "", "")
     assert r.stdout.splitlines()[0] == f"start: batch maps item map-001 from {url}"
     assert f"fetched: {len(BODY)} bytes, sha256 {SHA}" in r.stdout
-    assert r.stdout.splitlines()[-1].startswith("done: stored map-001 (17 bytes) at ")
-    stored = cas_path(tmp_path / "store", SHA)
-    assert stored == tmp_path / "store" / "sha256" / SHA[:2] / SHA
-    assert stored.read_bytes() == BODY
-    assert oct(stored.stat().st_mode & 0o777) == "0o644"
-    rec = record_path(tmp_path / "store", "maps", "map-001")
-    assert rec.name == hashlib.sha256(b"maps/map-001").hexdigest() + ".json"
-    assert json.loads(rec.read_text()) == {
-        "batch": "maps", "item": "map-001", "url": url, "size": len(BODY), "sha256": SHA,
-        "digest": {"algorithm": "md5", "value": hashlib.md5(BODY).hexdigest()},
-        "stored": f"sha256/{SHA[:2]}/{SHA}",
-    }
+    assert r.stdout.splitlines()[-1] == ("done: stored maps/map-001 v1 (17 bytes, 1 file(s)"
+                                         " written, 0 reused)")
+    store = tmp_path / "store"
+    assert validate_root(store)[0] == 1
+    assert head_file(store, "maps/map-001", "map-001.tif") == BODY
+    fixity = inventory(store, "maps/map-001")["fixity"]
+    assert fixity["md5"] == {hashlib.md5(BODY).hexdigest(): ["v1/content/map-001.tif"]}
+    assert fixity["sha256"] == {SHA: ["v1/content/map-001.tif"]}
     assert leftovers(tmp_path) == []
 
     again = run(tmp_path, url, **expect(BODY, len(BODY), "md5"))
     assert (again.code, again.stderr, again.log) == (0, "", "")
-    assert f"already stored: map-001 at {stored}" in again.stdout
+    assert again.stdout.splitlines()[-1] == "already stored: maps/map-001 v1"
     assert server.requests == ["map-001.tif"]  # the second run made no request
+    assert inventory(store, "maps/map-001")["head"] == "v1"
 
 
-def test_a_stored_copy_that_no_longer_verifies_is_fetched_again(
+def test_without_a_manifest_digest_a_restart_fetches_but_adds_no_version(
         tmp_path: Path, server: LoopbackServer) -> None:
     url = server.add("p", BODY)
     assert run(tmp_path, url).code == 0
-    stored = cas_path(tmp_path / "store", SHA)
-    stored.write_bytes(b"bit rot")
-    assert run(tmp_path, url).code == 0
-    assert stored.read_bytes() == BODY and server.requests == ["p", "p"]
-    moved = server.add("elsewhere", BODY)  # the manifest now names another URL
-    assert run(tmp_path, moved).code == 0
-    assert server.requests == ["p", "p", "elsewhere"]
+    again = run(tmp_path, url)
+    assert again.code == 0 and again.stdout.splitlines()[-1] == "already stored: maps/map-001 v1"
+    assert server.requests == ["p", "p"]  # nothing to compare with but the bytes
+    server.add("p", b"the depositor replaced the file\n")
+    changed = run(tmp_path, url)
+    assert changed.stdout.splitlines()[-1].startswith("done: stored maps/map-001 v2 ")
+    assert head_file(tmp_path / "store", "maps/map-001", "p") == (
+        b"the depositor replaced the file\n")
+    assert content_files(tmp_path / "store", "maps/map-001") == ["v1/content/p", "v2/content/p"]
+    validate_root(tmp_path / "store")
 
 
 def test_temp_files_of_a_killed_attempt_are_removed(tmp_path: Path,
                                                     server: LoopbackServer) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
+    staging = tmp_path / "store" / "extensions" / "batchq-deposits" / "incoming"
+    staging.mkdir(parents=True)
     key = hashlib.sha256(b"maps/map-001").hexdigest()[:16]
-    stale, fresh = store / f".incoming-{key}-stale", store / f".incoming-{key}-live"
+    stale, fresh = staging / f".incoming-{key}-stale", staging / f".incoming-{key}-live"
     for f in (stale, fresh):
         f.write_bytes(b"partial")
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     assert run(tmp_path, server.add("p", BODY), BATCHQ_TIMEOUT="60").code == 0
     assert not stale.exists() and fresh.exists()  # a live attempt's file is not touched
-
-
-def test_a_known_sha256_already_in_storage_needs_no_download(
-        tmp_path: Path, server: LoopbackServer) -> None:
-    url = server.add("p", BODY)
-    assert run(tmp_path, url, BATCHQ_ITEM_ID="first").code == 0
-    r = run(tmp_path, server.base + "same-bytes", BATCHQ_ITEM_ID="second", **expect(BODY))
-    assert r.code == 0 and "already stored: second" in r.stdout
-    assert server.requests == ["p"]
-    record = json.loads(record_path(tmp_path / "store", "maps", "second").read_text())
-    assert record["sha256"] == SHA and record["url"] == server.base + "same-bytes"
 
 
 def test_digest_mismatch(tmp_path: Path, server: LoopbackServer) -> None:
@@ -149,8 +138,7 @@ def test_digest_mismatch(tmp_path: Path, server: LoopbackServer) -> None:
     r = run(tmp_path, url, BATCHQ_ITEM_SIZE="23", BATCHQ_DIGEST_ALGORITHM="sha256",
             BATCHQ_DIGEST_VALUE=want)
     assert_failed(r, 1, f"digest mismatch: expected sha256 {want}, got {got}")
-    assert not (tmp_path / "store" / "sha256").exists()
-    assert not record_path(tmp_path / "store", "maps", "map-001").exists()
+    assert not (tmp_path / "store" / object_key("maps/map-001")).exists()
     assert leftovers(tmp_path) == []
 
 
@@ -206,7 +194,7 @@ def test_relative_file_urls_are_read_from_the_git_mirror_at_the_commit(
     repo = {"BATCHQ_GIT_DIR": str(git_repo.path / ".git"), "BATCHQ_GIT_COMMIT": head}
     r = run(tmp_path, "file:payloads/x.txt", BATCHQ_ALLOWED_PREFIXES="file:", **repo,
             **expect(BODY, len(BODY)))
-    assert r.code == 0 and cas_path(tmp_path / "store", SHA).read_bytes() == BODY
+    assert r.code == 0 and head_file(tmp_path / "store", "maps/map-001", "x.txt") == BODY
     assert_failed(run(tmp_path, "file:../secret", BATCHQ_ITEM_ID="j", **repo), 2,
                   'URL file:../secret is refused: it contains the dot segment ".."')
     assert_failed(run(tmp_path, f"file://{tmp_path}/secret", BATCHQ_ITEM_ID="h", **repo), 2,
@@ -265,7 +253,15 @@ def test_sigterm_removes_the_temp_file_and_logs_a_reason(
 
 @pytest.mark.parametrize(("extra", "reason"), [
     ({"BATCHQ_BATCH": ""}, "BATCHQ_BATCH is not set"),
-    ({"BATCHQ_STORAGE": ""}, "BATCHQ_STORAGE is not set"),
+    ({"BATCHQ_STORAGE": ""},
+     "BATCHQ_STORAGE (a directory) or BATCHQ_STORAGE_URL (s3://...) is not set"),
+    ({"BATCHQ_STORAGE_URL": "s3://bucket/ocfl"},
+     "set BATCHQ_STORAGE or BATCHQ_STORAGE_URL, not both"),
+    ({"BATCHQ_STORAGE": "", "BATCHQ_STORAGE_URL": "http://bucket/ocfl"},
+     "BATCHQ_STORAGE_URL 'http://bucket/ocfl' is not s3://bucket/prefix"),
+    ({"BATCHQ_STORAGE": "", "BATCHQ_STORAGE_URL": "s3://bucket/ocfl"},
+     "S3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (on"
+     " Kubernetes from a Secret) or in BATCHQ_S3_CREDENTIALS_FILE"),
     ({"BATCHQ_ITEM_SIZE": "12kB"}, "BATCHQ_ITEM_SIZE must be a whole number of bytes, not"
      " '12kB'"),
     ({"BATCHQ_TIMEOUT": "0"}, "BATCHQ_TIMEOUT must be a positive number of seconds, not '0'"),

@@ -47,6 +47,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="state dir: the embedded store and the outbox (BATCHQ_STATE)")
     p.add_argument("--namespace", default=_env("NAMESPACE", "batchq"))
     p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or os.environ.get("KUBECONFIG"))
+    p.add_argument("--storage-claim", default=_env("STORAGE_CLAIM", ""),
+                   help="kubernetes: the PersistentVolumeClaim Jobs mount at the storage root"
+                        " for filesystem storage (BATCHQ_STORAGE_CLAIM; deploy/ sets"
+                        " batchq-storage; none: no volume, payloads stay in the pod)")
+    p.add_argument("--s3-secret", default=_env("S3_SECRET", "batchq-s3"),
+                   help="kubernetes: the Secret whose AWS_ACCESS_KEY_ID and"
+                        " AWS_SECRET_ACCESS_KEY Jobs get for S3 storage (BATCHQ_S3_SECRET)")
     p.add_argument("--smtp", default=_env("SMTP"), help="HOST:PORT of an SMTP server")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -257,6 +264,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
                     interval=args.interval, kubeconfig=args.kubeconfig,
+                    storage_claim=args.storage_claim, s3_secret=args.s3_secret,
                     file_roots=file_roots(args),
                     storage_root=Path(args.storage_root).absolute() if args.storage_root
                     else None,
@@ -272,7 +280,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
     return BackendSettings(backend=args.backend, state_dir=args.state,
-                           namespace=args.namespace, kubeconfig=args.kubeconfig)
+                           namespace=args.namespace, kubeconfig=args.kubeconfig,
+                           storage_claim=args.storage_claim, s3_secret=args.s3_secret)
 
 
 def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]:

@@ -65,6 +65,8 @@ class Settings:
     smtp: str | None = None  # HOST:PORT; None: write .eml files to state_dir/outbox
     interval: float = 10.0  # seconds between passes when nothing wakes the loop
     kubeconfig: str | None = None
+    storage_claim: str = ""  # kubernetes: the PVC Jobs mount (filesystem); "": none
+    s3_secret: str = "batchq-s3"  # kubernetes: the Secret with the S3 credentials
     leader_election: bool = True  # kubernetes: only the Lease holder acts
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
     lease_seconds: float = 15.0  # a silent leader is replaced after this long
@@ -87,7 +89,8 @@ class Settings:
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
-                               namespace=self.namespace, kubeconfig=self.kubeconfig)
+                               namespace=self.namespace, kubeconfig=self.kubeconfig,
+                               storage_claim=self.storage_claim, s3_secret=self.s3_secret)
 
     def relay(self) -> Relay | None:
         """The SMTP relay as configured; None: reports go to `outbox/` as files."""

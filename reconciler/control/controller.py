@@ -514,7 +514,9 @@ class Controller:
         job = build_job(batch.name, s.item, attempt, profile, name=created,
                         suspended=spec.state == R.HELD, git_dir=ctx.git_dir,
                         commit=batch.source_revision, file_roots=self.file_roots,
-                        storage_root=str(self._storage_dir(profile, ctx)))
+                        storage_root=(str(self._storage_dir(profile, ctx))
+                                      if profile.storage_s3 is None else ""),
+                        storage_mount=str(self.storage_root))
         if job.name in existing:
             return
         if not job.suspended and not ctx.budget.take():

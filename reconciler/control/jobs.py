@@ -62,6 +62,7 @@ def build_job(
     commit: str,
     file_roots: tuple[str, ...],
     storage_root: str,
+    storage_mount: str = "",
 ) -> JobSpec:
     """The Job for one attempt: the worker is configured by environment only. `name` is
     given for an attempt whose Job was already created (under its own naming scheme).
@@ -75,18 +76,26 @@ def build_job(
         "BATCHQ_ITEM_ID": item.id,
         "BATCHQ_ITEM_URL": item.url,
         "BATCHQ_ATTEMPT": str(attempt),
-        "BATCHQ_STORAGE": storage_root,
         "BATCHQ_ALLOWED_PREFIXES": "\n".join(profile.allowed_prefixes),
     }
+    if item.object_id(batch) != f"{batch}/{item.id}":  # stored under its identifier
+        env["BATCHQ_OBJECT_ID"] = item.object_id(batch)
     if item.files or item.container:  # an object of several files, or a container
         env["BATCHQ_OBJECT"] = item.object_json()  # bounded at admission (objectrules)
-        env["BATCHQ_OBJECT_ID"] = item.object_id(batch)
         for key, value in (("BATCHQ_TITLE", item.title), ("BATCHQ_CREATOR", item.creator),
                            ("BATCHQ_DATE", item.date)):
             if value:
                 env[key] = value
         if item.local_ids:
             env["BATCHQ_LOCAL_IDS"] = "\n".join(item.local_ids)
+    if profile.storage_s3 is None:
+        env["BATCHQ_STORAGE"] = storage_root
+    else:  # the credentials are the backend's to give (runner env, Secret reference)
+        env["BATCHQ_STORAGE_URL"] = profile.storage_s3.url
+        if profile.storage_s3.endpoint:
+            env["BATCHQ_S3_ENDPOINT"] = profile.storage_s3.endpoint
+        if profile.storage_s3.region:
+            env["BATCHQ_S3_REGION"] = profile.storage_s3.region
     if item.size is not None:
         env["BATCHQ_ITEM_SIZE"] = str(item.size)
     if item.digest is not None:
@@ -113,4 +122,5 @@ def build_job(
         deadline_seconds=profile.deadline_seconds,
         annotations=pod_annotations(item),
         ttl_seconds_after_finished=profile.ttl_seconds_after_finished,
+        storage_mount=storage_mount if profile.storage_s3 is None else "",
     )

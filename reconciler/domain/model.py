@@ -213,6 +213,21 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class S3Location:
+    """A profile's S3 storage: where, never with what credentials (those are the
+    operator's: the reconciler's environment, or a Kubernetes Secret)."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+@dataclass(frozen=True)
 class Profile:
     """How items are processed, where payloads go, and who hears about it."""
 
@@ -223,7 +238,8 @@ class Profile:
     backoff_limit: int = 0
     deadline_seconds: int | None = None
     ttl_seconds_after_finished: int = 86400  # Kubernetes: finished Jobs are then deleted
-    storage: str = "storage"
+    storage: str = "storage"  # filesystem: the path under the operator's storage root
+    storage_s3: S3Location | None = None  # set for `storage: {type: s3, ...}`
     allowed_prefixes: tuple[str, ...] = ()
     manifest_max_bytes: int = 50 * 1024 * 1024
     manifest_timeout: float = 30.0
@@ -233,6 +249,11 @@ class Profile:
     def from_dict(cls, name: str, spec: dict[str, Any]) -> Profile:
         job = spec.get("job") or {}
         notif = spec.get("notification") or {}
+        storage = spec.get("storage") or {}
+        s3 = None
+        if storage.get("type") == "s3":
+            s3 = S3Location(bucket=str(storage["bucket"]), prefix=str(storage.get("prefix", "")),
+                            endpoint=storage.get("endpoint"), region=storage.get("region"))
         return cls(
             name=name,
             command=tuple(job["command"]) if job.get("command") else None,
@@ -241,7 +262,8 @@ class Profile:
             backoff_limit=int(job.get("backoffLimit", 0)),
             deadline_seconds=job.get("activeDeadlineSeconds"),
             ttl_seconds_after_finished=int(job.get("ttlSecondsAfterFinished", 86400)),
-            storage=str(spec.get("storage", {}).get("path", "storage")),
+            storage=str(storage.get("path", "storage")),
+            storage_s3=s3,
             allowed_prefixes=tuple(spec.get("allowedUrlPrefixes") or ()),
             manifest_max_bytes=int((spec.get("manifest") or {}).get("maxBytes", 50 * 1024**2)),
             manifest_timeout=float((spec.get("manifest") or {}).get("timeoutSeconds", 30.0)),

@@ -64,6 +64,12 @@ PATTERN_HINTS = {
     "( [^\\r\\n]*)?$": "is not an SSH public key line (paste the whole .pub file: type,"
     " base64 key, optional comment)",
     "^[0-9a-f]{40}$": "is not a full commit id (40 lowercase hexadecimal digits)",
+    "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$": "is not an S3 bucket name (3 to 63 lowercase"
+    " letters, digits, '.' and '-'; starting and ending with a letter or digit)",
+    "^[^/](.*[^/])?$": "is not a key prefix (no leading or trailing '/')",
+    "^https?://[^/@?#\\s]+/?$": "is not a service URL (http:// or https:// and a host, with"
+    " no path, credentials, query or spaces)",
+    "^[a-z0-9-]{1,32}$": "is not a region name (for example us-east-1)",
 }
 _TYPE_WORDS = {
     "string": "text",
@@ -427,7 +433,34 @@ def _check_profile(doc: LoadedDocument) -> list[Problem]:
         at = ("spec", "storage", "path")
         problems.append(Problem.at(doc, doc.position(at),
                                    f"{format_path(at)}: {_show(path)} {problem}"))
+    if isinstance(storage, dict):
+        for key, why in storage_field_problems(storage):
+            at = ("spec", "storage", key)
+            problems.append(Problem.at(doc, doc.position(at), f"{format_path(at)}: {why}"))
     return problems
+
+
+S3_FIELDS = ("bucket", "prefix", "endpoint", "region")
+_CREDENTIAL_WORDS = re.compile(r"secret|access.?key|password|token|credential", re.IGNORECASE)
+
+
+def storage_field_problems(storage: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, why) for storage fields that belong to the other type, and for any field
+    that looks like a credential (they never go in Git)."""
+    out = []
+    s3 = storage.get("type") == "s3"
+    for key in storage:
+        if isinstance(key, str) and _CREDENTIAL_WORDS.search(key):
+            out.append((key, "credentials never go in a profile (it is in Git): the operator"
+                             " gives them to the reconciler (AWS_ACCESS_KEY_ID and"
+                             " AWS_SECRET_ACCESS_KEY, or on Kubernetes the Secret named by"
+                             " --s3-secret); remove this field"))
+        elif s3 and key == "path":
+            out.append((key, "is for type filesystem; an s3 storage names a bucket and a"
+                             " prefix instead"))
+        elif not s3 and key in S3_FIELDS:
+            out.append((key, "is for type s3: add `type: s3`, or remove it"))
+    return out
 
 
 # Where each kind keeps email addresses (a list's entries are each one address).

@@ -30,6 +30,8 @@ class BackendSettings:
     state_dir: Path = Path(".batchq")  # local: the SQLite file and the job dirs
     namespace: str = "batchq"  # kubernetes: where Batches, Jobs and ConfigMaps live
     kubeconfig: str | None = None  # kubernetes: None means in-cluster config
+    storage_claim: str = ""  # kubernetes: the PVC Jobs mount (filesystem); "": none
+    s3_secret: str = "batchq-s3"  # kubernetes: the Secret with the S3 credentials
 
 
 @dataclass
@@ -59,7 +61,9 @@ def open_backend(settings: BackendSettings) -> Backend:
     if settings.backend == "kubernetes":
         from reconciler.store.kubernetes.store import KubernetesStore
 
-        k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig)
+        k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig,
+                                      storage_claim=settings.storage_claim,
+                                      s3_secret=settings.s3_secret)
         return Backend(store=k8s, wake=k8s.wake, api=k8s.api, fence=k8s.fence_with)
     raise ValueError(f"unknown backend {settings.backend!r}: use local or kubernetes")
 

@@ -46,6 +46,9 @@ class JobSpec:
     deadline_seconds: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     ttl_seconds_after_finished: int | None = None  # Kubernetes; the local store keeps rows
+    # filesystem storage: the operator's storage root, which the job's BATCHQ_STORAGE lies
+    # under (Kubernetes mounts the storage PersistentVolumeClaim there); "" for S3 storage
+    storage_mount: str = ""
 
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the Job controller's reason, on both backends

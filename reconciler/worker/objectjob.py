@@ -10,7 +10,8 @@ redirect, credentials from the job's file, one deadline (BATCHQ_TIMEOUT) for the
    stored under its name with the manifest's digest is not fetched again (with no digest
    in the manifest, one stored under its name is kept).
 2. Every other file is fetched into the object's staging directory
-   (`<storage>/.staging/<hash of batch/item>/`), hashed while it streams (sha512, sha256
+   (`<staging>/<hash of batch/item>/`, `reconciler.storage.staging_dir`: the storage
+   root's working area for a filesystem target, a local directory for S3), hashed while it streams (sha512, sha256
    and the manifest's algorithm) and checked against its own size and digest; a file that
    does not match fails the job with a reason naming the file and both digests in full.
    A verified file stays staged (with a note of its digests) until the deposit, so a
@@ -39,23 +40,30 @@ from typing import Any
 from reconciler.domain.model import DIGEST_HEX_DIGITS, is_hex_digest
 from reconciler.domain.objects import Container, ObjectFile, name_problem
 from reconciler.manifests.fetch import FetchError, FetchRefused, FetchTooLarge, fetch_to_file
+from reconciler.storage import ObjectInfo, StagedFile, StorageError, Target
 from reconciler.support.redaction import redact_url
 from reconciler.support.urls import UrlRefused
-from reconciler.worker.castarget import CasTarget
 from reconciler.worker.program import (
     EXIT_FAILED,
     EXIT_REFUSED,
     TEMP_PREFIX,
     Config,
     WorkerError,
-    _hash_file,
     _make_dirs,
-    record_key,
+    staging_key,
 )
-from reconciler.worker.target import ObjectInfo, StagedFile
 from reconciler.worker.unpack import MAX_MEMBERS, UnpackRefused, unpack
 
 ALWAYS = ("sha512", "sha256")  # the digests storage keeps of every file
+
+
+def _hash_file(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with path.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            for h in hashers.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers.items()}
 BOMB_RATIO = 200  # a container may unpack to this many times its own size ...
 BOMB_FLOOR = 64 * 1024**2  # ... or to this many bytes, whichever is more
 
@@ -210,17 +218,14 @@ class _Fetcher:
         return self.staged(key, f) or self.fetch(key, f)
 
 
-def _stored(target: CasTarget, f: ObjectFile,
+def _stored(fetcher: _Fetcher, f: ObjectFile,
             stored: Mapping[str, Mapping[str, str]]) -> StagedFile | None:
-    """The stored copy of `f` when the head version holds it as the manifest says."""
+    """`f` by reference when the head version holds it as the manifest says: storage never
+    reads the path of a file whose sha512 the object already holds."""
     have = stored.get(f.name)
     if have is None or (f.digest is not None and have.get(f.digest[0]) != f.digest[1]):
         return None
-    path = target.stored_copy(have)
-    size = path.stat().st_size
-    if f.size is not None and size != f.size:
-        return None
-    return StagedFile(f.name, path, size, have, f.mime)
+    return StagedFile(f.name, fetcher.staging / "stored" / f.name, f.size or 0, have, f.mime)
 
 
 def _container_files(fetcher: _Fetcher, job: ObjectJob, algorithms: Sequence[str]
@@ -241,15 +246,18 @@ def _container_files(fetcher: _Fetcher, job: ObjectJob, algorithms: Sequence[str
         raise WorkerError(str(exc), EXIT_REFUSED) from None
 
 
-def _object_files(fetcher: _Fetcher, target: CasTarget, job: ObjectJob) -> list[StagedFile]:
+def _object_files(fetcher: _Fetcher, target: Target, job: ObjectJob) -> list[StagedFile]:
     """Every file, stored or staged and verified. A file that fails does not stop the
     others (so that a restart has only the failed ones left to fetch); the first failure
     is raised at the end, with how many more failed."""
-    stored = target.stored_files(job.info.object_id)
+    try:
+        stored = target.stored_files(job.info.object_id)
+    except StorageError as exc:
+        raise WorkerError(f"cannot read the stored object: {exc}") from None
     files: list[StagedFile] = []
     failures: list[WorkerError] = []
     for f in job.files:
-        have = _stored(target, f, stored)
+        have = _stored(fetcher, f, stored)
         if have is not None:
             print(f"stored: {f.name}", flush=True)
             files.append(have)
@@ -279,9 +287,8 @@ def ingest_object(cfg: Config, job: ObjectJob) -> str:
     what = f"{len(job.files)} files" if job.files else "a container"
     print(f"start: batch {cfg.batch} item {cfg.item}: object {info.object_id} ({what})",
           flush=True)
-    _make_dirs(cfg.storage)
-    target = CasTarget(cfg.storage)
-    staging = cfg.storage / ".staging" / record_key(cfg.batch, cfg.item)
+    target = cfg.target
+    staging = cfg.storage / staging_key(cfg.batch, cfg.item)
     _make_dirs(staging)
     horizon = time.time() - cfg.timeout - 60  # temp files of a killed attempt
     for old in staging.glob(TEMP_PREFIX + "*"):
@@ -293,8 +300,11 @@ def ingest_object(cfg: Config, job: ObjectJob) -> str:
         files = _container_files(fetcher, job, ALWAYS)
     else:
         files = _object_files(fetcher, target, job)
-    result = target.deposit(info, files, message=f"batchq {cfg.batch}/{cfg.item}"
-                                                 f" attempt for {len(files)} files")
+    try:
+        result = target.deposit(info, files, message=f"batchq: batch {cfg.batch}, item"
+                                                     f" {cfg.item} ({len(files)} files)")
+    except StorageError as exc:
+        raise WorkerError(f"cannot deposit the object: {exc}") from None
     with contextlib.suppress(OSError):
         shutil.rmtree(staging)
     if not result.created and fetcher.fetched == 0:

@@ -1,4 +1,5 @@
-"""batchq-worker — the ingest job: fetch one item's payload, verify it, store it (DESIGN §6).
+"""batchq-worker — the ingest job: fetch one item's payload, verify it, deposit it as an OCFL
+object (DESIGN §6, §10).
 
 Configured only by environment variables, so the same program runs as a local subprocess
 and as a Kubernetes container (`python -m reconciler.worker`, or `batchq-worker`):
@@ -7,7 +8,12 @@ and as a Kubernetes container (`python -m reconciler.worker`, or `batchq-worker`
     BATCHQ_ITEM_ID            item id                                           (required)
     BATCHQ_ITEM_URL           payload URL: http, https, file; userinfo shown as `***@`
                               means "the credentials are in BATCHQ_CREDENTIALS_FILE" (required)
-    BATCHQ_STORAGE            storage root directory                            (required)
+    BATCHQ_STORAGE            the OCFL storage root directory, or
+    BATCHQ_STORAGE_URL        s3://bucket/prefix, with BATCHQ_S3_ENDPOINT, BATCHQ_S3_REGION
+                              and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
+                              BATCHQ_S3_CREDENTIALS_FILE)                 (one is required)
+    BATCHQ_STAGING            S3 only: where files are fetched before the deposit (default:
+                              the temp dir)
     BATCHQ_ITEM_SIZE          expected size in bytes
     BATCHQ_DIGEST_ALGORITHM   md5 | sha1 | sha224 | sha256 | sha384 | sha512 | sha3_224 |
                               sha3_256 | sha3_384 | sha3_512 (DIGEST_HEX_DIGITS), with
@@ -29,20 +35,22 @@ and as a Kubernetes container (`python -m reconciler.worker`, or `batchq-worker`
                               64 KiB): the job is then `reconciler.worker.objectjob`'s,
                               with BATCHQ_OBJECT_ID, BATCHQ_TITLE, BATCHQ_CREATOR,
                               BATCHQ_DATE and BATCHQ_LOCAL_IDS (one a line) for storage
+    BATCHQ_OBJECT_ID          the object's identifier in storage (its primary identifier,
+                              else its first local one); default `<batch>/<item id>`
 
-Storage: the bytes go to a temp file inside the storage root, hashed while streaming
-(sha256 always, and the manifest's algorithm), are verified against the expected size and
-digest, fsynced, and renamed to `<root>/sha256/<2 hex>/<sha256>` (then the directory is
-fsynced). A JSON record `<root>/items/<sha256 of "batch/item">.json` (the item id never
-becomes a path) says what was stored: batch, item, url, size, sha256, digest, and `stored`,
-the payload's path relative to the root. A restarted item whose record (same URL) and
-stored file still verify, or whose sha256 manifest digest names a stored file that
-verifies, exits 0 without downloading ("already stored: ...").
+Storage (`reconciler.storage`): the item is the OCFL object BATCHQ_OBJECT_ID holding one
+file, named by the URL's last path segment (`content` when that is not a plain name). The
+bytes go to a temp file in the staging dir (inside the storage root's batchq working area
+for a filesystem root), hashed while streaming (sha512 and sha256 always, and the
+manifest's algorithm), are verified against the expected size and digest, and deposited:
+a new OCFL version, or none when the head version already holds exactly this file. A
+restarted item whose stored file has the manifest's digest (sha256, sha1 or md5, which the
+inventory's fixity block keeps) is not downloaded again ("already stored: <object> <v>").
 
 Exit codes:
     0  stored, or already stored
     1  failed: the payload could not be fetched, did not verify (size, digest), could not
-       be stored, or the worker was terminated (SIGTERM)
+       be deposited, or the worker was terminated (SIGTERM)
     2  refused input: URL not allowed by the prefixes, unsupported URL, `file:` path outside
        the base directory, missing or malformed configuration
 
@@ -55,7 +63,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import re
@@ -67,11 +74,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, is_hex_digest
 from reconciler.manifests.fetch import FetchError, FetchRefused, FetchTooLarge, fetch_to_file
 from reconciler.manifests.repofiles import RepoSnapshot
+from reconciler.storage import (
+    DepositResult,
+    ObjectInfo,
+    StagedFile,
+    StorageError,
+    Target,
+    open_target,
+    staging_dir,
+)
 from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, parse_url
 
@@ -101,13 +117,15 @@ class Config:
     batch: str
     item: str
     url: str
-    storage: Path
+    storage: Path  # the staging dir (see reconciler.storage.staging_dir)
+    target: Target
     size: int | None = None
     digest: tuple[str, str] | None = None  # (algorithm, lowercase hex)
     allowed: tuple[str, ...] | None = None  # None: any URL
     repo: RepoSnapshot | None = None
     file_roots: tuple[str, ...] = ()
     credentials: str | None = None  # `user:password` for a URL shown with `***@`
+    object_id: str | None = None  # BATCHQ_OBJECT_ID; None: `<batch>/<item>`
     timeout: float = DEFAULT_TIMEOUT
     max_bytes: int = DEFAULT_MAX_BYTES
 
@@ -203,34 +221,49 @@ def config_from_env(env: Mapping[str, str]) -> Config:
     prefixes = env.get("BATCHQ_ALLOWED_PREFIXES")
     max_bytes = _whole(env, "BATCHQ_MAX_BYTES", DEFAULT_MAX_BYTES)
     assert max_bytes is not None
+    batch = _required(env, "BATCHQ_BATCH")
+    item = _required(env, "BATCHQ_ITEM_ID")
+    url = _required(env, "BATCHQ_ITEM_URL")
+    try:
+        target = open_target(env)
+    except StorageError as exc:
+        raise WorkerError(str(exc), EXIT_REFUSED) from None
     return Config(
-        batch=_required(env, "BATCHQ_BATCH"),
-        item=_required(env, "BATCHQ_ITEM_ID"),
-        url=_required(env, "BATCHQ_ITEM_URL"),
-        storage=Path(_required(env, "BATCHQ_STORAGE")),
+        batch=batch,
+        item=item,
+        url=url,
+        storage=staging_dir(target, env),
+        target=target,
         size=_whole(env, "BATCHQ_ITEM_SIZE", None),
         digest=digest,
         allowed=None if prefixes is None else _lines(env, "BATCHQ_ALLOWED_PREFIXES"),
         repo=_repository(env),
         file_roots=_lines(env, "BATCHQ_FILE_ROOTS"),
         credentials=_credentials(env),
+        object_id=env.get("BATCHQ_OBJECT_ID", "").strip() or None,
         timeout=_number(env, "BATCHQ_TIMEOUT", DEFAULT_TIMEOUT),
         max_bytes=max_bytes,
     )
 
 
-def cas_path(root: Path, sha256: str) -> Path:
-    """Where content with this sha256 is stored."""
-    return root / "sha256" / sha256[:2] / sha256
+def object_info(cfg: Config) -> ObjectInfo:
+    """The OCFL object of this item: its identifier (BATCHQ_OBJECT_ID: primary, else first
+    local identifier), else `<batch>/<item>`."""
+    return ObjectInfo(object_id=cfg.object_id or f"{cfg.batch}/{cfg.item}", batch=cfg.batch,
+                      item=cfg.item)
 
 
-def record_key(batch: str, item: str) -> str:
+def file_name(url: str) -> str:
+    """The file's name within the object: the URL path's last segment when that is a plain
+    file name, else `content`."""
+    segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    plain = (segment not in ("", ".", "..") and "/" not in segment and "\\" not in segment
+             and segment.isprintable())
+    return segment if plain else "content"
+
+
+def staging_key(batch: str, item: str) -> str:
     return hashlib.sha256(f"{batch}/{item}".encode()).hexdigest()
-
-
-def record_path(root: Path, batch: str, item: str) -> Path:
-    """The item's record; named by a hash, so an item id never becomes a path."""
-    return root / "items" / f"{record_key(batch, item)}.json"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -253,45 +286,6 @@ def _make_dirs(path: Path) -> None:
         _fsync_dir(directory.parent)
 
 
-def _hash_file(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
-    hashers = {name: hashlib.new(name) for name in algorithms}
-    with path.open("rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            for h in hashers.values():
-                h.update(chunk)
-    return {name: h.hexdigest() for name, h in hashers.items()}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    _make_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), 0o644)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_record(cfg: Config, size: int, sha256: str) -> None:
-    record = {
-        "batch": cfg.batch,
-        "item": cfg.item,
-        "url": redact_url(cfg.url),
-        "size": size,
-        "sha256": sha256,
-        "digest": {"algorithm": cfg.digest[0], "value": cfg.digest[1]} if cfg.digest else None,
-        "stored": cas_path(Path(), sha256).as_posix(),
-    }
-    data = json.dumps(record, sort_keys=True, indent=1).encode() + b"\n"
-    _atomic_write(record_path(cfg.storage, cfg.batch, cfg.item), data)
-
-
 def _mismatch(cfg: Config, size: int, digests: Mapping[str, str]) -> str | None:
     """Why the content does not match the manifest, or None."""
     if cfg.size is not None and size != cfg.size:
@@ -302,39 +296,18 @@ def _mismatch(cfg: Config, size: int, digests: Mapping[str, str]) -> str | None:
     return None
 
 
-def _verified(cfg: Config, path: Path, sha256: str) -> bool:
-    """The stored file exists, re-hashes to `sha256`, and matches the manifest."""
-    try:
-        size = path.stat().st_size
-        if cfg.size is not None and size != cfg.size:
-            return False
-        algorithms = ["sha256"] + ([cfg.digest[0]] if cfg.digest and
-                                   cfg.digest[0] != "sha256" else [])
-        digests = _hash_file(path, algorithms)
-    except OSError:
-        return False
-    return digests["sha256"] == sha256 and _mismatch(cfg, size, digests) is None
+def _unchanged(cfg: Config, stored: Mapping[str, str] | None) -> bool:
+    """The object's head already holds this file with the manifest's digest."""
+    return (stored is not None and cfg.digest is not None
+            and stored.get(cfg.digest[0]) == cfg.digest[1])
 
 
-def already_stored(cfg: Config) -> Path | None:
-    """The stored payload when this item needs no download: its record (same URL) and file
-    still verify, or the manifest's sha256 names a stored file that verifies."""
+def _deposit(cfg: Config, files: Sequence[StagedFile]) -> DepositResult:
     try:
-        record: Any = json.loads(record_path(cfg.storage, cfg.batch, cfg.item).read_bytes())
-    except (OSError, ValueError):
-        record = None
-    if (isinstance(record, dict) and record.get("url") == redact_url(cfg.url)
-            and isinstance(record.get("sha256"), str)
-            and is_hex_digest("sha256", record["sha256"])):
-        stored = cas_path(cfg.storage, record["sha256"])
-        if _verified(cfg, stored, record["sha256"]):
-            return stored
-    if cfg.digest is not None and cfg.digest[0] == "sha256":
-        stored = cas_path(cfg.storage, cfg.digest[1])
-        if _verified(cfg, stored, cfg.digest[1]):
-            _write_record(cfg, stored.stat().st_size, cfg.digest[1])
-            return stored
-    return None
+        return cfg.target.deposit(object_info(cfg), files,
+                                  message=f"batchq: batch {cfg.batch}, item {cfg.item}")
+    except StorageError as exc:
+        raise WorkerError(f"cannot deposit the object: {exc}") from None
 
 
 def _remove_stale_temps(cfg: Config, prefix: str) -> None:
@@ -354,21 +327,30 @@ def _fetch_reason(cfg: Config, exc: FetchError) -> WorkerError:
     return WorkerError(str(exc), EXIT_REFUSED if isinstance(exc, FetchRefused) else EXIT_FAILED)
 
 
-def ingest(cfg: Config) -> Path:
-    """Store the item's payload (or find it stored); return its path. Raise WorkerError."""
+def ingest(cfg: Config) -> DepositResult:
+    """Deposit the item's payload (or find it stored). Raise WorkerError."""
     try:
         cfg.check(cfg.url)
     except UrlRefused as exc:
         raise WorkerError(str(exc), EXIT_REFUSED) from None
     print(f"start: batch {cfg.batch} item {cfg.item} from {redact_url(cfg.url)}", flush=True)
-    _make_dirs(cfg.storage)
-    done = already_stored(cfg)
-    if done is not None:
-        print(f"already stored: {cfg.item} at {done}", flush=True)
-        return done
+    info, filename = object_info(cfg), file_name(cfg.url)
+    try:
+        stored = cfg.target.stored_files(info.object_id)
+    except StorageError as exc:
+        raise WorkerError(f"cannot read the stored object: {exc}") from None
+    if _unchanged(cfg, stored.get(filename)):  # the stored copy is passed by reference
+        result = _deposit(cfg, [StagedFile(filename, cfg.storage / filename, cfg.size or 0,
+                                           stored[filename])])
+        if not result.created:
+            print(f"already stored: {info.object_id} {result.version}", flush=True)
+            return result
+        print(f"done: {info.object_id} {result.version} (stored file kept)", flush=True)
+        return result
 
-    algorithms = ["sha256"] + ([cfg.digest[0]] if cfg.digest and cfg.digest[0] != "sha256"
-                               else [])
+    _make_dirs(cfg.storage)
+    algorithms = ["sha512", "sha256"] + ([cfg.digest[0]] if cfg.digest and
+                                         cfg.digest[0] not in ("sha512", "sha256") else [])
     hashers = {name: hashlib.new(name) for name in algorithms}
     seen = [0, time.monotonic()]
 
@@ -380,7 +362,7 @@ def ingest(cfg: Config) -> Path:
             seen[1] = time.monotonic()
             print(f"progress: {int(seen[0])} bytes", flush=True)
 
-    prefix = f"{TEMP_PREFIX}{record_key(cfg.batch, cfg.item)[:16]}-"
+    prefix = f"{TEMP_PREFIX}{staging_key(cfg.batch, cfg.item)[:16]}-"
     _remove_stale_temps(cfg, prefix)
     limit = cfg.max_bytes if cfg.size is None else min(cfg.max_bytes, cfg.size)
     fd, tmp_name = tempfile.mkstemp(dir=cfg.storage, prefix=prefix)
@@ -399,16 +381,16 @@ def ingest(cfg: Config) -> Path:
         problem = _mismatch(cfg, size, digests)
         if problem:
             raise WorkerError(problem)
-        final = cas_path(cfg.storage, digests["sha256"])
-        _make_dirs(final.parent)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        result = _deposit(cfg, [StagedFile(filename, tmp, size, digests)])
     finally:
         tmp.unlink(missing_ok=True)
-    _write_record(cfg, size, digests["sha256"])
-    print(f"done: stored {cfg.item} ({size} bytes) at {final}", flush=True)
-    return final
+    if not result.created:
+        print(f"already stored: {info.object_id} {result.version}", flush=True)
+    else:
+        print(f"done: stored {info.object_id} {result.version} ({size} bytes,"
+              f" {result.copied} file(s) written, {result.reused} reused)", flush=True)
+    return result
 
 
 def _termination_log(env: Mapping[str, str]) -> Path | None:

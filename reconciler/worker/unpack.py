@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from reconciler.domain.objects import name_problem
-from reconciler.worker.target import StagedFile
+from reconciler.storage import StagedFile
 
 MAX_MEMBERS = 10_000
 CHUNK = 1024 * 1024

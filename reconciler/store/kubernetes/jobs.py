@@ -16,6 +16,7 @@ unit-tested without one (tests/unit/test_kubernetes_job_manifest.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.domain.model import Job
@@ -37,22 +38,60 @@ RESULT_FINALIZER = f"{A}result"  # held until the Job's result is in the item re
 FailureMessage = Callable[[str, dict[str, Any]], str]
 """(job name, its True `Failed` condition) -> the worker's one-line reason."""
 
+# deploy/ names the claim batchq-storage; without one (test clusters, whose fake nodes run
+# no pods) a Job mounts no volume
+DEFAULT_STORAGE_CLAIM, DEFAULT_S3_SECRET = "", "batchq-s3"
+S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+STAGING_DIR = "/var/tmp/batchq"
 
-def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class StorageRefs:
+    """The operator's storage objects a Job refers to by name (deploy/storage.yaml)."""
+
+    claim: str = DEFAULT_STORAGE_CLAIM  # PersistentVolumeClaim: filesystem storage
+    s3_secret: str = DEFAULT_S3_SECRET  # Secret with AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY
+
+
+def storage_parts(spec: JobSpec, refs: StorageRefs) -> tuple[list[dict[str, Any]],
+                                                            list[dict[str, Any]],
+                                                            list[dict[str, Any]]]:
+    """(env, volumeMounts, volumes) for the Job's storage: the PersistentVolumeClaim
+    mounted at the storage root, so payloads outlive the pod; or, for S3, the credentials
+    by reference to the operator's Secret (never as values in the Job) and a scratch
+    volume to stage files in."""
+    if spec.env.get("BATCHQ_STORAGE_URL"):
+        env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": refs.s3_secret,
+                                                              "key": key}}}
+               for key in S3_CREDENTIAL_KEYS]
+        env.append({"name": "BATCHQ_STAGING", "value": STAGING_DIR})
+        return (env, [{"name": "staging", "mountPath": STAGING_DIR}],
+                [{"name": "staging", "emptyDir": {}}])
+    if spec.storage_mount and refs.claim:
+        return ([], [{"name": "storage", "mountPath": spec.storage_mount}],
+                [{"name": "storage", "persistentVolumeClaim": {"claimName": refs.claim}}])
+    return [], [], []
+
+
+def job_manifest(spec: JobSpec, owner: list[dict[str, Any]],
+                 refs: StorageRefs | None = None) -> dict[str, Any]:
     """The Job to create for `spec`; `owner` is the Batch's ownerReferences (may be empty)."""
+    storage_env, storage_mounts, storage_volumes = storage_parts(spec, refs or StorageRefs())
     labels = {f"{A}batch": spec.batch, f"{A}item": label_value(spec.item),
               f"{A}attempt": str(spec.attempt), "app.kubernetes.io/managed-by": "batchq"}
-    volumes, mounts = scratch(spec.env.get("BATCHQ_STORAGE"))
+    # the storage root is the claim when there is one; else an emptyDir (S3: none)
+    volumes, mounts = scratch(None if storage_mounts else spec.env.get("BATCHQ_STORAGE"))
     container: dict[str, Any] = {
         "name": "worker", "image": spec.image, "imagePullPolicy": PULL_POLICY,
         "command": list(spec.command),
         "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
         + [{"name": "BATCHQ_TERMINATION_LOG", "value": "/dev/termination-log"},
            {"name": "BATCHQ_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/userinfo"},
-           {"name": "TMPDIR", "value": TMP}],
+           {"name": "TMPDIR", "value": TMP}]
+        + storage_env,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR,
-                          "readOnly": True}, *mounts],
+                          "readOnly": True}, *mounts, *storage_mounts],
         "resources": resources_with_defaults(spec.resources),
         "securityContext": CONTAINER_SECURITY,
     }
@@ -73,8 +112,8 @@ def job_manifest(spec: JobSpec, owner: list[dict[str, Any]]) -> dict[str, Any]:
             "metadata": {"labels": labels, "annotations": {
                 f"{A}item-id": spec.item, **spec.annotations}},
             "spec": {"restartPolicy": "Never", "containers": [container],
-                     "volumes": [credentials, *volumes], "securityContext": POD_SECURITY,
-                     "automountServiceAccountToken": False},
+                     "volumes": [credentials, *volumes, *storage_volumes],
+                     "securityContext": POD_SECURITY, "automountServiceAccountToken": False},
         },
     }
     if spec.deadline_seconds:

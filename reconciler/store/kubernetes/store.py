@@ -104,7 +104,14 @@ from reconciler.store.kubernetes.configmaps import (
 )
 from reconciler.store.kubernetes.events import EventRecorder, delivery_events
 from reconciler.store.kubernetes.informer import Informer, Obj
-from reconciler.store.kubernetes.jobs import RESULT_FINALIZER, job_from_k8s, job_manifest
+from reconciler.store.kubernetes.jobs import (
+    DEFAULT_S3_SECRET,
+    DEFAULT_STORAGE_CLAIM,
+    RESULT_FINALIZER,
+    StorageRefs,
+    job_from_k8s,
+    job_manifest,
+)
 from reconciler.store.kubernetes.names import (
     GROUP,
     PLURAL,
@@ -182,9 +189,12 @@ def _normal(status: BatchStatus) -> str:
 class KubernetesStore:
     """The store on a cluster; see the module docstring."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, watch_timeout: int = 300) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, watch_timeout: int = 300, *,
+                 storage_claim: str = DEFAULT_STORAGE_CLAIM,
+                 s3_secret: str = DEFAULT_S3_SECRET) -> None:
         self.api = api
         self.ns = namespace
+        self.storage = StorageRefs(storage_claim, s3_secret)
         self.custom = client.CustomObjectsApi(api)
         self.batch_api = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -204,7 +214,9 @@ class KubernetesStore:
 
     @classmethod
     def connect(cls, namespace: str, kubeconfig: str | None = None,
-                watch_timeout: int = 300, sync_timeout: float = 30.0) -> KubernetesStore:
+                watch_timeout: int = 300, sync_timeout: float = 30.0, *,
+                storage_claim: str = DEFAULT_STORAGE_CLAIM,
+                s3_secret: str = DEFAULT_S3_SECRET) -> KubernetesStore:
         """An open store with its caches filled; StoreUnavailable (the caches stopped and
         joined) when they do not fill within `sync_timeout` or the CRD is missing."""
         cfg = client.Configuration()
@@ -213,7 +225,8 @@ class KubernetesStore:
         else:
             config.load_incluster_config(client_configuration=cfg)
         cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
-        store = cls(client.ApiClient(cfg), namespace, watch_timeout)
+        store = cls(client.ApiClient(cfg), namespace, watch_timeout,
+                    storage_claim=storage_claim, s3_secret=s3_secret)
         try:
             store.start(sync_timeout)
         except BaseException:
@@ -865,7 +878,8 @@ class KubernetesStore:
         if self.jobs.get(spec.name) is not None:
             return False
         return self._create(self.batch_api.create_namespaced_job,
-                            job_manifest(spec, self._owner(spec.batch)), self.jobs)
+                            job_manifest(spec, self._owner(spec.batch), self.storage),
+                            self.jobs)
 
     def _job(self, obj: Obj) -> Job:
         return job_from_k8s(obj, self._failure_message)

@@ -9,7 +9,9 @@ names, and a finished Job's result is never lost.
 
 A job gets what a container gets from the kubelet: its own environment and nothing of the
 reconciler's (which may hold SMTP passwords or tokens). It sees PATH, LANG/LC_ALL, HOME
-(its job dir), TMPDIR (inside it) and its BATCHQ_* variables; its item's credentials, if
+(its job dir), TMPDIR (inside it) and its BATCHQ_* variables (and, for a profile that
+stores to S3, the operator's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or
+BATCHQ_S3_CREDENTIALS_FILE); its item's credentials, if
 any, are in `<jobdir>/credentials` (mode 0600), which the shim removes when the command
 ends.
 
@@ -45,12 +47,18 @@ SHIM = (
 )
 MESSAGE_LIMIT = 1024
 INHERITED = ("PATH", "LANG", "LC_ALL")  # what finding programs and decoding text need
+# a job that stores to S3 gets the operator's S3 credentials from the reconciler's
+# environment (never from the profile, never kept in the store)
+S3_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                  "BATCHQ_S3_CREDENTIALS_FILE")
 
 
 def job_environment(job_env: dict[str, str], jdir: Path) -> dict[str, str]:
     """The whole environment of a job: the few inherited variables, its home and temp dir
     in its job dir, and its own BATCHQ_* variables."""
     env = {name: os.environ[name] for name in INHERITED if name in os.environ}
+    if job_env.get("BATCHQ_STORAGE_URL"):
+        env.update({name: os.environ[name] for name in S3_CREDENTIALS if name in os.environ})
     env.setdefault("PATH", os.defpath)
     env.setdefault("LANG", "C.UTF-8")
     env.update(HOME=str(jdir), TMPDIR=str(jdir / "tmp"))
