@@ -11,8 +11,9 @@ redirect, credentials from the job's file, one deadline (BATCHQ_TIMEOUT) for the
    in the manifest, one stored under its name is kept).
 2. Every other file is fetched into the object's staging directory
    (`<staging>/<hash of batch/item>/`, `reconciler.storage.staging_dir`: the storage
-   root's working area for a filesystem target, a local directory for S3), hashed while it streams (sha512, sha256
-   and the manifest's algorithm) and checked against its own size and digest; a file that
+   root's working area for a filesystem target, a local directory for S3), hashed while
+   it streams (sha512, sha256 and the manifest's algorithm) and checked against its own
+   size and digest; a file that
    does not match fails the job with a reason naming the file and both digests in full.
    A verified file stays staged (with a note of its digests) until the deposit, so a
    restart after a failure fetches only the files still missing.
