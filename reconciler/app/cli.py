@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
+from reconciler.app.validatecmd import FORMATS, validate_command
 from reconciler.control.smtp import SECURITIES
 from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store, store_factory
@@ -164,8 +165,13 @@ def file_roots(args: argparse.Namespace) -> tuple[str, ...]:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="batchq", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check batch, profile and queue files")
-    v.add_argument("paths", nargs="+")
+    v = sub.add_parser("validate", help="check batch, profile and queue files as the"
+                       " reconciler will, before they are committed")
+    v.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files, or directories to search for .yaml/.yml/.json files")
+    v.add_argument("--format", dest="output", choices=FORMATS, default="text",
+                   help="text (file:line:col: message), github (workflow-command annotations"
+                        " for pull requests) or json")
     _file_roots(v)
     r = sub.add_parser("reconcile", help="one pass, or passes until idle")
     _common(r)
@@ -322,9 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handlers=[handler],
     )
     if args.command == "validate":
-        from reconciler.spec.validation import validate_main
-
-        return validate_main(args.paths, file_roots(args))
+        return validate_command(args.paths, file_roots=file_roots(args), output=args.output)
     if args.command == "demo":
         from reconciler.app.demo import run_demo
 

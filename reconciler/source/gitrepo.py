@@ -25,11 +25,11 @@ from pathlib import Path
 
 import git
 
+from reconciler.spec.layout import is_relevant
 from reconciler.support import failpoints
 from reconciler.support.redaction import redact_text, redact_url
 
 RELEVANT = ("batches", "profiles", "queue.yaml")
-EXTENSIONS = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 1024 * 1024
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a fetch past its deadline
 
@@ -116,13 +116,6 @@ def name_error(path: str) -> str:
     folder = path.split("/")[0]
     return (f"{shown_path(path)}:1:1: file name is not UTF-8: rename it"
             f" ({folder}/<name>.yaml, with the name in lowercase letters, digits and '-')")
-
-
-def is_relevant(path: str) -> bool:
-    if path == "queue.yaml":
-        return True
-    parts = path.split("/")
-    return len(parts) == 2 and parts[0] in ("batches", "profiles") and path.endswith(EXTENSIONS)
 
 
 class GitSource:

@@ -19,7 +19,8 @@ from typing import Any
 from reconciler.domain.model import Batch, Profile, QueueSettings
 from reconciler.domain.states import BatchState
 from reconciler.source.gitrepo import FileVersion, SyncResult
-from reconciler.spec.validation import batch_name, validate_text
+from reconciler.spec.layout import EXTENSIONS
+from reconciler.spec.validation import batch_name, batch_profile_refusal, validate_text
 from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
 
@@ -123,6 +124,15 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     )
 
 
+def _profile_error(errors: dict[str, str], profile: str) -> str | None:
+    """The first error of the file that would hold `profile`, None when there is none."""
+    for ext in EXTENSIONS:
+        error = errors.get(f"profiles/{profile}{ext}")
+        if error:
+            return error.split("\n")[0]
+    return None
+
+
 def _record(errors: dict[str, str], path: str, err: str) -> None:
     if err:
         errors[path] = err
@@ -144,9 +154,9 @@ def _apply_batch_file(
     name = batch_name(f.path, data) if data is not None else PurePosixPath(f.path).stem
     if data is not None:
         profile = (data.get("spec") or {}).get("profile")
-        if profile not in profiles:
-            err = (f"{f.path}: profile \"{profile}\" not found (expected profiles/{profile}.yaml);"
-                   " add the profile or fix spec.profile")
+        if profile not in profiles and f.data is not None:
+            err = batch_profile_refusal(f.data, f.path, str(profile), _profile_error(
+                errors, str(profile)))
             data = None
     existing = store.get_batch(name)
     if existing is not None and existing.source_path != f.path and (
