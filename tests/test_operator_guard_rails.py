@@ -146,7 +146,9 @@ def test_control_characters_are_escaped_in_the_cli_and_flattened_in_the_email(
     for stream in (shown.stdout, shown.stderr):
         assert not RAW_CONTROL.search(stream), stream
     out = shown.stdout.splitlines()
-    assert out[0].startswith("evil\\x1b[2J\\u202e: Pending")
+    assert out[0].startswith("NAME ")  # the table, escaped too
+    assert any(line.startswith("evil\\x1b[2J\\u202e   Invalid ") for line in out), out
+    assert any(line.startswith("evil\\x1b[2J\\u202e: Invalid") for line in out), out
     assert any(line.startswith("  file error: batches/evil\\x1b[2J\\u202e.yaml:")
                and '"id\\u001b[2J\\u202e" is not a valid item id' in line for line in out), out
     assert "hostile: Failed" in shown.stdout

@@ -1,8 +1,11 @@
-"""The `batchq` command (DESIGN §7). Every option also comes from a BATCHQ_* variable."""
+"""The `batchq` command (DESIGN §7). Every option also comes from a BATCHQ_* variable.
+
+User-facing help never cites the design document: it says what an option does."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -10,6 +13,7 @@ import re
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from urllib.parse import urlsplit
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
+from reconciler.app.statustable import shown_state, table
 from reconciler.app.validatecmd import FORMATS, validate_command
 from reconciler.control.smtp import SECURITIES
 from reconciler.domain.states import JobState
@@ -40,13 +45,21 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "kubernetes"],
-                   default=_env("BACKEND", "local"))
+                   default=_env("BACKEND", "local"),
+                   help="where batches and jobs live: local (SQLite in the state dir, jobs as"
+                        " local processes) or kubernetes (BATCHQ_BACKEND; default local)")
     p.add_argument("--state", type=Path, default=Path(_env("STATE", ".batchq") or ".batchq"),
                    help="state dir: the embedded store and the outbox (BATCHQ_STATE)")
-    p.add_argument("--namespace", default=_env("NAMESPACE", "batchq"))
-    p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or os.environ.get("KUBECONFIG"))
-    p.add_argument("--smtp", default=_env("SMTP"), help="HOST:PORT of an SMTP server")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--namespace", default=_env("NAMESPACE", "batchq"),
+                   help="Kubernetes namespace of the Batch objects and Jobs"
+                        " (BATCHQ_NAMESPACE; default batchq)")
+    p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (BATCHQ_KUBECONFIG, else KUBECONFIG; default: the"
+                        " in-cluster service account)")
+    p.add_argument("--smtp", default=_env("SMTP"),
+                   help="HOST:PORT of an SMTP relay (BATCHQ_SMTP); without it, emails are"
+                        " written to STATE/outbox/")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO, not only warnings")
 
 
 def _seconds(name: str, default: float) -> float:
@@ -55,8 +68,10 @@ def _seconds(name: str, default: float) -> float:
 
 def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
-    p.add_argument("--branch", default=_env("BRANCH", "main"))
-    p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10))
+    p.add_argument("--branch", default=_env("BRANCH", "main"),
+                   help="branch to follow (BATCHQ_BRANCH; default main)")
+    p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10),
+                   help="seconds between passes of the loop (BATCHQ_INTERVAL; default 10)")
     p.add_argument("--storage-root", type=Path, default=_env("STORAGE_ROOT"),
                    help="profiles' storage paths live under it (BATCHQ_STORAGE_ROOT;"
                         " default STATE/storage)")
@@ -163,8 +178,12 @@ def file_roots(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="batchq", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(
+        prog="batchq", description="A GitOps batch queue: depositors commit batch files, the"
+        " reconciler runs one job per item and emails a report. Every option can also be set"
+        " by the BATCHQ_* environment variable named in its help.")
+    top.add_argument("--version", action="version", version=f"batchq {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     v = sub.add_parser("validate", help="check batch, profile and queue files as the"
                        " reconciler will, before they are committed")
     v.add_argument("paths", nargs="+", metavar="PATH",
@@ -177,23 +196,36 @@ def parser() -> argparse.ArgumentParser:
     _common(r)
     _source(r)
     mode = r.add_mutually_exclusive_group()
-    mode.add_argument("--once", action="store_true")
-    mode.add_argument("--until-idle", action="store_true")
-    r.add_argument("--timeout", type=float, default=3600.0)
+    mode.add_argument("--once", action="store_true", help="one pass, then exit (the default)")
+    mode.add_argument("--until-idle", action="store_true",
+                      help="passes until nothing can progress without a new commit")
+    r.add_argument("--timeout", type=float, default=3600.0,
+                   help="with --until-idle: give up after this many seconds (default 3600)")
     run = sub.add_parser("run", help="the reconcile loop, with the web page")
     _common(run)
     _source(run)
-    run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"))
+    run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"),
+                     help="also serve the status page here (BATCHQ_WEB)")
     s = sub.add_parser("status", help="batches, jobs and reports")
     _common(s)
-    s.add_argument("batch", nargs="?")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("batch", nargs="?", metavar="BATCH",
+                   help="only this batch (exit 1 when there is no such batch)")
+    s.add_argument("--json", action="store_true",
+                   help="print the status document as JSON (for tools)")
     w = sub.add_parser("web", help="serve the status page")
     _common(w)
-    w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"))
+    w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"), metavar="HOST:PORT",
+                   help="address to serve on (BATCHQ_WEB; default 127.0.0.1:8080)")
     d = sub.add_parser("demo", help="run the whole story on the embedded default")
     d.add_argument("--keep", type=Path, help="keep the demo's repo and state here")
     return top
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("batchq")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
@@ -284,9 +316,15 @@ def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None
 
 def print_status(store: ReadStore, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
+    if name is None:  # the table first, as `flux get` prints it; then each batch in full
+        for line in table(store, time.time()):
+            print(line)
+        if doc["batches"]:
+            print()
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
-        _show(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
+        shown = shown_state(batch) if batch is not None else b["state"]
+        _show(f"{b['name']}: {shown} (generation {b['generation']}, observed "
               f"{b['observedGeneration']}, commit {b['sourceRevision'][:12]})")
         if batch is not None and batch.spec_error:
             for line in batch.spec_error.split("\n"):
@@ -338,6 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with no_space_is_fatal(args.state):  # opening the store may need a little room
                 store = open_store(backend_settings(args))
                 try:
+                    if args.batch is not None and store.get_batch(args.batch) is None:
+                        names = sorted(b.name for b in store.list_batches())
+                        known = f" (there are: {', '.join(names)})" if names else ""
+                        _show(f"batchq: no batch named {args.batch!r}{known}", err=True)
+                        return 1
                     if args.json:
                         json.dump(status_document(store, args.batch), sys.stdout, indent=2)
                         print()
