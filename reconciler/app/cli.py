@@ -216,6 +216,15 @@ def parser() -> argparse.ArgumentParser:
     _common(w)
     w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"), metavar="HOST:PORT",
                    help="address to serve on (BATCHQ_WEB; default 127.0.0.1:8080)")
+    pl = sub.add_parser("plan", help="what a commit would do, without doing it (reads only)")
+    _common(pl)
+    pl.add_argument("range", metavar="BASE..HEAD",
+                    help="the commits to compare (e.g. main..my-branch, HEAD~1..HEAD); a single"
+                         " revision compares it with the commit the store last synced")
+    pl.add_argument("--repo", default=_env("REPO") or ".",
+                    help="path of a local clone of the repository (BATCHQ_REPO; default .)")
+    pl.add_argument("--format", dest="output", choices=("text", "json", "markdown"),
+                    default="text", help="text, json, or markdown (a pull-request comment)")
     d = sub.add_parser("demo", help="run the whole story on the embedded default")
     d.add_argument("--keep", type=Path, help="keep the demo's repo and state here")
     return top
@@ -367,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "validate":
         return validate_command(args.paths, file_roots=file_roots(args), output=args.output)
+    if args.command == "plan":
+        from reconciler.app.plancmd import plan_command
+
+        return plan_command(args)
     if args.command == "demo":
         from reconciler.app.demo import run_demo
 

@@ -215,9 +215,11 @@ def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[
         store.save_sync_state(state)
         return
     if len(gone) > queue.max_deletes_per_sync:
-        msg = (f"refused to delete {len(gone)} batches at {result.head[:12]}: more than"
-               f" maxDeletesPerSync={queue.max_deletes_per_sync}; raise it in queue.yaml"
-               " to allow this")
+        names = sorted(b.name for b in gone)
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        msg = (f"refused to delete {len(gone)} batches at {result.head[:12]} ({shown}): more"
+               f" than maxDeletesPerSync={queue.max_deletes_per_sync}; raise it in queue.yaml"
+               " to allow this, or restore the files")
         if state.deletion_refused != msg:
             state.deletion_refused = msg
             store.save_sync_state(state)
