@@ -23,6 +23,7 @@ from pathlib import Path
 from reconciler.control.backoff import Backoff
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
+from reconciler.control.outofsync import REASON, manifest_key, out_of_sync
 from reconciler.control.reports import build_report, report_id
 from reconciler.domain.model import (
     Batch,
@@ -258,6 +259,9 @@ class Controller:
         self._flag(status, "Stalled", bool(waiting), "ProfileNotFound",
                    f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
                    f" {waiting}; add the profile back or change spec.profile" if waiting else "")
+        drift = out_of_sync(batch.name, batch.source_path, spec, status.admitted_manifest,
+                            items, status.manifest_error)
+        self._flag(status, "OutOfSync", bool(drift), REASON if drift else "", drift)
         self._set_condition(status, "Ready", status.state in BATCH_TERMINAL,
                             str(status.state), status.message)
         self._write_status(batch, status, ctx)
@@ -427,6 +431,7 @@ class Controller:
             try:
                 found = self._read_manifest(batch, spec, profile, ctx)
             except ManifestError as exc:
+                status.admitted_manifest = manifest_key(spec)
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
                 return [], Move(B.REPORTING, status.message, report=True)
@@ -440,6 +445,7 @@ class Controller:
                 self.store.set_credentials(batch.name, credentials)
             self.store.set_items(batch.name, shown)
             failpoints.hit("after-items")
+        status.admitted_manifest = status.admitted_manifest or manifest_key(spec)
         items = self.store.list_items(batch.name)
         status.items_loaded = True
         status.item_count = len(items)

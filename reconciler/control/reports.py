@@ -169,8 +169,11 @@ def build_report(
     if kind == "manifest-error":
         lines += ["The batch manifest could not be used, so no job was run:",
                   f"  {batch.status.manifest_error}", "",
-                  "Fix the manifest and commit the batch file again (a new name starts a new"
-                  " batch)."]
+                  "This batch will not run again: a batch's items are fixed when it is"
+                  " admitted, and a later edit of its manifest is not applied to it.",
+                  "To run the corrected manifest, fix it and commit the batch file with a new"
+                  f" metadata.name (for example {batch.name}-2): this batch is then retired"
+                  " as if its file were deleted, and the new one starts afresh."]
     else:
         lines += [f"Jobs: {len(items)}   Completed: {len(completed)}   Failed: {len(failed)}"
                   f"   Pending: {pending}", ""]
