@@ -1,6 +1,6 @@
 """JSON mirroring the pages, with the same query parameters and the same paging.
 
-- `GET /api/batches?state=&page=`: the list (`batches`), counts by state, paging, and the
+- `GET /api/batches?state=&depositor=&page=`: the list (`batches`), counts by state, paging, and the
   site facts (last sync, sync error, file errors, refused deletion).
 - `GET /api/batches/<name>?state=&q=&page=`: one batch, a page of its jobs (`jobs`), its
   whole timeline (oldest first) and its reports (oldest first, each with its changes).
@@ -21,6 +21,7 @@ from web.views import (
     batch_list,
     batch_summary,
     event_view,
+    guidance,
     job_list,
     reports_view,
     site_status,
@@ -40,6 +41,7 @@ def batches() -> dict[str, Any]:
     cfg = current_app.config
     listing = batch_list(store, request.args, int(cfg["PAGE_SIZE"]))
     return {**listing.paging.to_json(), "state": listing.state, "counts": listing.counts,
+            "depositor": listing.depositor,
             "site": site_status(store, cfg["STATE_DIR"], float(cfg["STALL_SECONDS"])),
             "batches": listing.rows}
 
@@ -50,7 +52,7 @@ def batch(name: str) -> dict[str, Any]:
     b = store.get_batch(name)
     if b is None:
         abort(404, f"no batch named {name!r}")
-    out = batch_summary(b)
+    out = batch_summary(b) | guidance(store, b)
     out["jobPage"] = _jobs(name)
     out["timeline"] = [event_view(e) for e in store.list_events(name)]
     out["reports"] = reports_view(store, store.list_reports(name))

@@ -32,6 +32,7 @@ from web.views import (
     batch_list,
     batch_summary,
     event_view,
+    guidance,
     job_list,
     reports_view,
     site_status,
@@ -124,6 +125,7 @@ def index() -> str:
                or any(r["active"] for r in listing.rows))
     return render_template("index.html", rows=listing.rows, counts=listing.counts,
                            states=STATES, state=listing.state, paging=listing.paging,
+                           depositor=listing.depositor,
                            site=_site(), refresh=refresh)
 
 
@@ -138,7 +140,7 @@ def batch(name: str) -> str:
     events = [event_view(e) for e in store.list_events(name)]
     limit = int(current_app.config["TIMELINE_LIMIT"])
     reports = reports_view(store, store.list_reports(name))
-    summary = batch_summary(b)
+    summary = batch_summary(b) | guidance(store, b)
     return render_template(
         "batch.html", b=summary, jobs=jobs.rows, job_states=JOB_STATES, state=jobs.state,
         query=jobs.query or "", paging=jobs.paging, events=events[::-1][:limit],

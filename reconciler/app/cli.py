@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
-from reconciler.app.statustable import shown_state, table
+from reconciler.app.statustable import guidance, shown_state, table
 from reconciler.app.validatecmd import FORMATS, validate_command
 from reconciler.control.smtp import SECURITIES
 from reconciler.domain.states import JobState
@@ -325,6 +325,7 @@ def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None
 
 def print_status(store: ReadStore, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
+    batches = store.list_batches()
     if name is None:  # the table first, as `flux get` prints it; then each batch in full
         for line in table(store, time.time()):
             print(line)
@@ -340,6 +341,11 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
                 _show(f"  file error: {line}")
         if batch is not None and batch.status.message:
             _show(f"  {batch.status.message}")
+        why, nxt = guidance(store, batch, batches) if batch is not None else ("", "")
+        if why:
+            _show(f"  why it has not started: {why}")
+        for n, line in enumerate(nxt.split("\n") if nxt else []):
+            _show(f"  next step: {line}" if n == 0 else f"    {line}")
         for c in b["conditions"]:  # Ready is the state, Invalid the file error above
             if c["status"] and c["type"] not in ("Ready", "Invalid"):
                 _show(f"  {c['type']}: {c['message']}")

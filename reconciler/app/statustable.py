@@ -7,8 +7,9 @@ read: the file's error, else what the batch waits for or what went wrong.
 
 from __future__ import annotations
 
+from reconciler.domain.guidance import next_step, why_pending
 from reconciler.domain.model import Batch
-from reconciler.domain.states import JobState
+from reconciler.domain.states import BatchState, JobState
 from reconciler.store.base import ReadStore
 from reconciler.support.controlchars import escape_controls
 
@@ -31,23 +32,37 @@ def shown_state(batch: Batch) -> str:
     return str(batch.status.state)
 
 
-def message(batch: Batch) -> str:
-    """One line: the file's error first (the last good spec may still run), else why."""
-    text = batch.spec_error or batch.status.message
+def guidance(store: ReadStore, batch: Batch, batches: list[Batch]) -> tuple[str, str]:
+    """(why it has not started, what to do next), each "" when it does not apply."""
+    if batch.status.state in (BatchState.PENDING, BatchState.HELD):
+        sync = store.load_sync_state()
+        return why_pending(batch, batches, sync.queue, sync.profiles), ""
+    if batch.status.state == BatchState.FAILED and batch.spec is not None:
+        reports = store.list_reports(batch.name)
+        return "", next_step(batch, store.list_items(batch.name),
+                             reports[-1].job_states if reports else {})
+    return "", ""
+
+
+def message(batch: Batch, why: str = "", nxt: str = "") -> str:
+    """One line: the file's error first (the last good spec may still run), else why it
+    waits, else the next step, else what the batch last said."""
+    text = batch.spec_error or why or nxt or batch.status.message
     return text.split("\n")[0]
 
 
-def row(batch: Batch, now: float) -> tuple[str, ...]:
+def row(batch: Batch, now: float, why: str = "", nxt: str = "") -> tuple[str, ...]:
     counts = batch.status.counts
     jobs = batch.status.item_count or sum(counts.values())
     return (batch.name, shown_state(batch), str(jobs), str(counts.get(str(JobState.COMPLETED), 0)),
             str(counts.get(str(JobState.FAILED), 0)), batch.source_revision[:12],
-            age(now - batch.submitted_at), message(batch))
+            age(now - batch.submitted_at), message(batch, why, nxt))
 
 
 def table(store: ReadStore, now: float) -> list[str]:
     """The rows under their header, columns padded to their widest cell."""
-    rows = [HEADER] + [row(b, now) for b in sorted(store.list_batches(), key=lambda b: b.name)]
+    batches = sorted(store.list_batches(), key=lambda b: b.name)
+    rows = [HEADER] + [row(b, now, *guidance(store, b, batches)) for b in batches]
     rows = [tuple(escape_controls(cell) for cell in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER) - 1)]
     return ["   ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]])

@@ -25,6 +25,7 @@ from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
 from reconciler.control.outofsync import REASON, manifest_key, out_of_sync
 from reconciler.control.reports import build_report, report_id
+from reconciler.domain.guidance import queue_order as _queue_order
 from reconciler.domain.model import (
     Batch,
     BatchSpec,
@@ -625,11 +626,6 @@ def _shows(status: BatchStatus, type_: str) -> bool:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _queue_order(b: Batch) -> tuple[int, float, str]:
-    priority = b.spec.priority if b.spec is not None else 99
-    return (priority, b.submitted_at, b.name)
 
 
 def _counts(items: list[ItemStatus]) -> dict[str, int]:
