@@ -28,6 +28,7 @@ from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, ReadStore
 from reconciler.support.controlchars import escape_controls
+from reconciler.support.logfmt import formatter
 from reconciler.support.nospace import (
     NoSpaceLeft,
     free_bytes,
@@ -35,7 +36,6 @@ from reconciler.support.nospace import (
     no_space_is_fatal,
     says_no_space,
 )
-from reconciler.support.redaction import RedactingFormatter
 from reconciler.support.timefmt import rfc3339_or_none
 
 
@@ -59,7 +59,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smtp", default=_env("SMTP"),
                    help="HOST:PORT of an SMTP relay (BATCHQ_SMTP); without it, emails are"
                         " written to STATE/outbox/")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO, not only warnings")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log at INFO, not only warnings (`run` always does: one line per"
+                        " batch and job transition)")
+    p.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"),
+                   help="text lines (event key=value ...) or JSON lines (BATCHQ_LOG_FORMAT)")
 
 
 def _seconds(name: str, default: float) -> float:
@@ -177,6 +181,24 @@ def file_roots(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(os.path.abspath(d) for d in args.file_roots)
 
 
+def _access_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--access-log", action="store_true",
+                   default=(_env("ACCESS_LOG") or "") in ("1", "true", "yes"),
+                   help="log every HTTP request of the site (BATCHQ_ACCESS_LOG=1); off by"
+                        " default: /healthz probes would drown the transitions")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """One handler, credentials hidden, text or JSON lines; INFO for `run` (an operator
+    follows the loop in its log) and with -v; the site's access lines only on request."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(getattr(args, "log_format", "text")))
+    info = getattr(args, "verbose", False) or args.command == "run"
+    logging.basicConfig(level=logging.INFO if info else logging.WARNING, handlers=[handler])
+    logging.getLogger("werkzeug").setLevel(
+        logging.INFO if getattr(args, "access_log", False) else logging.WARNING)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="batchq", description="A GitOps batch queue: depositors commit batch files, the"
@@ -206,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     _source(run)
     run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"),
                      help="also serve the status page here (BATCHQ_WEB)")
+    _access_log(run)
     s = sub.add_parser("status", help="batches, jobs and reports")
     _common(s)
     s.add_argument("batch", nargs="?", metavar="BATCH",
@@ -216,6 +239,16 @@ def parser() -> argparse.ArgumentParser:
     _common(w)
     w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"), metavar="HOST:PORT",
                    help="address to serve on (BATCHQ_WEB; default 127.0.0.1:8080)")
+    _access_log(w)
+    now = sub.add_parser("reconcile-now", help="ask a running reconciler for a pass now and"
+                         " wait until it has synced the branch head")
+    _common(now)
+    now.add_argument("--repo", default=_env("REPO"),
+                     help="the repository the reconciler follows (BATCHQ_REPO)")
+    now.add_argument("--branch", default=_env("BRANCH", "main"),
+                     help="its branch (BATCHQ_BRANCH; default main)")
+    now.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds to wait for the reconciler (default 60)")
     pl = sub.add_parser("plan", help="what a commit would do, without doing it (reads only)")
     _common(pl)
     pl.add_argument("range", metavar="BASE..HEAD",
@@ -374,14 +407,13 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handler = logging.StreamHandler()  # every log line with credentials hidden
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-        handlers=[handler],
-    )
+    setup_logging(args)
     if args.command == "validate":
         return validate_command(args.paths, file_roots=file_roots(args), output=args.output)
+    if args.command == "reconcile-now":
+        from reconciler.app.syncnow import reconcile_now
+
+        return reconcile_now(args)
     if args.command == "plan":
         from reconciler.app.plancmd import plan_command
 

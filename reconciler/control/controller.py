@@ -58,6 +58,7 @@ from reconciler.source.sync import (
 from reconciler.spec.validation import storage_path_problem
 from reconciler.store.base import ConflictError, Event, Store
 from reconciler.support import failpoints
+from reconciler.support.logfmt import transition
 from reconciler.support.nospace import is_no_space
 from reconciler.support.urls import split_userinfo
 
@@ -291,6 +292,12 @@ class Controller:
                 log.warning("batch %s item %s: ignoring an observation of job %s going from"
                             " %s to %s", batch.name, s.item.id, job.name, s.state, target)
                 continue
+            if s.state != before[0]:
+                transition(log, "job", {"batch": batch.name, "item": s.item.id,
+                                        "attempt": s.attempts, "from": str(before[0]),
+                                        "to": str(s.state), "job": job.name,
+                                        "reason": job.message[:300],
+                                        "commit": batch.source_revision})
             s.message, s.job_name = job.message, job.name
             s.started_at, s.finished_at = job.started_at, job.finished_at
             if before != (s.state, s.attempts, s.message, s.job_name, s.started_at,
@@ -509,6 +516,11 @@ class Controller:
         self.store.create_job(job)
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
+        transition(log, "job", {"batch": batch.name, "item": s.item.id, "attempt": attempt,
+                                "from": str(s.state) if attempt == s.attempts else "",
+                                "to": str(state), "job": job.name,
+                                "reason": "restart" if restarted else "created",
+                                "commit": batch.source_revision})
         s.attempts, s.job_name, s.state = attempt, job.name, state
         if restarted:
             s.message, s.started_at, s.finished_at = "", None, None
@@ -595,6 +607,8 @@ class Controller:
             status.message = why if not status.manifest_error else status.message
             self.store.add_event(Event(batch.name, time.time(), str(target), why,
                                        revision or batch.source_revision))
+            transition(log, "batch", {"batch": batch.name, "from": str(old), "to": str(target),
+                                      "reason": why, "commit": revision or batch.source_revision})
 
     def _flag(self, status: BatchStatus, type_: str, value: bool, reason: str,
               message: str) -> None:
