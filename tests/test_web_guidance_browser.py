@@ -3,8 +3,9 @@
 A real reconciler runs; after each step the page is read as a person reads it (JavaScript
 off): why a batch has not started, a file that never parsed shown as Invalid, progress with
 done and failed apart (2 of 4 failed is not "100%"), times shown in full and not only on
-hover, the next step of a Failed batch whose restart completed, an out-of-sync manifest,
-and the list filtered by depositor. Screenshots of each state go to test-artifacts/.
+hover, the next step of a Failed batch whose restart completed, who committed each change
+of the timeline and why, an out-of-sync manifest, and the list filtered by depositor.
+Screenshots of each state go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def test_the_page_says_why_and_what_next(browser: Any, site: Site) -> None:  # n
                               " done, 1 failed. Next: send the update report by committing,"
                               " in batches/maps.yaml:")
         assert r.text("#next-step pre") == "  spec:\n    state: UpdateReporting"
+        timeline = r.text("ol.timeline")  # who committed each change, and why
+        assert ("SpecApplied generation 2 from batches/maps.yaml · Alex Admin"
+                " <admin@example.org>: admin: batches/maps.yaml: {'restarts':") in timeline
+        assert ("SpecApplied generation 1 from batches/maps.yaml · Jane Depositor"
+                " <jane@example.org>: depositors: three batches") in timeline
         r.shot("next-step")
 
         data = yaml.safe_load((h.repo.path / "batches/maps.yaml").read_text())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.control import fileerrors
 from reconciler.control.backoff import Backoff
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
@@ -243,6 +244,8 @@ class Controller:
         self._flag(status, "ReconcileError", False, "", "")  # this step got this far
         if batch.spec is None:
             self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
+            if not fileerrors.told_already(self.store, batch):
+                self._report_file_error(batch, status, ctx)
             self._write_status(batch, status, ctx)
             return
         jobs = (self.store.list_jobs(batch.name)
@@ -548,6 +551,26 @@ class Controller:
         return ctx.storage_dirs[profile.storage]
 
     # --- reporting
+    def _report_file_error(self, batch: Batch, status: BatchStatus, ctx: PassContext) -> None:
+        """One email per commit to the depositor of a file that never parsed, when their
+        address can be read (control.fileerrors)."""
+        spec, profile = fileerrors.depositor_of(ctx.git_dir, batch, ctx.repo.profiles)
+        if spec is None:
+            fileerrors.mark_told(self.store, batch, time.time(), "the file never parsed and"
+                                 " no depositor address can be read in it: nobody was emailed")
+            return
+        status.report_round += 1
+        view = copy.copy(batch)
+        view.status = status
+        report = build_report(view, spec, [], profile, kind="file-error",
+                              round_=status.report_round, previous={},
+                              message_id_domain=self._message_id_domain(),
+                              site_url=self.site_url)
+        self.store.save_report(report)
+        fileerrors.mark_told(self.store, batch, time.time(), f"report queued for email"
+                             f" ({report.subject})" if report.emailed else "report kept")
+        ctx.progressed = True
+
     def _report(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
                 items: list[ItemStatus], ctx: PassContext) -> Move:
         """Save the report of this round (emailed unless suppressed or unchanged); the

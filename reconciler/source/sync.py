@@ -189,8 +189,10 @@ def _apply_batch_file(
         error=err,
     )
     if existing is None or batch.generation != existing.generation:
+        by = result.authors.get(f.revision)
         store.add_event(Event(name, time.time(), "SpecApplied",
-                              f"generation {batch.generation} from {f.path}", f.revision))
+                              f"generation {batch.generation} from {f.path}"
+                              + (f" · {by}" if by else ""), f.revision))
     elif err and existing.spec_error != err:
         store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
 
