@@ -169,3 +169,18 @@ def test_a_manifest_edited_after_admission_shows_out_of_sync(h: Harness) -> None
     h.reconcile()
     [shown] = [c for c in h.batch("oos").status.conditions if c.type == "OutOfSync"]
     assert (shown.status, shown.reason) == (False, "Resolved")
+
+
+def test_a_jobs_output_is_reachable_by_its_name(h: Harness) -> None:
+    """Issue 10 §5 on both backends: the tail of what a job wrote, for the page's job row."""
+    submit(h, "out", 1, fail=(1,), gated=False)
+    h.until(lambda: h.state("out") == F, "the batch to fail")
+    [job] = h.job_names("out")
+    shown = h.store.job_output(job)
+    if h.settings.backend == "local":  # the worker's own words, from its job dir
+        assert shown is not None and shown.startswith("--- stderr\n")
+        assert "mismatch" in shown
+    else:  # kwok runs no container: there is no log to read, and that is no error
+        assert shown is None or shown.startswith(("--- pod ", "(the log cannot be read"))
+    assert h.store.job_output("no-such-job") is None
+    assert h.store.job_output("../../etc") is None

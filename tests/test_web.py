@@ -91,8 +91,8 @@ def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
     repo, controller, beat = MemoryRepo(), Controller(store, storage_root=state_dir), \
         Heartbeat(state_dir)
 
-    def commit(changes: dict[str, Any]) -> RepoState:
-        result = repo.commit(changes)
+    def commit(changes: dict[str, Any], by: str) -> RepoState:
+        result = repo.commit(changes, by)
         with store.transaction():  # what Reconciler.sync writes
             state = apply_sync(store, result)
             sync = store.load_sync_state()
@@ -117,9 +117,11 @@ def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
     until_idle(commit({
         "profiles/test.yaml": profile_doc(base),
         "batches/good.yaml": batch_doc([item_doc(base, f"ok{i}") for i in range(3)]),
-        "batches/mixed.yaml": mixed}))
+        "batches/mixed.yaml": mixed}, "Jane Depositor <jane@example.org>: two batches"))
     mixed["spec"]["state"] = "UpdateReporting"
-    until_idle(commit({"batches/broken.yaml": BROKEN, "batches/mixed.yaml": mixed}))
+    until_idle(commit({"batches/broken.yaml": BROKEN, "batches/mixed.yaml": mixed},
+                      "Alex Admin <admin@example.org>: admin: batches/mixed.yaml:"
+                      " {'state': 'UpdateReporting'}"))
     return Site(state_dir, store)
 
 

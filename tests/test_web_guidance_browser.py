@@ -79,6 +79,12 @@ def test_the_page_says_why_and_what_next(browser: Any, site: Site) -> None:  # n
         assert ("SpecApplied generation 1 from batches/maps.yaml · Jane Depositor"
                 " <jane@example.org>: depositors: three batches") in timeline
         r.shot("next-step")
+        r.page.locator("table.jobs tbody tr", has_text="m4").locator("a.output").click()
+        assert r.page.url == site.base + "/batches/maps/jobs/maps-m4-2/output"
+        out = r.text("pre.output")  # the worker's own words, reachable from the job row
+        assert out.startswith("--- stderr\n") and "size mismatch" in out
+        r.shot("job-output")
+        r.open("/batches/maps")
 
         data = yaml.safe_load((h.repo.path / "batches/maps.yaml").read_text())
         data["spec"]["manifest"]["items"][3]["digest"]["value"] = "0" * 64

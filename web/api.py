@@ -1,10 +1,12 @@
 """JSON mirroring the pages, with the same query parameters and the same paging.
 
-- `GET /api/batches?state=&depositor=&page=`: the list (`batches`), counts by state, paging, and the
-  site facts (last sync, sync error, file errors, refused deletion).
+- `GET /api/batches?state=&depositor=&page=`: the list (`batches`), counts by state,
+  paging, and the site facts (last sync, sync error, file errors, refused deletion).
 - `GET /api/batches/<name>?state=&q=&page=`: one batch, a page of its jobs (`jobs`), its
   whole timeline (oldest first) and its reports (oldest first, each with its changes).
 - `GET /api/batches/<name>/jobs?state=&q=&page=`: just the page of jobs.
+- `GET /api/batches/<name>/jobs/<job>/output`: the end of that job's output (stderr, then
+  stdout), credentials hidden; 404 for a name that is not one of the batch's jobs.
 
 An unknown state is a 400, an unknown batch a 404; a page past the end is clamped. The
 lists are computed by `web.views`, as for the pages, so both always show the same rows.
@@ -23,6 +25,7 @@ from web.views import (
     event_view,
     guidance,
     job_list,
+    job_output,
     reports_view,
     site_status,
 )
@@ -57,6 +60,14 @@ def batch(name: str) -> dict[str, Any]:
     out["timeline"] = [event_view(e) for e in store.list_events(name)]
     out["reports"] = reports_view(store, store.list_reports(name))
     return out
+
+
+@bp.get("/batches/<name>/jobs/<job>/output")
+def output(name: str, job: str) -> dict[str, Any]:
+    view = job_output(get_store(), name, job)
+    if view is None:
+        abort(404, f"batch {name!r} has no job {job!r}")
+    return view
 
 
 @bp.get("/batches/<name>/jobs")

@@ -34,6 +34,7 @@ from web.views import (
     event_view,
     guidance,
     job_list,
+    job_output,
     reports_view,
     site_status,
 )
@@ -146,6 +147,15 @@ def batch(name: str) -> str:
         query=jobs.query or "", paging=jobs.paging, events=events[::-1][:limit],
         hidden_events=max(0, len(events) - limit), reports=reports[::-1], site=_site(),
         refresh=summary["active"])
+
+
+@bp.get("/batches/<name>/jobs/<job>/output")
+def job_output_page(name: str, job: str) -> str:
+    """The end of a job's output, linked from its row."""
+    view = job_output(get_store(), name, job)
+    if view is None:
+        abort(404, f"batch {name!r} has no job {job!r}")
+    return render_template("output.html", **view, site=_site(), refresh=False)
 
 
 @bp.get("/batches/<name>/reports/<round_>.eml")

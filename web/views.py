@@ -25,7 +25,9 @@ from reconciler.store.base import (
     RecipientState,
     SyncState,
 )
+from reconciler.support.controlchars import escape_controls
 from reconciler.support.heartbeat import read_heartbeat
+from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import rfc3339_or_none as iso
 
 STATES = [str(s) for s in BatchState]
@@ -141,6 +143,19 @@ def guidance(store: ReadStore, b: Batch) -> dict[str, str]:
         reports = store.list_reports(b.name)
         nxt = next_step(b, store.list_items(b.name), reports[-1].job_states if reports else {})
     return {"why": why, "next": nxt}
+
+
+def job_output(store: ReadStore, batch: str, job: str) -> dict[str, Any] | None:
+    """A job's output tail for its page, or None when `job` is not a job of `batch`. Shown
+    with credentials hidden and control characters escaped, line by line."""
+    found = next((j for j in store.list_jobs(batch) if j.name == job), None)
+    if found is None:
+        return None
+    text = store.job_output(job)
+    shown = "\n".join(escape_controls(redact_text(line)) for line in text.split("\n")) \
+        if text else None
+    return {"batch": batch, "job": job, "item": found.item, "attempt": found.attempt,
+            "output": shown}
 
 
 def job_view(s: ItemStatus) -> dict[str, Any]:
