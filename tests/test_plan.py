@@ -143,7 +143,7 @@ def test_plan_says_what_each_admin_action_of_the_seed_stories_will_do(
     assert {b["state"] for b in story.batches().values()} == {"Deleted"}
 
 
-def test_plan_of_a_held_batch_an_invalid_file_and_a_bad_range(
+def test_plan_of_a_hold_a_release_an_invalid_file_and_a_bad_range(
         git_repo: GitRepo, payloads: PayloadServer, smtp: SmtpServer, tmp_path: Path) -> None:
     story = Story(git_repo, tmp_path / "state", smtp)
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
@@ -157,7 +157,26 @@ def test_plan_of_a_held_batch_an_invalid_file_and_a_bad_range(
     assert _actions(plan) == [
         ("refuse", "broken", "refused; it shows as Invalid: batches/broken.yaml:4:1: invalid"
          " YAML: did not find expected node content (while parsing a flow node)"),
-        ("hold", "slow", "hold slow: no new job starts")]
+        ("hold", "slow", "hold slow: it is Completed; restarts asked for while it is held"
+         " wait")]
+    story.reconcile()
+    git_repo.edit_batch("batches/slow.yaml", state="Active")
+    assert _actions(story.plan("HEAD~1..HEAD")) == [
+        ("release", "slow", "release slow: it is Completed; restarts that waited start")]
+    # a batch waiting in a paused queue: held, then released
+    git_repo.write("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
+                                  "spec": {"paused": True}})
+    git_repo.write("batches/waiting.yaml", batch_doc([payloads.add("w1", b"w\n")]))
+    git_repo.commit("pause; submit waiting")
+    story.reconcile()
+    git_repo.edit_batch("batches/waiting.yaml", state="Held")
+    assert _actions(story.plan("HEAD~1..HEAD")) == [
+        ("hold", "waiting", "hold waiting: it is not admitted until released")]
+    story.reconcile()
+    assert story.batches()["waiting"]["state"] == "Held"
+    git_repo.edit_batch("batches/waiting.yaml", state="Active")
+    assert _actions(story.plan("HEAD~1..HEAD")) == [
+        ("release", "waiting", "release waiting: it queues again and resumes")]
     bad = batchq("plan", "--repo", str(git_repo.path), "nope..HEAD", env=story.env)
     assert bad.returncode == 1
     assert bad.stderr == ("batchq: unknown revision 'nope': give BASE..HEAD as commits,"

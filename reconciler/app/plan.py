@@ -200,10 +200,14 @@ def _plan_edit(plan: Plan, path: str, old: Batch, new: BatchSpec,
     items = {s.item.id: s for s in store.list_items(old.name)}
     state = old.status.state
     if new.state != was.state and new.state == RequestedState.HELD:
-        plan.add("hold", path, old.name, f"hold {old.name}: no new job starts"
-                 + ("; its unstarted jobs are held" if state == BatchState.PROCESSING else ""))
+        plan.add("hold", path, old.name, f"hold {old.name}: " + (
+            "no new job starts; its unstarted jobs are held" if state == BatchState.PROCESSING
+            else "it is not admitted until released" if state == BatchState.PENDING
+            else f"it is {state}; restarts asked for while it is held wait"))
     if was.state == RequestedState.HELD and new.state != RequestedState.HELD:
-        plan.add("release", path, old.name, f"release {old.name}: it queues again and resumes")
+        plan.add("release", path, old.name, f"release {old.name}: " + (
+            "it queues again and resumes" if state in (BatchState.HELD, BatchState.PENDING)
+            else f"it is {state}; restarts that waited start"))
     for item, wanted in sorted(new.restarts.items()):
         s = items.get(item)
         if s is None or wanted <= s.attempts - 1:
