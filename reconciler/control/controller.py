@@ -264,9 +264,10 @@ class Controller:
         self._flag(status, "Stalled", bool(waiting), "ProfileNotFound",
                    f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
                    f" {waiting}; add the profile back or change spec.profile" if waiting else "")
-        drift = out_of_sync(batch.name, batch.source_path, spec, status.admitted_manifest,
-                            items, status.manifest_error)
-        self._flag(status, "OutOfSync", bool(drift), REASON if drift else "", drift)
+        if batch.status.observed_generation != batch.generation:  # the spec is new: compare
+            drift = out_of_sync(batch.name, batch.source_path, spec, status.admitted_manifest,
+                                items, status.manifest_error)
+            self._flag(status, "OutOfSync", bool(drift), REASON if drift else "", drift)
         self._set_condition(status, "Ready", status.state in BATCH_TERMINAL,
                             str(status.state), status.message)
         self._write_status(batch, status, ctx)
