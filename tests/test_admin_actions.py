@@ -205,6 +205,7 @@ def test_mass_deletion_is_refused_visibly(h: Harness, payloads: PayloadServer) -
     assert {h.state(f"d{n}") for n in range(4)} == {"Completed"}
     refused = h.store.load_sync_state().deletion_refused
     assert "refused to delete 3 batches" in refused and "maxDeletesPerSync=2" in refused
+    assert "(d0, d1, d2): more than" in refused  # which batches: the admin can check the commit
     assert "DeletionRefused" in [e.reason for e in h.store.list_events("d0")]
     h.repo.write("queue.yaml", queue(maxDeletesPerSync=3, maxActiveBatches=10))
     h.repo.commit("allow it", who=ADMIN)

@@ -80,7 +80,12 @@ def test_broken_files_cost_only_themselves(h: Harness, payloads: PayloadServer,
     h.until_idle()
     assert time.monotonic() - started < 60
     assert h.state("good") == "Completed"
-    assert len(smtp.mailbox.messages) == 1
+    # the good batch's report, and one note to the depositor of each file that never parsed
+    # but names its depositor's address (issue 10 §5)
+    assert sorted(smtp.mailbox.subjects()) == [
+        "Ingest: FAIL -- Batch File Invalid: dupes", "Ingest: FAIL -- Batch File Invalid:"
+        " traversal", "Ingest: FAIL -- Batch File Invalid: unknown",
+        "Ingest: OK -- Submission Processed: good"]
     errors = {b.name: b.spec_error for b in h.store.list_batches() if b.name != "good"}
     assert set(errors) == {"malformed", "dupes", "unknown", "traversal", "bomb", "huge"}
     assert errors["malformed"].startswith("batches/malformed.yaml:3:1: invalid YAML")

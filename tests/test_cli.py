@@ -96,7 +96,7 @@ def test_reconcile_and_status_json(git_repo: GitRepo, tmp_path: Path, payloads: 
 
 def test_validate_exit_codes_and_lines(tmp_path: Path) -> None:
     ok = batchq("validate", str(ROOT / "manifests"))
-    assert ok.returncode == 0 and ok.stdout == ""
+    assert ok.returncode == 0 and ok.stdout == "4 files valid\n"
     bad = tmp_path / "batches" / "bad.yaml"
     bad.parent.mkdir()
     bad.write_text("apiVersion: batchq.dev/v1\nkind: Batch\nspec:\n  profile: nope\n"

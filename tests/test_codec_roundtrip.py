@@ -22,6 +22,7 @@ def sample() -> BatchStatus:
         "item_count": 7, "counts": {"Failed": 1, "Completed": 6},
         "failures": [{"item": "a", "message": "bad"}], "manifest_error": "e",
         "settled": True, "report_round": 2, "update_generation": 3,
+        "admitted_manifest": "items:0f",
     }
     assert set(values) == {f.name for f in dataclasses.fields(BatchStatus)}, "new field?"
     return BatchStatus(**values)  # type: ignore[arg-type]

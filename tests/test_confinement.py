@@ -313,15 +313,18 @@ def test_storage_path_stays_inside_the_storage_root(
     assert found["absolute"] == found["climbing"] == ("Pending", {}, "")
     assert payloads.requests == ["p"]
     shown = batchq("status", "--state", str(state)).stderr.splitlines()
-    assert [line for line in shown if "storage.path" in line] == [
+    assert [line for line in shown if line.startswith("error: profiles/")] == [
         f"error: profiles/absolute.yaml:9:11: spec.storage.path: {json.dumps(str(outside))}"
         " must be a relative path inside the storage root (set by the operator), not an"
         " absolute one",
         'error: profiles/climbing.yaml:9:11: spec.storage.path: "deposits/../../../escaped"'
         " must stay inside the storage root: remove the '..' segments",
     ]
-    assert ('error: batches/absolute.yaml: profile "absolute" not found (expected'
-            " profiles/absolute.yaml); add the profile or fix spec.profile") in shown
+    # the batch says why its profile cannot be used, at its spec.profile line
+    assert ('error: batches/absolute.yaml:4:12: spec.profile: profile "absolute" is invalid,'
+            " so no batch can use it; fix profiles/absolute.yaml:9:11: spec.storage.path:"
+            f" {json.dumps(str(outside))} must be a relative path inside the storage root (set"
+            " by the operator), not an absolute one") in shown
 
 
 # --- credentials -----------------------------------------------------------------------

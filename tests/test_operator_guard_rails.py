@@ -146,7 +146,9 @@ def test_control_characters_are_escaped_in_the_cli_and_flattened_in_the_email(
     for stream in (shown.stdout, shown.stderr):
         assert not RAW_CONTROL.search(stream), stream
     out = shown.stdout.splitlines()
-    assert out[0].startswith("evil\\x1b[2J\\u202e: Pending")
+    assert out[0].startswith("NAME ")  # the table, escaped too
+    assert any(line.startswith("evil\\x1b[2J\\u202e   Invalid ") for line in out), out
+    assert any(line.startswith("evil\\x1b[2J\\u202e: Invalid") for line in out), out
     assert any(line.startswith("  file error: batches/evil\\x1b[2J\\u202e.yaml:")
                and '"id\\u001b[2J\\u202e" is not a valid item id' in line for line in out), out
     assert "hostile: Failed" in shown.stdout
@@ -159,8 +161,13 @@ def test_control_characters_are_escaped_in_the_cli_and_flattened_in_the_email(
     assert not RAW_CONTROL.search(checked.stdout)
     assert checked.stdout.startswith(f"{git_repo.path}/batches/evil\\x1b[2J\\u202e.yaml:1:1: ")
 
-    [mail] = smtp.mailbox.messages
+    [mail] = [m for m in smtp.mailbox.messages if "hostile" in str(m["Subject"])]
     assert mail.get_all("Subject") == ["Ingest: FAIL -- Submission Failed: hostile"]
+    # the evil file never parsed: its depositor hears of it, the name escaped in the subject
+    [told] = [m for m in smtp.mailbox.messages if m is not mail]
+    assert told.get_all("Subject") == [
+        "Ingest: FAIL -- Batch File Invalid: evil\\x1b[2J\\u202e"]
+    assert not RAW_CONTROL.search(told.as_string())
     body = next(p for p in mail.walk() if p.get_content_type() == "text/plain")
     text = body.get_payload(decode=True).decode().replace("\r\n", "\n")  # SMTP line ends
     lines = text.split("\n")

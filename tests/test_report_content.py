@@ -136,6 +136,7 @@ def test_a_display_name_that_could_forge_a_header_is_refused_at_its_line(
                 if text.lstrip().startswith("fromName:"))
     out = batchq("validate", str(profile))
     assert out.returncode == 1
-    [said] = (out.stdout + out.stderr).splitlines()
+    [said] = out.stdout.splitlines()
+    assert out.stderr == "1 error in 1 of 1 file\n"
     assert said.startswith(f"{profile}:{line}:") and "spec.notification.fromName: " in said
     assert said.endswith(says) or f"{says}," in said

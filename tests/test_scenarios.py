@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.fixtures import ADMIN, SmtpServer, batch_doc, profile_doc
 from tests.harness import Harness
@@ -143,3 +144,43 @@ def test_a_finished_job_deleted_by_an_operator_is_not_rerun(h: Harness) -> None:
     assert h.jobs("op") == {"op1": C, "op2": C}
     assert h.attempts("op") == {"op1": 1, "op2": 1}
     assert "op-op1-1" not in h.job_names("op")
+
+
+def test_a_manifest_edited_after_admission_shows_out_of_sync(h: Harness) -> None:
+    """Issue 10 §4 on both backends: the edit is shown, not applied; reverting it clears it."""
+    submit(h, "oos", 2, fail=(2,), gated=False)
+    h.until(lambda: h.state("oos") == F, "the batch to fail")
+    original = (h.repo.path / "batches/oos.yaml").read_text()
+    data = yaml.safe_load(original)
+    data["spec"]["manifest"]["items"][1]["title"] = "Corrected title"
+    h.repo.write("batches/oos.yaml", data)
+    h.repo.commit("depositor: correct oos2")
+    h.sync()
+    h.reconcile()
+    [shown] = [c for c in h.batch("oos").status.conditions if c.type == "OutOfSync"]
+    assert (shown.status, shown.reason) == (True, "ManifestChangedAfterAdmission")
+    assert shown.message.startswith("items oos2 changed in batches/oos.yaml after the batch"
+                                    " was admitted: its jobs keep the items they were admitted"
+                                    " with")
+    assert h.state("oos") == F and h.attempts("oos") == {"oos1": 1, "oos2": 1}
+    h.repo.write("batches/oos.yaml", original)
+    h.repo.commit("depositor: revert")
+    h.sync()
+    h.reconcile()
+    [shown] = [c for c in h.batch("oos").status.conditions if c.type == "OutOfSync"]
+    assert (shown.status, shown.reason) == (False, "Resolved")
+
+
+def test_a_jobs_output_is_reachable_by_its_name(h: Harness) -> None:
+    """Issue 10 §5 on both backends: the tail of what a job wrote, for the page's job row."""
+    submit(h, "out", 1, fail=(1,), gated=False)
+    h.until(lambda: h.state("out") == F, "the batch to fail")
+    [job] = h.job_names("out")
+    shown = h.store.job_output(job)
+    if h.settings.backend == "local":  # the worker's own words, from its job dir
+        assert shown is not None and shown.startswith("--- stderr\n")
+        assert "mismatch" in shown
+    else:  # kwok runs no container: there is no log to read, and that is no error
+        assert shown is None or shown.startswith(("--- pod ", "(the log cannot be read"))
+    assert h.store.job_output("no-such-job") is None
+    assert h.store.job_output("../../etc") is None

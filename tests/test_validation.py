@@ -373,7 +373,7 @@ def test_missing_profile_file(repo: Path) -> None:
     write(repo, "batches/other.yaml", BATCH.replace("maps-1", "other").replace("demo", "nope"))
     assert [str(p) for p in validate_repo_paths([str(repo / "batches")])] == [
         f'{repo}/batches/other.yaml:6:12: spec.profile: profile "nope" not found '
-        "(expected profiles/nope.yaml)"
+        "(expected profiles/nope.yaml); add the profile or fix spec.profile"
     ]
 
 
@@ -385,7 +385,8 @@ def test_profile_found_beside_a_file_outside_batches(tmp_path: Path) -> None:
     assert validate_repo_paths([str(lonely)]) == []  # tmp_path/profiles is above it
     isolated = write(tmp_path / "elsewhere", "batches/maps-1.yaml", BATCH)
     assert [str(p) for p in validate_repo_paths([str(isolated)])] == [
-        f'{isolated}:6:12: spec.profile: profile "demo" not found (expected profiles/demo.yaml)'
+        f'{isolated}:6:12: spec.profile: profile "demo" not found (expected'
+        " profiles/demo.yaml); add the profile or fix spec.profile"
     ]
 
 

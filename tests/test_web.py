@@ -91,8 +91,8 @@ def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
     repo, controller, beat = MemoryRepo(), Controller(store, storage_root=state_dir), \
         Heartbeat(state_dir)
 
-    def commit(changes: dict[str, Any]) -> RepoState:
-        result = repo.commit(changes)
+    def commit(changes: dict[str, Any], by: str) -> RepoState:
+        result = repo.commit(changes, by)
         with store.transaction():  # what Reconciler.sync writes
             state = apply_sync(store, result)
             sync = store.load_sync_state()
@@ -117,9 +117,11 @@ def seed_story(state_dir: Path, base: str = "http://127.0.0.1:9/") -> Site:
     until_idle(commit({
         "profiles/test.yaml": profile_doc(base),
         "batches/good.yaml": batch_doc([item_doc(base, f"ok{i}") for i in range(3)]),
-        "batches/mixed.yaml": mixed}))
+        "batches/mixed.yaml": mixed}, "Jane Depositor <jane@example.org>: two batches"))
     mixed["spec"]["state"] = "UpdateReporting"
-    until_idle(commit({"batches/broken.yaml": BROKEN, "batches/mixed.yaml": mixed}))
+    until_idle(commit({"batches/broken.yaml": BROKEN, "batches/mixed.yaml": mixed},
+                      "Alex Admin <admin@example.org>: admin: batches/mixed.yaml:"
+                      " {'state': 'UpdateReporting'}"))
     return Site(state_dir, store)
 
 
@@ -195,7 +197,7 @@ def test_list_shows_states_counts_and_file_errors(client: FlaskClient) -> None:
     assert "1 file in the repository cannot be used" in page
     assert "batches/broken.yaml" in page
     assert "Page 1 of 2" in page and 'rel="next"' in page and 'rel="prev"' not in page
-    assert 'role="img" aria-label="100% done: 1 completed, 1 failed, 0 processing' in page
+    assert 'role="img" aria-label="100% finished: 1 completed, 1 failed, 0 processing' in page
     assert "Jane Depositor" in page and "jane@example.org" in page
     assert '<meta http-equiv="refresh"' not in page  # nothing is moving
     assert "Last Git sync" in page
@@ -644,7 +646,7 @@ def test_a_large_batch_pages_on_the_server(tmp_path: Path) -> None:
     page = html(client, "/batches/large")
     assert page.count("<tr>") == 101  # the header and one page of rows
     assert "Page 1 of 25" in page and "2,500 in all" in page
-    assert 'aria-label="40% done: 1000 completed, 0 failed, 0 processing, of 2500 jobs"' in page
+    assert 'aria-label="40% finished: 1000 completed, 0 failed, 0 processing, of 2500 jobs"' in page
     assert '<meta http-equiv="refresh" content="10">' in page  # Processing: refreshes
     last = html(client, "/batches/large?page=25")
     assert ">item-02499</code>" in last and ">item-02399</code>" not in last

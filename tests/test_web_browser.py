@@ -170,7 +170,7 @@ def run_to_first_report(r: Reader, *, fail_third: bool) -> None:
     h.sync()
     r.open("/")
     assert r.list_state("maps") == "Pending"
-    assert r.list_progress("maps").startswith("0% done")
+    assert r.list_progress("maps").startswith("0% finished")
     assert r.refreshes()  # a queued batch will move
     r.shot("list-pending")
     r.page.click('table.batches a:text-is("maps")')  # list -> detail
@@ -186,20 +186,20 @@ def run_to_first_report(r: Reader, *, fail_third: bool) -> None:
     h.until(lambda: set(h.jobs("maps").values()) == {P}, "every job to start")
     r.reload()
     assert r.jobs() == {"job1": (P, 1), "job2": (P, 1), "job3": (P, 1)}
-    assert r.progress() == "0% done: 0 completed, 0 failed, 3 processing, of 3 jobs"
+    assert r.progress() == "0% finished: 0 completed, 0 failed, 3 processing, of 3 jobs"
     assert r.refreshes()
     r.shot("detail-processing")
     r.site.payloads.release("job2")
     h.until(lambda: h.jobs("maps")["job2"] == C, "job2 to complete")
     r.reload()
     assert r.jobs()["job2"] == (C, 1) and r.heading_state() == P
-    assert r.progress() == "33% done: 1 completed, 0 failed, 2 processing, of 3 jobs"
+    assert r.progress() == "33% finished: 1 completed, 0 failed, 2 processing, of 3 jobs"
     r.site.payloads.release("job3")
     third = F if fail_third else C
     h.until(lambda: h.jobs("maps")["job3"] == third, f"job3 to be {third}")
     r.open("/")
     assert r.list_state("maps") == P
-    assert r.list_progress("maps").startswith("67% done")
+    assert r.list_progress("maps").startswith("67% finished")
     r.shot("list-two-done")
     r.open("/batches/maps")
     assert r.jobs() == {"job1": (P, 1), "job2": (C, 1), "job3": (third, 1)}
@@ -215,7 +215,7 @@ def run_to_first_report(r: Reader, *, fail_third: bool) -> None:
     r.reload()
     verdict = F if fail_third else C
     assert r.heading_state() == verdict
-    assert r.progress().startswith("100% done: " + ("2 completed, 1 failed" if fail_third
+    assert r.progress().startswith("100% finished: " + ("2 completed, 1 failed" if fail_third
                                                     else "3 completed, 0 failed"))
     subject = ("Ingest: FAIL -- Submission Failed: maps" if fail_third
                else "Ingest: OK -- Submission Processed: maps")

@@ -32,8 +32,10 @@ from web.views import (
     batch_list,
     batch_summary,
     event_view,
+    guidance,
     heartbeat,
     job_list,
+    job_output,
     reports_view,
     site_status,
 )
@@ -125,6 +127,7 @@ def index() -> str:
                or any(r["active"] for r in listing.rows))
     return render_template("index.html", rows=listing.rows, counts=listing.counts,
                            states=STATES, state=listing.state, paging=listing.paging,
+                           depositor=listing.depositor,
                            site=_site(), refresh=refresh)
 
 
@@ -139,12 +142,21 @@ def batch(name: str) -> str:
     events = [event_view(e) for e in store.list_events(name)]
     limit = int(current_app.config["TIMELINE_LIMIT"])
     reports = reports_view(store, store.list_reports(name))
-    summary = batch_summary(b)
+    summary = batch_summary(b) | guidance(store, b)
     return render_template(
         "batch.html", b=summary, jobs=jobs.rows, job_states=JOB_STATES, state=jobs.state,
         query=jobs.query or "", paging=jobs.paging, events=events[::-1][:limit],
         hidden_events=max(0, len(events) - limit), reports=reports[::-1], site=_site(),
         refresh=summary["active"])
+
+
+@bp.get("/batches/<name>/jobs/<job>/output")
+def job_output_page(name: str, job: str) -> str:
+    """The end of a job's output, linked from its row."""
+    view = job_output(get_store(), name, job)
+    if view is None:
+        abort(404, f"batch {name!r} has no job {job!r}")
+    return render_template("output.html", **view, site=_site(), refresh=False)
 
 
 @bp.get("/batches/<name>/reports/<round_>.eml")

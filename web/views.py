@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.domain.guidance import next_step, why_pending
 from reconciler.domain.model import Batch, ItemStatus, Report
 from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import BatchState, JobState
@@ -25,7 +26,9 @@ from reconciler.store.base import (
     RecipientState,
     SyncState,
 )
+from reconciler.support.controlchars import escape_controls
 from reconciler.support.heartbeat import read_heartbeat
+from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import rfc3339_or_none as iso
 
 STATES = [str(s) for s in BatchState]
@@ -83,7 +86,7 @@ def batch_summary(b: Batch) -> dict[str, Any]:
     completed, failed = counts.get(JobState.COMPLETED, 0), counts.get(JobState.FAILED, 0)
     running = sum(counts.get(s, 0) for s in RUNNING_JOBS)
     spec = b.spec
-    state = str(b.status.state)
+    state = shown_state(b)
     return {
         "name": b.name,
         "state": state,
@@ -101,7 +104,9 @@ def batch_summary(b: Batch) -> dict[str, Any]:
         "requestedState": spec.state if spec else None,
         "jobs": total,
         "counts": counts,
-        "progress": round(percent(completed + failed, total)),
+        "progress": round(percent(completed + failed, total)),  # finished, either way
+        "completed": completed,
+        "failed": failed,
         "completedPercent": percent(completed, total),
         "failedPercent": percent(failed, total),
         "processingPercent": percent(counts.get(JobState.PROCESSING, 0), total),
@@ -118,6 +123,40 @@ def batch_summary(b: Batch) -> dict[str, Any]:
                        for c in b.status.conditions],
         "failures": list(b.status.failures),
     }
+
+
+def shown_state(b: Batch) -> str:
+    """Invalid for a file that never parsed (it waits for nothing), else the stored state."""
+    return "Invalid" if b.spec is None and b.spec_error else str(b.status.state)
+
+
+def guidance(store: ReadStore, b: Batch) -> dict[str, str]:
+    """Why the batch waits and what to do next (`reconciler.domain.guidance`), for the
+    batch page and its API view; read only for the states they concern."""
+    why = nxt = ""
+    if b.status.state in (BatchState.PENDING, BatchState.HELD):
+        try:
+            sync = store.load_sync_state()
+        except ValueError:
+            sync = SyncState()
+        why = why_pending(b, store.list_batches(), sync.queue, sync.profiles)
+    elif b.status.state == BatchState.FAILED and b.spec is not None:
+        reports = store.list_reports(b.name)
+        nxt = next_step(b, store.list_items(b.name), reports[-1].job_states if reports else {})
+    return {"why": why, "next": nxt}
+
+
+def job_output(store: ReadStore, batch: str, job: str) -> dict[str, Any] | None:
+    """A job's output tail for its page, or None when `job` is not a job of `batch`. Shown
+    with credentials hidden and control characters escaped, line by line."""
+    found = next((j for j in store.list_jobs(batch) if j.name == job), None)
+    if found is None:
+        return None
+    text = store.job_output(job)
+    shown = "\n".join(escape_controls(redact_text(line)) for line in text.split("\n")) \
+        if text else None
+    return {"batch": batch, "job": job, "item": found.item, "attempt": found.attempt,
+            "output": shown}
 
 
 def job_view(s: ItemStatus) -> dict[str, Any]:
@@ -153,11 +192,31 @@ class BatchList:
     counts: dict[str, int]  # batches by state, over all pages
     paging: Paging
     rows: list[dict[str, Any]]
+    depositor: str | None = None
+
+
+def _depositor_list(store: ReadStore, state: str | None, depositor: str, page: str | None,
+                    size: int) -> BatchList:
+    """One depositor's batches (by email, any case), newest activity first."""
+    theirs = [b for b in store.list_batches()
+              if b.spec is not None and b.spec.depositor.email.lower() == depositor]
+    counts: dict[str, int] = {}
+    for b in theirs:
+        counts[str(b.status.state)] = counts.get(str(b.status.state), 0) + 1
+    rows = sorted((b for b in theirs if state is None or b.status.state == state),
+                  key=lambda b: (-b.updated_at, b.name))
+    pg = paging(page, size, len(rows))
+    return BatchList(state, counts, pg, [batch_summary(b) for b in
+                                         rows[pg.offset:pg.offset + pg.size]], depositor)
 
 
 def batch_list(store: ReadStore, args: Mapping[str, str], size: int) -> BatchList:
-    """The list for the request's `state=` and `page=` (newest activity first)."""
+    """The list for the request's `state=`, `depositor=` (an email) and `page=` (newest
+    activity first)."""
     state = state_filter(args.get("state"), STATES, "state")
+    depositor = (args.get("depositor") or "").strip().lower()[:QUERY_MAX]
+    if depositor:
+        return _depositor_list(store, state, depositor, args.get("page"), size)
     counts = store.count_batches()
     total = counts.get(state, 0) if state else sum(counts.values())
     pg = paging(args.get("page"), size, total)

@@ -1,8 +1,11 @@
-"""The `batchq` command (DESIGN §7). Every option also comes from a BATCHQ_* variable."""
+"""The `batchq` command (DESIGN §7). Every option also comes from a BATCHQ_* variable.
+
+User-facing help never cites the design document: it says what an option does."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -11,6 +14,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from urllib.parse import urlsplit
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.app.statelock import StateDirLocked
+from reconciler.app.statustable import guidance, shown_state, table
+from reconciler.app.validatecmd import FORMATS, validate_command
 from reconciler.control.smtp import SECURITIES
 from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import JobState
@@ -25,6 +31,7 @@ from reconciler.spec.policy import AccessPolicy, PolicyInvalid, load_policy
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, ReadStore, StoreUnavailable
 from reconciler.support.controlchars import escape_controls
+from reconciler.support.logfmt import formatter
 from reconciler.support.nospace import (
     NoSpaceLeft,
     free_bytes,
@@ -32,7 +39,6 @@ from reconciler.support.nospace import (
     no_space_is_fatal,
     says_no_space,
 )
-from reconciler.support.redaction import RedactingFormatter
 from reconciler.support.timefmt import rfc3339_or_none
 
 
@@ -42,11 +48,17 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "kubernetes"],
-                   default=_env("BACKEND", "local"))
+                   default=_env("BACKEND", "local"),
+                   help="where batches and jobs live: local (SQLite in the state dir, jobs as"
+                        " local processes) or kubernetes (BATCHQ_BACKEND; default local)")
     p.add_argument("--state", type=Path, default=Path(_env("STATE", ".batchq") or ".batchq"),
                    help="state dir: the embedded store and the outbox (BATCHQ_STATE)")
-    p.add_argument("--namespace", default=_env("NAMESPACE", "batchq"))
-    p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or os.environ.get("KUBECONFIG"))
+    p.add_argument("--namespace", default=_env("NAMESPACE", "batchq"),
+                   help="Kubernetes namespace of the Batch objects and Jobs"
+                        " (BATCHQ_NAMESPACE; default batchq)")
+    p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (BATCHQ_KUBECONFIG, else KUBECONFIG; default: the"
+                        " in-cluster service account)")
     p.add_argument("--storage-claim", default=_env("STORAGE_CLAIM", ""),
                    help="kubernetes: the PersistentVolumeClaim Jobs mount at the storage root"
                         " for filesystem storage (BATCHQ_STORAGE_CLAIM; deploy/ sets"
@@ -54,8 +66,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-secret", default=_env("S3_SECRET", "batchq-s3"),
                    help="kubernetes: the Secret whose AWS_ACCESS_KEY_ID and"
                         " AWS_SECRET_ACCESS_KEY Jobs get for S3 storage (BATCHQ_S3_SECRET)")
-    p.add_argument("--smtp", default=_env("SMTP"), help="HOST:PORT of an SMTP server")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--smtp", default=_env("SMTP"),
+                   help="HOST:PORT of an SMTP relay (BATCHQ_SMTP); without it, emails are"
+                        " written to STATE/outbox/")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log at INFO, not only warnings (`run` always does: one line per"
+                        " batch and job transition)")
+    p.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"),
+                   help="text lines (event key=value ...) or JSON lines (BATCHQ_LOG_FORMAT)")
 
 
 def _seconds(name: str, default: float) -> float:
@@ -64,8 +82,10 @@ def _seconds(name: str, default: float) -> float:
 
 def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=_env("REPO"), help="Git URL or path (BATCHQ_REPO)")
-    p.add_argument("--branch", default=_env("BRANCH", "main"))
-    p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10))
+    p.add_argument("--branch", default=_env("BRANCH", "main"),
+                   help="branch to follow (BATCHQ_BRANCH; default main)")
+    p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10),
+                   help="seconds between passes of the loop (BATCHQ_INTERVAL; default 10)")
     p.add_argument("--storage-root", type=Path, default=_env("STORAGE_ROOT"),
                    help="profiles' storage paths live under it (BATCHQ_STORAGE_ROOT;"
                         " default STATE/storage)")
@@ -219,35 +239,95 @@ def lease_settings(args: argparse.Namespace) -> dict[str, Any]:
             "renew_deadline": args.renew_deadline, "retry_period": args.retry_period}
 
 
+def _access_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--access-log", action="store_true",
+                   default=(_env("ACCESS_LOG") or "") in ("1", "true", "yes"),
+                   help="log every HTTP request of the site (BATCHQ_ACCESS_LOG=1); off by"
+                        " default: /healthz probes would drown the transitions")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """One handler, credentials hidden, text or JSON lines; INFO for `run` (an operator
+    follows the loop in its log) and with -v; the site's access lines only on request."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(getattr(args, "log_format", "text")))
+    info = getattr(args, "verbose", False) or args.command == "run"
+    logging.basicConfig(level=logging.INFO if info else logging.WARNING, handlers=[handler])
+    logging.getLogger("werkzeug").setLevel(
+        logging.INFO if getattr(args, "access_log", False) else logging.WARNING)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="batchq", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check batch, profile and queue files")
-    v.add_argument("paths", nargs="+")
+    top = argparse.ArgumentParser(
+        prog="batchq", description="A GitOps batch queue: depositors commit batch files, the"
+        " reconciler runs one job per item and emails a report. Every option can also be set"
+        " by the BATCHQ_* environment variable named in its help.")
+    top.add_argument("--version", action="version", version=f"batchq {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    v = sub.add_parser("validate", help="check batch, profile and queue files as the"
+                       " reconciler will, before they are committed")
+    v.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files, or directories to search for .yaml/.yml/.json files")
+    v.add_argument("--format", dest="output", choices=FORMATS, default="text",
+                   help="text (file:line:col: message), github (workflow-command annotations"
+                        " for pull requests) or json")
     _file_roots(v)
     _access_policy(v)
     r = sub.add_parser("reconcile", help="one pass, or passes until idle")
     _common(r)
     _source(r)
     mode = r.add_mutually_exclusive_group()
-    mode.add_argument("--once", action="store_true")
-    mode.add_argument("--until-idle", action="store_true")
-    r.add_argument("--timeout", type=float, default=3600.0)
+    mode.add_argument("--once", action="store_true", help="one pass, then exit (the default)")
+    mode.add_argument("--until-idle", action="store_true",
+                      help="passes until nothing can progress without a new commit")
+    r.add_argument("--timeout", type=float, default=3600.0,
+                   help="with --until-idle: give up after this many seconds (default 3600)")
     run = sub.add_parser("run", help="the reconcile loop, with the web page")
     _common(run)
     _source(run)
-    run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"))
+    run.add_argument("--web", metavar="HOST:PORT", default=_env("WEB"),
+                     help="also serve the status page here (BATCHQ_WEB)")
     _leader(run)
+    _access_log(run)
     s = sub.add_parser("status", help="batches, jobs and reports")
     _common(s)
-    s.add_argument("batch", nargs="?")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("batch", nargs="?", metavar="BATCH",
+                   help="only this batch (exit 1 when there is no such batch)")
+    s.add_argument("--json", action="store_true",
+                   help="print the status document as JSON (for tools)")
     w = sub.add_parser("web", help="serve the status page")
     _common(w)
-    w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"))
+    w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"), metavar="HOST:PORT",
+                   help="address to serve on (BATCHQ_WEB; default 127.0.0.1:8080)")
+    _access_log(w)
+    now = sub.add_parser("reconcile-now", help="ask a running reconciler for a pass now and"
+                         " wait until it has synced the branch head")
+    _common(now)
+    now.add_argument("--repo", default=_env("REPO"),
+                     help="the repository the reconciler follows (BATCHQ_REPO)")
+    now.add_argument("--branch", default=_env("BRANCH", "main"),
+                     help="its branch (BATCHQ_BRANCH; default main)")
+    now.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds to wait for the reconciler (default 60)")
+    pl = sub.add_parser("plan", help="what a commit would do, without doing it (reads only)")
+    _common(pl)
+    pl.add_argument("range", metavar="BASE..HEAD",
+                    help="the commits to compare (e.g. main..my-branch, HEAD~1..HEAD); a single"
+                         " revision compares it with the commit the store last synced")
+    pl.add_argument("--repo", default=_env("REPO") or ".",
+                    help="path of a local clone of the repository (BATCHQ_REPO; default .)")
+    pl.add_argument("--format", dest="output", choices=("text", "json", "markdown"),
+                    default="text", help="text, json, or markdown (a pull-request comment)")
     d = sub.add_parser("demo", help="run the whole story on the embedded default")
     d.add_argument("--keep", type=Path, help="keep the demo's repo and state here")
     return top
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("batchq")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
@@ -354,9 +434,16 @@ def storage_errors(store: ReadStore, doc: dict[str, Any], state_dir: Path | None
 def print_status(store: ReadStore, name: str | None, state_dir: Path | None = None) -> None:
     doc = status_document(store, name)
     refused = store.load_sync_state().access_refusals
+    batches = store.list_batches()
+    if name is None:  # the table first, as `flux get` prints it; then each batch in full
+        for line in table(store, time.time()):
+            print(line)
+        if doc["batches"]:
+            print()
     for b in doc["batches"]:
         batch = store.get_batch(b["name"])
-        _show(f"{b['name']}: {b['state']} (generation {b['generation']}, observed "
+        shown = shown_state(batch) if batch is not None else b["state"]
+        _show(f"{b['name']}: {shown} (generation {b['generation']}, observed "
               f"{b['observedGeneration']}, commit {b['sourceRevision'][:12]})")
         if batch is not None and batch.spec_error:
             for line in batch.spec_error.split("\n"):
@@ -365,6 +452,11 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
             _show(f"  {batch.status.message}")
         for refusal in refusals_of(refused, batch.source_path if batch else ""):
             _show(f"  refused: {refusal.line()}")
+        why, nxt = guidance(store, batch, batches) if batch is not None else ("", "")
+        if why:
+            _show(f"  why it has not started: {why}")
+        for n, line in enumerate(nxt.split("\n") if nxt else []):
+            _show(f"  next step: {line}" if n == 0 else f"    {line}")
         for c in b["conditions"]:  # Ready/Reconciling are the state, Invalid the file error
             if c["status"] and c["type"] not in ("Ready", "Reconciling", "Invalid"):
                 _show(f"  {c['type']}: {c['message']}")
@@ -395,15 +487,8 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handler = logging.StreamHandler()  # every log line with credentials hidden
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-        handlers=[handler],
-    )
+    setup_logging(args)
     if args.command == "validate":
-        from reconciler.spec.validation import validate_main
-
         policy_ok = True
         if args.access_policy:  # its problems first, in the same file:line:col form
             try:
@@ -412,7 +497,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 policy_ok = False
                 for problem in exc.problems:
                     print(escape_controls(str(problem)))
-        return max(validate_main(args.paths, file_roots(args)), 0 if policy_ok else 1)
+        code = validate_command(args.paths, file_roots=file_roots(args), output=args.output)
+        return max(code, 0 if policy_ok else 1)
+    if args.command == "reconcile-now":
+        from reconciler.app.syncnow import reconcile_now
+
+        return reconcile_now(args)
+    if args.command == "plan":
+        from reconciler.app.plancmd import plan_command
+
+        return plan_command(args)
     if args.command == "demo":
         from reconciler.app.demo import run_demo
 
@@ -422,6 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with no_space_is_fatal(args.state):  # opening the store may need a little room
                 store = open_store(backend_settings(args))
                 try:
+                    if args.batch is not None and store.get_batch(args.batch) is None:
+                        names = sorted(b.name for b in store.list_batches())
+                        known = f" (there are: {', '.join(names)})" if names else ""
+                        _show(f"batchq: no batch named {args.batch!r}{known}", err=True)
+                        return 1
                     if args.json:
                         json.dump(status_document(store, args.batch), sys.stdout, indent=2)
                         print()

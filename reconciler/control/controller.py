@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.control import fileerrors
 from reconciler.control.backoff import Backoff
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.jobs import build_job
+from reconciler.control.outofsync import REASON, manifest_key, out_of_sync
 from reconciler.control.readiness import ready, reconciling
 from reconciler.control.reports import build_report, report_id
+from reconciler.domain.guidance import queue_order as _queue_order
 from reconciler.domain.model import (
     Batch,
     BatchSpec,
@@ -56,6 +59,7 @@ from reconciler.source.sync import (
 from reconciler.spec.validation import storage_path_problem
 from reconciler.store.base import ConflictError, Event, NotLeader, Store
 from reconciler.support import failpoints
+from reconciler.support.logfmt import transition
 from reconciler.support.nospace import is_no_space
 from reconciler.support.urls import split_userinfo
 
@@ -242,6 +246,8 @@ class Controller:
             self._set_condition(status, "Invalid", True, "FileInvalid", batch.spec_error)
             status.observed_generation = batch.generation
             self._show_readiness(status, invalid_file=batch.spec_error or "invalid file")
+            if not fileerrors.told_already(self.store, batch):
+                self._report_file_error(batch, status, ctx)
             self._write_status(batch, status, ctx)
             return
         jobs = (self.store.list_jobs(batch.name)
@@ -260,6 +266,10 @@ class Controller:
         self._flag(status, "Stalled", bool(waiting), "ProfileNotFound",
                    f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
                    f" {waiting}; add the profile back or change spec.profile" if waiting else "")
+        if batch.status.observed_generation != batch.generation:  # the spec is new: compare
+            drift = out_of_sync(batch.name, batch.source_path, spec, status.admitted_manifest,
+                                items, status.manifest_error)
+            self._flag(status, "OutOfSync", bool(drift), REASON if drift else "", drift)
         self._show_readiness(status)
         self._write_status(batch, status, ctx)
 
@@ -295,6 +305,12 @@ class Controller:
                 log.warning("batch %s item %s: ignoring an observation of job %s going from"
                             " %s to %s", batch.name, s.item.id, job.name, s.state, target)
                 continue
+            if s.state != before[0]:
+                transition(log, "job", {"batch": batch.name, "item": s.item.id,
+                                        "attempt": s.attempts, "from": str(before[0]),
+                                        "to": str(s.state), "job": job.name,
+                                        "reason": job.message[:300],
+                                        "commit": batch.source_revision})
             s.message, s.job_name = job.message, job.name
             s.started_at, s.finished_at = job.started_at, job.finished_at
             if before != (s.state, s.attempts, s.message, s.job_name, s.started_at,
@@ -451,6 +467,7 @@ class Controller:
             try:
                 found = self._read_manifest(batch, spec, profile, ctx)
             except ManifestError as exc:
+                status.admitted_manifest = manifest_key(spec)
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
                 return [], Move(B.REPORTING, status.message, report=True)
@@ -464,6 +481,7 @@ class Controller:
                 self.store.set_credentials(batch.name, credentials)
             self.store.set_items(batch.name, shown)
             failpoints.hit("after-items")
+        status.admitted_manifest = status.admitted_manifest or manifest_key(spec)
         items = self.store.list_items(batch.name)
         status.items_loaded = True
         status.item_count = len(items)
@@ -528,6 +546,11 @@ class Controller:
         self.store.create_job(job)
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
+        transition(log, "job", {"batch": batch.name, "item": s.item.id, "attempt": attempt,
+                                "from": str(s.state) if attempt == s.attempts else "",
+                                "to": str(state), "job": job.name,
+                                "reason": "restart" if restarted else "created",
+                                "commit": batch.source_revision})
         s.attempts, s.job_name, s.state = attempt, job.name, state
         if restarted:
             s.message, s.started_at, s.finished_at = "", None, None
@@ -555,6 +578,26 @@ class Controller:
         return ctx.storage_dirs[profile.storage]
 
     # --- reporting
+    def _report_file_error(self, batch: Batch, status: BatchStatus, ctx: PassContext) -> None:
+        """One email per commit to the depositor of a file that never parsed, when their
+        address can be read (control.fileerrors)."""
+        spec, profile = fileerrors.depositor_of(ctx.git_dir, batch, ctx.repo.profiles)
+        if spec is None:
+            fileerrors.mark_told(self.store, batch, time.time(), "the file never parsed and"
+                                 " no depositor address can be read in it: nobody was emailed")
+            return
+        status.report_round += 1
+        view = copy.copy(batch)
+        view.status = status
+        report = build_report(view, spec, [], profile, kind="file-error",
+                              round_=status.report_round, previous={},
+                              message_id_domain=self._message_id_domain(),
+                              site_url=self.site_url)
+        self.store.save_report(report)
+        fileerrors.mark_told(self.store, batch, time.time(), f"report queued for email"
+                             f" ({report.subject})" if report.emailed else "report kept")
+        ctx.progressed = True
+
     def _report(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
                 items: list[ItemStatus], ctx: PassContext) -> Move:
         """Save the report of this round (emailed unless suppressed or unchanged); the
@@ -615,6 +658,8 @@ class Controller:
             status.message = why if not status.manifest_error else status.message
             self.store.add_event(Event(batch.name, time.time(), str(target), why,
                                        revision or batch.source_revision))
+            transition(log, "batch", {"batch": batch.name, "from": str(old), "to": str(target),
+                                      "reason": why, "commit": revision or batch.source_revision})
 
     def _flag(self, status: BatchStatus, type_: str, value: bool, reason: str,
               message: str) -> None:
@@ -653,11 +698,6 @@ def _shows(status: BatchStatus, type_: str) -> bool:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _queue_order(b: Batch) -> tuple[int, float, str]:
-    priority = b.spec.priority if b.spec is not None else 99
-    return (priority, b.submitted_at, b.name)
 
 
 def _counts(items: list[ItemStatus]) -> dict[str, int]:

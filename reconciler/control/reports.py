@@ -20,6 +20,7 @@ the JSON attachments give times as RFC 3339 (ISO 8601) in UTC.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 from email.headerregistry import Address
@@ -37,14 +38,18 @@ TITLE_WIDTH = 40  # the title and message columns wrap at these widths, between 
 MESSAGE_WIDTH = 72
 
 
+_ATEXT = re.compile(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]")
+
+
 def report_id(batch: Batch, round_: int) -> str:
     """`name:uid:round`; `name:round` for a batch stored before incarnations had uids."""
     return f"{batch.name}:{batch.uid}:{round_}" if batch.uid else f"{batch.name}:{round_}"
 
 
 def message_id(report_id: str, domain: str) -> str:
-    """A batch name, uid and round are dot-atom text: the id reads as what it stands for."""
-    return f"<{report_id.replace(':', '.')}@{domain}>"
+    """A batch name, uid and round are dot-atom text: the id reads as what it stands for
+    (the name of a file that never parsed may hold anything else: it becomes `-`)."""
+    return f"<{_ATEXT.sub('-', report_id.replace(':', '.'))}@{domain}>"
 
 
 def job_states(items: list[ItemStatus]) -> dict[str, str]:
@@ -56,14 +61,19 @@ def changed_since(previous: dict[str, str], current: dict[str, str]) -> list[str
     return [item for item, state in current.items() if previous.get(item) != state]
 
 
+ERROR_KINDS = ("manifest-error", "file-error")  # no job ran: nothing completed
+
+
 def subject_for(kind: str, ok: bool, batch: str) -> str:
     verdict = "OK" if ok else "FAIL"
     what = {
         "initial": "Submission Processed" if ok else "Submission Failed",
         "update": "Submission Updated",
         "manifest-error": "Manifest Invalid",
+        "file-error": "Batch File Invalid",
     }[kind]
-    return f"Ingest: {verdict} -- {what}: {batch}"
+    # a batch named after a file that never parsed may hold anything: shown escaped
+    return f"Ingest: {verdict} -- {what}: {escape_controls(batch)}"
 
 
 def recipients_for(spec: BatchSpec, profile: Profile | None) -> tuple[str, ...]:
@@ -164,8 +174,8 @@ def build_report(
     failed = [s for s in items if s.state == JobState.FAILED]
     pending = len(items) - len(completed) - len(failed)
     finished = [s.finished_at for s in items if s.finished_at]
-    completed_at = max(finished) if finished and kind != "manifest-error" else now
-    ok = kind != "manifest-error" and not failed
+    completed_at = max(finished) if finished and kind not in ERROR_KINDS else now
+    ok = kind not in ERROR_KINDS and not failed
     subject = subject_for(kind, ok, batch.name)
     recipients = recipients_for(spec, profile)
     lines = [f"Batch:      {batch.name}"]
@@ -173,7 +183,8 @@ def build_report(
         lines.append(f"Batch page: {site_url}/batches/{quote(batch.name, safe='')}")
     lines += [
         f"Profile:    {spec.profile}",
-        f"Depositor:  {spec.depositor.name} <{spec.depositor.email}>",
+        f"Depositor:  {spec.depositor.name + ' ' if spec.depositor.name else ''}"
+        f"<{spec.depositor.email}>",
         f"Commit:     {batch.source_revision}",
         f"Submitted:  {rfc3339(batch.submitted_at)}",
         f"Completed:  {rfc3339(completed_at)}",
@@ -181,11 +192,21 @@ def build_report(
         f"Reported:   {formatdate(now, usegmt=True)}",
         "",
     ]
-    if kind == "manifest-error":
+    if kind == "file-error":
+        lines += [f"The batch file {batch.source_path} could not be read at this commit, so"
+                  " the batch did not start:",
+                  *(f"  {line}" for line in batch.spec_error.split("\n")), "",
+                  "Fix the file and commit it again: the batch starts as soon as a valid"
+                  f" version is committed. `batchq validate {batch.source_path}` shows these"
+                  " errors before you commit."]
+    elif kind == "manifest-error":
         lines += ["The batch manifest could not be used, so no job was run:",
                   f"  {batch.status.manifest_error}", "",
-                  "Fix the manifest and commit the batch file again (a new name starts a new"
-                  " batch)."]
+                  "This batch will not run again: a batch's items are fixed when it is"
+                  " admitted, and a later edit of its manifest is not applied to it.",
+                  "To run the corrected manifest, fix it and commit the batch file with a new"
+                  f" metadata.name (for example {batch.name}-2): this batch is then retired"
+                  " as if its file were deleted, and the new one starts afresh."]
     else:
         lines += [f"Jobs: {len(items)}   Completed: {len(completed)}   Failed: {len(failed)}"
                   f"   Pending: {pending}", ""]
@@ -213,7 +234,7 @@ def build_report(
         msg["Reply-To"] = _mailbox(notif.reply_to, notif.reply_to_name)
     msg["Date"] = formatdate(now, usegmt=True)
     msg["Message-ID"] = message_id(rid, message_id_domain)
-    msg["X-Batchq-Report"] = rid
+    msg["X-Batchq-Report"] = escape_controls(rid)
     msg.set_content(body)
     for name, rows in (("completed.json", completed), ("failed.json", failed)):
         data = json.dumps([_item_json(s) for s in rows], indent=2).encode()

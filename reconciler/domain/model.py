@@ -363,6 +363,7 @@ class BatchStatus:
     settled: bool = False  # terminal with nothing left to do until a new generation
     report_round: int = 0  # reports started; a report's id is batch + round
     update_generation: int = 0  # last generation whose UpdateReporting was acted on
+    admitted_manifest: str = ""  # the manifest the items were fixed from (control.outofsync)
 
 
 @dataclass

@@ -44,10 +44,10 @@ from reconciler.source.gitrepo import (
     FileVersion,
     GitSource,
     SyncResult,
-    is_relevant,
     is_utf8,
 )
 from reconciler.source.signatures import Change, CommitRecord, Signature, read_commits
+from reconciler.spec.layout import is_relevant
 from reconciler.spec.policy import AccessPolicy, Mode
 from reconciler.store.base import SyncState
 

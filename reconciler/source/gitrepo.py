@@ -25,11 +25,11 @@ from pathlib import Path
 
 import git
 
+from reconciler.spec.layout import is_relevant
 from reconciler.support import failpoints
 from reconciler.support.redaction import redact_text, redact_url
 
 RELEVANT = ("batches", "profiles", "queue.yaml")
-EXTENSIONS = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 1024 * 1024
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a fetch past its deadline
 
@@ -53,6 +53,7 @@ class SyncResult:
     changed: list[FileVersion] = field(default_factory=list)
     batch_paths: set[str] = field(default_factory=set)  # every batch file at head
     listed: bool = False  # batch_paths was read from the tree (the head moved)
+    authors: dict[str, str] = field(default_factory=dict)  # commit -> "Name <email>: subject"
 
 
 class SourceError(RuntimeError):
@@ -117,13 +118,6 @@ def name_error(path: str) -> str:
     folder = path.split("/")[0]
     return (f"{shown_path(path)}:1:1: file name is not UTF-8: rename it"
             f" ({folder}/<name>.yaml, with the name in lowercase letters, digits and '-')")
-
-
-def is_relevant(path: str) -> bool:
-    if path == "queue.yaml":
-        return True
-    parts = path.split("/")
-    return len(parts) == 2 and parts[0] in ("batches", "profiles") and path.endswith(EXTENSIONS)
 
 
 class GitSource:
@@ -238,7 +232,18 @@ class GitSource:
                 result.changed.append(FileVersion(path, None, rev, when, too_big=blob.size))
                 continue
             result.changed.append(FileVersion(path, blob.data_stream.read(), rev, when))
+        result.authors = self._describe({f.revision for f in result.changed})
         return result
+
+    def _describe(self, commits: set[str]) -> dict[str, str]:
+        """Who made each commit and its subject, for the timeline: one `git log`."""
+        if not commits:
+            return {}
+        out = self._open().git.log("--no-walk=unsorted", "-z", "--format=%H%x00%an <%ae>: %s",
+                                   *sorted(commits))
+        tokens = out.split("\0")
+        return {sha.strip(): redact_text(text) for sha, text in zip(tokens[::2], tokens[1::2],
+                                                                    strict=False)}
 
     def _is_ancestor(self, old: str, new: str) -> bool:
         try:

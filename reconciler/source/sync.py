@@ -19,7 +19,8 @@ from typing import Any
 from reconciler.domain.model import Batch, Profile, QueueSettings
 from reconciler.domain.states import BatchState
 from reconciler.source.gitrepo import FileVersion, SyncResult
-from reconciler.spec.validation import batch_name, validate_text
+from reconciler.spec.layout import EXTENSIONS
+from reconciler.spec.validation import batch_name, batch_profile_refusal, validate_text
 from reconciler.store.base import Event, Store
 from reconciler.support import failpoints
 
@@ -123,6 +124,15 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     )
 
 
+def _profile_error(errors: dict[str, str], profile: str) -> str | None:
+    """The first error of the file that would hold `profile`, None when there is none."""
+    for ext in EXTENSIONS:
+        error = errors.get(f"profiles/{profile}{ext}")
+        if error:
+            return error.split("\n")[0]
+    return None
+
+
 def _record(errors: dict[str, str], path: str, err: str) -> None:
     if err:
         errors[path] = err
@@ -144,9 +154,9 @@ def _apply_batch_file(
     name = batch_name(f.path, data) if data is not None else PurePosixPath(f.path).stem
     if data is not None:
         profile = (data.get("spec") or {}).get("profile")
-        if profile not in profiles:
-            err = (f"{f.path}: profile \"{profile}\" not found (expected profiles/{profile}.yaml);"
-                   " add the profile or fix spec.profile")
+        if profile not in profiles and f.data is not None:
+            err = batch_profile_refusal(f.data, f.path, str(profile), _profile_error(
+                errors, str(profile)))
             data = None
     existing = store.get_batch(name)
     if existing is not None and existing.source_path != f.path and (
@@ -182,8 +192,10 @@ def _apply_batch_file(
         store.add_event(Event(name, time.time(), "Invalid", (err or "invalid").splitlines()[0],
                               f.revision))
     elif existing is None or batch.generation != existing.generation:
+        by = result.authors.get(f.revision)
         store.add_event(Event(name, time.time(), "SpecApplied",
-                              f"generation {batch.generation} from {f.path}", f.revision))
+                              f"generation {batch.generation} from {f.path}"
+                              + (f" · {by}" if by else ""), f.revision))
     elif err and existing.spec_error != err:
         store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
 
@@ -208,9 +220,11 @@ def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[
         store.save_sync_state(state)
         return
     if len(gone) > queue.max_deletes_per_sync:
-        msg = (f"refused to delete {len(gone)} batches at {result.head[:12]}: more than"
-               f" maxDeletesPerSync={queue.max_deletes_per_sync}; raise it in queue.yaml"
-               " to allow this")
+        names = sorted(b.name for b in gone)
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        msg = (f"refused to delete {len(gone)} batches at {result.head[:12]} ({shown}): more"
+               f" than maxDeletesPerSync={queue.max_deletes_per_sync}; raise it in queue.yaml"
+               " to allow this, or restore the files")
         if state.deletion_refused != msg:
             state.deletion_refused = msg
             store.save_sync_state(state)

@@ -18,9 +18,11 @@ control characters, an encoded word written by hand — is refused.
 
 from __future__ import annotations
 
+import re
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import getaddresses
+from typing import Any
 
 EXAMPLE = "name@example.org"
 
@@ -59,4 +61,28 @@ def display_name_problem(value: str) -> str | None:
         return "contains an encoded word (=?...?=); write the name itself, in any script"
     if not value.strip():
         return "is blank; give a name or leave the field out"
+    return None
+
+
+# `email: x@y`, block or flow style, quoted or not: how an address is found in a batch file
+# that does not parse at all (its depositor still deserves to hear why)
+_EMAIL_KEY = re.compile(r"""(?m)(?:^|[{,\s])email\s*:\s*["']?([^\s"',}#]+)""")
+_PLAIN = re.compile(r"[^@\s<>]+@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]"
+                    r"([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def readable_address(data: bytes, parsed: Any = None) -> str | None:
+    """The depositor's address of a batch file that did not validate, when it can be read:
+    `spec.depositor.email` of what parsed, else the first `email:` value in the text; None
+    unless it is exactly one plain address."""
+    found: object = None
+    if isinstance(parsed, dict):
+        spec = parsed.get("spec")
+        depositor = spec.get("depositor") if isinstance(spec, dict) else None
+        found = depositor.get("email") if isinstance(depositor, dict) else None
+    if not isinstance(found, str):
+        match = _EMAIL_KEY.search(data.decode("utf-8", "replace"))
+        found = match.group(1) if match else None
+    if isinstance(found, str) and _PLAIN.fullmatch(found) and address_problem(found) is None:
+        return found
     return None

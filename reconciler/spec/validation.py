@@ -642,6 +642,36 @@ def _profile_prefixes(file: Path) -> list[str] | None:
     return [p for p in prefixes if isinstance(p, str)] if isinstance(prefixes, list) else []
 
 
+def _profile_error(root: Path, file: Path) -> str | None:
+    """A profile file's first problem, named as the reconciler names it (repo-relative)."""
+    doc = _read(file)
+    found = [doc] if isinstance(doc, Problem) else check_document(doc, "Profile")
+    if not found:
+        return None
+    first = found[0]
+    return str(Problem(file.relative_to(root).as_posix(), first.line, first.col, first.message))
+
+
+def unusable_profile(doc: LoadedDocument, profile: str, error: str | None) -> Problem:
+    """Why a batch's profile cannot be used, at the batch's `spec.profile` line: the same
+    words from `batchq validate` and the reconciler (`error`: the profile file's first
+    problem, None when there is no such file)."""
+    at: JsonPath = ("spec", "profile")
+    if error is None:
+        why = (f'profile "{profile}" not found (expected profiles/{profile}.yaml); add the'
+               " profile or fix spec.profile")
+    else:
+        why = f'profile "{profile}" is invalid, so no batch can use it; fix {error}'
+    return Problem.at(doc, doc.position(at), f"{format_path(at)}: {why}")
+
+
+def batch_profile_refusal(data: bytes | str, path: str, profile: str,
+                          error: str | None) -> str:
+    """`unusable_profile` for the reconciler, which holds the file's bytes, not its doc."""
+    doc = load_document(data, path)  # it loaded already: this cannot fail
+    return str(unusable_profile(doc, profile, error))
+
+
 def _batch_urls(doc: LoadedDocument) -> Iterator[tuple[JsonPath, str]]:
     """Every URL a batch file names, with where it is: inline items and manifest.url."""
     spec = doc.data.get("spec")
@@ -687,6 +717,7 @@ def validate_repo_paths(paths: list[str], *,
     problems: list[Problem] = []
     claims: dict[tuple[Path, str], list[tuple[LoadedDocument, str]]] = {}
     prefixes_of: dict[Path, list[str] | None] = {}  # each profile file read once
+    profile_errors: dict[Path, str | None] = {}
     for file in _files(paths):
         doc = _read(file)
         if isinstance(doc, Problem):
@@ -707,20 +738,16 @@ def validate_repo_paths(paths: list[str], *,
             and DNS_LABEL.fullmatch(profile)
             and (root is None or not (root / "profiles" / f"{profile}.yaml").is_file())
         ):
-            problems.append(
-                Problem.at(
-                    doc,
-                    doc.position(("spec", "profile")),
-                    f'spec.profile: profile "{profile}" not found '
-                    f"(expected profiles/{profile}.yaml)",
-                )
-            )
+            problems.append(unusable_profile(doc, profile, None))
         elif isinstance(profile, str) and root is not None and DNS_LABEL.fullmatch(profile):
             profile_file = root / "profiles" / f"{profile}.yaml"
             if profile_file not in prefixes_of:
                 prefixes_of[profile_file] = _profile_prefixes(profile_file)
+                profile_errors[profile_file] = _profile_error(root, profile_file)
             prefixes = prefixes_of[profile_file]
-            if prefixes is not None:
+            if profile_errors[profile_file]:
+                problems.append(unusable_profile(doc, profile, profile_errors[profile_file]))
+            elif prefixes is not None:
                 problems += _check_urls(doc, profile, prefixes, file_roots)
         name = batch_name(str(file), data)
         claims.setdefault((root or file.absolute().parent, name), []).append((doc, name))

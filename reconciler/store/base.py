@@ -198,6 +198,11 @@ class ReadStore(Protocol):
     def recipient_states(self, report_id: str) -> list[RecipientState]: ...
     def outbox_stats(self) -> dict[str, int]: ...
     def list_events(self, batch: str) -> list[Event]: ...
+    def job_output(self, job: str, limit: int = 16384) -> str | None:
+        """The tail of a job's output (stderr, then stdout; at most `limit` bytes of each),
+        for the page's job rows; None when the backend has none for that job (not run
+        yet, cleaned up, or a name that is not one of its jobs)."""
+
     def delivered(self, report_id: str) -> bool:
         """Has the server accepted the report's email, for at least one recipient?"""
 

@@ -431,5 +431,8 @@ class MemoryStore:
         self._s.events.append(event)
         self._wrote()
 
+    def job_output(self, job: str, limit: int = 16384) -> str | None:
+        return None  # no process runs here
+
     def list_events(self, batch: str) -> list[Event]:
         return [e for e in self._s.events if e.batch == batch]

@@ -60,7 +60,8 @@ class MemoryRepo:
         self.commits = 0
         self.clock = 1_700_000_000.0
 
-    def commit(self, changes: dict[str, Doc]) -> SyncResult:
+    def commit(self, changes: dict[str, Doc], by: str = "") -> SyncResult:
+        """`by`: "Name <email>: subject", as the Git source describes a commit."""
         self.commits += 1
         self.clock += 60
         head = self.head = hashlib.sha1(f"commit {self.commits}".encode()).hexdigest()
@@ -76,7 +77,7 @@ class MemoryRepo:
             self.revisions[path] = (head, self.clock)
             changed.append(FileVersion(path, self.files[path], head, self.clock))
         return SyncResult(head=head, full=False, changed=changed, listed=True,
-                          batch_paths=self._batch_paths())
+                          batch_paths=self._batch_paths(), authors={head: by} if by else {})
 
     def read_all(self) -> SyncResult:
         """The whole tree at the head again, as a restarted reconciler reads it."""

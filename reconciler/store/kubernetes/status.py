@@ -37,6 +37,7 @@ def status_to_k8s(s: BatchStatus) -> dict[str, Any]:
         "reportRound": s.report_round,
         "updateGeneration": s.update_generation,
         "settled": s.settled,
+        "admittedManifest": s.admitted_manifest,
     }
     for key, value in (("startedAt", s.started_at), ("finishedAt", s.finished_at),
                        ("deletedAt", s.deleted_at)):
@@ -75,4 +76,5 @@ def status_from_k8s(d: dict[str, Any] | None) -> BatchStatus:
         report_round=int(d.get("reportRound", 0)),
         update_generation=int(d.get("updateGeneration", 0)),
         settled=bool(d.get("settled", False)),
+        admitted_manifest=str(d.get("admittedManifest", "")),
     )

@@ -1152,6 +1152,22 @@ class KubernetesStore:
         if cr is not None:
             self.recorder.record(cr, reason, note)
 
+    def job_output(self, job: str, limit: int = 16384) -> str | None:
+        """The log tail of the Job's newest pod (the worker writes to stderr and stdout,
+        which the kubelet keeps together); only for a name that is one of its Jobs."""
+        if all(j.name != job for j in self.list_jobs()):
+            return None
+        try:
+            pods = self.core.list_namespaced_pod(self.ns, label_selector=f"job-name={job}").items
+            if not pods:
+                return None
+            newest = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
+            log = self.core.read_namespaced_pod_log(newest.metadata.name, self.ns,
+                                                    limit_bytes=limit, tail_lines=200)
+        except ApiException as exc:
+            return None if exc.status == 404 else f"(the log cannot be read: {exc.reason})"
+        return f"--- pod {newest.metadata.name}\n{log}" if log else None
+
     def list_events(self, batch: str) -> list[Event]:
         return [Event(batch, at, reason, message, rev)
                 for at, reason, message, rev in self._cm_json(timeline_name(batch),

@@ -611,6 +611,26 @@ class SqliteStore:
             (event.batch, event.at, event.reason, event.message, event.revision),
         )
 
+    def job_output(self, job: str, limit: int = 16384) -> str | None:
+        """The job dir's `stderr` and `stdout` tails (the runner's jobs/NAME, beside this
+        file); only for a name that is a job of this store."""
+        if self.db.execute("SELECT 1 FROM jobs WHERE name=?", (job,)).fetchone() is None:
+            return None
+        jdir = self.path.parent / "jobs" / job
+        parts = []
+        for stream in ("stderr", "stdout"):
+            try:
+                with open(jdir / stream, "rb") as fh:
+                    size = fh.seek(0, 2)
+                    fh.seek(max(0, size - limit))
+                    tail = fh.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            cut = "…" if size > limit else ""
+            parts.append(f"--- {stream}{' (last ' + str(limit) + ' bytes)' if cut else ''}\n"
+                         f"{cut}{tail}")
+        return "\n".join(parts) if parts else None
+
     def list_events(self, batch: str) -> list[Event]:
         rows = self.db.execute(
             "SELECT * FROM events WHERE batch=? ORDER BY id", (batch,)
