@@ -27,6 +27,7 @@ from reconciler.app.validatecmd import FORMATS, validate_command
 from reconciler.control.smtp import SECURITIES
 from reconciler.domain.refusals import refusals_of
 from reconciler.domain.states import JobState
+from reconciler.manifests.repocheck import Finding
 from reconciler.spec.policy import AccessPolicy, PolicyInvalid, load_policy
 from reconciler.store.backends import BackendSettings, open_store, store_factory
 from reconciler.store.base import Delivery, ReadStore, StoreUnavailable
@@ -489,16 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args)
     if args.command == "validate":
-        policy_ok = True
+        policy: list[Finding] = []
         if args.access_policy:  # its problems first, in the same file:line:col form
             try:
                 load_policy(args.access_policy)
             except PolicyInvalid as exc:
-                policy_ok = False
-                for problem in exc.problems:
-                    print(escape_controls(str(problem)))
-        code = validate_command(args.paths, file_roots=file_roots(args), output=args.output)
-        return max(code, 0 if policy_ok else 1)
+                policy = [Finding(problem) for problem in exc.problems]
+        return validate_command(args.paths, file_roots=file_roots(args), output=args.output,
+                                extra=policy)
     if args.command == "reconcile-now":
         from reconciler.app.syncnow import reconcile_now
 

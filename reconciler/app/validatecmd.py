@@ -44,9 +44,10 @@ def summary(files: int, findings: list[Finding]) -> str:
 
 
 def validate_command(paths: list[str], *, file_roots: Sequence[str | Path] = (),
-                     output: str = "text") -> int:
-    """Print the findings in `output` format; exit 1 when any is an error (DESIGN §7)."""
-    findings = check_paths(paths, file_roots=file_roots)
+                     output: str = "text", extra: Sequence[Finding] = ()) -> int:
+    """Print the findings in `output` format (`extra` first: e.g. the access policy's);
+    exit 1 when any is an error."""
+    findings = [*extra, *check_paths(paths, file_roots=file_roots)]
     failed = any(f.severity == ERROR for f in findings)
     if output == "json":
         json.dump({"valid": not failed, "files": count_files(paths), "problems": [
