@@ -463,7 +463,8 @@ def test_the_deployed_policy_is_valid_and_mounted_where_the_reconciler_reads_it(
     policy = tmp_path / "policy.yaml"
     policy.write_text(config_map["data"]["policy.yaml"])
     assert load_policy(policy).mode == "off"
-    deployment = yaml.safe_load((root / "reconciler.yaml").read_text())
+    deployment = next(doc for doc in yaml.safe_load_all((root / "reconciler.yaml").read_text())
+                      if doc["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}

@@ -121,8 +121,11 @@ def test_one_json_line_per_transition(git_repo: GitRepo, payloads: PayloadServer
     assert [m for m in moves if m[0] == "batch"] == [
         ("batch", None, "Pending", "Processing"), ("batch", None, "Processing", "Reporting"),
         ("batch", None, "Reporting", "Failed")]
-    assert ("job", "ok", "Processing", "Completed") in moves
-    assert ("job", "bad", "Processing", "Failed") in moves
+    # a fast job may finish before any pass saw it running: Pending -> Completed is one move
+    assert {m[2] for m in moves if m[:2] == ("job", "ok") and m[3] == "Completed"} & {
+        "Pending", "Processing"}
+    assert {m[2] for m in moves if m[:2] == ("job", "bad") and m[3] == "Failed"} & {
+        "Pending", "Processing"}
     failed = next(r for r in records if r.get("item") == "bad" and r["to"] == "Failed")
     assert failed["batch"] == "mixed" and failed["attempt"] == 1 and failed["commit"] == head
     assert "digest" in failed["reason"] or "mismatch" in failed["reason"]

@@ -177,10 +177,11 @@ def test_a_profile_storage_is_checked_and_never_holds_credentials(tmp_path: Path
     mixed.write_text("apiVersion: batchq.dev/v1\nkind: Profile\nspec:\n  storage:\n"
                      "    path: maps\n    bucket: preservation\n")
     ok = batchq("validate", str(good))
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "1 file valid\n", "")
     found = batchq("validate", str(bad), str(mixed))
     assert found.returncode == 1
-    lines = (found.stdout + found.stderr).splitlines()
+    assert found.stderr == "5 errors in 2 of 2 files\n"  # the summary; problems on stdout
+    lines = found.stdout.splitlines()
     assert lines == [
         f"{bad}:6:13: spec.storage.bucket: \"x\" is not an S3 bucket name (3 to 63 lowercase"
         " letters, digits, '.' and '-'; starting and ending with a letter or digit)",
