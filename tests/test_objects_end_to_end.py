@@ -1,6 +1,7 @@
 """Issue 8 §2: an item is an object, end to end through the real `batchq reconcile` on the
 embedded default: real Git commits, a real loopback HTTP payload server, real worker
-processes, real storage on disk.
+processes, real OCFL storage on disk, read back through
+its inventories and validated with ocfl-py.
 
 Objects of several files (a Merritt mrt-ingest-manifest, an mrt-batch-manifest of object
 manifests, inline `files:`), zip and tar containers built here with the standard library,
@@ -19,7 +20,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from reconciler.storage import FilesystemTarget, staging_dir
+from reconciler.storage.layout import OBJECT_DECLARATION
 from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc
+from tests.ocfl_check import Head, head, validate_root
 from tests.test_web import make_app
 
 CHECKM_HEAD = [
@@ -54,16 +58,23 @@ def jobs(state: Path, batch: str) -> dict[str, dict[str, Any]]:
     return {job["item"]: job for job in found["jobs"]}
 
 
-def stored_object(state: Path, object_id: str) -> dict[str, Any]:
-    """The storage record of an object (the content-addressed store's `objects/`)."""
-    root = state / "storage" / "storage"
-    record = root / "objects" / f"{hashlib.sha256(object_id.encode()).hexdigest()}.json"
-    data: dict[str, Any] = json.loads(record.read_text())
-    return data
+def storage_root(state: Path) -> Path:
+    """The embedded backend's OCFL storage root for the test profile (no `storage:`)."""
+    return state / "storage" / "storage"
 
 
-def stored_bytes(state: Path, sha256: str) -> bytes:
-    return (state / "storage" / "storage" / "sha256" / sha256[:2] / sha256).read_bytes()
+def stored_object(state: Path, object_id: str) -> Head:
+    """The object's head version, read through its inventory as an OCFL client would."""
+    found = head(storage_root(state), object_id)
+    assert found is not None, f"object {object_id!r} is not in the storage root"
+    return found
+
+
+def assert_nothing_deposited(state: Path) -> None:
+    """No object at all in the storage root: no inventory, no object declaration."""
+    root = storage_root(state)
+    assert [p for p in root.rglob("*") if p.name in ("inventory.json", OBJECT_DECLARATION[0])
+            ] == []
 
 
 def submit(repo: GitRepo, payloads: PayloadServer, name: str, **manifest: Any) -> None:
@@ -86,14 +97,20 @@ def serve_files(payloads: PayloadServer, prefix: str = "obj/") -> list[str]:
 
 
 def assert_object_stored(state: Path, object_id: str, bodies: dict[str, bytes]) -> None:
-    record = stored_object(state, object_id)
-    assert sorted(record["state"]) == sorted(bodies)
+    """The object holds exactly `bodies` in one version, and ocfl-py finds the whole
+    storage root valid (every object, every digest)."""
+    assert_head(stored_object(state, object_id), bodies)
+    validate_root(storage_root(state))
+
+
+def assert_head(stored: Head, bodies: dict[str, bytes]) -> None:
+    assert sorted(stored.digests) == sorted(bodies)
     for name, body in bodies.items():
-        digests = record["state"][name]["digests"]
+        digests = stored.digests[name]
         assert digests["sha256"] == hashlib.sha256(body).hexdigest()
         assert digests["sha512"] == hashlib.sha512(body).hexdigest()
-        assert stored_bytes(state, digests["sha256"]) == body
-    assert record["head"] == "v1"
+        assert stored.content[name] == body
+    assert (stored.version, stored.versions) == ("v1", ("v1",))
 
 
 def test_a_merritt_object_manifest_of_several_files_is_one_object(
@@ -107,7 +124,7 @@ def test_a_merritt_object_manifest_of_several_files_is_one_object(
     assert_object_stored(state, "atlas/atlas", BODIES)
     assert sorted(payloads.requests) == sorted(
         ["atlas.checkm", "obj/page-1.tif", "obj/page-2.tif", "obj/notes_readme.txt"])
-    staging = state / "storage" / "storage" / ".staging"
+    staging = staging_dir(FilesystemTarget(storage_root(state)), {})
     assert list(staging.iterdir()) == []  # what was staged went into storage
 
 
@@ -136,9 +153,6 @@ def test_a_batch_of_object_manifests_fetches_each_objects_files(
                                                          "two-1": "Completed"}
     assert_object_stored(state, "ark:/99999/one", one)  # the primary identifier
     assert_object_stored(state, "two-1", two)  # no primary: the first local identifier
-    record = stored_object(state, "ark:/99999/one")
-    assert (record["localIds"], record["title"], record["creator"], record["date"]) == (
-        ["one-1", "shelf-1"], "Object one", "Ann", "2001")
 
     # every surface shows the objects: status --json, the report and its JSON, the page
     shown = {k: (v["files"], v["primaryId"], v["localIds"]) for k, v in found.items()}
@@ -260,8 +274,8 @@ def test_hostile_containers_are_refused_and_write_nothing_outside(
     assert not Path("/tmp/batchq-absolute.txt").exists()
     written = [p for p in tmp_path.rglob("*") if p.name in ("escaped.txt", "up", "passwd")]
     assert written == []
-    root = state / "storage" / "storage"
-    assert not (root / "objects").exists()  # nothing deposited
+    assert_nothing_deposited(state)
+    root = storage_root(state)
     members = [p for p in root.rglob("members") if any(p.iterdir())]
     assert members == []  # what a refused container unpacked is removed
 
@@ -278,6 +292,7 @@ def test_a_restart_fetches_only_the_file_that_was_missing(
     assert (job["state"], job["message"]) == (
         "Failed", f"file 'page-2.tif': HTTP 404 fetching {payloads.base}obj/page-2.tif")
     first = sorted(payloads.requests)
+    assert_nothing_deposited(state)  # no version of an object missing a file
 
     payloads.files["obj/page-2.tif"] = missing
     git_repo.edit_batch("batches/atlas.yaml", restarts={"atlas": 1})
@@ -304,4 +319,4 @@ def test_a_wrong_digest_on_one_file_of_several_names_the_file_and_both_digests(
     job = jobs(state, "atlas")["atlas"]
     assert (job["state"], job["message"]) == (
         "Failed", f"file 'page-2.tif': digest mismatch: expected sha256 {wanted}, got {got}")
-    assert not (state / "storage" / "storage" / "objects").exists()
+    assert_nothing_deposited(state)
