@@ -6,7 +6,8 @@ its inventories and validated with ocfl-py.
 Objects of several files (a Merritt mrt-ingest-manifest, an mrt-batch-manifest of object
 manifests, inline `files:`), zip and tar containers built here with the standard library,
 hostile containers (path escape, a symbolic link out, a decompression bomb), a restart
-that fetches only what is missing, and a wrong digest on one file of several.
+that fetches only what is missing, and a wrong digest on one file of several; and objects
+of several files and a container's members deposited on a real S3 server (SeaweedFS).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.storage import FilesystemTarget, staging_dir
-from reconciler.storage.layout import OBJECT_DECLARATION
+from reconciler.storage.layout import OBJECT_DECLARATION, object_key
 from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc
-from tests.ocfl_check import Head, head, validate_root
+from tests.ocfl_check import Head, head, s3_root, validate_root
 from tests.test_web import make_app
 
 CHECKM_HEAD = [
@@ -46,9 +47,9 @@ def file_line(base: str, path: str, body: bytes, name: str, *, sha: str | None =
     return f"{base}{path} | sha256 | {digest} | {len(body)} | | {name}"
 
 
-def reconcile(repo: GitRepo, state: Path) -> None:
+def reconcile(repo: GitRepo, state: Path, env: dict[str, str] | None = None) -> None:
     done = batchq("reconcile", "--repo", str(repo.path), "--state", str(state),
-                  "--until-idle", "--timeout", "120")
+                  "--until-idle", "--timeout", "120", env=env)
     assert done.returncode == 0, done.stderr
 
 
@@ -320,3 +321,74 @@ def test_a_wrong_digest_on_one_file_of_several_names_the_file_and_both_digests(
     assert (job["state"], job["message"]) == (
         "Failed", f"file 'page-2.tif': digest mismatch: expected sha256 {wanted}, got {got}")
     assert_nothing_deposited(state)
+
+
+def submit_to_s3(repo: GitRepo, payloads: PayloadServer, s3_server: Any, bucket: str,
+                 name: str, **manifest: Any) -> dict[str, str]:
+    """Commit a batch whose profile stores to s3://bucket/ocfl; return what the reconciler's
+    environment must hold for its jobs (the operator's S3 credentials, nothing else)."""
+    profile = profile_doc(payloads.base)
+    profile["spec"]["storage"] = {"type": "s3", "bucket": bucket, "prefix": "ocfl",
+                                  "endpoint": s3_server.endpoint, "region": "us-east-1"}
+    repo.write("profiles/test.yaml", profile)
+    repo.write(f"batches/{name}.yaml", batch_doc(**manifest))
+    repo.commit(f"submit {name} to S3")
+    return {k: v for k, v in s3_server.env(bucket).items() if k.startswith("AWS_")}
+
+
+def test_an_object_of_several_files_is_deposited_on_s3_and_valid_there(
+        git_repo: GitRepo, payloads: PayloadServer, s3_server: Any, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    payloads.files["atlas.checkm"] = checkm("mrt-ingest-manifest", serve_files(payloads))
+    creds = submit_to_s3(git_repo, payloads, s3_server, bucket, "atlas",
+                         url=payloads.base + "atlas.checkm")
+    state = tmp_path / "state"
+    reconcile(git_repo, state, env=creds)
+    job = jobs(state, "atlas")["atlas"]
+    assert (job["state"], job["message"]) == ("Completed", "")
+    root = s3_root(s3_server, bucket)
+    assert validate_root(root)[0] == 1  # ocfl-py, reading the bucket through s3fs
+    stored = head(root, "atlas/atlas")
+    assert stored is not None
+    assert_head(stored, BODIES)
+    assert sorted(payloads.requests) == sorted(
+        ["atlas.checkm", "obj/page-1.tif", "obj/page-2.tif", "obj/notes_readme.txt"])
+    assert_nothing_deposited(state)  # the bucket, not the local storage root
+
+    # the same object from another batch (inline `files:`): storage already holds every
+    # file under its name with the manifest's digest, so nothing is fetched or written
+    keys = s3_server.keys(bucket)
+    items = [{"id": "again", "primaryId": "atlas/atlas", "files": [
+        {"name": name, "url": payloads.base + "obj/" + name.replace("/", "_"),
+         "size": len(body), "digest": {"algorithm": "sha256",
+                                       "value": hashlib.sha256(body).hexdigest()}}
+        for name, body in BODIES.items()]}]
+    submit_to_s3(git_repo, payloads, s3_server, bucket, "again", items=items)
+    reconcile(git_repo, state, env=creds)
+    assert jobs(state, "again")["again"]["state"] == "Completed"
+    assert len(payloads.requests) == 4  # not one file fetched again
+    assert s3_server.keys(bucket) == keys  # not one key written: no new version
+    again = head(root, "atlas/atlas")
+    assert again is not None and (again.version, again.versions) == ("v1", ("v1",))
+
+
+def test_a_containers_members_land_in_the_ocfl_object_on_s3(
+        git_repo: GitRepo, payloads: PayloadServer, s3_server: Any, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    members = {"scan/p1.tif": b"page one of the scan\n" * 100, "scan/p2.tif": b"page two\n",
+               "mets.xml": b"<mets/>\n", "same-as-p2.tif": b"page two\n"}
+    item = container_item(payloads, "letters", "c/letters.zip", zip_bytes(members), "zip")
+    creds = submit_to_s3(git_repo, payloads, s3_server, bucket, "box", items=[item])
+    state = tmp_path / "state"
+    reconcile(git_repo, state, env=creds)
+    job = jobs(state, "box")["letters"]
+    assert (job["state"], job["message"]) == ("Completed", "")
+    root = s3_root(s3_server, bucket)
+    assert validate_root(root)[0] == 1
+    stored = head(root, "box/letters")
+    assert stored is not None
+    assert_head(stored, members)
+    # two members of the same bytes are one content file; the container itself is not kept
+    content = s3_server.keys(bucket, f"ocfl/{object_key('box/letters')}/v1/content/")
+    assert len(content) == len(set(members.values())) == 3
+    assert not [k for k in s3_server.keys(bucket) if k.endswith(".zip")]
