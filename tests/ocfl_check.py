@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,52 @@ def inventory(root: Path, object_id: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((root / object_key(object_id) / "inventory.json")
                                       .read_text())
     return data
+
+
+@dataclass(frozen=True)
+class Head:
+    """An object's head version as an OCFL client reads it: through the inventory only."""
+
+    object_id: str
+    version: str  # the head: "v1", "v2", ...
+    versions: tuple[str, ...]  # every version, oldest first
+    digests: dict[str, dict[str, str]]  # name -> sha512 (the state) and its fixity digests
+    content: dict[str, bytes]  # name -> the bytes at the manifest's first content path
+
+
+def _read(root: Any, path: str) -> bytes | None:
+    """A file of the storage root: `root` is a directory, or an fsspec filesystem."""
+    if isinstance(root, Path):
+        file = root / path
+        return file.read_bytes() if file.is_file() else None
+    return bytes(root.cat_file(path)) if root.exists(path) else None
+
+
+def head(root: Any, object_id: str) -> Head | None:
+    """The head version of `object_id` in the storage root (a path or an fsspec filesystem,
+    `s3_root`), or None when the root holds no such object."""
+    key = object_key(object_id)
+    data = _read(root, f"{key}/inventory.json")
+    if data is None:
+        return None
+    inv = json.loads(data)
+    assert inv["id"] == object_id, (inv["id"], object_id)
+    fixity: dict[str, dict[str, str]] = {}
+    for algorithm, block in (inv.get("fixity") or {}).items():
+        for digest, paths in block.items():
+            for path in paths:
+                fixity.setdefault(path, {})[algorithm] = digest
+    digests: dict[str, dict[str, str]] = {}
+    content: dict[str, bytes] = {}
+    for digest, names in inv["versions"][inv["head"]]["state"].items():
+        path = inv["manifest"][digest][0]
+        body = _read(root, f"{key}/{path}")
+        assert body is not None, f"{object_id}: {path} is in the manifest but not stored"
+        for name in names:
+            digests[name] = {**fixity.get(path, {}), inv["digestAlgorithm"]: digest}
+            content[name] = body
+    versions = tuple(sorted(inv["versions"], key=lambda v: int(v[1:])))
+    return Head(object_id, inv["head"], versions, digests, content)
 
 
 def head_file(root: Path, object_id: str, name: str) -> bytes:

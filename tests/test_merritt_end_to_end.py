@@ -1,6 +1,7 @@
 """A real Merritt single-file batch manifest (mrt-dashboard's sampleBatchOfFiles.checkm)
 through the real `batchq reconcile --until-idle`, its URLs moved to a loopback payload
-server and its digests made sha1 and sha384: the worker verifies both algorithms."""
+server and its digests made sha1 and sha384: the worker verifies both algorithms. What is stored is
+read back through the OCFL inventories and validated with ocfl-py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 
 from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc
+from tests.ocfl_check import head, validate_root
 
 SAMPLE = (Path(__file__).parent / "data" / "merritt" / "mrt-dashboard"
           / "sampleBatchOfFiles.checkm")
@@ -60,6 +62,16 @@ def test_a_merritt_manifest_with_sha1_and_sha384_digests_runs_end_to_end(
         f" {hashlib.sha384(bodies['generalDrapery.jpg']).hexdigest()}")
     assert batch["state"] == "Failed"
     assert sorted(payloads.requests) == sorted(["batch.checkm", *bodies])
+    root = state / "storage" / "storage"
+    assert validate_root(root)[0] == 2  # the two that verified, valid for ocfl-py
+    for name in ("goldenDragon.jpg", "tumbleBug.jpg"):
+        stored = head(root, f"signs/{name}")
+        assert stored is not None and stored.content == {name: bodies[name]}
+    # the manifest's sha1 is kept in the inventory's fixity block, for a restart to compare
+    gold = head(root, "signs/goldenDragon.jpg")
+    assert gold is not None and gold.digests["goldenDragon.jpg"]["sha1"] == wanted[
+        "goldenDragon.jpg"][1]
+    assert head(root, "signs/generalDrapery.jpg") is None  # what did not verify is not kept
 
 
 MERRITT = Path(__file__).parent / "data" / "merritt" / "mrt-dashboard"
@@ -109,14 +121,13 @@ def test_merritts_sample_batch_of_object_manifests_runs_end_to_end(
         "bigHunt.checkm": ("Completed", 3), "4blocks.checkm": ("Completed", 2),
         "call911.checkm": ("Completed", 2)}
     root = state / "storage" / "storage"
+    assert validate_root(root)[0] == len(objects)
     for manifest, files in objects.items():
-        object_id = f"samples/{manifest}"  # the samples carry no identifiers
-        record = json.loads((root / "objects" / (
-            hashlib.sha256(object_id.encode()).hexdigest() + ".json")).read_text())
-        assert sorted(record["state"]) == sorted(files)
+        stored = head(root, f"samples/{manifest}")  # the samples carry no identifiers
+        assert stored is not None and (stored.version, stored.versions) == ("v1", ("v1",))
+        assert sorted(stored.digests) == sorted(files)
         for name, body in files.items():
-            sha = record["state"][name]["digests"]["sha256"]
-            assert sha == hashlib.sha256(body).hexdigest()
-            assert (root / "sha256" / sha[:2] / sha).read_bytes() == body
+            assert stored.digests[name]["sha256"] == hashlib.sha256(body).hexdigest()
+            assert stored.content[name] == body
     fetched = sorted(r for r in payloads.requests if not r.endswith(".checkm"))
     assert fetched == sorted(name for files in objects.values() for name in files)

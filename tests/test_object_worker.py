@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from reconciler.storage import FilesystemTarget, staging_dir
 from tests.fixtures import wait_for
+from tests.ocfl_check import Head, content_files, head, validate_root
 from tests.test_fetch import LoopbackServer
 from tests.test_worker import REPO, assert_failed, run, worker_env
 
@@ -42,10 +44,13 @@ def entry(server: LoopbackServer, name: str, body: bytes) -> dict[str, Any]:
             "digest": {"algorithm": "sha256", "value": hashlib.sha256(body).hexdigest()}}
 
 
-def record(tmp: Path) -> dict[str, Any]:
-    path = tmp / "store" / "objects" / (hashlib.sha256(b"ark:/99999/x").hexdigest() + ".json")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+def stored(tmp: Path) -> Head:
+    """The object's head version, read through its inventory; the storage root validated
+    with ocfl-py (every object, every digest)."""
+    found = head(tmp / "store", "ark:/99999/x")
+    assert found is not None, "ark:/99999/x is not in the storage root"
+    assert validate_root(tmp / "store")[0] == 1
+    return found
 
 
 def test_a_rerun_adds_no_version_and_a_changed_file_adds_one(
@@ -65,10 +70,14 @@ def test_a_rerun_adds_no_version_and_a_changed_file_adds_one(
     assert third.stdout.splitlines()[-1] == (
         "done: stored ark:/99999/x v2 (2 files, 1 copied, 1 reused)")
     assert server.requests[2:] == ["dir_b2.txt"]  # only the file whose digest changed
-    rec = record(tmp_path)
-    assert rec["head"] == "v2" and [v["version"] for v in rec["versions"]] == ["v1", "v2"]
-    assert rec["state"]["dir/b.txt"]["digests"]["sha256"] == hashlib.sha256(
+    now = stored(tmp_path)
+    assert (now.version, now.versions) == ("v2", ("v1", "v2"))
+    assert now.digests["dir/b.txt"]["sha256"] == hashlib.sha256(
         b"beta, corrected\n").hexdigest()
+    assert now.content == {"a.txt": b"alpha\n", "dir/b.txt": b"beta, corrected\n"}
+    # v2 stored only the changed file's bytes: a.txt is v1's content, not copied again
+    assert content_files(tmp_path / "store", "ark:/99999/x") == [
+        "v1/content/a.txt", "v1/content/dir/b.txt", "v2/content/dir/b.txt"]
 
 
 @pytest.mark.parametrize(("env", "reason"), [
@@ -99,7 +108,7 @@ def test_sigterm_during_an_object_leaves_no_temp_file_and_logs_a_reason(
     env = worker_env(tmp_path, server.base + "trickle", **obj(files))
     proc = subprocess.Popen([sys.executable, "-m", "reconciler.worker"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    staging = tmp_path / "store" / ".staging"
+    staging = staging_dir(FilesystemTarget(tmp_path / "store"), {})
     try:
         wait_for(lambda: "trickle" in server.requests and list(staging.rglob(".incoming-*")),
                  timeout=20, what="the worker to be part-way through the file")
@@ -133,7 +142,7 @@ def test_a_hard_link_to_an_earlier_member_is_a_copy_and_one_out_is_refused(
     url = server.add("ok.tar", data)
     r = run(tmp_path, url, **obj(container={"url": url, "format": "tar"}))
     assert r.code == 0, r
-    assert sorted(record(tmp_path)["state"]) == ["a.txt", "copy.txt"]
+    assert stored(tmp_path).content == {"a.txt": b"alpha\n", "copy.txt": b"alpha\n"}
 
     out = tarfile.TarInfo("passwd")
     out.type, out.linkname = tarfile.LNKTYPE, "/etc/passwd"
@@ -160,4 +169,5 @@ def test_a_container_that_does_not_verify_says_so_with_both_digests(
         "algorithm": "sha256", "value": wanted}}))
     assert_failed(r, 1, f"container: digest mismatch: expected sha256 {wanted}, got"
                         f" {hashlib.sha256(data).hexdigest()}")
-    assert not (tmp_path / "store" / "objects").exists()
+    assert head(tmp_path / "store", "ark:/99999/x") is None  # nothing deposited
+    assert list((tmp_path / "store").rglob("inventory.json")) == []

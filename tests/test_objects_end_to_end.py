@@ -1,11 +1,13 @@
 """Issue 8 §2: an item is an object, end to end through the real `batchq reconcile` on the
 embedded default: real Git commits, a real loopback HTTP payload server, real worker
-processes, real storage on disk.
+processes, real OCFL storage on disk, read back through
+its inventories and validated with ocfl-py.
 
 Objects of several files (a Merritt mrt-ingest-manifest, an mrt-batch-manifest of object
 manifests, inline `files:`), zip and tar containers built here with the standard library,
 hostile containers (path escape, a symbolic link out, a decompression bomb), a restart
-that fetches only what is missing, and a wrong digest on one file of several.
+that fetches only what is missing, and a wrong digest on one file of several; and objects
+of several files and a container's members deposited on a real S3 server (SeaweedFS).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from reconciler.storage import FilesystemTarget, staging_dir
+from reconciler.storage.layout import OBJECT_DECLARATION, object_key
 from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc
+from tests.ocfl_check import Head, head, s3_root, validate_root
 from tests.test_web import make_app
 
 CHECKM_HEAD = [
@@ -42,9 +47,9 @@ def file_line(base: str, path: str, body: bytes, name: str, *, sha: str | None =
     return f"{base}{path} | sha256 | {digest} | {len(body)} | | {name}"
 
 
-def reconcile(repo: GitRepo, state: Path) -> None:
+def reconcile(repo: GitRepo, state: Path, env: dict[str, str] | None = None) -> None:
     done = batchq("reconcile", "--repo", str(repo.path), "--state", str(state),
-                  "--until-idle", "--timeout", "120")
+                  "--until-idle", "--timeout", "120", env=env)
     assert done.returncode == 0, done.stderr
 
 
@@ -54,16 +59,23 @@ def jobs(state: Path, batch: str) -> dict[str, dict[str, Any]]:
     return {job["item"]: job for job in found["jobs"]}
 
 
-def stored_object(state: Path, object_id: str) -> dict[str, Any]:
-    """The storage record of an object (the content-addressed store's `objects/`)."""
-    root = state / "storage" / "storage"
-    record = root / "objects" / f"{hashlib.sha256(object_id.encode()).hexdigest()}.json"
-    data: dict[str, Any] = json.loads(record.read_text())
-    return data
+def storage_root(state: Path) -> Path:
+    """The embedded backend's OCFL storage root for the test profile (no `storage:`)."""
+    return state / "storage" / "storage"
 
 
-def stored_bytes(state: Path, sha256: str) -> bytes:
-    return (state / "storage" / "storage" / "sha256" / sha256[:2] / sha256).read_bytes()
+def stored_object(state: Path, object_id: str) -> Head:
+    """The object's head version, read through its inventory as an OCFL client would."""
+    found = head(storage_root(state), object_id)
+    assert found is not None, f"object {object_id!r} is not in the storage root"
+    return found
+
+
+def assert_nothing_deposited(state: Path) -> None:
+    """No object at all in the storage root: no inventory, no object declaration."""
+    root = storage_root(state)
+    assert [p for p in root.rglob("*") if p.name in ("inventory.json", OBJECT_DECLARATION[0])
+            ] == []
 
 
 def submit(repo: GitRepo, payloads: PayloadServer, name: str, **manifest: Any) -> None:
@@ -86,14 +98,20 @@ def serve_files(payloads: PayloadServer, prefix: str = "obj/") -> list[str]:
 
 
 def assert_object_stored(state: Path, object_id: str, bodies: dict[str, bytes]) -> None:
-    record = stored_object(state, object_id)
-    assert sorted(record["state"]) == sorted(bodies)
+    """The object holds exactly `bodies` in one version, and ocfl-py finds the whole
+    storage root valid (every object, every digest)."""
+    assert_head(stored_object(state, object_id), bodies)
+    validate_root(storage_root(state))
+
+
+def assert_head(stored: Head, bodies: dict[str, bytes]) -> None:
+    assert sorted(stored.digests) == sorted(bodies)
     for name, body in bodies.items():
-        digests = record["state"][name]["digests"]
+        digests = stored.digests[name]
         assert digests["sha256"] == hashlib.sha256(body).hexdigest()
         assert digests["sha512"] == hashlib.sha512(body).hexdigest()
-        assert stored_bytes(state, digests["sha256"]) == body
-    assert record["head"] == "v1"
+        assert stored.content[name] == body
+    assert (stored.version, stored.versions) == ("v1", ("v1",))
 
 
 def test_a_merritt_object_manifest_of_several_files_is_one_object(
@@ -107,7 +125,7 @@ def test_a_merritt_object_manifest_of_several_files_is_one_object(
     assert_object_stored(state, "atlas/atlas", BODIES)
     assert sorted(payloads.requests) == sorted(
         ["atlas.checkm", "obj/page-1.tif", "obj/page-2.tif", "obj/notes_readme.txt"])
-    staging = state / "storage" / "storage" / ".staging"
+    staging = staging_dir(FilesystemTarget(storage_root(state)), {})
     assert list(staging.iterdir()) == []  # what was staged went into storage
 
 
@@ -136,9 +154,6 @@ def test_a_batch_of_object_manifests_fetches_each_objects_files(
                                                          "two-1": "Completed"}
     assert_object_stored(state, "ark:/99999/one", one)  # the primary identifier
     assert_object_stored(state, "two-1", two)  # no primary: the first local identifier
-    record = stored_object(state, "ark:/99999/one")
-    assert (record["localIds"], record["title"], record["creator"], record["date"]) == (
-        ["one-1", "shelf-1"], "Object one", "Ann", "2001")
 
     # every surface shows the objects: status --json, the report and its JSON, the page
     shown = {k: (v["files"], v["primaryId"], v["localIds"]) for k, v in found.items()}
@@ -260,8 +275,8 @@ def test_hostile_containers_are_refused_and_write_nothing_outside(
     assert not Path("/tmp/batchq-absolute.txt").exists()
     written = [p for p in tmp_path.rglob("*") if p.name in ("escaped.txt", "up", "passwd")]
     assert written == []
-    root = state / "storage" / "storage"
-    assert not (root / "objects").exists()  # nothing deposited
+    assert_nothing_deposited(state)
+    root = storage_root(state)
     members = [p for p in root.rglob("members") if any(p.iterdir())]
     assert members == []  # what a refused container unpacked is removed
 
@@ -278,6 +293,7 @@ def test_a_restart_fetches_only_the_file_that_was_missing(
     assert (job["state"], job["message"]) == (
         "Failed", f"file 'page-2.tif': HTTP 404 fetching {payloads.base}obj/page-2.tif")
     first = sorted(payloads.requests)
+    assert_nothing_deposited(state)  # no version of an object missing a file
 
     payloads.files["obj/page-2.tif"] = missing
     git_repo.edit_batch("batches/atlas.yaml", restarts={"atlas": 1})
@@ -304,4 +320,75 @@ def test_a_wrong_digest_on_one_file_of_several_names_the_file_and_both_digests(
     job = jobs(state, "atlas")["atlas"]
     assert (job["state"], job["message"]) == (
         "Failed", f"file 'page-2.tif': digest mismatch: expected sha256 {wanted}, got {got}")
-    assert not (state / "storage" / "storage" / "objects").exists()
+    assert_nothing_deposited(state)
+
+
+def submit_to_s3(repo: GitRepo, payloads: PayloadServer, s3_server: Any, bucket: str,
+                 name: str, **manifest: Any) -> dict[str, str]:
+    """Commit a batch whose profile stores to s3://bucket/ocfl; return what the reconciler's
+    environment must hold for its jobs (the operator's S3 credentials, nothing else)."""
+    profile = profile_doc(payloads.base)
+    profile["spec"]["storage"] = {"type": "s3", "bucket": bucket, "prefix": "ocfl",
+                                  "endpoint": s3_server.endpoint, "region": "us-east-1"}
+    repo.write("profiles/test.yaml", profile)
+    repo.write(f"batches/{name}.yaml", batch_doc(**manifest))
+    repo.commit(f"submit {name} to S3")
+    return {k: v for k, v in s3_server.env(bucket).items() if k.startswith("AWS_")}
+
+
+def test_an_object_of_several_files_is_deposited_on_s3_and_valid_there(
+        git_repo: GitRepo, payloads: PayloadServer, s3_server: Any, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    payloads.files["atlas.checkm"] = checkm("mrt-ingest-manifest", serve_files(payloads))
+    creds = submit_to_s3(git_repo, payloads, s3_server, bucket, "atlas",
+                         url=payloads.base + "atlas.checkm")
+    state = tmp_path / "state"
+    reconcile(git_repo, state, env=creds)
+    job = jobs(state, "atlas")["atlas"]
+    assert (job["state"], job["message"]) == ("Completed", "")
+    root = s3_root(s3_server, bucket)
+    assert validate_root(root)[0] == 1  # ocfl-py, reading the bucket through s3fs
+    stored = head(root, "atlas/atlas")
+    assert stored is not None
+    assert_head(stored, BODIES)
+    assert sorted(payloads.requests) == sorted(
+        ["atlas.checkm", "obj/page-1.tif", "obj/page-2.tif", "obj/notes_readme.txt"])
+    assert_nothing_deposited(state)  # the bucket, not the local storage root
+
+    # the same object from another batch (inline `files:`): storage already holds every
+    # file under its name with the manifest's digest, so nothing is fetched or written
+    keys = s3_server.keys(bucket)
+    items = [{"id": "again", "primaryId": "atlas/atlas", "files": [
+        {"name": name, "url": payloads.base + "obj/" + name.replace("/", "_"),
+         "size": len(body), "digest": {"algorithm": "sha256",
+                                       "value": hashlib.sha256(body).hexdigest()}}
+        for name, body in BODIES.items()]}]
+    submit_to_s3(git_repo, payloads, s3_server, bucket, "again", items=items)
+    reconcile(git_repo, state, env=creds)
+    assert jobs(state, "again")["again"]["state"] == "Completed"
+    assert len(payloads.requests) == 4  # not one file fetched again
+    assert s3_server.keys(bucket) == keys  # not one key written: no new version
+    again = head(root, "atlas/atlas")
+    assert again is not None and (again.version, again.versions) == ("v1", ("v1",))
+
+
+def test_a_containers_members_land_in_the_ocfl_object_on_s3(
+        git_repo: GitRepo, payloads: PayloadServer, s3_server: Any, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    members = {"scan/p1.tif": b"page one of the scan\n" * 100, "scan/p2.tif": b"page two\n",
+               "mets.xml": b"<mets/>\n", "same-as-p2.tif": b"page two\n"}
+    item = container_item(payloads, "letters", "c/letters.zip", zip_bytes(members), "zip")
+    creds = submit_to_s3(git_repo, payloads, s3_server, bucket, "box", items=[item])
+    state = tmp_path / "state"
+    reconcile(git_repo, state, env=creds)
+    job = jobs(state, "box")["letters"]
+    assert (job["state"], job["message"]) == ("Completed", "")
+    root = s3_root(s3_server, bucket)
+    assert validate_root(root)[0] == 1
+    stored = head(root, "box/letters")
+    assert stored is not None
+    assert_head(stored, members)
+    # two members of the same bytes are one content file; the container itself is not kept
+    content = s3_server.keys(bucket, f"ocfl/{object_key('box/letters')}/v1/content/")
+    assert len(content) == len(set(members.values())) == 3
+    assert not [k for k in s3_server.keys(bucket) if k.endswith(".zip")]

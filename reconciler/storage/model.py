@@ -32,7 +32,9 @@ class StagedFile:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """Who the object is: its OCFL id, where it came from, and descriptive metadata."""
+    """Who the object is: its OCFL id, where it came from, and descriptive metadata. The
+    targets write the id, and the batch and item into each version's `user`; title,
+    creator, date and local ids are not (yet) written into the object."""
 
     object_id: str  # primary id, else the first local id, else "<batch>/<item id>"
     batch: str

@@ -8,7 +8,9 @@ redirect, credentials from the job's file, one deadline (BATCHQ_TIMEOUT) for the
 
 1. It asks storage which files the object's head version holds (`stored_files`); a file
    stored under its name with the manifest's digest is not fetched again (with no digest
-   in the manifest, one stored under its name is kept).
+   in the manifest, one stored under its name is kept). Storage can compare sha512 (the
+   inventory's own) and sha256, sha1 and md5 (its fixity block); a file given with another
+   algorithm is fetched again to be compared, and adds no version when it is the same.
 2. Every other file is fetched into the object's staging directory
    (`<staging>/<hash of batch/item>/`, `reconciler.storage.staging_dir`: the storage
    root's working area for a filesystem target, a local directory for S3), hashed while

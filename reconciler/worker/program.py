@@ -44,8 +44,9 @@ bytes go to a temp file in the staging dir (inside the storage root's batchq wor
 for a filesystem root), hashed while streaming (sha512 and sha256 always, and the
 manifest's algorithm), are verified against the expected size and digest, and deposited:
 a new OCFL version, or none when the head version already holds exactly this file. A
-restarted item whose stored file has the manifest's digest (sha256, sha1 or md5, which the
-inventory's fixity block keeps) is not downloaded again ("already stored: <object> <v>").
+restarted item whose stored file has the manifest's digest (sha512, the inventory's own;
+sha256, sha1 or md5, which its fixity block keeps) is not downloaded again ("already
+stored: <object> <v>").
 
 Exit codes:
     0  stored, or already stored
