@@ -76,6 +76,19 @@ def test_several_files_become_one_valid_ocfl_object(tmp_path: Path) -> None:
     assert target.stored_files("never deposited") == {}
 
 
+def test_an_objects_descriptive_metadata_is_kept_in_its_version(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    info = ObjectInfo("ark:/99999/fk4map", "maps", "m1", title="Map of the Bay",
+                      creator="Ann Surveyor", date="1906", local_ids=("map-1", "shelf 9"))
+    FilesystemTarget(root).deposit(info, [staged(tmp_path, "a.tif", b"page\n")],
+                                   message="batchq: batch maps, item m1")
+    assert validate_root(root)[0] == 1
+    inv = json.loads((root / object_key(info.object_id) / "inventory.json").read_text())
+    assert inv["versions"]["v1"]["message"].splitlines() == [
+        "batchq: batch maps, item m1", "what: Map of the Bay", "who: Ann Surveyor",
+        "when: 1906", "local identifiers: map-1; shelf 9"]
+
+
 def test_a_changed_file_adds_v2_and_unchanged_files_are_not_copied_again(
         tmp_path: Path) -> None:
     root = tmp_path / "root"

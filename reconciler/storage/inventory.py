@@ -123,6 +123,19 @@ class Plan:
     reused: int
 
 
+def version_message(info: ObjectInfo, message: str) -> str:
+    """The version's message: the deposit's, then the object's descriptive metadata (what,
+    who, when and its local identifiers, the fields Merritt keeps in an object's ERC), so
+    they are preserved in the inventory with the version that deposited them."""
+    lines = [message]
+    for label, value in (("what", info.title), ("who", info.creator), ("when", info.date)):
+        if value:
+            lines.append(f"{label}: {value}")
+    if info.local_ids:
+        lines.append("local identifiers: " + "; ".join(info.local_ids))
+    return "\n".join(lines)
+
+
 def plan_version(previous: Inventory | None, info: ObjectInfo, files: Sequence[StagedFile],
                  *, message: str, created: str) -> Plan | None:
     """The next version holding exactly `files`, or None when the head already does."""
@@ -155,7 +168,8 @@ def plan_version(previous: Inventory | None, info: ObjectInfo, files: Sequence[S
     for name, digest in sorted(state.items()):
         version_state.setdefault(digest, []).append(name)
     versions = dict((previous or {}).get("versions", {}))
-    versions[version] = {"created": created, "message": message, "state": version_state,
+    versions[version] = {"created": created, "message": version_message(info, message),
+                         "state": version_state,
                          "user": {"name": f"batchq (batch {info.batch}, item {info.item})",
                                   "address": f"urn:batchq:batch:{quote(info.batch, safe='')}"}}
     inventory: Inventory = {

@@ -33,8 +33,8 @@ class StagedFile:
 @dataclass(frozen=True)
 class ObjectInfo:
     """Who the object is: its OCFL id, where it came from, and descriptive metadata. The
-    targets write the id, and the batch and item into each version's `user`; title,
-    creator, date and local ids are not (yet) written into the object."""
+    targets write the id, the batch and item into each version's `user`, and title,
+    creator, date and local ids into its `message` (inventory.version_message)."""
 
     object_id: str  # primary id, else the first local id, else "<batch>/<item id>"
     batch: str
