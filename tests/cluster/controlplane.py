@@ -76,6 +76,9 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "ttl-after-finished-controller",
+    # deploy/ has a PersistentVolumeClaim: without this its protection finalizer is never
+    # taken off, and a namespace holding it is never deleted
+    "persistentvolumeclaim-protection-controller",
 )
 
 
