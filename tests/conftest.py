@@ -127,3 +127,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "s3_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
+
+
+@pytest.fixture
+def kube(k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
+         tmp_path: Path) -> Iterator[tuple[Harness, KubeWorld, Any]]:
+    """A Kubernetes harness (leader election off) with its world, in a namespace of its own;
+    the test files that use it are marked `kubernetes`."""
+    api = k8s_cluster.api_client()
+    world = KubeWorld(api, k8s_namespace)
+    h = Harness(git_repo, tmp_path / "state", smtp.hostport, backend="kubernetes",
+                namespace=k8s_namespace, kubeconfig=str(k8s_cluster.kubeconfig),
+                leader_election=False)
+    try:
+        yield h, world, k8s_cluster
+    finally:
+        h.close()
+        world.close()
+        api.close()

@@ -5,33 +5,15 @@ records kept beside it; no Job runs again and no report is emailed twice."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures import GitRepo, SmtpServer, batch_doc, profile_doc, wait_for
+from tests.fixtures import SmtpServer, batch_doc, profile_doc, wait_for
 from tests.harness import Harness
 from tests.world import KubeWorld
 
 pytestmark = pytest.mark.kubernetes
-
-
-@pytest.fixture
-def kube(k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
-         tmp_path: Path) -> Iterator[tuple[Harness, KubeWorld, Any]]:
-    api = k8s_cluster.api_client()
-    world = KubeWorld(api, k8s_namespace)
-    h = Harness(git_repo, tmp_path / "state", smtp.hostport, backend="kubernetes",
-                namespace=k8s_namespace, kubeconfig=str(k8s_cluster.kubeconfig),
-                leader_election=False)
-    try:
-        yield h, world, k8s_cluster
-    finally:
-        h.close()
-        world.close()
-        api.close()
 
 
 def kubectl(cluster: Any, h: Harness, *args: str) -> Any:

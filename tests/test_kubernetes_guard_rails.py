@@ -5,34 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, profile_doc
+from tests.fixtures import PayloadServer, batch_doc, profile_doc
 from tests.harness import Harness
 from tests.world import KubeWorld
 
 pytestmark = pytest.mark.kubernetes
-
-
-@pytest.fixture
-def kube(k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
-         tmp_path: Path) -> Iterator[tuple[Harness, KubeWorld, Any]]:
-    api = k8s_cluster.api_client()
-    world = KubeWorld(api, k8s_namespace)
-    h = Harness(git_repo, tmp_path / "state", smtp.hostport, backend="kubernetes",
-                namespace=k8s_namespace, kubeconfig=str(k8s_cluster.kubeconfig),
-                leader_election=False)
-    try:
-        yield h, world, k8s_cluster
-    finally:
-        h.close()
-        world.close()
-        api.close()
 
 
 def kubectl_json(cluster: Any, ns: str, *what: str) -> Any:
