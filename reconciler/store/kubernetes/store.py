@@ -520,6 +520,7 @@ class KubernetesStore:
             wanted = {f"{A}spec-error": error, f"{A}source-revision": revision,
                       f"{A}source-path": source_path}
             if cr is not None and any(ann.get(k) != v for k, v in wanted.items()):
+                self.bucket.take()
                 new = self._raw(
                     self.custom.patch_namespaced_custom_object,
                     GROUP, VERSION, self.ns, PLURAL, name,
@@ -608,6 +609,7 @@ class KubernetesStore:
                       [{"op": "add", "path": "/spec", "value": shown}],  # a spec-less one too
                       _content_type="application/json-patch+json")
             self._wrote()
+            self.bucket.take()  # the apply below is a second write
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
                 "metadata": {"name": name,
                              "labels": {"app.kubernetes.io/managed-by": "batchq"},
@@ -782,10 +784,12 @@ class KubernetesStore:
             if lab.get(f"{A}batch") != name or lab.get(f"{A}outbox") == "pending" or (
                     lab.get(f"{A}report") in kept):
                 continue  # not this batch's, or email still to go out (with its parts)
+            self.bucket.take()
             with contextlib.suppress(ApiException):
                 self.core.delete_namespaced_config_map(cm["metadata"]["name"], self.ns)
                 self._wrote()
             self.cms.forget(cm["metadata"]["name"])
+        self.bucket.take()
         self.core.delete_collection_namespaced_secret(  # not cached: deleted blindly
             self.ns, label_selector=f"{A}kind=credentials,{A}batch={name}")
         self._wrote()
@@ -888,6 +892,7 @@ class KubernetesStore:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
+                self.bucket.take()
                 self.core.patch_namespaced_secret(name, self.ns, {"stringData": data})
             self._wrote()
 
