@@ -33,10 +33,11 @@ class Replica:
     """One `batchq run` process, as `user` in the API server's eyes."""
 
     def __init__(self, cp: Any, ns: str, repo: GitRepo, tmp: Path, smtp: SmtpServer,
-                 user: str, identity: str, failpoint: str = "") -> None:
+                 user: str, identity: str, failpoint: str = "",
+                 env: dict[str, str] | None = None) -> None:
         self.identity = identity
         self.log = tmp / f"{identity}.log"
-        env = {**os.environ, "BATCHQ_FAILPOINTS": failpoint}
+        full = {**os.environ, **(env or {}), "BATCHQ_FAILPOINTS": failpoint}
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "reconciler", "run", "--backend", "kubernetes",
@@ -44,7 +45,7 @@ class Replica:
                  "--repo", str(repo.path), "--state", str(tmp / f"state-{identity}"),
                  "--smtp", smtp.hostport, "--interval", "0.5",
                  "--leader-identity", identity, *FAST_LEASE, "-v"],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
+                stdout=out, stderr=subprocess.STDOUT, env=full)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -227,19 +228,23 @@ def test_a_pass_longer_than_the_lease_and_a_hand_over_in_the_middle_of_it(
     and the stand-by writes nothing; SIGTERM mid-pass stops its writes at once and releases
     the Lease, the stand-by takes over and finishes. Per the audit log, no write of the
     old leader comes after the first of the new one, no item gets two Jobs, and one email
-    goes out."""
+    goes out. The leader creates its Jobs two at a time (issue 9 §4): the SIGTERM comes
+    with creates in flight, and those the old leader made but could not record are
+    adopted by the new one, never made again."""
     ns = k8s_namespace
     world = KubeWorld(k8s_cluster.api_client(), ns)
     names = [f"s{i:02d}" for i in range(16)]
     git_repo.write("profiles/test.yaml", profile_doc(world.prefix))
     git_repo.write("queue.yaml", queue_doc(len(names)))
     git_repo.commit("profile")
-    slow = "after-job-created:sleep=0.5"  # 16 Jobs: a pass of 8 s, the Lease is 3 s
-    a = Replica(k8s_cluster, ns, git_repo, tmp_path, smtp, "batchq-replica-a", "a", slow)
+    # 16 Jobs created 2 at a time, each 1 s slow: a pass of 8 s, the Lease is 3 s
+    slow, two = "before-job-create:sleep=1", {"BATCHQ_KUBE_CONCURRENCY": "2"}
+    a = Replica(k8s_cluster, ns, git_repo, tmp_path, smtp, "batchq-replica-a", "a", slow, two)
     b: Replica | None = None
     try:
         wait_for(lambda: holder(k8s_cluster, ns) == "a", 60, what="a to lead", detail=a.text)
-        b = Replica(k8s_cluster, ns, git_repo, tmp_path, smtp, "batchq-replica-b", "b", slow)
+        b = Replica(k8s_cluster, ns, git_repo, tmp_path, smtp, "batchq-replica-b", "b", slow,
+                    two)
         git_repo.write("batches/slow.yaml", batch_doc([world.item(n, gated=False)
                                                        for n in names]))
         git_repo.commit("a batch of 16")

@@ -124,6 +124,16 @@ def test_items_are_recorded_once_filtered_and_paged(store: Store) -> None:
     assert store.total_items("b", query="nothing like it") == 0
 
 
+def test_several_jobs_at_once_count_one_already_there_as_made(store: Store) -> None:
+    apply(store, "b", spec("a", "b", "c"))
+    store.create_job(job("b", "a"))
+    result = store.create_jobs([job("b", "a"), job("b", "b"), job("b", "c")])
+    assert result.error is None
+    assert result.made == {"b-a-1", "b-b-1", "b-c-1"}
+    assert sorted(j.name for j in store.list_jobs("b")) == ["b-a-1", "b-b-1", "b-c-1"]
+    assert store.create_jobs([]).made == frozenset()
+
+
 def test_jobs_are_created_once_and_suspension_moves_only_unstarted_ones(store: Store) -> None:
     apply(store, "b", spec("a", "b", "c"))
     assert store.create_job(job("b", "a")) is True

@@ -67,6 +67,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-secret", default=_env("S3_SECRET", "batchq-s3"),
                    help="kubernetes: the Secret whose AWS_ACCESS_KEY_ID and"
                         " AWS_SECRET_ACCESS_KEY Jobs get for S3 storage (BATCHQ_S3_SECRET)")
+    p.add_argument("--kube-concurrency", type=_at_least_one,
+                   default=_env("KUBE_CONCURRENCY", "8"),
+                   help="kubernetes: Jobs created at once in a pass (BATCHQ_KUBE_CONCURRENCY;"
+                        " default 8)")
+    p.add_argument("--kube-qps", type=float, default=_env("KUBE_QPS", "20"),
+                   help="kubernetes: API writes a second, on average, like controller-runtime's"
+                        " QPS (BATCHQ_KUBE_QPS; default 20; 0: no limit)")
+    p.add_argument("--kube-burst", type=_at_least_one,
+                   default=_env("KUBE_BURST", "30"),
+                   help="kubernetes: API writes at once before --kube-qps applies"
+                        " (BATCHQ_KUBE_BURST; default 30)")
     p.add_argument("--smtp", default=_env("SMTP"),
                    help="HOST:PORT of an SMTP relay (BATCHQ_SMTP); without it, emails are"
                         " written to STATE/outbox/")
@@ -75,6 +86,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                         " batch and job transition)")
     p.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"),
                    help="text lines (event key=value ...) or JSON lines (BATCHQ_LOG_FORMAT)")
+
+
+def _at_least_one(text: str) -> int:
+    """A count flag's value: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1: give 1 or more")
+    return value
 
 
 def _seconds(name: str, default: float) -> float:
@@ -346,6 +368,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
                     interval=args.interval, kubeconfig=args.kubeconfig,
                     storage_claim=args.storage_claim, s3_secret=args.s3_secret,
+                    kube_concurrency=args.kube_concurrency, kube_qps=args.kube_qps,
+                    kube_burst=args.kube_burst,
                     file_roots=file_roots(args),
                     storage_root=Path(args.storage_root).absolute() if args.storage_root
                     else None,
@@ -362,7 +386,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
     return BackendSettings(backend=args.backend, state_dir=args.state,
                            namespace=args.namespace, kubeconfig=args.kubeconfig,
-                           storage_claim=args.storage_claim, s3_secret=args.s3_secret)
+                           storage_claim=args.storage_claim, s3_secret=args.s3_secret,
+                           kube_concurrency=args.kube_concurrency, kube_qps=args.kube_qps,
+                           kube_burst=args.kube_burst)
 
 
 def status_document(store: ReadStore, name: str | None = None) -> dict[str, Any]:

@@ -67,6 +67,9 @@ class Settings:
     kubeconfig: str | None = None
     storage_claim: str = ""  # kubernetes: the PVC Jobs mount (filesystem); "": none
     s3_secret: str = "batchq-s3"  # kubernetes: the Secret with the S3 credentials
+    kube_concurrency: int = 8  # kubernetes: Job creates in flight at once
+    kube_qps: float = 20.0  # kubernetes: API writes a second, on average (<= 0: no limit)
+    kube_burst: int = 30  # kubernetes: API writes at once before the rate applies
     leader_election: bool = True  # kubernetes: only the Lease holder acts
     identity: str | None = None  # this candidate's name in the Lease (default host-pid)
     lease_seconds: float = 15.0  # a silent leader is replaced after this long
@@ -90,7 +93,9 @@ class Settings:
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
                                namespace=self.namespace, kubeconfig=self.kubeconfig,
-                               storage_claim=self.storage_claim, s3_secret=self.s3_secret)
+                               storage_claim=self.storage_claim, s3_secret=self.s3_secret,
+                               kube_concurrency=self.kube_concurrency, kube_qps=self.kube_qps,
+                               kube_burst=self.kube_burst)
 
     def relay(self) -> Relay | None:
         """The SMTP relay as configured; None: reports go to `outbox/` as files."""

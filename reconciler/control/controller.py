@@ -57,7 +57,7 @@ from reconciler.source.sync import (
     pending_deletions,
 )
 from reconciler.spec.validation import storage_path_problem
-from reconciler.store.base import ConflictError, Event, NotLeader, Store
+from reconciler.store.base import ConflictError, Event, JobSpec, NotLeader, Store
 from reconciler.support import failpoints
 from reconciler.support.logfmt import transition
 from reconciler.support.nospace import is_no_space
@@ -93,6 +93,16 @@ class PassContext:
     progressed: bool = False
     dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
     storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A Job to create for an item's attempt, and the state the item moves to once made."""
+
+    item: ItemStatus
+    job: JobSpec
+    attempt: int
+    state: JobState
 
 
 @dataclass(frozen=True)
@@ -508,24 +518,30 @@ class Controller:
                      items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
         """Create the Job of every item's current attempt that has none (budget allowing)."""
         existing = {j.name for j in jobs}
+        planned = []
         for s in items:
             if s.state in JOB_TERMINAL:
                 continue
             attempt = max(s.attempts, 1)
-            self._create_job(batch, spec, profile, s, attempt, existing, ctx)
+            planned.append(self._plan_job(batch, spec, profile, s, attempt, existing, ctx))
+        self._create_jobs(batch, [p for p in planned if p is not None], ctx)
 
     def _restart_failed(self, batch: Batch, spec: BatchSpec, profile: Profile,
                         items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
         """Run one more attempt of each failed item whose `restarts` total is not used up."""
         existing = {j.name for j in jobs}
+        planned = []
         for s in items:
             wanted = spec.restarts.get(s.item.id, 0)
             if s.state != J.FAILED or wanted <= s.attempts - 1:
                 continue
-            self._create_job(batch, spec, profile, s, s.attempts + 1, existing, ctx)
+            planned.append(self._plan_job(batch, spec, profile, s, s.attempts + 1, existing,
+                                          ctx))
+        self._create_jobs(batch, [p for p in planned if p is not None], ctx)
 
-    def _create_job(self, batch: Batch, spec: BatchSpec, profile: Profile, s: ItemStatus,
-                    attempt: int, existing: set[str], ctx: PassContext) -> None:
+    def _plan_job(self, batch: Batch, spec: BatchSpec, profile: Profile, s: ItemStatus,
+                  attempt: int, existing: set[str], ctx: PassContext) -> PlannedJob | None:
+        """The Job of this attempt, if it has none yet and the budget allows one."""
         # an attempt already created keeps the name it was created with (names made by an
         # older naming scheme included), so a new scheme never runs an attempt twice
         created = s.job_name if attempt == s.attempts and s.job_name else None
@@ -536,14 +552,36 @@ class Controller:
                                       if profile.storage_s3 is None else ""),
                         storage_mount=str(self.storage_root))
         if job.name in existing:
-            return
+            return None
         if not job.suspended and not ctx.budget.take():
-            return
+            return None
         first = J.HELD if job.suspended else J.PENDING
         # a new attempt's Job starts afresh; the same attempt's Job made again (it vanished
         # before it finished) is a move of that attempt, checked before the Job is made
         state = first if attempt > s.attempts else job_transition(s.state, first)
-        self.store.create_job(job)
+        existing.add(job.name)
+        return PlannedJob(s, job, attempt, state)
+
+    def _create_jobs(self, batch: Batch, planned: list[PlannedJob], ctx: PassContext) -> None:
+        """The step's new Jobs in one call (the store makes them as fast as it may). When
+        one failed, the items of those made are written before the error goes up, to the
+        pass's back-off (NotLeader: no write may be made; the next leader adopts them by
+        their fixed names)."""
+        if not planned:
+            return
+        result = self.store.create_jobs([p.job for p in planned])
+        for p in planned:
+            if p.job.name in result.made:
+                self._created(batch, p, ctx)
+        if result.error is None:
+            return
+        if ctx.dirty_items and not isinstance(result.error, NotLeader):
+            self.store.update_items(batch.name, list(ctx.dirty_items.values()))
+        raise result.error
+
+    def _created(self, batch: Batch, p: PlannedJob, ctx: PassContext) -> None:
+        """Record in the item that its attempt's Job was made (written once a step)."""
+        s, job, attempt, state = p.item, p.job, p.attempt, p.state
         failpoints.hit("after-job-created")
         restarted = attempt > s.attempts and s.attempts > 0
         transition(log, "job", {"batch": batch.name, "item": s.item.id, "attempt": attempt,
@@ -558,7 +596,6 @@ class Controller:
                                        f"{s.item.id}: attempt {attempt}",
                                        batch.source_revision))
         ctx.dirty_items[s.item.id] = s
-        existing.add(job.name)
         ctx.progressed = True
 
     def _storage_dir(self, profile: Profile, ctx: PassContext) -> Path:

@@ -32,6 +32,9 @@ class BackendSettings:
     kubeconfig: str | None = None  # kubernetes: None means in-cluster config
     storage_claim: str = ""  # kubernetes: the PVC Jobs mount (filesystem); "": none
     s3_secret: str = "batchq-s3"  # kubernetes: the Secret with the S3 credentials
+    kube_concurrency: int = 8  # kubernetes: Job creates in flight at once
+    kube_qps: float = 20.0  # kubernetes: API writes a second, on average (<= 0: no limit)
+    kube_burst: int = 30  # kubernetes: API writes at once before the rate applies
 
 
 @dataclass
@@ -59,11 +62,16 @@ def open_backend(settings: BackendSettings) -> Backend:
         runner = LocalRunner(local, settings.state_dir / "jobs")
         return Backend(store=local, wake=runner.wake, runner=runner)
     if settings.backend == "kubernetes":
+        from reconciler.store.kubernetes.limits import ClientLimits
         from reconciler.store.kubernetes.store import KubernetesStore
 
+        limits = ClientLimits(settings.kube_concurrency, settings.kube_qps,
+                              settings.kube_burst)
+        if problem := limits.check():
+            raise ValueError(problem)
         k8s = KubernetesStore.connect(settings.namespace, settings.kubeconfig,
                                       storage_claim=settings.storage_claim,
-                                      s3_secret=settings.s3_secret)
+                                      s3_secret=settings.s3_secret, limits=limits)
         return Backend(store=k8s, wake=k8s.wake, api=k8s.api, fence=k8s.fence_with)
     raise ValueError(f"unknown backend {settings.backend!r}: use local or kubernetes")
 

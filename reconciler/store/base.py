@@ -12,7 +12,7 @@ what lets a reconciler killed at any point start again without duplicating anyth
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -253,6 +253,12 @@ class Store(ReadStore, Protocol):
 
     # --- jobs
     def create_job(self, spec: JobSpec) -> bool: ...
+    def create_jobs(self, specs: Sequence[JobSpec]) -> JobsCreated:
+        """Create several Jobs (a pass's new ones) as fast as the backend allows; one that
+        exists already counts as made (adopted by its fixed name). The first failure stops
+        the creates not yet started and is returned, with every Job that was made, so the
+        caller records those before it raises."""
+        ...
     def delete_jobs(self, batch: str) -> None: ...
     def set_suspended(self, batch: str, suspended: bool) -> None: ...
 
@@ -284,9 +290,32 @@ class Store(ReadStore, Protocol):
         ...
 
 
+def create_one_by_one(create: Callable[[JobSpec], bool],
+                      specs: Sequence[JobSpec]) -> JobsCreated:
+    """`create_jobs` for a backend whose creates are cheap (SQLite, memory): in order,
+    stopping at the first failure."""
+    made: set[str] = set()
+    for spec in specs:
+        try:
+            create(spec)
+        except Exception as exc:
+            return JobsCreated(frozenset(made), exc)
+        made.add(spec.name)
+    return JobsCreated(frozenset(made))
+
+
 def new_uid() -> str:
     """A new batch incarnation's id (Batch.uid): 48 random bits, as 12 hex digits."""
     return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class JobsCreated:
+    """What `create_jobs` made: the names of the Jobs that exist now (created, or there
+    already), and the failure that stopped the others (None: all were made)."""
+
+    made: frozenset[str]
+    error: Exception | None = None
 
 
 class ConflictError(RuntimeError):

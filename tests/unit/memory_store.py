@@ -29,11 +29,13 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobsCreated,
     JobSpec,
     OutboxEntry,
     Page,
     RecipientState,
     SyncState,
+    create_one_by_one,
 )
 from reconciler.store.codec import (
     canonical_json,
@@ -320,6 +322,9 @@ class MemoryStore:
         self._s.jobs[spec.name] = _JobRecord(job, spec)
         self._wrote()
         return True
+
+    def create_jobs(self, specs: Sequence[JobSpec]) -> JobsCreated:
+        return create_one_by_one(self.create_job, specs)
 
     def list_jobs(self, batch: str | None = None) -> list[Job]:
         return [replace(r.job) for _, r in sorted(self._s.jobs.items())

@@ -33,6 +33,11 @@
   every write that acts: when it says no, NotLeader is raised and the write is not made.
   Recording a delivery is the one exception: the email went out, and the record of it
   is what keeps it from going out twice.
+- A pass's new Jobs are created `limits.concurrency` at a time (`create_jobs`), and every
+  write that acts waits for a token of one client-side bucket (`limits.qps`/`burst`, as
+  controller-runtime's), in `_act`, before the Lease fence is asked: a write that waited
+  is still fenced. A failed create stops the ones not yet started; those made are
+  returned, for the controller to record (limits.py).
 - `connect` waits for the caches; when they do not fill it raises StoreUnavailable saying
   why (the CRD is missing, the server cannot be reached), and `close` stops and joins
   the watch threads.
@@ -49,6 +54,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client, config
@@ -68,6 +74,7 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobsCreated,
     JobSpec,
     NotLeader,
     OutboxEntry,
@@ -112,6 +119,7 @@ from reconciler.store.kubernetes.jobs import (
     job_from_k8s,
     job_manifest,
 )
+from reconciler.store.kubernetes.limits import DEFAULT_LIMITS, ClientLimits
 from reconciler.store.kubernetes.names import (
     GROUP,
     PLURAL,
@@ -133,6 +141,8 @@ from reconciler.store.kubernetes.records import (
     status_record_name,
 )
 from reconciler.store.kubernetes.status import status_from_k8s, status_to_k8s
+from reconciler.support import failpoints
+from reconciler.support.ratelimit import TokenBucket
 from reconciler.support.redaction import redact_text
 from reconciler.support.timefmt import parse_rfc3339_or_none
 
@@ -191,8 +201,11 @@ class KubernetesStore:
 
     def __init__(self, api: client.ApiClient, namespace: str, watch_timeout: int = 300, *,
                  storage_claim: str = DEFAULT_STORAGE_CLAIM,
-                 s3_secret: str = DEFAULT_S3_SECRET) -> None:
+                 s3_secret: str = DEFAULT_S3_SECRET,
+                 limits: ClientLimits = DEFAULT_LIMITS) -> None:
         self.api = api
+        self.limits = limits
+        self.bucket = TokenBucket(limits.qps, limits.burst)
         self.ns = namespace
         self.storage = StorageRefs(storage_claim, s3_secret)
         self.custom = client.CustomObjectsApi(api)
@@ -216,7 +229,8 @@ class KubernetesStore:
     def connect(cls, namespace: str, kubeconfig: str | None = None,
                 watch_timeout: int = 300, sync_timeout: float = 30.0, *,
                 storage_claim: str = DEFAULT_STORAGE_CLAIM,
-                s3_secret: str = DEFAULT_S3_SECRET) -> KubernetesStore:
+                s3_secret: str = DEFAULT_S3_SECRET,
+                limits: ClientLimits = DEFAULT_LIMITS) -> KubernetesStore:
         """An open store with its caches filled; StoreUnavailable (the caches stopped and
         joined) when they do not fill within `sync_timeout` or the CRD is missing."""
         cfg = client.Configuration()
@@ -225,8 +239,10 @@ class KubernetesStore:
         else:
             config.load_incluster_config(client_configuration=cfg)
         cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
+        # a connection for each create in flight, beside the three watches
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, limits.concurrency + 4)
         store = cls(client.ApiClient(cfg), namespace, watch_timeout,
-                    storage_claim=storage_claim, s3_secret=s3_secret)
+                    storage_claim=storage_claim, s3_secret=s3_secret, limits=limits)
         try:
             store.start(sync_timeout)
         except BaseException:
@@ -257,6 +273,7 @@ class KubernetesStore:
         self.may_write = may_write
 
     def _act(self) -> None:
+        self.bucket.take()  # first: the Lease may be lost while this waits
         if self.may_write is not None and not self.may_write():
             raise NotLeader("this reconciler no longer holds the Lease: the write was not made")
 
@@ -278,7 +295,8 @@ class KubernetesStore:
         return contextlib.nullcontext()
 
     def _wrote(self) -> None:
-        self.writes += 1
+        with self._lock:  # creates run on several threads
+            self.writes += 1
 
     # --- ConfigMap helpers
     def _cm_json(self, name: str, key: str, default: Any) -> Any:
@@ -502,6 +520,7 @@ class KubernetesStore:
             wanted = {f"{A}spec-error": error, f"{A}source-revision": revision,
                       f"{A}source-path": source_path}
             if cr is not None and any(ann.get(k) != v for k, v in wanted.items()):
+                self.bucket.take()
                 new = self._raw(
                     self.custom.patch_namespaced_custom_object,
                     GROUP, VERSION, self.ns, PLURAL, name,
@@ -590,6 +609,7 @@ class KubernetesStore:
                       [{"op": "add", "path": "/spec", "value": shown}],  # a spec-less one too
                       _content_type="application/json-patch+json")
             self._wrote()
+            self.bucket.take()  # the apply below is a second write
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Batch",
                 "metadata": {"name": name,
                              "labels": {"app.kubernetes.io/managed-by": "batchq"},
@@ -764,10 +784,12 @@ class KubernetesStore:
             if lab.get(f"{A}batch") != name or lab.get(f"{A}outbox") == "pending" or (
                     lab.get(f"{A}report") in kept):
                 continue  # not this batch's, or email still to go out (with its parts)
+            self.bucket.take()
             with contextlib.suppress(ApiException):
                 self.core.delete_namespaced_config_map(cm["metadata"]["name"], self.ns)
                 self._wrote()
             self.cms.forget(cm["metadata"]["name"])
+        self.bucket.take()
         self.core.delete_collection_namespaced_secret(  # not cached: deleted blindly
             self.ns, label_selector=f"{A}kind=credentials,{A}batch={name}")
         self._wrote()
@@ -870,6 +892,7 @@ class KubernetesStore:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
+                self.bucket.take()
                 self.core.patch_namespaced_secret(name, self.ns, {"stringData": data})
             self._wrote()
 
@@ -880,6 +903,42 @@ class KubernetesStore:
         return self._create(self.batch_api.create_namespaced_job,
                             job_manifest(spec, self._owner(spec.batch), self.storage),
                             self.jobs)
+
+    def create_jobs(self, specs: Sequence[JobSpec]) -> JobsCreated:
+        """`limits.concurrency` creates in flight at once, each fenced and limited by
+        `_act`; the first failure stops the creates not yet started (as the Job
+        controller's batches do), those in flight finish and count. A NotLeader among the
+        failures is the one returned: the pass must end."""
+        made = {s.name for s in specs if self.jobs.get(s.name) is not None}
+        todo = [s for s in specs if s.name not in made]
+        stop = threading.Event()
+        errors: list[Exception] = []
+        guard = threading.Lock()
+
+        def create(spec: JobSpec) -> None:
+            if stop.is_set():
+                return
+            try:
+                failpoints.hit("before-job-create")
+                self.create_job(spec)
+            except Exception as exc:
+                stop.set()
+                with guard:
+                    errors.append(exc)
+                return
+            with guard:
+                made.add(spec.name)
+
+        workers = min(self.limits.concurrency, len(todo))
+        if workers <= 1:
+            for spec in todo:
+                create(spec)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="batchq-create") as pool:
+                list(pool.map(create, todo))
+        error = next((e for e in errors if isinstance(e, NotLeader)),
+                     errors[0] if errors else None)
+        return JobsCreated(frozenset(made), error)
 
     def _job(self, obj: Obj) -> Job:
         return job_from_k8s(obj, self._failure_message)
@@ -1082,6 +1141,7 @@ class KubernetesStore:
         would send it again."""
         delay, deadline = 1.0, time.monotonic() + RECORD_PATIENCE
         while True:
+            self.bucket.take()  # not fenced (the module docstring), but limited like all
             try:
                 new = self._raw(self.core.patch_namespaced_config_map,
                                 report_cm_name(report_id), self.ns,

@@ -23,11 +23,13 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobsCreated,
     JobSpec,
     OutboxEntry,
     Page,
     RecipientState,
     SyncState,
+    create_one_by_one,
     new_uid,
 )
 from reconciler.store.codec import (
@@ -398,6 +400,10 @@ class SqliteStore:
              spec_json, time.time()),
         )
         return n == 1
+
+    def create_jobs(self, specs: Sequence[JobSpec]) -> JobsCreated:
+        """Inserts are cheap here: one after another (inside the pass's transaction)."""
+        return create_one_by_one(self.create_job, specs)
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
