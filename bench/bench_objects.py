@@ -106,19 +106,60 @@ def make_repo(root: Path, base: str, storage: dict[str, str], args: argparse.Nam
     commit_all(root)
 
 
-def peak_rss() -> dict[str, float]:
-    """Peak RSS so far (MiB): this process (the reconciler, the payload server and, for the
-    second target, the first's checks) and the largest child reaped (a worker job)."""
-    return {"reconciler_process_mib": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "largest_job_mib": round(
-                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+class JobMemory:
+    """The largest peak RSS of a worker job, sampled from /proc while jobs run: VmHWM is
+    the process's own high-water mark since exec (RUSAGE_CHILDREN is not: a child's
+    starts at the parent's RSS when it was forked)."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.05):
+            for pid in descendants():
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if cmdline[:1] == [b"/bin/sh"] or b"reconciler.worker" not in cmdline:
+                        continue
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                except (OSError, ValueError):  # it exited meanwhile
+                    continue
+
+    def close(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self.stop.set()
+        self.thread.join()
+        return round(self.peak_kib / 1024, 1)
+
+
+def descendants(pid: str = "self") -> list[int]:
+    """Every process below `pid` (a job is the runner's shell shim and, below it, the
+    worker)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            kids = [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found.extend([kid, *descendants(str(kid))])
+    return found
 
 
 def reconcile(base: Path, url: str, storage: dict[str, str], args: argparse.Namespace
               ) -> tuple[float, dict[str, float]]:
     """Seconds from the reconciler's start to the batch Completed (fails otherwise), and
-    peak memory then (before the checks, and before SeaweedFS is stopped and reaped)."""
+    peak RSS: this process (the reconciler and the payload server; for the second target,
+    also the first's checks) and the largest worker job."""
     repo = base / "repo"
     make_repo(repo, url, storage, args)
     completed: list[float] = []
@@ -128,6 +169,7 @@ def reconcile(base: Path, url: str, storage: dict[str, str], args: argparse.Name
                                  for b in rec.store.list_batches()):
             completed.append(time.monotonic())
 
+    jobs = JobMemory()
     t0 = time.monotonic()
     rec = Reconciler(Settings(repo=str(repo), state_dir=base / "state", interval=0.1,
                               storage_root=base / "storage"))
@@ -138,7 +180,11 @@ def reconcile(base: Path, url: str, storage: dict[str, str], args: argparse.Name
             f"the batch did not complete: {batches}; see {base / 'state'}")
     finally:
         rec.close()
-    return completed[0] - t0, peak_rss()
+        job_peak = jobs.close()
+    return completed[0] - t0, {
+        "reconciler_process_mib": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "largest_job_mib": job_peak}
 
 
 def check_storage(root: Any, args: argparse.Namespace) -> int:
