@@ -57,8 +57,8 @@ from reconciler.support.failpoints import hit
 
 MULTIPART_BYTES = 64 * 1024**2
 UPLOADS = 4  # files of one object uploaded at once (the client is thread-safe)
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-_CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+_CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 def _now() -> str:
@@ -126,44 +126,38 @@ class S3Target:
     def key(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Any, *, absent: frozenset[str] = frozenset(),
+              **kwargs: Any) -> Any:
+        """`fn(Bucket=..., **kwargs)`; None when S3 answers with a code in `absent` (a key
+        that is not there, a condition that failed); any other failure is a StorageError
+        naming the operation and the key."""
+        where = f"S3 {what} s3://{self.bucket}/{kwargs.get('Key', '')}"
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except ClientError as exc:
-            raise StorageError(f"S3 {what} s3://{self.bucket}/{kwargs.get('Key', '')}:"
-                               f" {_code(exc)} {exc.response.get('Error', {}).get('Message', '')}"
+            if _code(exc) in absent:
+                return None
+            raise StorageError(f"{where}: {_code(exc)}"
+                               f" {exc.response.get('Error', {}).get('Message', '')}"
                                .rstrip()) from None
         except BotoCoreError as exc:
-            raise StorageError(f"S3 {what} s3://{self.bucket}: {exc}") from None
+            raise StorageError(f"{where}: {exc}") from None
 
     def _get(self, path: str) -> bytes | None:
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.key(path))["Body"]
-            return bytes(body.read())
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            raise StorageError(f"S3 get s3://{self.bucket}/{self.key(path)}: {_code(exc)}"
-                               ) from None
-        except BotoCoreError as exc:
-            raise StorageError(f"S3 get s3://{self.bucket}/{self.key(path)}: {exc}") from None
+        def read(**kwargs: Any) -> bytes:
+            return bytes(self.client.get_object(**kwargs)["Body"].read())
+
+        data: bytes | None = self._call("get", read, absent=_MISSING, Key=self.key(path))
+        return data
 
     def _put(self, path: str, data: bytes) -> None:
         self._call("put", self.client.put_object, Key=self.key(path), Body=data)
 
     def _put_new(self, path: str, data: bytes) -> bool:
         """Create the key only if it does not exist (If-None-Match: *)."""
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data,
-                                   IfNoneMatch="*")
-            return True
-        except ClientError as exc:
-            if _code(exc) in _CONFLICT:
-                return False
-            raise StorageError(f"S3 put s3://{self.bucket}/{self.key(path)}: {_code(exc)}"
-                               ) from None
-        except BotoCoreError as exc:
-            raise StorageError(f"S3 put s3://{self.bucket}/{self.key(path)}: {exc}") from None
+        made = self._call("put", self.client.put_object, absent=_CONFLICT, Key=self.key(path),
+                          Body=data, IfNoneMatch="*")
+        return made is not None
 
     def _upload(self, path: str, staged: StagedFile) -> None:
         """One PUT for a file up to MULTIPART_BYTES (no transfer manager to start), a
