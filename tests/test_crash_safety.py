@@ -131,6 +131,32 @@ def test_killed_from_outside_at_random_moments(tmp_path: Path, smtp: SmtpServer,
         states = {r[0]: r[1] for r in c.execute("SELECT name, state FROM batches")}
         assert states == {f"r{n}": "Completed" for n in range(4)}, f"seed {seed}"
         assert c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 20
-    subjects = sorted(m["Subject"] for m in smtp.mailbox.messages)
-    assert subjects == sorted(f"Ingest: OK -- Submission Processed: r{n}" for n in range(4))
+        assert c.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 4
+    # Each report once. A kill that lands between the server's 250 to DATA and the record
+    # of it sends that report again (the window notify.py names): the same message, with
+    # the same Message-ID; never a second report.
+    sent = {(m["Subject"], m["Message-ID"]) for m in smtp.mailbox.messages}
+    assert sorted(s for s, _ in sent) == sorted(
+        f"Ingest: OK -- Submission Processed: r{n}" for n in range(4)), f"seed {seed}"
     assert kills == 8
+
+
+@pytest.mark.slow
+def test_killed_after_the_server_accepted_and_before_the_record(
+        tmp_path: Path, smtp: SmtpServer, payloads: PayloadServer) -> None:
+    """The one window that repeats: the copy is the same message, and it is recorded."""
+    repo = GitRepo(tmp_path / "repo")
+    state = tmp_path / "state"
+    items = [payloads.add(f"w-{i}", f"payload {i}\n".encode()) for i in (1, 2)]
+    repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    repo.write("batches/w.yaml", {**batch_doc(items), "metadata": {"name": "w"}})
+    repo.commit("submit")
+    assert reconcile(repo, state, smtp, "after-smtp-send:1") == -signal.SIGKILL
+    assert reconcile(repo, state, smtp) == 0
+    assert reconcile(repo, state, smtp) == 0  # and again: delivered, recorded, not resent
+    mine = [m for m in smtp.mailbox.messages if m["Subject"].endswith(": w")]
+    assert [m["Subject"] for m in mine] == ["Ingest: OK -- Submission Processed: w"] * 2
+    assert len({m["Message-ID"] for m in mine}) == 1
+    assert [p.as_string() for p in mine[0].walk()] == [p.as_string() for p in mine[1].walk()]
+    with db(state) as c:
+        assert c.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 1

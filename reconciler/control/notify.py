@@ -8,6 +8,11 @@ retried); a 4xx or no answer defers it, and it is tried again with exponential b
 until the message reaches the maximum age (Postfix's `maximal_queue_lifetime`), when it
 is given up visibly. An SMTP outage delays reports but never drops or repeats them.
 
+One window is left, as in every mail system: a crash after the server accepted the
+message (250 to DATA) and before that reply is recorded sends it again on restart. Then
+the copy carries the same Message-ID (recipients' mail programs show one), and losing the
+report instead would be worse; `tests/test_crash_safety.py` kills the process in it.
+
 `deliver` is one round over what is due; `reconciler.control.mailer` runs rounds in a
 thread of its own, so a slow or dead server never holds the reconcile loop.
 """
