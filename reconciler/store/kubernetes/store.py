@@ -53,7 +53,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,6 +74,7 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobChanges,
     JobsCreated,
     JobSpec,
     NotLeader,
@@ -82,6 +83,7 @@ from reconciler.store.base import (
     RecipientState,
     StoreUnavailable,
     SyncState,
+    needing_jobs,
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
@@ -217,6 +219,9 @@ class KubernetesStore:
         self._lock = threading.RLock()
         self._decoded: dict[str, tuple[str, Any]] = {}
         self._failure_messages: dict[str, str] = {}
+        # batch -> Job name -> the resourceVersion last observed: in memory only, so the
+        # first step after a start observes every Job (nothing can be lost by a kill)
+        self._observed: dict[str, dict[str, str]] = {}
         self.recorder = EventRecorder(api, namespace)  # Events on the Batch (kubectl)
         wake = self.wake.set
         self.batches = Informer("batches", self._list_batches, wake, watch_timeout)
@@ -855,6 +860,15 @@ class KubernetesStore:
             out[r["state"]] = out.get(r["state"], 0) + 1
         return out
 
+    def items_of(self, batch: str, ids: Collection[str]) -> list[ItemStatus]:
+        wanted = set(ids)
+        return [item_status(r) for r in self._records(batch) if r["item"]["id"] in wanted]
+
+    def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
+        """From the items ConfigMaps' cache and the Jobs' cache (both in memory)."""
+        return needing_jobs((item_status(r) for r in self._records(batch)),
+                            lambda name: self.jobs.get(name) is not None, limit)
+
     def update_items(self, batch: str, items: list[ItemStatus]) -> None:
         starts = self._chunk_starts(batch)
         firsts = [first for first, _ in starts]
@@ -964,6 +978,20 @@ class KubernetesStore:
         ]
         return sorted(jobs, key=lambda j: j.name)
 
+    def changed_jobs(self, batch: str) -> JobChanges:
+        """The batch's Jobs in the watch cache whose resourceVersion is not the one last
+        observed (a re-list after 410 Gone changes none of those that did not change)."""
+        seen = self._observed.get(batch, {})
+        mine = [o for o in self.jobs.snapshot()
+                if (o["metadata"].get("labels") or {}).get(f"{A}batch") == batch
+                and seen.get(o["metadata"]["name"]) != o["metadata"].get("resourceVersion")]
+        jobs = sorted((self._job(o) for o in mine), key=lambda j: j.name)
+        return JobChanges(jobs, {o["metadata"]["name"]: o["metadata"].get("resourceVersion")
+                                 for o in mine})
+
+    def observed(self, batch: str, changes: JobChanges) -> None:
+        self._observed.setdefault(batch, {}).update(changes.mark)
+
     def count_active_jobs(self) -> int:
         return sum(1 for j in self.list_jobs()
                    if j.state in (JobState.PENDING, JobState.PROCESSING) and not j.suspended)
@@ -980,6 +1008,7 @@ class KubernetesStore:
         for o in mine:  # the batch goes: nothing waits for their results (those not yet
             self._release(o)  # released are the unfinished ones, at most maxActiveJobs)
             self.jobs.forget(o["metadata"]["name"])
+        self._observed.pop(batch, None)
 
     def _release(self, obj: Obj) -> None:
         """Take the result finalizer off a Job (jobs.py), if it has it."""
