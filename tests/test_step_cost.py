@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -207,3 +208,41 @@ def assert_status_matches(h: Harness, name: str) -> None:
     counts, failures = truth(h.store.list_items(name))
     status = h.batch(name).status
     assert (status.counts, status.failures) == (counts, failures)
+
+
+def test_a_state_dir_written_before_the_change_numbers_is_observed_in_full(
+        h: Harness, payloads: PayloadServer) -> None:
+    """A state file from a release without the change numbers, item counters and their
+    triggers, left mid-batch with a job that finished unobserved: opened again, the first
+    step observes every job, the counts are those of the items, and the batch completes."""
+    h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    h.repo.write("queue.yaml", queue_doc(2))
+    items = [payloads.add(f"u-{i}", f"payload {i}\n".encode()) for i in range(5)]
+    h.repo.write("batches/u.yaml", {**batch_doc(items), "metadata": {"name": "upgraded"}})
+    h.repo.commit("submit")
+    h.sync()
+    h.reconcile()
+    h.reconcile()
+    first = h.store.list_jobs("upgraded")[0].name
+    h.close()
+    db = sqlite3.connect(local_db_path(h.settings.state_dir))
+    for statement in (
+            "DROP TRIGGER jobs_inserted", "DROP TRIGGER jobs_updated",
+            "DROP TRIGGER items_inserted", "DROP TRIGGER items_deleted",
+            "DROP TRIGGER items_moved", "DROP TABLE item_counts", "DROP TABLE sequences",
+            "DROP INDEX jobs_by_change", "DROP INDEX items_by_state",
+            "DROP INDEX items_unfinished", "ALTER TABLE jobs DROP COLUMN changed",
+            "ALTER TABLE batches DROP COLUMN observed_job_change"):
+        db.execute(statement)
+    # the old runner's record of a finished job, which no step has observed yet
+    db.execute("UPDATE jobs SET state='Completed', started_at=1, finished_at=2, exit_code=0"
+               " WHERE name=?", (first,))
+    db.commit()
+    db.close()
+    h.restart()
+    h.reconcile()
+    assert_status_matches(h, "upgraded")
+    assert h.batch("upgraded").status.counts == {"Completed": 1, "Pending": 4}
+    h.until(lambda: h.state("upgraded") == "Completed", "the upgraded batch completes")
+    assert_status_matches(h, "upgraded")
+    assert h.batch("upgraded").status.counts == {"Completed": 5}

@@ -386,7 +386,8 @@ class SqliteStore:
     def remove_batch(self, name: str) -> None:
         """Forget a batch; its email not yet delivered stays in the outbox and goes out."""
         with self._tx():
-            for table, col in (("items", "batch"), ("credentials", "batch"), ("jobs", "batch"),
+            for table, col in (("items", "batch"), ("item_counts", "batch"),
+                               ("credentials", "batch"), ("jobs", "batch"),
                                ("events", "batch"), ("reports", "batch"), ("batches", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col}=?", (name,))
             self._write("DELETE FROM outbox WHERE batch=? AND delivered_at IS NOT NULL",
