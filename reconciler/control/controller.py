@@ -1,11 +1,14 @@
 """The controller: Batch → Jobs, Jobs → Batch status, terminal batch → report (DESIGN §4).
 
 Level-triggered: every pass reads the current state of each batch and its jobs and does the
-next step that state calls for; it never remembers events. Each step writes something that
-makes it unnecessary next time (a Job with a deterministic name, a status with a report
-round, a report with a deterministic id), so a pass interrupted anywhere and run again
-does the remaining steps and nothing twice. Requests made by commits (restart an item,
-UpdateReporting) are compared with what was already done for them, never replayed.
+next step that state calls for; it never remembers events. Of the jobs it reads those that
+changed since the batch was last observed (the store keeps where each batch stands, and
+a restart on Kubernetes starts again from every job), so a step costs what changed.
+Each step writes something that makes it unnecessary next time (a Job with a
+deterministic name, a status with a report round, a report with a deterministic id), so a
+pass interrupted anywhere and run again does the remaining steps and nothing twice.
+Requests made by commits (restart an item, UpdateReporting) are compared with what was
+already done for them, never replayed.
 """
 
 from __future__ import annotations
@@ -263,8 +266,7 @@ class Controller:
         loaded = status.items_loaded  # before this step
         changes = (self.store.changed_jobs(batch.name)
                    if status.items_loaded or status.state != B.PENDING else JobChanges([]))
-        if status.items_loaded or changes.jobs:
-            self._observe(batch, changes, ctx)
+        self._observe(batch, changes, ctx)
         ctx.dirty_items = {}
         spec = batch.spec
         profile = ctx.repo.profiles.get(spec.profile)
