@@ -351,10 +351,11 @@ class JobChanges:
 
 def needing_jobs(items: Iterable[ItemStatus], job_exists: Callable[[str], bool],
                  limit: int | None) -> list[ItemStatus]:
-    """`items_needing_jobs` for a backend that holds the items in memory: the first
-    `limit` unfinished items (in seq order) whose current attempt has no Job."""
+    """`items_needing_jobs` for a backend that holds the items in memory: of `items`
+    (in seq order, read lazily), the first `limit` unfinished ones whose current attempt
+    has no Job."""
     out: list[ItemStatus] = []
-    for s in sorted(items, key=lambda s: s.seq):
+    for s in items:
         if limit is not None and len(out) >= limit:
             break
         if s.state not in JOB_TERMINAL and not (s.job_name and job_exists(s.job_name)):

@@ -321,8 +321,9 @@ class MemoryStore:
         return sorted((replace(mine[i]) for i in set(ids) if i in mine), key=lambda s: s.seq)
 
     def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
-        return [replace(s) for s in needing_jobs(self._s.items.get(batch, {}).values(),
-                                                 lambda name: name in self._s.jobs, limit)]
+        mine = sorted(self._s.items.get(batch, {}).values(), key=lambda s: s.seq)
+        return [replace(s) for s in needing_jobs(mine, lambda name: name in self._s.jobs,
+                                                 limit)]
 
     # --- jobs
     def changed_jobs(self, batch: str) -> JobChanges:

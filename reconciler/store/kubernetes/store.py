@@ -53,7 +53,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -305,16 +305,21 @@ class KubernetesStore:
 
     # --- ConfigMap helpers
     def _cm_json(self, name: str, key: str, default: Any) -> Any:
+        value = self._cm_decoded(name, key)
+        return copy.deepcopy(value if value is not None else default)
+
+    def _cm_decoded(self, name: str, key: str) -> Any:
+        """The decoded value as cached (None if absent): shared, so only for reads that
+        build objects of their own from it and change nothing in it."""
         cm = self.cms.get(name)
         if cm is None:
-            return copy.deepcopy(default)
+            return None
         rv = cm["metadata"].get("resourceVersion", "")
         memo = self._decoded.get(f"{name}/{key}")
         if memo is None or memo[0] != rv:
             memo = (rv, json.loads((cm.get("data") or {}).get(key, "null") or "null"))
             self._decoded[f"{name}/{key}"] = memo
-        value = memo[1]
-        return copy.deepcopy(value if value is not None else default)
+        return memo[1]
 
     def _owner(self, batch: str) -> list[dict[str, Any]]:
         cr = self.batches.get(batch)
@@ -835,6 +840,12 @@ class KubernetesStore:
             out += self._cm_json(name, "items.json", [])
         return out
 
+    def _records_read(self, batch: str) -> Iterator[dict[str, Any]]:
+        """The item records without a copy (`_cm_decoded`): what the controller's reads
+        of every step go through, so that a step of a big batch copies nothing."""
+        for _, name in self._chunk_starts(batch):
+            yield from self._cm_decoded(name, "items.json") or ()
+
     def _filtered(self, batch: str, state: str | None, query: str | None) -> list[ItemStatus]:
         items = [item_status(r) for r in self._records(batch)]
         if state:
@@ -856,17 +867,20 @@ class KubernetesStore:
 
     def count_items(self, batch: str) -> dict[str, int]:
         out: dict[str, int] = {}
-        for r in self._records(batch):
+        for r in self._records_read(batch):
             out[r["state"]] = out.get(r["state"], 0) + 1
         return out
 
     def items_of(self, batch: str, ids: Collection[str]) -> list[ItemStatus]:
         wanted = set(ids)
-        return [item_status(r) for r in self._records(batch) if r["item"]["id"] in wanted]
+        return [item_status(copy.deepcopy(r)) for r in self._records_read(batch)
+                if r["item"]["id"] in wanted]
 
     def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
         """From the items ConfigMaps' cache and the Jobs' cache (both in memory)."""
-        return needing_jobs((item_status(r) for r in self._records(batch)),
+        unfinished = (r for r in self._records_read(batch)
+                      if r["state"] not in {str(s) for s in JOB_TERMINAL})
+        return needing_jobs((item_status(copy.deepcopy(r)) for r in unfinished),
                             lambda name: self.jobs.get(name) is not None, limit)
 
     def update_items(self, batch: str, items: list[ItemStatus]) -> None:
