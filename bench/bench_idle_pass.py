@@ -21,10 +21,34 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_local import make_repo
+from common import commit_all
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.states import JobState
+
+
+def make_repo(root: Path, batches: int, items: int) -> None:
+    """bench_local.py's repository (no-op profile, 10,000 job slots), its files written as
+    JSON (a YAML subset): yaml.safe_dump of 100,000 items alone takes minutes."""
+    def put(rel: str, doc: dict[str, object]) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(doc, indent=1))
+
+    put("profiles/noop.yaml", {
+        "apiVersion": "batchq.dev/v1", "kind": "Profile",
+        "spec": {"job": {"command": ["/bin/true"]}, "allowedUrlPrefixes": ["http://127.0.0.1/"],
+                 "notification": {"from": "batchq@example.org"}}})
+    put("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
+                       "spec": {"maxActiveBatches": batches, "maxActiveJobs": 10_000,
+                                "maxDeletesPerSync": 10}})
+    for b in range(batches):
+        put(f"batches/bench-{b:04d}.yaml", {
+            "apiVersion": "batchq.dev/v1", "kind": "Batch", "metadata": {"name": f"bench-{b:04d}"},
+            "spec": {"profile": "noop", "depositor": {"name": "Bench", "email": "b@example.org"},
+                     "manifest": {"items": [{"id": f"item-{i:05d}",
+                                             "url": f"http://127.0.0.1/{b}/{i}"}
+                                            for i in range(items)]}}})
+    commit_all(root)
 
 
 def finish_new_jobs(rec: Reconciler) -> int:
@@ -46,7 +70,7 @@ def main() -> None:
     total = args.batches * args.items
     with tempfile.TemporaryDirectory() as tmp:
         repo, state = Path(tmp) / "repo", Path(tmp) / "state"
-        make_repo(repo, args.batches, args.items, parallel=total)  # every job at once
+        make_repo(repo, args.batches, args.items)
         rec = Reconciler(Settings(repo=str(repo), state_dir=state, interval=0.1))
         t0 = time.monotonic()
         repo_state = rec.sync()
