@@ -20,16 +20,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_idle_pass
 from bench_local import make_repo
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.states import JobState
 
 
-def run(batches: int, items: int, parallel: int, seconds: float) -> tuple[float, dict[str, object]]:
+def run(batches: int, items: int, parallel: int, seconds: float,
+        as_json: bool = False) -> tuple[float, dict[str, object]]:
     with tempfile.TemporaryDirectory() as tmp:
         repo, state = Path(tmp) / "repo", Path(tmp) / "state"
-        make_repo(repo, batches, items, parallel)
+        if as_json:  # the same repository, written fast (bench_idle_pass.make_repo)
+            bench_idle_pass.make_repo(repo, batches, items, parallel)
+        else:
+            make_repo(repo, batches, items, parallel)
         rec = Reconciler(Settings(repo=str(repo), state_dir=state, interval=0.1))
         setup = time.monotonic()
         rec.sync()  # the first sync of the files (issue 13 goal 4, not this bench's) untimed
@@ -62,8 +67,9 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--batches", type=int, default=1, help="big batches of --items each")
     ap.add_argument("--no-split", action="store_true", help="only the big batches")
+    ap.add_argument("--json", action="store_true", help="write the batch files as JSON")
     args = ap.parse_args()
-    big_rate, big = run(args.batches, args.items, args.parallel, args.seconds)
+    big_rate, big = run(args.batches, args.items, args.parallel, args.seconds, args.json)
     out: dict[str, object] = {"big": big}
     if not args.no_split:
         small_rate, small = run(args.batches * args.items // 10, 10, args.parallel,

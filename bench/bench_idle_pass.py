@@ -27,9 +27,9 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.states import JobState
 
 
-def make_repo(root: Path, batches: int, items: int) -> None:
-    """bench_local.py's repository (no-op profile, 10,000 job slots), its files written as
-    JSON (a YAML subset): yaml.safe_dump of 100,000 items alone takes minutes."""
+def make_repo(root: Path, batches: int, items: int, parallel: int = 10_000) -> None:
+    """bench_local.py's repository (no-op profile, `parallel` job slots), its files written
+    as JSON (a YAML subset): yaml.safe_dump of 100,000 items alone takes minutes."""
     def put(rel: str, doc: dict[str, object]) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(json.dumps(doc, indent=1))
@@ -39,7 +39,7 @@ def make_repo(root: Path, batches: int, items: int) -> None:
         "spec": {"job": {"command": ["/bin/true"]}, "allowedUrlPrefixes": ["http://127.0.0.1/"],
                  "notification": {"from": "batchq@example.org"}}})
     put("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
-                       "spec": {"maxActiveBatches": batches, "maxActiveJobs": 10_000,
+                       "spec": {"maxActiveBatches": max(batches, 10), "maxActiveJobs": parallel,
                                 "maxDeletesPerSync": 10}})
     for b in range(batches):
         put(f"batches/bench-{b:04d}.yaml", {
