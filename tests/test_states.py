@@ -134,7 +134,7 @@ def test_a_move_its_handler_may_not_choose_raises_a_clear_error_and_writes_nothi
     batch = w.store.get_batch("b")
     assert batch is not None and batch.spec is not None
     status, events = copy.deepcopy(batch.status), w.store.list_events("b")
-    turn = Turn(batch, batch.spec, None, status, [], [],
+    turn = Turn(batch, batch.spec, None, status,
                 PassContext(RepoState(), JobBudget(0), 0, None))
     with pytest.raises(IllegalTransition, match=r"the Pending handler chose a move to"
                        r" Completed, which DECIDES\[Pending\] does not list"):

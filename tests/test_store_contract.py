@@ -197,6 +197,61 @@ def test_removing_a_batch_removes_everything_it_owns(store: Store) -> None:
     assert len(store.list_events("other")) == 1 and store.get_batch("other") is not None
 
 
+def changed(store: Store, batch: str) -> list[str]:
+    return [j.name for j in store.changed_jobs(batch).jobs]
+
+
+def test_changed_jobs_are_those_not_observed_since_they_changed(store: Store) -> None:
+    """What a step reads of a batch's jobs (issue 13): each change once it is observed,
+    again only when it changes again; an observation rolled back is not kept."""
+    apply(store, "b", spec("a", "b", "c"))
+    store.set_items("b", [Item(i, f"http://h/{i}") for i in "abc"])
+    store.create_jobs([job("b", "a"), job("b", "b")])
+    first = store.changed_jobs("b")
+    assert [j.name for j in first.jobs] == ["b-a-1", "b-b-1"]
+    assert changed(store, "b") == ["b-a-1", "b-b-1"]  # not observed yet: still there
+    store.observed("b", first)
+    assert changed(store, "b") == []
+    store.create_job(job("b", "c"))
+    assert changed(store, "b") == ["b-c-1"]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.observed("b", store.changed_jobs("b"))
+        raise RuntimeError("killed before the step's commit")
+    assert changed(store, "b") == ["b-c-1"]
+    store.observed("b", store.changed_jobs("b"))
+    store.set_suspended("b", True)  # every unstarted job moves
+    assert changed(store, "b") == ["b-a-1", "b-b-1", "b-c-1"]
+    store.observed("b", store.changed_jobs("b"))
+    store.set_suspended("b", True)  # again: nothing moves
+    assert changed(store, "b") == []
+    store.remove_batch("b")
+    apply(store, "b", spec("a"))
+    store.create_job(job("b", "a"))
+    assert changed(store, "b") == ["b-a-1"]  # a new batch of the name starts afresh
+
+
+def test_items_needing_a_job_and_items_by_id(store: Store) -> None:
+    """Unfinished items whose current attempt has no Job (none made, or it vanished), in
+    seq order and at most `limit`; items by id in seq order, unknown ids left out."""
+    apply(store, "b", spec(*"abcde"))
+    store.set_items("b", [Item(i, f"http://h/{i}") for i in "abcde"])
+    assert [s.item.id for s in store.items_needing_jobs("b", 2)] == ["a", "b"]
+    assert [s.item.id for s in store.items_needing_jobs("b", None)] == list("abcde")
+    a, b, c = store.items_of("b", ["c", "zz", "a", "b"])
+    assert [a.item.id, b.item.id, c.item.id] == ["a", "b", "c"]
+    store.create_job(job("b", "a"))
+    a.attempts, a.job_name = 1, "b-a-1"  # has its job
+    b.attempts, b.job_name, b.state = 1, "b-b-1", JobState.COMPLETED  # finished
+    c.attempts, c.job_name = 1, "b-c-1"  # its job vanished before it finished
+    store.update_items("b", [a, b, c])
+    assert [s.item.id for s in store.items_needing_jobs("b", None)] == ["c", "d", "e"]
+    assert [s.item.id for s in store.items_needing_jobs("b", 1)] == ["c"]
+    assert store.count_items("b") == {"Completed": 1, "Pending": 4}
+    writes = store.writes
+    store.update_items("b", [a, b, c])  # as stored: nothing is written
+    assert store.writes == writes
+
+
 def test_a_transaction_lands_whole_or_not_at_all(store: Store) -> None:
     b = apply(store, "b", spec("a"))
     with pytest.raises(RuntimeError), store.transaction():

@@ -1,11 +1,14 @@
 """The controller: Batch → Jobs, Jobs → Batch status, terminal batch → report (DESIGN §4).
 
 Level-triggered: every pass reads the current state of each batch and its jobs and does the
-next step that state calls for; it never remembers events. Each step writes something that
-makes it unnecessary next time (a Job with a deterministic name, a status with a report
-round, a report with a deterministic id), so a pass interrupted anywhere and run again
-does the remaining steps and nothing twice. Requests made by commits (restart an item,
-UpdateReporting) are compared with what was already done for them, never replayed.
+next step that state calls for; it never remembers events. Of the jobs it reads those that
+changed since the batch was last observed (the store keeps where each batch stands, and
+a restart on Kubernetes starts again from every job), so a step costs what changed.
+Each step writes something that makes it unnecessary next time (a Job with a
+deterministic name, a status with a report round, a report with a deterministic id), so a
+pass interrupted anywhere and run again does the remaining steps and nothing twice.
+Requests made by commits (restart an item, UpdateReporting) are compared with what was
+already done for them, never replayed.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from reconciler.source.sync import (
     pending_deletions,
 )
 from reconciler.spec.validation import storage_path_problem
-from reconciler.store.base import ConflictError, Event, JobSpec, NotLeader, Store
+from reconciler.store.base import ConflictError, Event, JobChanges, JobSpec, NotLeader, Store
 from reconciler.support import failpoints
 from reconciler.support.logfmt import transition
 from reconciler.support.nospace import is_no_space
@@ -137,15 +140,15 @@ DECIDES: dict[BatchState, frozenset[BatchState]] = {
 
 @dataclass
 class Turn:
-    """One batch's step in a pass: what its state's handler reads, and the items it may
-    load."""
+    """One batch's step in a pass: what its state's handler reads. Items are not in it:
+    each question about them is asked of the store as narrowly as it can be (the jobs
+    that changed, the items that need a job, the counts), so that a step costs what
+    changed, not the batch's size; only a report reads every item."""
 
     batch: Batch
     spec: BatchSpec
     profile: Profile | None
     status: BatchStatus
-    items: list[ItemStatus]
-    jobs: list[Job]
     ctx: PassContext
 
 
@@ -260,16 +263,16 @@ class Controller:
                 self._report_file_error(batch, status, ctx)
             self._write_status(batch, status, ctx)
             return
-        jobs = (self.store.list_jobs(batch.name)
-                if status.items_loaded or status.state != B.PENDING else [])
-        items = self._observe(batch, jobs, ctx) if status.items_loaded or jobs else []
+        loaded = status.items_loaded  # before this step
+        changes = (self.store.changed_jobs(batch.name)
+                   if status.items_loaded or status.state != B.PENDING else JobChanges([]))
+        self._observe(batch, changes, ctx)
         ctx.dirty_items = {}
         spec = batch.spec
         profile = ctx.repo.profiles.get(spec.profile)
-        waiting = self._step(Turn(batch, spec, profile, status, items, jobs, ctx))
-        if ctx.dirty_items:  # one write for every job created this pass (crash: adopted)
-            self.store.update_items(batch.name, list(ctx.dirty_items.values()))
-        status.settled = self._settled(batch, spec, status, items)
+        waiting = self._step(Turn(batch, spec, profile, status, ctx),
+                             counted=status.items_loaded or bool(changes.jobs))
+        status.settled = self._settled(batch, spec, status)
         status.observed_generation = batch.generation
         self._set_condition(status, "Invalid", bool(batch.spec_error), "FileInvalid"
                             if batch.spec_error else "FileValid", batch.spec_error)
@@ -277,6 +280,7 @@ class Controller:
                    f'profile "{spec.profile}" not found (expected profiles/{spec.profile}.yaml):'
                    f" {waiting}; add the profile back or change spec.profile" if waiting else "")
         if batch.status.observed_generation != batch.generation:  # the spec is new: compare
+            items = self.store.list_items(batch.name) if loaded or changes.jobs else []
             drift = out_of_sync(batch.name, batch.source_path, spec, status.admitted_manifest,
                                 items, status.manifest_error)
             self._flag(status, "OutOfSync", bool(drift), REASON if drift else "", drift)
@@ -291,15 +295,18 @@ class Controller:
             self._set_condition(status, "Reconciling", on_its_way, reason, message)
 
     # --- observing jobs into item status
-    def _observe(self, batch: Batch, jobs: list[Job], ctx: PassContext) -> list[ItemStatus]:
-        items = self.store.list_items(batch.name)
+    def _observe(self, batch: Batch, changes: JobChanges, ctx: PassContext) -> None:
+        """Record in their items the jobs changed since the batch's last observation; the
+        store then marks them observed (SQLite: in this step's transaction)."""
+        if not changes.jobs:
+            return
         latest: dict[str, Job] = {}
-        for j in jobs:
+        for j in changes.jobs:
             if j.item not in latest or j.attempt > latest[j.item].attempt:
                 latest[j.item] = j
         changed: list[ItemStatus] = []
         failed: list[ItemStatus] = []  # seen failing in this pass
-        for s in items:
+        for s in self.store.items_of(batch.name, latest):
             job = latest.get(s.item.id)
             if job is None or job.attempt < s.attempts:
                 continue  # a finished Job may vanish: the status is the record
@@ -332,7 +339,7 @@ class Controller:
             self.store.update_items(batch.name, changed)
             ctx.progressed = True
             self._announce_failures(batch, failed)
-        return items
+        self.store.observed(batch.name, changes)
 
     def _announce_failures(self, batch: Batch, failed: list[ItemStatus]) -> None:
         """One timeline entry (and Event) for the jobs seen failing in this pass: an
@@ -347,19 +354,25 @@ class Controller:
                                    batch.source_revision))
 
     # --- the state machine: one handler per batch state, each returning the move it wants
-    def _step(self, turn: Turn) -> str:
+    def _step(self, turn: Turn, counted: bool) -> str:
         """Take the batch one step; return what waits for its missing profile, if anything
-        does (the batch then waits, visibly, where it is: jobs already running go on)."""
-        status, items = turn.status, turn.items
+        does (the batch then waits, visibly, where it is: jobs already running go on).
+        The counts and failures shown (of `counted` batches, or of items loaded now) come
+        from the store's counters and its index of failed items, not from every item."""
+        status = turn.status
         state = status.state
         decision = self._decisions[state](turn)
         if decision.move is not None:
             self._decide(turn, state, decision.move)
-        items = turn.items  # a handler may have loaded them
-        status.counts = _counts(items) if items else status.counts
-        status.failures = [
-            {"item": s.item.id, "message": s.message} for s in items if s.state == J.FAILED
-        ][:MAX_FAILURES_IN_STATUS] if items else status.failures
+        counts = self.store.count_items(turn.batch.name) if (
+            counted or status.items_loaded) else {}
+        if counts:
+            status.counts = counts
+            status.failures = [
+                {"item": s.item.id, "message": s.message}
+                for s in self.store.list_items(turn.batch.name, state=str(J.FAILED),
+                                               limit=MAX_FAILURES_IN_STATUS)
+            ] if counts.get(J.FAILED) else []
         return decision.waiting
 
     def _decide(self, turn: Turn, state: BatchState, move: Move) -> None:
@@ -399,33 +412,34 @@ class Controller:
             waiting = "no new job starts"
         else:
             if not t.status.items_loaded:
-                t.items, unreadable = self._load_items(t.batch, t.spec, t.profile, t.status,
-                                                       t.ctx)
+                unreadable = self._load_items(t.batch, t.spec, t.profile, t.status, t.ctx)
                 if unreadable is not None:
                     return Decision(unreadable)
-            self._restart_failed(t.batch, t.spec, t.profile, t.items, t.jobs, t.ctx)
-            self._ensure_jobs(t.batch, t.spec, t.profile, t.items, t.jobs, t.ctx)
-        if t.status.items_loaded and all(s.state in JOB_TERMINAL for s in t.items):
+            if t.status.items_loaded:
+                self._restart_failed(t.batch, t.spec, t.profile, t.ctx)
+                self._ensure_jobs(t.batch, t.spec, t.profile, t.ctx)
+        if t.status.items_loaded and not self._unfinished(t.batch):
             return Decision(Move(B.REPORTING, "every job is terminal", report=True), waiting)
         return Decision(waiting=waiting)
 
     def _reporting(self, t: Turn) -> Decision:
         if t.profile is None:  # it says who hears of the batch, from whom, who must not
             return Decision(waiting="the report waits")
-        return Decision(self._report(t.batch, t.spec, t.profile, t.status, t.items, t.ctx))
+        items = self.store.list_items(t.batch.name)  # once a report round: it lists all
+        return Decision(self._report(t.batch, t.spec, t.profile, t.status, items, t.ctx))
 
     def _finished(self, t: Turn) -> Decision:
         """Completed or Failed: restarts asked for run, and an UpdateReporting is begun."""
         batch, spec, status, state = t.batch, t.spec, t.status, t.status.state
         waiting = ""
         if t.profile is None:
-            waiting = "the restarts asked for wait" if self._restarts_due(spec, t.items) else ""
+            waiting = "the restarts asked for wait" if self._restarts_due(batch, spec) else ""
         else:
-            self._restart_failed(batch, spec, t.profile, t.items, t.jobs, t.ctx)
+            self._restart_failed(batch, spec, t.profile, t.ctx)
         wants_update = (spec.state == R.UPDATE_REPORTING
                         and status.update_generation < batch.generation)
         if wants_update and state == B.FAILED and not status.manifest_error:
-            if not any(s.state not in JOB_TERMINAL for s in t.items):
+            if not self._unfinished(batch):
                 status.update_generation = batch.generation
                 return Decision(Move(B.UPDATE_REPORTING, "admin requested UpdateReporting",
                                      report=True), waiting)
@@ -448,19 +462,28 @@ class Controller:
         return shown is not None and shown.status == bool(batch.spec_error) and (
             shown.message == batch.spec_error)
 
-    @staticmethod
-    def _restarts_due(spec: BatchSpec, items: list[ItemStatus]) -> bool:
-        return any(s.state == J.FAILED and spec.restarts.get(s.item.id, 0) > s.attempts - 1
-                   for s in items)
+    def _restartable(self, batch: Batch, spec: BatchSpec) -> list[ItemStatus]:
+        """The failed items whose `restarts` total is not used up: only the items named in
+        `restarts` are read."""
+        named = [item for item, wanted in spec.restarts.items() if wanted > 0]
+        return [s for s in (self.store.items_of(batch.name, named) if named else [])
+                if s.state == J.FAILED and spec.restarts.get(s.item.id, 0) > s.attempts - 1]
 
-    def _settled(self, batch: Batch, spec: BatchSpec, status: BatchStatus,
-                 items: list[ItemStatus]) -> bool:
+    def _restarts_due(self, batch: Batch, spec: BatchSpec) -> bool:
+        return bool(self._restartable(batch, spec))
+
+    def _unfinished(self, batch: Batch) -> int:
+        """Items whose job is not terminal, from the store's counters."""
+        return sum(n for state, n in self.store.count_items(batch.name).items()
+                   if state not in JOB_TERMINAL)
+
+    def _settled(self, batch: Batch, spec: BatchSpec, status: BatchStatus) -> bool:
         """Terminal, every job terminal, every requested restart and update done."""
         if status.state not in (B.COMPLETED, B.FAILED):
             return False
-        if any(s.state not in JOB_TERMINAL for s in items):
+        if self._unfinished(batch):
             return False
-        if self._restarts_due(spec, items):
+        if self._restarts_due(batch, spec):
             return False
         return not (spec.state == R.UPDATE_REPORTING
                     and status.update_generation < batch.generation)
@@ -470,9 +493,9 @@ class Controller:
                 and ctx.active_batches < ctx.repo.queue.max_active_batches)
 
     def _load_items(self, batch: Batch, spec: BatchSpec, profile: Profile, status: BatchStatus,
-                    ctx: PassContext) -> tuple[list[ItemStatus], Move | None]:
-        """The batch's items, read once; with the move to report a manifest that cannot be
-        read."""
+                    ctx: PassContext) -> Move | None:
+        """Store the batch's items, read once; return the move to report a manifest that
+        cannot be read."""
         if not self.store.count_items(batch.name):
             try:
                 found = self._read_manifest(batch, spec, profile, ctx)
@@ -480,10 +503,10 @@ class Controller:
                 status.admitted_manifest = manifest_key(spec)
                 status.manifest_error = str(exc)
                 status.message = f"manifest error: {exc}"
-                return [], Move(B.REPORTING, status.message, report=True)
+                return Move(B.REPORTING, status.message, report=True)
             if found is None:  # being downloaded outside the pass: picked up later
                 status.message = f"downloading the manifest {spec.manifest_url}"
-                return [], None
+                return None
             if spec.manifest_url:
                 status.message = f"{len(found)} items read from the manifest"
             shown, credentials = _withhold_credentials(found)
@@ -492,11 +515,10 @@ class Controller:
             self.store.set_items(batch.name, shown)
             failpoints.hit("after-items")
         status.admitted_manifest = status.admitted_manifest or manifest_key(spec)
-        items = self.store.list_items(batch.name)
         status.items_loaded = True
-        status.item_count = len(items)
+        status.item_count = sum(self.store.count_items(batch.name).values())
         ctx.progressed = True
-        return items, None
+        return None
 
     def _read_manifest(self, batch: Batch, spec: BatchSpec, profile: Profile,
                        ctx: PassContext) -> list[Item] | None:
@@ -515,28 +537,24 @@ class Controller:
         return self.downloads.poll(batch.name, key, read, deadline=profile.manifest_timeout)
 
     def _ensure_jobs(self, batch: Batch, spec: BatchSpec, profile: Profile,
-                     items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
-        """Create the Job of every item's current attempt that has none (budget allowing)."""
-        existing = {j.name for j in jobs}
-        planned = []
-        for s in items:
-            if s.state in JOB_TERMINAL:
-                continue
-            attempt = max(s.attempts, 1)
-            planned.append(self._plan_job(batch, spec, profile, s, attempt, existing, ctx))
+                     ctx: PassContext) -> None:
+        """Create the Job of every item's current attempt that has none (budget allowing):
+        the store hands over at most as many such items as the budget has room for."""
+        limit = None if spec.state == R.HELD else ctx.budget.free  # held: made suspended
+        if limit is not None and limit <= 0:
+            return
+        existing: set[str] = set()
+        planned = [self._plan_job(batch, spec, profile, s, max(s.attempts, 1), existing, ctx)
+                   for s in self.store.items_needing_jobs(batch.name, limit)]
         self._create_jobs(batch, [p for p in planned if p is not None], ctx)
 
     def _restart_failed(self, batch: Batch, spec: BatchSpec, profile: Profile,
-                        items: list[ItemStatus], jobs: list[Job], ctx: PassContext) -> None:
-        """Run one more attempt of each failed item whose `restarts` total is not used up."""
-        existing = {j.name for j in jobs}
-        planned = []
-        for s in items:
-            wanted = spec.restarts.get(s.item.id, 0)
-            if s.state != J.FAILED or wanted <= s.attempts - 1:
-                continue
-            planned.append(self._plan_job(batch, spec, profile, s, s.attempts + 1, existing,
-                                          ctx))
+                        ctx: PassContext) -> None:
+        """Run one more attempt of each failed item whose `restarts` total is not used up
+        (a Job of that attempt made before a crash is adopted by its fixed name)."""
+        existing: set[str] = set()
+        planned = [self._plan_job(batch, spec, profile, s, s.attempts + 1, existing, ctx)
+                   for s in self._restartable(batch, spec)]
         self._create_jobs(batch, [p for p in planned if p is not None], ctx)
 
     def _plan_job(self, batch: Batch, spec: BatchSpec, profile: Profile, s: ItemStatus,
@@ -573,11 +591,12 @@ class Controller:
         for p in planned:
             if p.job.name in result.made:
                 self._created(batch, p, ctx)
-        if result.error is None:
-            return
         if ctx.dirty_items and not isinstance(result.error, NotLeader):
+            # one write for the Jobs made, before the counts are read (crash: adopted)
             self.store.update_items(batch.name, list(ctx.dirty_items.values()))
-        raise result.error
+            ctx.dirty_items = {}
+        if result.error is not None:
+            raise result.error
 
     def _created(self, batch: Batch, p: PlannedJob, ctx: PassContext) -> None:
         """Record in the item that its attempt's Job was made (written once a step)."""
@@ -735,13 +754,6 @@ def _shows(status: BatchStatus, type_: str) -> bool:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _counts(items: list[ItemStatus]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in items:
-        out[str(s.state)] = out.get(str(s.state), 0) + 1
-    return out
 
 
 class StorageOutsideRoot(RuntimeError):

@@ -12,7 +12,7 @@ what lets a reconciler killed at any point start again without duplicating anyth
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +27,7 @@ from reconciler.domain.model import (
     Job,
     Report,
 )
+from reconciler.domain.states import JOB_TERMINAL
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,17 @@ class Store(ReadStore, Protocol):
 
     # --- per-item observed state
     def set_items(self, batch: str, items: list[Item]) -> None: ...
-    def update_items(self, batch: str, items: list[ItemStatus]) -> None: ...
+    def update_items(self, batch: str, items: list[ItemStatus]) -> None:
+        """Write the items given; a row equal to what is stored is not written."""
+        ...
+    def items_of(self, batch: str, ids: Collection[str]) -> list[ItemStatus]:
+        """The batch's items with these ids (unknown ids are left out), in seq order."""
+        ...
+    def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
+        """At most `limit` (None: all) unfinished items whose current attempt has no Job
+        (none made yet, or it vanished), in seq order, at a cost that grows with `limit`
+        and the running Jobs, not with the batch's size."""
+        ...
     def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
         """Keep each item's `user:password` (by item id) for its jobs only: the backend
         hands a job its item's credentials as a file (BATCHQ_CREDENTIALS_FILE), and nothing
@@ -258,6 +269,15 @@ class Store(ReadStore, Protocol):
         exists already counts as made (adopted by its fixed name). The first failure stops
         the creates not yet started and is returned, with every Job that was made, so the
         caller records those before it raises."""
+        ...
+    def changed_jobs(self, batch: str) -> JobChanges:
+        """The batch's Jobs changed since `observed` was last called for it (see
+        JobChanges); a Job gone since is not listed (the item status is the record)."""
+        ...
+    def observed(self, batch: str, changes: JobChanges) -> None:
+        """The jobs of `changes` are recorded in the items: do not return them again
+        unless they change. Called after the items' write (Kubernetes: a kill between
+        the two observes them again)."""
         ...
     def delete_jobs(self, batch: str) -> None: ...
     def set_suspended(self, batch: str, suspended: bool) -> None: ...
@@ -316,6 +336,31 @@ class JobsCreated:
 
     made: frozenset[str]
     error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class JobChanges:
+    """A batch's Jobs that changed since the controller last observed it, and the mark
+    `Store.observed` records once their items are written, after which only later changes
+    are returned. A store that cannot tell (just started) returns every Job: the first
+    step after a start observes everything."""
+
+    jobs: list[Job]
+    mark: Any = None  # the backend's own (SQLite: a change number; Kubernetes: versions)
+
+
+def needing_jobs(items: Iterable[ItemStatus], job_exists: Callable[[str], bool],
+                 limit: int | None) -> list[ItemStatus]:
+    """`items_needing_jobs` for a backend that holds the items in memory: of `items`
+    (in seq order, read lazily), the first `limit` unfinished ones whose current attempt
+    has no Job."""
+    out: list[ItemStatus] = []
+    for s in items:
+        if limit is not None and len(out) >= limit:
+            break
+        if s.state not in JOB_TERMINAL and not (s.job_name and job_exists(s.job_name)):
+            out.append(s)
+    return out
 
 
 class ConflictError(RuntimeError):

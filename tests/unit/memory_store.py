@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +29,7 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobChanges,
     JobsCreated,
     JobSpec,
     OutboxEntry,
@@ -36,6 +37,7 @@ from reconciler.store.base import (
     RecipientState,
     SyncState,
     create_one_by_one,
+    needing_jobs,
 )
 from reconciler.store.codec import (
     canonical_json,
@@ -90,6 +92,7 @@ class _State:
     batches: dict[str, _BatchRecord] = field(default_factory=dict)
     items: dict[str, dict[str, ItemStatus]] = field(default_factory=dict)  # batch -> id -> s
     jobs: dict[str, _JobRecord] = field(default_factory=dict)
+    observed: dict[str, dict[str, Job]] = field(default_factory=dict)  # batch -> name -> job
     reports: dict[str, Report] = field(default_factory=dict)
     outbox: dict[str, _OutboxRecord] = field(default_factory=dict)  # insertion order kept
     events: list[Event] = field(default_factory=list)
@@ -244,6 +247,7 @@ class MemoryStore:
             if s.items.pop(name, None):
                 self._wrote()
             self._delete_jobs_of(name)
+            s.observed.pop(name, None)
             kept = [e for e in s.events if e.batch != name]
             if len(kept) != len(s.events):
                 s.events = kept
@@ -312,7 +316,26 @@ class MemoryStore:
                 mine[s.item.id] = new
                 self._wrote()
 
+    def items_of(self, batch: str, ids: Collection[str]) -> list[ItemStatus]:
+        mine = self._s.items.get(batch, {})
+        return sorted((replace(mine[i]) for i in set(ids) if i in mine), key=lambda s: s.seq)
+
+    def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
+        mine = sorted(self._s.items.get(batch, {}).values(), key=lambda s: s.seq)
+        return [replace(s) for s in needing_jobs(mine, lambda name: name in self._s.jobs,
+                                                 limit)]
+
     # --- jobs
+    def changed_jobs(self, batch: str) -> JobChanges:
+        """Jobs that differ from the copy `observed` kept (kept in `_s`: a transaction
+        rolled back forgets the observation with the items)."""
+        seen = self._s.observed.get(batch, {})
+        jobs = [j for j in self.list_jobs(batch) if seen.get(j.name) != j]
+        return JobChanges(jobs, {j.name: replace(j) for j in jobs})
+
+    def observed(self, batch: str, changes: JobChanges) -> None:
+        self._s.observed.setdefault(batch, {}).update(changes.mark)
+
     def create_job(self, spec: JobSpec) -> bool:
         if spec.name in self._s.jobs:
             return False

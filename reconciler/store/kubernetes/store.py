@@ -53,7 +53,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,6 +74,7 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobChanges,
     JobsCreated,
     JobSpec,
     NotLeader,
@@ -82,6 +83,7 @@ from reconciler.store.base import (
     RecipientState,
     StoreUnavailable,
     SyncState,
+    needing_jobs,
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
@@ -217,6 +219,9 @@ class KubernetesStore:
         self._lock = threading.RLock()
         self._decoded: dict[str, tuple[str, Any]] = {}
         self._failure_messages: dict[str, str] = {}
+        # batch -> Job name -> the resourceVersion last observed: in memory only, so the
+        # first step after a start observes every Job (nothing can be lost by a kill)
+        self._observed: dict[str, dict[str, str]] = {}
         self.recorder = EventRecorder(api, namespace)  # Events on the Batch (kubectl)
         wake = self.wake.set
         self.batches = Informer("batches", self._list_batches, wake, watch_timeout)
@@ -300,16 +305,21 @@ class KubernetesStore:
 
     # --- ConfigMap helpers
     def _cm_json(self, name: str, key: str, default: Any) -> Any:
+        value = self._cm_decoded(name, key)
+        return copy.deepcopy(value if value is not None else default)
+
+    def _cm_decoded(self, name: str, key: str) -> Any:
+        """The decoded value as cached (None if absent): shared, so only for reads that
+        build objects of their own from it and change nothing in it."""
         cm = self.cms.get(name)
         if cm is None:
-            return copy.deepcopy(default)
+            return None
         rv = cm["metadata"].get("resourceVersion", "")
         memo = self._decoded.get(f"{name}/{key}")
         if memo is None or memo[0] != rv:
             memo = (rv, json.loads((cm.get("data") or {}).get(key, "null") or "null"))
             self._decoded[f"{name}/{key}"] = memo
-        value = memo[1]
-        return copy.deepcopy(value if value is not None else default)
+        return memo[1]
 
     def _owner(self, batch: str) -> list[dict[str, Any]]:
         cr = self.batches.get(batch)
@@ -830,6 +840,12 @@ class KubernetesStore:
             out += self._cm_json(name, "items.json", [])
         return out
 
+    def _records_read(self, batch: str) -> Iterator[dict[str, Any]]:
+        """The item records without a copy (`_cm_decoded`): what the controller's reads
+        of every step go through, so that a step of a big batch copies nothing."""
+        for _, name in self._chunk_starts(batch):
+            yield from self._cm_decoded(name, "items.json") or ()
+
     def _filtered(self, batch: str, state: str | None, query: str | None) -> list[ItemStatus]:
         items = [item_status(r) for r in self._records(batch)]
         if state:
@@ -851,9 +867,21 @@ class KubernetesStore:
 
     def count_items(self, batch: str) -> dict[str, int]:
         out: dict[str, int] = {}
-        for r in self._records(batch):
+        for r in self._records_read(batch):
             out[r["state"]] = out.get(r["state"], 0) + 1
         return out
+
+    def items_of(self, batch: str, ids: Collection[str]) -> list[ItemStatus]:
+        wanted = set(ids)
+        return [item_status(copy.deepcopy(r)) for r in self._records_read(batch)
+                if r["item"]["id"] in wanted]
+
+    def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
+        """From the items ConfigMaps' cache and the Jobs' cache (both in memory)."""
+        unfinished = (r for r in self._records_read(batch)
+                      if r["state"] not in {str(s) for s in JOB_TERMINAL})
+        return needing_jobs((item_status(copy.deepcopy(r)) for r in unfinished),
+                            lambda name: self.jobs.get(name) is not None, limit)
 
     def update_items(self, batch: str, items: list[ItemStatus]) -> None:
         starts = self._chunk_starts(batch)
@@ -964,6 +992,20 @@ class KubernetesStore:
         ]
         return sorted(jobs, key=lambda j: j.name)
 
+    def changed_jobs(self, batch: str) -> JobChanges:
+        """The batch's Jobs in the watch cache whose resourceVersion is not the one last
+        observed (a re-list after 410 Gone changes none of those that did not change)."""
+        seen = self._observed.get(batch, {})
+        mine = [o for o in self.jobs.snapshot()
+                if (o["metadata"].get("labels") or {}).get(f"{A}batch") == batch
+                and seen.get(o["metadata"]["name"]) != o["metadata"].get("resourceVersion")]
+        jobs = sorted((self._job(o) for o in mine), key=lambda j: j.name)
+        return JobChanges(jobs, {o["metadata"]["name"]: o["metadata"].get("resourceVersion")
+                                 for o in mine})
+
+    def observed(self, batch: str, changes: JobChanges) -> None:
+        self._observed.setdefault(batch, {}).update(changes.mark)
+
     def count_active_jobs(self) -> int:
         return sum(1 for j in self.list_jobs()
                    if j.state in (JobState.PENDING, JobState.PROCESSING) and not j.suspended)
@@ -980,6 +1022,7 @@ class KubernetesStore:
         for o in mine:  # the batch goes: nothing waits for their results (those not yet
             self._release(o)  # released are the unfinished ones, at most maxActiveJobs)
             self.jobs.forget(o["metadata"]["name"])
+        self._observed.pop(batch, None)
 
     def _release(self, obj: Obj) -> None:
         """Take the result finalizer off a Job (jobs.py), if it has it."""

@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from reconciler.store.base import (
     ConflictError,
     Delivery,
     Event,
+    JobChanges,
     JobsCreated,
     JobSpec,
     OutboxEntry,
@@ -40,6 +41,8 @@ from reconciler.store.codec import (
     sync_state_writes,
 )
 
+# An item whose job has not finished: literal, so that the partial index below is used
+UNFINISHED = "state IN ('Pending', 'Processing', 'Held')"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -77,6 +80,51 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL, message TEXT NOT NULL, revision TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch, id);
 """
+# What lets a step cost what changed, not the batch's size (issue 13): created after the
+# columns they need (`_migrate`). Every change of a job the controller observes gets the
+# next number of a sequence, by trigger, so no write path can forget it; a batch keeps the
+# last number it observed (`batches.observed_job_change`, written in the step's
+# transaction). Per-batch item counts are kept by triggers in the item writes' own
+# transaction; the unfinished items and the failed ones are found through indexes.
+INCREMENTAL = """
+CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (batch, changed);
+CREATE INDEX IF NOT EXISTS items_by_state ON items (batch, state, seq);
+CREATE INDEX IF NOT EXISTS items_unfinished ON items (batch, seq) WHERE {unfinished};
+CREATE TRIGGER IF NOT EXISTS jobs_inserted AFTER INSERT ON jobs BEGIN
+    {next}
+    UPDATE jobs SET changed=(SELECT value FROM sequences WHERE name='job-change')
+        WHERE rowid=NEW.rowid;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_updated
+    AFTER UPDATE OF state, suspended, message, started_at, finished_at, attempt ON jobs
+    WHEN OLD.state IS NOT NEW.state OR OLD.suspended IS NOT NEW.suspended
+      OR OLD.message IS NOT NEW.message OR OLD.started_at IS NOT NEW.started_at
+      OR OLD.finished_at IS NOT NEW.finished_at OR OLD.attempt IS NOT NEW.attempt BEGIN
+    {next}
+    UPDATE jobs SET changed=(SELECT value FROM sequences WHERE name='job-change')
+        WHERE rowid=NEW.rowid;
+END;
+CREATE TABLE IF NOT EXISTS item_counts (
+    batch TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (batch, state));
+CREATE TRIGGER IF NOT EXISTS items_inserted AFTER INSERT ON items BEGIN
+    INSERT INTO item_counts(batch, state, n) VALUES (NEW.batch, NEW.state, 1)
+        ON CONFLICT(batch, state) DO UPDATE SET n=n+1;
+END;
+CREATE TRIGGER IF NOT EXISTS items_deleted AFTER DELETE ON items BEGIN
+    UPDATE item_counts SET n=n-1 WHERE batch=OLD.batch AND state=OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS items_moved AFTER UPDATE OF state ON items
+    WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE item_counts SET n=n-1 WHERE batch=OLD.batch AND state=OLD.state;
+    INSERT INTO item_counts(batch, state, n) VALUES (NEW.batch, NEW.state, 1)
+        ON CONFLICT(batch, state) DO UPDATE SET n=n+1;
+END;
+""".format(
+    unfinished=UNFINISHED,
+    next="INSERT INTO sequences(name, value) VALUES ('job-change', 1)"
+            " ON CONFLICT(name) DO UPDATE SET value=value+1;",
+)
 # Columns added since the first release, with what fills them in an older file: per-recipient
 # delivery (a JSON list of RecipientState) and when the entry was closed (an old row that was
 # delivered was closed then).
@@ -84,6 +132,17 @@ OUTBOX_COLUMNS = {
     "recipients_json": ("TEXT NOT NULL DEFAULT '[]'", None),
     "finished_at": ("REAL", "UPDATE outbox SET finished_at=delivered_at"),
 }
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script one by one (a trigger's body holds semicolons), to run
+    inside a transaction of our own, which `executescript` would commit."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
 
 
 # Parsed specs by their JSON, shared by every store of the process (the web site opens one
@@ -105,6 +164,7 @@ class SqliteStore:
         self._add_columns()
         self._migrate()
         self.writes = 0
+        self.reads = 0  # item and job rows the controller's reads returned (tests, bench)
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
 
@@ -138,6 +198,33 @@ class SqliteStore:
         if "uid" not in columns:
             with contextlib.suppress(sqlite3.OperationalError):  # another process did it
                 self.db.execute("ALTER TABLE batches ADD COLUMN uid TEXT NOT NULL DEFAULT ''")
+        if "observed_job_change" not in columns:  # -1: the first step observes every job
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.db.execute("ALTER TABLE batches ADD COLUMN observed_job_change INTEGER"
+                                " NOT NULL DEFAULT -1")
+        if "changed" not in {r["name"] for r in self.db.execute("PRAGMA table_info(jobs)")}:
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.db.execute("ALTER TABLE jobs ADD COLUMN changed INTEGER NOT NULL DEFAULT 0")
+        self._add_incremental()
+
+    def _add_incremental(self) -> None:
+        """The indexes, triggers and counters of INCREMENTAL; the item counts of a file
+        written before them are counted once, in the transaction that creates them."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='items_moved'").fetchone():
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name='items_moved'").fetchone():
+                for statement in _statements(INCREMENTAL):
+                    self.db.execute(statement)
+                self.db.execute("DELETE FROM item_counts")
+                self.db.execute("INSERT INTO item_counts(batch, state, n)"
+                                " SELECT batch, state, COUNT(*) FROM items GROUP BY batch, state")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -299,7 +386,8 @@ class SqliteStore:
     def remove_batch(self, name: str) -> None:
         """Forget a batch; its email not yet delivered stays in the outbox and goes out."""
         with self._tx():
-            for table, col in (("items", "batch"), ("credentials", "batch"), ("jobs", "batch"),
+            for table, col in (("items", "batch"), ("item_counts", "batch"),
+                               ("credentials", "batch"), ("jobs", "batch"),
                                ("events", "batch"), ("reports", "batch"), ("batches", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col}=?", (name,))
             self._write("DELETE FROM outbox WHERE batch=? AND delivered_at IS NOT NULL",
@@ -348,7 +436,7 @@ class SqliteStore:
         where, args = self._item_filter(batch, state, query)
         sql = "SELECT * FROM items" + where + " ORDER BY seq LIMIT ? OFFSET ?"
         args += [-1 if limit is None else limit, offset]
-        return [self._item(r) for r in self.db.execute(sql, args).fetchall()]
+        return self._read_items(sql, args)
 
     def total_items(self, batch: str, *, state: str | None = None,
                     query: str | None = None) -> int:
@@ -356,21 +444,49 @@ class SqliteStore:
         return int(self.db.execute("SELECT COUNT(*) FROM items" + where, args).fetchone()[0])
 
     def count_items(self, batch: str) -> dict[str, int]:
+        """From the counters the item triggers keep: a few rows, whatever the size."""
         rows = self.db.execute(
-            "SELECT state, COUNT(*) FROM items WHERE batch=? GROUP BY state", (batch,)
+            "SELECT state, n FROM item_counts WHERE batch=? AND n>0 ORDER BY state", (batch,)
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    def _read_items(self, sql: str, args: Sequence[Any]) -> list[ItemStatus]:
+        rows = self.db.execute(sql, args).fetchall()
+        self.reads += len(rows)
+        return [self._item(r) for r in rows]
+
+    def items_of(self, batch: str, ids: Collection[str]) -> list[ItemStatus]:
+        out: list[ItemStatus] = []
+        wanted = list(dict.fromkeys(ids))
+        for start in range(0, len(wanted), 500):  # within SQLite's limit of parameters
+            part = wanted[start:start + 500]
+            out += self._read_items(
+                f"SELECT * FROM items WHERE batch=? AND item_id IN"
+                f" ({', '.join('?' for _ in part)})", [batch, *part])
+        return sorted(out, key=lambda s: s.seq)
+
+    def items_needing_jobs(self, batch: str, limit: int | None) -> list[ItemStatus]:
+        """Through the partial index of unfinished items, in seq order: those with a job
+        (at most the running ones) are stepped over, the first `limit` without one read."""
+        return self._read_items(
+            f"SELECT * FROM items WHERE batch=? AND {UNFINISHED} AND (job_name IS NULL OR"
+            " NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.name=items.job_name))"
+            " ORDER BY seq LIMIT ?", (batch, -1 if limit is None else limit))
+
     def update_items(self, batch: str, items: list[ItemStatus]) -> None:
+        """Only rows that differ are written (and counted)."""
         if not items:
             return
         with self._tx():
             for s in items:
                 self._write(
                     "UPDATE items SET state=?, attempts=?, message=?, job_name=?, started_at=?,"
-                    " finished_at=? WHERE batch=? AND item_id=?",
+                    " finished_at=? WHERE batch=? AND item_id=? AND NOT (state IS ? AND"
+                    " attempts IS ? AND message IS ? AND job_name IS ? AND started_at IS ? AND"
+                    " finished_at IS ?)",
                     (str(s.state), s.attempts, s.message, s.job_name, s.started_at,
-                     s.finished_at, batch, s.item.id),
+                     s.finished_at, batch, s.item.id, str(s.state), s.attempts, s.message,
+                     s.job_name, s.started_at, s.finished_at),
                 )
 
     def set_credentials(self, batch: str, credentials: dict[str, str]) -> None:
@@ -421,7 +537,25 @@ class SqliteStore:
             rows = self.db.execute(
                 "SELECT * FROM jobs WHERE batch=? ORDER BY name", (batch,)
             ).fetchall()
+        self.reads += len(rows)
         return [self._job(r) for r in rows]
+
+    def changed_jobs(self, batch: str) -> JobChanges:
+        """The batch's jobs whose change number is past the one it last observed."""
+        row = self.db.execute("SELECT observed_job_change FROM batches WHERE name=?",
+                              (batch,)).fetchone()
+        seen = -1 if row is None else int(row[0])
+        rows = self.db.execute("SELECT * FROM jobs WHERE batch=? AND changed>? ORDER BY name",
+                               (batch, seen)).fetchall()
+        self.reads += len(rows)
+        return JobChanges([self._job(r) for r in rows],
+                          max((int(r["changed"]) for r in rows), default=seen))
+
+    def observed(self, batch: str, changes: JobChanges) -> None:
+        """Written in the step's transaction, with the items it recorded: a kill before
+        the commit leaves both unwritten, and the next step observes the jobs again."""
+        self._write("UPDATE batches SET observed_job_change=? WHERE name=? AND"
+                    " observed_job_change<?", (changes.mark, batch, changes.mark))
 
     def count_active_jobs(self) -> int:
         """Jobs that hold a slot of maxActiveJobs: waiting to start or running."""
