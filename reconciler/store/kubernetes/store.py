@@ -85,6 +85,7 @@ from reconciler.store.base import (
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
+from reconciler.store.kubernetes import rawjson
 from reconciler.store.kubernetes.apierrors import (
     cache_unavailable,
     crd_missing,
@@ -331,13 +332,14 @@ class KubernetesStore:
                                 "data": data}
         if binary:
             body["binaryData"] = binary
-        return self._create(self.core.create_namespaced_config_map, body, self.cms)
+        return self._create(rawjson.configmaps_path(self.ns), body, self.cms)
 
-    def _create(self, create: Any, body: Obj, cache: Informer) -> bool:
-        """Create an object; False if it exists already (creating twice is a no-op)."""
+    def _create(self, path: str, body: Obj, cache: Informer) -> bool:
+        """Create an object (POSTed to `path` as JSON, rawjson.py); False if it exists
+        already (creating twice is a no-op)."""
         self._act()
         try:
-            created = self._raw(create, self.ns, body)
+            created = rawjson.create(self.api, path, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -900,7 +902,7 @@ class KubernetesStore:
     def create_job(self, spec: JobSpec) -> bool:
         if self.jobs.get(spec.name) is not None:
             return False
-        return self._create(self.batch_api.create_namespaced_job,
+        return self._create(rawjson.jobs_path(self.ns),
                             job_manifest(spec, self._owner(spec.batch), self.storage),
                             self.jobs)
 
