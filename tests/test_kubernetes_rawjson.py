@@ -2,7 +2,8 @@
 out as the JSON of the dict, exactly (no field dropped or added by the client's models),
 with the client's bearer token; the 201 comes back decoded; and every refusal is the
 `ApiException` the generated client raises (status, reason, the server's body), so the
-store still reads a 409 as "exists already" and a 429/5xx as worth retrying.
+store still reads a 409 as "exists already" and a 429/5xx as worth retrying. And the
+client's settings decide the proxy once, as its connection pool does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from reconciler.store.kubernetes import rawjson
 from reconciler.store.kubernetes.apierrors import transient
+from reconciler.store.kubernetes.store import client_configuration
 
 TOKEN = "t0ken"
 
@@ -60,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[FakeApiServer]:
     srv = FakeApiServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield srv
@@ -119,3 +122,31 @@ def test_a_refusal_is_the_clients_own_exception(
     assert caught.value.status == status
     assert f"refused with {status}" in str(caught.value.body)
     assert transient(caught.value) == (status in (429, 500, 503))
+
+
+def test_the_proxy_is_read_once_at_setup_not_on_every_request(
+        server: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token from a kubeconfig (or the pod's service account) is refreshed before every
+    request by setting the host again, and the client then read the whole environment to
+    find the proxy anew. The connection pool is built once, from the proxy at setup: that
+    is the one that counts, and the one kept."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {
+            "server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+        "users": [{"name": "u", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    cfg = client_configuration(str(kubeconfig))
+    assert cfg.proxy is None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")  # named after setup
+    api = client.ApiClient(cfg)
+    try:
+        created = rawjson.create(api, rawjson.jobs_path("ns"), BODY)  # refreshes the token
+    finally:
+        api.close()
+    assert created["metadata"]["uid"] == "u-1"  # straight to the server, as the pool was built
+    assert cfg.proxy is None
+    assert server.received[-1][1]["authorization"] == f"Bearer {TOKEN}"

@@ -197,6 +197,24 @@ def _normal(status: BatchStatus) -> str:
     return canonical_json(status_to_k8s(status))
 
 
+def client_configuration(kubeconfig: str | None,
+                         limits: ClientLimits = DEFAULT_LIMITS) -> client.Configuration:
+    """The client's settings: from `kubeconfig`, else the pod's service account."""
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
+    # a connection for each create in flight, beside the three watches
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, limits.concurrency + 4)
+    # the proxy the environment names now, once: the connection pool is built from it once,
+    # and otherwise every request's token refresh (it sets the host again) reads the whole
+    # environment to find it anew (a third of a millisecond a request, bench/README.md)
+    cfg.proxy = cfg.proxy
+    return cfg
+
+
 class KubernetesStore:
     """The store on a cluster; see the module docstring."""
 
@@ -234,14 +252,7 @@ class KubernetesStore:
                 limits: ClientLimits = DEFAULT_LIMITS) -> KubernetesStore:
         """An open store with its caches filled; StoreUnavailable (the caches stopped and
         joined) when they do not fill within `sync_timeout` or the CRD is missing."""
-        cfg = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        else:
-            config.load_incluster_config(client_configuration=cfg)
-        cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
-        # a connection for each create in flight, beside the three watches
-        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, limits.concurrency + 4)
+        cfg = client_configuration(kubeconfig, limits)
         store = cls(client.ApiClient(cfg), namespace, watch_timeout,
                     storage_claim=storage_claim, s3_secret=s3_secret, limits=limits)
         try:
