@@ -6,18 +6,25 @@ once, every item records its Job, and a second pass creates nothing. When the AP
 refuses some of the creates (a ResourceQuota on Jobs, a real 403), the Jobs that were made
 are recorded all the same, and the rest come on a later pass, once each. (A leader losing
 the Lease in the middle of concurrent creates: tests/test_kubernetes_outages.py.)
+Counted at the client (its own REST layer, noting each Job POST as it goes out): creates
+never exceed `--kube-concurrency` in flight, nor `--kube-burst` + `--kube-qps` a second,
+and each Job the API server holds is its item's own (owner, labels, finalizer, env).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import rest
 
 from tests.fixtures import GitRepo, batch_doc, batchq, profile_doc
+from tests.harness import Harness
 from tests.test_kubernetes_outages import created_jobs, jobs_of, queue_doc, writes
 from tests.world import KubeWorld
 
@@ -137,4 +144,122 @@ def test_a_hundred_jobs_created_eight_at_a_time_each_exactly_once(
             (j["metadata"]["labels"]["batchq.dev/item"], j["metadata"]["name"]) for j in jobs)
         assert {r["state"] for r in recorded} <= {"Pending", "Processing"}
     finally:
+        world.close()
+
+
+class CountingRest(rest.RESTClientObject):  # type: ignore[misc]
+    """The client's own REST layer, unchanged, that also notes each Job create as it goes
+    out: when it started, and how many were in flight at once (seen from the client, where
+    a limit on concurrency applies)."""
+
+    def __init__(self, configuration: Any) -> None:
+        super().__init__(configuration)
+        self.lock = threading.Lock()
+        self.in_flight = self.most = 0
+        self.started: list[float] = []
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method != "POST" or not url.endswith("/jobs"):
+            return super().request(method, url, *args, **kwargs)
+        with self.lock:
+            self.started.append(time.monotonic())
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            resp = super().request(method, url, *args, **kwargs)
+            resp.read()  # the whole answer, as the store reads it
+            return resp
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def counted_harness(cp: Any, ns: str, repo: GitRepo, state: Path,
+                    **limits: Any) -> tuple[Harness, CountingRest]:
+    h = Harness(repo, state, None, backend="kubernetes", namespace=ns,  # audited user
+                kubeconfig=str(cp.user_kubeconfig(USER)), leader_election=False, **limits)
+    counting = CountingRest(h.store.api.configuration)
+    h.store.api.rest_client = counting
+    return h, counting
+
+
+def assert_one_right_job_per_item(cp: Any, ns: str, batch: str, names: list[str]) -> None:
+    """Each item has exactly one Job, created once, with its own body: the Batch as its
+    controller owner, its labels, the result finalizer, its item's URL in the env."""
+    uid = cp.request("GET", f"/apis/batchq.dev/v1/namespaces/{ns}/batches/{batch}")[
+        "metadata"]["uid"]
+    jobs = jobs_of(cp, ns, batch)
+    per_item = Counter(j["metadata"]["labels"]["batchq.dev/item"] for j in jobs)
+    assert per_item == dict.fromkeys(names, 1), per_item
+    assert Counter(created_jobs(cp, ns, USER)) == Counter(j["metadata"]["name"] for j in jobs)
+    for job in jobs:
+        meta = job["metadata"]
+        item = meta["annotations"]["batchq.dev/item-id"]
+        assert meta["labels"]["batchq.dev/batch"] == batch
+        assert meta["labels"]["batchq.dev/attempt"] == "1"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "batchq"
+        assert meta["ownerReferences"] == [{
+            "apiVersion": "batchq.dev/v1", "kind": "Batch", "name": batch, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}]
+        assert meta["finalizers"] == ["batchq.dev/result"]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["BATCHQ_BATCH"] == batch
+        assert env["BATCHQ_ITEM_ID"] == item
+        assert env["BATCHQ_ITEM_URL"] == f"http://payloads.invalid/{item}"
+        assert env["BATCHQ_ATTEMPT"] == "1"
+
+
+def test_creates_never_exceed_the_concurrency_and_each_job_has_its_own_body(
+        k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, tmp_path: Path) -> None:
+    """40 creates, 3 at a time at most (counted at the client), no rate limit."""
+    ns = k8s_namespace
+    world = KubeWorld(k8s_cluster.api_client(), ns)
+    names = [f"c{n:03d}" for n in range(40)]
+    git_repo.write("profiles/test.yaml", profile_doc(world.prefix))
+    git_repo.write("queue.yaml", queue_doc(len(names)))
+    git_repo.write("batches/three.yaml", batch_doc([world.item(n) for n in names]))
+    git_repo.commit("a batch of 40")
+    h, counting = counted_harness(k8s_cluster, ns, git_repo, tmp_path / "state",
+                                  kube_concurrency=3, kube_qps=0)
+    try:
+        h.full_pass()  # synced and admitted
+        h.full_pass()  # its Jobs made
+        assert len(counting.started) == len(names)
+        assert 1 < counting.most <= 3, counting.most
+        assert_one_right_job_per_item(k8s_cluster, ns, "three", names)
+        h.full_pass()  # nothing more to make
+        assert len(counting.started) == len(names)
+    finally:
+        h.close()
+        world.close()
+
+
+def test_creates_keep_to_the_rate_limit(
+        k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, tmp_path: Path) -> None:
+    """--kube-qps 5 --kube-burst 3: from t0 (the creating pass starts; no write of the pass
+    before is still waiting for a token) to any moment t, at most 3 + 5 * (t - t0) creates
+    start, however fast the server answers. Without the limit, all 20 would start long
+    before the 3.4 s that allows."""
+    ns = k8s_namespace
+    qps, burst = 5.0, 3
+    world = KubeWorld(k8s_cluster.api_client(), ns)
+    names = [f"r{n:03d}" for n in range(20)]
+    git_repo.write("profiles/test.yaml", profile_doc(world.prefix))
+    git_repo.write("queue.yaml", queue_doc(len(names)))
+    git_repo.write("batches/paced.yaml", batch_doc([world.item(n) for n in names]))
+    git_repo.commit("a batch of 20")
+    h, counting = counted_harness(k8s_cluster, ns, git_repo, tmp_path / "state",
+                                  kube_concurrency=8, kube_qps=qps, kube_burst=burst)
+    try:
+        h.full_pass()  # synced and admitted
+        t0 = time.monotonic()
+        h.full_pass()  # its Jobs made
+        assert len(counting.started) == len(names)
+        for k, started in enumerate(sorted(counting.started), start=1):
+            allowed = burst + qps * (started - t0)
+            assert k <= allowed + 1e-6, (k, round(started - t0, 3))
+        assert_one_right_job_per_item(k8s_cluster, ns, "paced", names)
+    finally:
+        h.close()
         world.close()

@@ -87,6 +87,7 @@ from reconciler.store.base import (
     new_uid,
 )
 from reconciler.store.codec import canonical_json, sync_state_from_meta, sync_state_writes
+from reconciler.store.kubernetes import rawjson
 from reconciler.store.kubernetes.apierrors import (
     cache_unavailable,
     crd_missing,
@@ -198,6 +199,24 @@ def _normal(status: BatchStatus) -> str:
     return canonical_json(status_to_k8s(status))
 
 
+def client_configuration(kubeconfig: str | None,
+                         limits: ClientLimits = DEFAULT_LIMITS) -> client.Configuration:
+    """The client's settings: from `kubeconfig`, else the pod's service account."""
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
+    # a connection for each create in flight, beside the three watches
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, limits.concurrency + 4)
+    # the proxy the environment names now, once: the connection pool is built from it once,
+    # and otherwise every request's token refresh (it sets the host again) reads the whole
+    # environment to find it anew (a third of a millisecond a request, bench/README.md)
+    cfg.proxy = cfg.proxy
+    return cfg
+
+
 class KubernetesStore:
     """The store on a cluster; see the module docstring."""
 
@@ -238,14 +257,7 @@ class KubernetesStore:
                 limits: ClientLimits = DEFAULT_LIMITS) -> KubernetesStore:
         """An open store with its caches filled; StoreUnavailable (the caches stopped and
         joined) when they do not fill within `sync_timeout` or the CRD is missing."""
-        cfg = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        else:
-            config.load_incluster_config(client_configuration=cfg)
-        cfg.retries = False  # no hidden retries: the loop retries, with back-off, and says so
-        # a connection for each create in flight, beside the three watches
-        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, limits.concurrency + 4)
+        cfg = client_configuration(kubeconfig, limits)
         store = cls(client.ApiClient(cfg), namespace, watch_timeout,
                     storage_claim=storage_claim, s3_secret=s3_secret, limits=limits)
         try:
@@ -341,13 +353,14 @@ class KubernetesStore:
                                 "data": data}
         if binary:
             body["binaryData"] = binary
-        return self._create(self.core.create_namespaced_config_map, body, self.cms)
+        return self._create(rawjson.configmaps_path(self.ns), body, self.cms)
 
-    def _create(self, create: Any, body: Obj, cache: Informer) -> bool:
-        """Create an object; False if it exists already (creating twice is a no-op)."""
+    def _create(self, path: str, body: Obj, cache: Informer) -> bool:
+        """Create an object (POSTed to `path` as JSON, rawjson.py); False if it exists
+        already (creating twice is a no-op)."""
         self._act()
         try:
-            created = self._raw(create, self.ns, body)
+            created = rawjson.create(self.api, path, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -928,7 +941,7 @@ class KubernetesStore:
     def create_job(self, spec: JobSpec) -> bool:
         if self.jobs.get(spec.name) is not None:
             return False
-        return self._create(self.batch_api.create_namespaced_job,
+        return self._create(rawjson.jobs_path(self.ns),
                             job_manifest(spec, self._owner(spec.batch), self.storage),
                             self.jobs)
 
