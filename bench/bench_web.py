@@ -19,10 +19,11 @@ figures in bench/README.md.
 deployed (gunicorn, `--workers`) and by the werkzeug server (`--server werkzeug`), both
 up in the same run; for each of `/`, `/api/batches` and `/batches/big` and each number of
 concurrent clients (1, 8, 32: threads, each with its own keep-alive `http.client`
-connection), each server is driven for `--seconds` after a one-second warm-up, one server
-right after the other. Prints JSON: requests/s, p50 and p99 in milliseconds, errors (a
-status other than 200 or a failed connection), the load average around each measurement,
-and gunicorn's requests/s over werkzeug's.
+connection), each server is driven for `--seconds` after a one-second warm-up, in two
+halves ordered gunicorn, werkzeug, werkzeug, gunicorn (a drift in load falls on both).
+Prints JSON: requests/s, p50 and p99 in milliseconds, errors (a status other than 200 or
+a failed connection), the load average around each measurement, and gunicorn's
+requests/s over werkzeug's.
 Run: `python bench/bench_web.py --http [--seconds 8] [--clients 1,8,32] [--workers N]`.
 """
 
@@ -184,7 +185,8 @@ def start_site(state: Path, server: str, workers: int,
 
 def drive(port: int, path: str, clients: int, seconds: float) -> dict[str, Any]:
     """`clients` threads, each a keep-alive connection sending GET `path` back to back for
-    `seconds`; http.client reconnects when the server closes a connection."""
+    `seconds`; http.client reconnects when the server closes a connection. Returns the
+    latencies (seconds), the errors and the time it took."""
     times: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     ready = threading.Barrier(clients + 1)
@@ -218,20 +220,29 @@ def drive(port: int, path: str, clients: int, seconds: float) -> dict[str, Any]:
     ready.wait()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
-    done = sorted(x * 1000 for per in times for x in per)
+    return {"latencies": [x for per in times for x in per], "errors": sum(errors),
+            "elapsed": time.perf_counter() - start,
+            "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+
+
+def summary(clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests/s over the runs' total time; p50 and p99 of all their latencies."""
+    done = sorted(x * 1000 for run in runs for x in run["latencies"])
+    elapsed = sum(run["elapsed"] for run in runs)
 
     def pct(q: float) -> float:
         return round(done[min(len(done) - 1, int(q * len(done)))], 1) if done else float("nan")
 
-    return {"clients": clients, "requests": len(done), "errors": sum(errors),
+    return {"clients": clients, "requests": len(done),
+            "errors": sum(run["errors"] for run in runs),
             "rps": round(len(done) / elapsed, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+            "loadavg_1min": [x for run in runs for x in run["loadavg_1min"]]}
 
 
 def http_main(args: argparse.Namespace, state: Path) -> dict[str, Any]:
-    """Both servers up on the same store; each (route, clients) measured on one, then the
-    other, so they share the machine's conditions."""
+    """Both servers up on the same store; each (route, clients) measured in two halves,
+    gunicorn, werkzeug, werkzeug, gunicorn, so that a change in the machine's load during
+    the measurement falls on both alike."""
     levels = [int(x) for x in args.clients.split(",")]
     servers = {name: start_site(state, name, args.workers, state / f"{name}.log")
                for name in ("gunicorn", "werkzeug")}
@@ -241,8 +252,10 @@ def http_main(args: argparse.Namespace, state: Path) -> dict[str, Any]:
             for _, port in servers.values():  # warm: templates, each worker's parsed specs
                 drive(port, path, max(levels), 1.0)
             for clients in levels:
-                row = {name: drive(port, path, clients, args.seconds)
-                       for name, (_, port) in servers.items()}
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+                for name in ("gunicorn", "werkzeug", "werkzeug", "gunicorn"):
+                    runs[name].append(drive(servers[name][1], path, clients, args.seconds / 2))
+                row: dict[str, Any] = {name: summary(clients, got) for name, got in runs.items()}
                 row["ratio_rps"] = round(row["gunicorn"]["rps"] / row["werkzeug"]["rps"], 2) \
                     if row["werkzeug"]["rps"] else None
                 results[f"{path} x{clients}"] = row
