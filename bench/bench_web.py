@@ -22,8 +22,8 @@ concurrent clients (1, 8, 32: threads, each with its own keep-alive `http.client
 connection), each server is driven for `--seconds` after a one-second warm-up, in two
 halves ordered gunicorn, werkzeug, werkzeug, gunicorn (a drift in load falls on both).
 Prints JSON: requests/s, p50 and p99 in milliseconds, errors (a status other than 200 or
-a failed connection), the load average around each measurement, and gunicorn's
-requests/s over werkzeug's.
+a failed connection), the servers' CPU time per request (from /proc, master and workers),
+the load average around each measurement, and gunicorn's requests/s over werkzeug's.
 Run: `python bench/bench_web.py --http [--seconds 8] [--clients 1,8,32] [--workers N]`.
 """
 
@@ -183,6 +183,22 @@ def start_site(state: Path, server: str, workers: int,
         time.sleep(0.1)
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a server and its worker processes, from
+    /proc: a figure the machine's other load does not change, unlike requests/s."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def drive(port: int, path: str, clients: int, seconds: float) -> dict[str, Any]:
     """`clients` threads, each a keep-alive connection sending GET `path` back to back for
     `seconds`; http.client reconnects when the server closes a connection. Returns the
@@ -236,6 +252,8 @@ def summary(clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"clients": clients, "requests": len(done),
             "errors": sum(run["errors"] for run in runs),
             "rps": round(len(done) / elapsed, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "cpu_ms_per_request": round(1000 * sum(run["cpu"] for run in runs) / len(done), 1)
+            if done else None,
             "loadavg_1min": [x for run in runs for x in run["loadavg_1min"]]}
 
 
@@ -254,7 +272,11 @@ def http_main(args: argparse.Namespace, state: Path) -> dict[str, Any]:
             for clients in levels:
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
                 for name in ("gunicorn", "werkzeug", "werkzeug", "gunicorn"):
-                    runs[name].append(drive(servers[name][1], path, clients, args.seconds / 2))
+                    proc, port = servers[name]
+                    before = server_cpu(proc.pid)
+                    run = drive(port, path, clients, args.seconds / 2)
+                    run["cpu"] = server_cpu(proc.pid) - before
+                    runs[name].append(run)
                 row: dict[str, Any] = {name: summary(clients, got) for name, got in runs.items()}
                 row["ratio_rps"] = round(row["gunicorn"]["rps"] / row["werkzeug"]["rps"], 2) \
                     if row["werkzeug"]["rps"] else None
