@@ -14,19 +14,34 @@ Prints JSON: median and p95 in milliseconds per route; exits 1 if the list or th
 10,000-item page takes 200 ms or more (median).
 Run: `python bench/bench_web.py [--batches 1000] [--items 10000] [--requests 30]`;
 figures in bench/README.md.
+
+`--http`: the same filled store served over real HTTP on 127.0.0.1 by `batchq web` as
+deployed (gunicorn, `--workers`) and by the werkzeug server (`--server werkzeug`), both
+up in the same run; for each of `/`, `/api/batches` and `/batches/big` and each number of
+concurrent clients (1, 8, 32: threads, each with its own keep-alive `http.client`
+connection), each server is driven for `--seconds` after a one-second warm-up, in two
+halves ordered gunicorn, werkzeug, werkzeug, gunicorn (a drift in load falls on both).
+Prints JSON: requests/s, p50 and p99 in milliseconds, errors (a status other than 200 or
+a failed connection), the servers' CPU time per request (from /proc, master and workers),
+the load average around each measurement, and gunicorn's requests/s over werkzeug's.
+Run: `python bench/bench_web.py --http [--seconds 8] [--clients 1,8,32] [--workers N]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import platform
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +52,7 @@ from reconciler.store.backends import BackendSettings, local_db_path, store_fact
 from reconciler.store.base import Event, SyncState
 from reconciler.store.local.sqlite import SqliteStore
 from web.app import create_app
+from web.server import default_workers
 
 STATES = [BatchState.COMPLETED, BatchState.FAILED, BatchState.PROCESSING,
           BatchState.PENDING, BatchState.HELD, BatchState.DELETED]
@@ -136,11 +152,154 @@ def timed(client: Any, url: str, n: int) -> dict[str, Any]:
             "bytes": size}
 
 
+HTTP_ROUTES = ("/", "/api/batches", "/batches/big")
+
+
+def start_site(state: Path, server: str, workers: int,
+               log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`batchq web` in a process of its own on a free loopback port, once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "reconciler", "web", "--state", str(state),
+           "--listen", f"127.0.0.1:{port}", "--server", server]
+    if server == "gunicorn":
+        cmd += ["--workers", str(workers)]
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/livez")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"{server} did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a server and its worker processes, from
+    /proc: a figure the machine's other load does not change, unlike requests/s."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def drive(port: int, path: str, clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` threads, each a keep-alive connection sending GET `path` back to back for
+    `seconds`; http.client reconnects when the server closes a connection. Returns the
+    latencies (seconds), the errors and the time it took."""
+    times: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    ready = threading.Barrier(clients + 1)
+    bounds: dict[str, float] = {}
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        ready.wait()
+        deadline = bounds["deadline"]
+        while (t0 := time.perf_counter()) < deadline:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+            if ok:
+                times[k].append(time.perf_counter() - t0)
+            else:
+                errors[k] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    bounds["deadline"] = start + seconds
+    ready.wait()
+    for t in threads:
+        t.join()
+    return {"latencies": [x for per in times for x in per], "errors": sum(errors),
+            "elapsed": time.perf_counter() - start,
+            "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+
+
+def summary(clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests/s over the runs' total time; p50 and p99 of all their latencies."""
+    done = sorted(x * 1000 for run in runs for x in run["latencies"])
+    elapsed = sum(run["elapsed"] for run in runs)
+
+    def pct(q: float) -> float:
+        return round(done[min(len(done) - 1, int(q * len(done)))], 1) if done else float("nan")
+
+    return {"clients": clients, "requests": len(done),
+            "errors": sum(run["errors"] for run in runs),
+            "rps": round(len(done) / elapsed, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "cpu_ms_per_request": round(1000 * sum(run["cpu"] for run in runs) / len(done), 1)
+            if done else None,
+            "loadavg_1min": [x for run in runs for x in run["loadavg_1min"]]}
+
+
+def http_main(args: argparse.Namespace, state: Path) -> dict[str, Any]:
+    """Both servers up on the same store; each (route, clients) measured in two halves,
+    gunicorn, werkzeug, werkzeug, gunicorn, so that a change in the machine's load during
+    the measurement falls on both alike."""
+    levels = [int(x) for x in args.clients.split(",")]
+    servers = {name: start_site(state, name, args.workers, state / f"{name}.log")
+               for name in ("gunicorn", "werkzeug")}
+    results: dict[str, Any] = {}
+    try:
+        for path in HTTP_ROUTES:
+            for _, port in servers.values():  # warm: templates, each worker's parsed specs
+                drive(port, path, max(levels), 1.0)
+            for clients in levels:
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+                for name in ("gunicorn", "werkzeug", "werkzeug", "gunicorn"):
+                    proc, port = servers[name]
+                    before = server_cpu(proc.pid)
+                    run = drive(port, path, clients, args.seconds / 2)
+                    run["cpu"] = server_cpu(proc.pid) - before
+                    runs[name].append(run)
+                row: dict[str, Any] = {name: summary(clients, got) for name, got in runs.items()}
+                row["ratio_rps"] = round(row["gunicorn"]["rps"] / row["werkzeug"]["rps"], 2) \
+                    if row["werkzeug"]["rps"] else None
+                results[f"{path} x{clients}"] = row
+                print(json.dumps({f"{path} x{clients}": row}), file=sys.stderr)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(60)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, default=1000)
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--http", action="store_true",
+                    help="over real HTTP: gunicorn against werkzeug (see the docstring)")
+    ap.add_argument("--seconds", type=float, default=8.0, help="--http: per measurement")
+    ap.add_argument("--clients", default="1,8,32", help="--http: concurrent clients")
+    ap.add_argument("--workers", type=int, default=default_workers(),
+                    help="--http: gunicorn's worker processes (default: batchq web's)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
@@ -152,6 +311,16 @@ def main() -> None:
             {"lastSync": time.time(), "lastPass": time.time(), "passSeconds": 0.1,
              "interval": 10, "head": rev(0)}))
         load = os.getloadavg()
+        if args.http:
+            results = http_main(args, state)
+            print(json.dumps({
+                "batches": args.batches + 1, "big_items": args.items,
+                "seconds_per_measurement": args.seconds, "gunicorn_workers": args.workers,
+                "gunicorn_threads": 4, "fill_seconds": round(filled, 1),
+                "python": platform.python_version(), "cpus": os.cpu_count(),
+                "loadavg_at_start": [round(x, 2) for x in load], "results": results},
+                indent=2))
+            return
         app = create_app({"STORE_FACTORY": store_factory(BackendSettings(state_dir=state))[0],
                           "STATE_DIR": state})
         client = app.test_client()

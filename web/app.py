@@ -9,8 +9,10 @@ A store is opened lazily per request and closed in teardown (`web.storage`): SQL
 connections belong to one thread, and the threaded server runs each request in its own.
 The Kubernetes store reads from watch caches and is shared instead (`SHARED_STORE`).
 
-`serve` runs the site on HOST:PORT for `batchq web`; `serve_in_thread` runs it beside the
-reconcile loop for `batchq run --web`, where a verified push webhook wakes the loop.
+`batchq web` serves the site on gunicorn (`web.server`, worker processes) or, with
+`--server werkzeug` for development, on werkzeug's threaded server (`serve_app`);
+`serve_in_thread` runs it beside the reconcile loop for `batchq run --web`, where a
+verified push webhook wakes the loop.
 """
 
 from __future__ import annotations
@@ -110,21 +112,29 @@ def build_server(store: Callable[[], ReadStore], listen: str, state_dir: Path,
     per request; `shared=True` when it always returns the same store, which is then never
     closed. Port 0 binds a free port (`server.server_port`).
     """
-    factory = store
+    host, port = _split(listen)
+    return make_server(host, port, create_app(site_settings(
+        store, state_dir, trigger, shared=shared, config=config)), threaded=True)
+
+
+def site_settings(store: Callable[[], ReadStore], state_dir: Path,
+                  trigger: Callable[[], None] | None = None, *, shared: bool = False,
+                  config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`create_app`'s configuration for a served site: the deployment's secrets from the
+    environment (`ENVIRONMENT`), the store factory, the state dir, then `config`."""
     settings: dict[str, Any] = {key: os.environ[var] for key, var in ENVIRONMENT.items()
                                 if os.environ.get(var)}
-    settings.update({"STORE_FACTORY": factory, "SHARED_STORE": shared,
+    settings.update({"STORE_FACTORY": store, "SHARED_STORE": shared,
                      "STATE_DIR": Path(state_dir), "TRIGGER_SYNC": trigger})
     settings.update(config or {})
+    return settings
+
+
+def serve_app(app: Flask, listen: str) -> None:
+    """`batchq web --server werkzeug`: werkzeug's threaded server, one process, on
+    HOST:PORT until interrupted; for development (gunicorn serves production: web.server)."""
     host, port = _split(listen)
-    return make_server(host, port, create_app(settings), threaded=True)
-
-
-def serve(store: Callable[[], ReadStore], listen: str, state_dir: Path,
-          trigger: Callable[[], None] | None = None, *, shared: bool = False,
-          config: dict[str, Any] | None = None) -> None:
-    """`batchq web`: serve the site on HOST:PORT until interrupted (see `build_server`)."""
-    server = build_server(store, listen, state_dir, trigger, shared=shared, config=config)
+    server = make_server(host, port, app, threaded=True)
     try:
         server.serve_forever()
     finally:

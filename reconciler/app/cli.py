@@ -15,9 +15,9 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler.app.service import Reconciler, Settings
@@ -41,6 +41,9 @@ from reconciler.support.nospace import (
     says_no_space,
 )
 from reconciler.support.timefmt import rfc3339_or_none
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -322,6 +325,24 @@ def parser() -> argparse.ArgumentParser:
     _common(w)
     w.add_argument("--listen", default=_env("WEB", "127.0.0.1:8080"), metavar="HOST:PORT",
                    help="address to serve on (BATCHQ_WEB; default 127.0.0.1:8080)")
+    w.add_argument("--server", choices=("gunicorn", "werkzeug"),
+                   default=_env("WEB_SERVER", "gunicorn"),
+                   help="gunicorn (worker processes, graceful stop on SIGTERM) or werkzeug's"
+                        " threaded development server, one process (BATCHQ_WEB_SERVER;"
+                        " default gunicorn); the four options below are gunicorn's")
+    w.add_argument("--workers", type=_at_least_one, default=_env("WEB_WORKERS"),
+                   help="worker processes (BATCHQ_WEB_WORKERS; default 2 x CPUs + 1, at"
+                        " most 8)")
+    w.add_argument("--threads", type=_at_least_one, default=_env("WEB_THREADS", "4"),
+                   help="requests each worker serves at once (BATCHQ_WEB_THREADS; default 4)")
+    w.add_argument("--timeout", type=_at_least_one, default=_env("WEB_TIMEOUT", "30"),
+                   help="seconds a worker may be silent before it is killed and replaced"
+                        " (BATCHQ_WEB_TIMEOUT; default 30)")
+    w.add_argument("--graceful-timeout", type=_at_least_one,
+                   default=_env("WEB_GRACEFUL_TIMEOUT", "25"),
+                   help="on SIGTERM, seconds the requests in flight get to finish"
+                        " (BATCHQ_WEB_GRACEFUL_TIMEOUT; default 25, under Kubernetes' 30 s"
+                        " grace period)")
     _access_log(w)
     now = sub.add_parser("reconcile-now", help="ask a running reconciler for a pass now and"
                          " wait until it has synced the branch head")
@@ -512,6 +533,47 @@ def print_status(store: ReadStore, name: str | None, state_dir: Path | None = No
         _show(f"refused: {refusal.line()}", err=True)
 
 
+def _open_site(args: argparse.Namespace, started: float) -> tuple[Flask, Callable[[], None]]:
+    """`batchq web`'s site and what closes it; in each gunicorn worker, after the fork."""
+    from web.app import create_app, site_settings
+
+    factory, shared = store_factory(backend_settings(args))
+    config: dict[str, Any] = {"STARTED_AT": started}  # /healthz's grace: the server's start
+    if args.backend == "kubernetes":  # the loop runs in other pods: its Lease says how
+        from reconciler.store.kubernetes.leader import lease_heartbeat
+        from reconciler.store.kubernetes.store import KubernetesStore
+
+        shared_store = factory()
+        assert isinstance(shared_store, KubernetesStore)
+        api, namespace = shared_store.api, args.namespace
+        config["HEARTBEAT"] = lambda: lease_heartbeat(api, namespace)
+    app = create_app(site_settings(factory, args.state, shared=shared, config=config))
+    # a shared store's watch threads are stopped and joined before the process ends
+    return app, (lambda: factory().close()) if shared else (lambda: None)
+
+
+def _web(args: argparse.Namespace) -> int:
+    """`batchq web`: gunicorn, or werkzeug's server with `--server werkzeug`."""
+    started = time.time()
+    if args.server == "werkzeug":
+        from web.app import serve_app
+
+        app, close = _open_site(args, started)
+        try:
+            serve_app(app, args.listen)
+        finally:
+            close()
+        return 0
+    from web.server import ServerOptions, default_workers, serve_gunicorn
+
+    options = ServerOptions(
+        listen=args.listen, workers=args.workers or default_workers(), threads=args.threads,
+        timeout=args.timeout, graceful_timeout=args.graceful_timeout,
+        access_log=args.access_log)
+    serve_gunicorn(lambda: _open_site(args, started), options)  # ends the process itself
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args)
@@ -559,24 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "web":
-        from web.app import serve
-
-        factory, shared = store_factory(backend_settings(args))
-        config: dict[str, Any] = {}
-        if args.backend == "kubernetes":  # the loop runs in other pods: its Lease says how
-            from reconciler.store.kubernetes.leader import lease_heartbeat
-            from reconciler.store.kubernetes.store import KubernetesStore
-
-            shared_store = factory()
-            assert isinstance(shared_store, KubernetesStore)
-            api, namespace = shared_store.api, args.namespace
-            config["HEARTBEAT"] = lambda: lease_heartbeat(api, namespace)
-        try:
-            serve(factory, args.listen, state_dir=args.state, shared=shared, config=config)
-        finally:
-            if shared:  # its watch threads are stopped and joined before the interpreter ends
-                factory().close()
-        return 0
+        return _web(args)
     stop = threading.Event()
     if args.command == "run":  # SIGTERM (a rollout, kubelet): stop acting, let the Lease go
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
