@@ -29,6 +29,11 @@ class Mode(StrEnum):
     ENFORCE = "enforce"  # a refused change is not applied: the last authorized one stays
 
 
+class Verification(StrEnum):
+    BUILTIN = "builtin"  # SSHSIG checked in-process (source/sshverify.py): the default
+    GIT = "git"  # git's own tooling: ssh-keygen -Y find-principals and -Y verify
+
+
 class Role(StrEnum):
     DEPOSITOR = "depositor"
     ADMIN = "admin"
@@ -49,6 +54,7 @@ class AccessPolicy:
     revoked_keys: tuple[str, ...] = ()
     trusted_commit: str = ""  # its history is authorized as is (where a fresh state starts)
     source: str = ""  # the file it was read from, for messages
+    verify: Verification = Verification.BUILTIN
     roles: dict[str, Role] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +138,7 @@ def load_policy(path: str | Path) -> AccessPolicy:
         revoked_keys=tuple(spec.get("revokedKeys") or []),
         trusted_commit=spec.get("trustedCommit", ""),
         source=str(path),
+        verify=Verification(spec.get("verify", Verification.BUILTIN)),
     )
 
 
