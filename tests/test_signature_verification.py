@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from reconciler.source.gitrepo import SourceError
 from reconciler.source.signatures import CommitRecord, read_commits
-from reconciler.spec.policy import AccessPolicy, Mode, Role, Signer, Verification
-from tests.fixtures import GitRepo
+from reconciler.spec.policy import AccessPolicy, Mode, Role, Signer, Verification, load_policy
+from tests.fixtures import GitRepo, batchq
 
 KEYS = {  # name -> ssh-keygen arguments
     "ed25519": ["-t", "ed25519"],
@@ -284,3 +284,22 @@ def test_a_security_key_signature_is_refused_not_passed(lab: Lab) -> None:
     assert mine.signature.label == (
         "unsigned (unsupported key type sk-ssh-ed25519@openssh.com: sign with an ed25519 key"
         " (or ecdsa, rsa), or set the access policy's verify: git)")
+
+
+def test_a_policy_with_a_security_key_names_its_line_unless_git_verifies(
+        lab: Lab, tmp_path: Path) -> None:
+    sk = "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t sk@desk"
+    body = ("apiVersion: batchq.dev/v1\nkind: AccessPolicy\nspec:\n  mode: enforce\n{}"
+            "  signers:\n    - principal: admin@example.org\n      role: admin\n"
+            f"      keys:\n        - \"{lab.public('ed25519')}\"\n        - \"{sk}\"\n")
+    policy, repo = tmp_path / "policy.yaml", tmp_path / "repo"
+    repo.mkdir()
+    policy.write_text(body.format(""))
+    out = batchq("validate", "--access-policy", str(policy), str(repo))
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        f"{policy}:10:11: spec.signers[0].keys[1]: a security-key (sk-ssh-ed25519@openssh.com)"
+        " signature is checked only with spec.verify: git; give an ed25519 key, or set"
+        " verify: git"]
+    policy.write_text(body.format("  verify: git\n"))
+    assert load_policy(policy).verify == Verification.GIT
