@@ -149,8 +149,11 @@ def fingerprint(blob: bytes) -> str:
 def _load_key(blob: bytes) -> tuple[PublicKey, bytes]:
     kind = _Reader(blob).string().decode("ascii", "replace")
     if kind not in SUPPORTED_KEYS:
-        raise _Unsupported(f"unsupported key type {kind}: sign with an ed25519 key (or"
-                           " ecdsa, rsa), or set the access policy's verify: git")
+        if kind.startswith("sk-") or kind.endswith("-cert-v01@openssh.com") or (
+                kind == "ssh-dss"):  # OpenSSH's, not ours: "cannot be checked"
+            raise _Unsupported(f"unsupported key type {kind}: sign with an ed25519 key (or"
+                               " ecdsa, rsa), or set the access policy's verify: git")
+        raise _Malformed(f"no such key type {kind}")
     try:
         key = load_ssh_public_key(kind.encode() + b" " + base64.b64encode(blob))
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -220,8 +223,8 @@ class Verifier:
             return self._verify(payload, _dearmor(signature))
         except _Unsupported as exc:
             return Verdict("E", why=str(exc))
-        except (_Malformed, InvalidSignature, UnicodeDecodeError):
-            return Verdict("B")
+        except (ValueError, InvalidSignature, struct.error):  # _Malformed, and anything
+            return Verdict("B")  # a crafted blob makes the parsers raise: never a crash
 
     def _verify(self, payload: bytes, blob: bytes) -> Verdict:
         r = _Reader(blob)
