@@ -13,6 +13,7 @@ Signatures are checked against the access policy's keys one of two ways (policy 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from reconciler.spec.policy import AccessPolicy, Role, Verification
 from reconciler.support.redaction import redact_text
 
 ZERO = "0" * 40
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,7 @@ def read_commits(mirror: Path, policy: AccessPolicy, revisions: list[str], *,
     if policy.verify == Verification.GIT:
         return _read_verified_by_git(mirror, policy, revisions, timeout=timeout)
     deadline = time.monotonic() + timeout
-    out = _run(mirror, [*LOG_ARGS, f"--format={LOG_FORMAT}", *revisions, "--"],
-               timeout=timeout)
-    listed = []
-    for chunk in out.split("\x01")[1:]:
-        tokens = chunk.split("\0")
-        sha, parents, when = tokens[:3]
-        listed.append((sha, parents, when, [t for t in tokens[3:] if t]))
+    listed = _list(mirror, revisions, timeout=timeout)
     raw = _raw_commits(mirror, [sha for sha, *_ in listed],
                        timeout=max(deadline - time.monotonic(), 1.0))
     verifier = Verifier(((s.principal, k) for s in policy.signers for k in s.keys),
@@ -136,6 +132,19 @@ def read_commits(mirror: Path, policy: AccessPolicy, revisions: list[str], *,
                                     _signature(v.status, v.principal, v.key, policy, v.why),
                                     float(when), _changes(changes)))
     return records
+
+
+def _list(mirror: Path, revisions: list[str], *,
+          timeout: float) -> list[tuple[str, str, str, list[str]]]:
+    """Each commit of the range, oldest first: sha, parents, commit time, raw changes."""
+    out = _run(mirror, [*LOG_ARGS, f"--format={LOG_FORMAT}", *revisions, "--"],
+               timeout=timeout)
+    listed = []
+    for chunk in out.split("\x01")[1:]:
+        tokens = chunk.split("\0")
+        sha, parents, when = tokens[:3]
+        listed.append((sha, parents, when, [t for t in tokens[3:] if t]))
+    return listed
 
 
 def _git() -> str:
@@ -177,7 +186,11 @@ def _raw_commits(mirror: Path, shas: list[str], *, timeout: float) -> dict[str, 
 
 def _read_verified_by_git(mirror: Path, policy: AccessPolicy, revisions: list[str], *,
                           timeout: float) -> list[CommitRecord]:
-    """read_commits with git checking each signature (policy verify: git)."""
+    """read_commits with git checking each signature (policy verify: git). git 2.39 dies
+    on some commits (a gpgsig header it cannot parse; ssh-keygen rejecting a blob before
+    reading the payload kills git with SIGPIPE): one such commit must not stop every sync,
+    so then each commit is verified on its own, and the one git cannot check is "E"."""
+    deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="batchq-signers-") as tmp:
         signers = Path(tmp) / "allowed_signers"
         signers.write_text(policy.allowed_signers(), encoding="utf-8")
@@ -193,8 +206,15 @@ def _read_verified_by_git(mirror: Path, policy: AccessPolicy, revisions: list[st
                                      timeout=timeout, errors="surrogateescape")
         except subprocess.TimeoutExpired:
             raise SourceError(f"verifying signatures took over {timeout:g} s") from None
-    if done.returncode != 0:
-        raise SourceError(redact_text(f"cannot list commits to verify: {done.stderr.strip()}"))
+        if done.returncode != 0:
+            listed = _list(mirror, revisions, timeout=max(deadline - time.monotonic(), 1.0))
+            why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            log.warning("git could not verify the range (%s): verifying commit by commit",
+                        redact_text(why))
+            return [CommitRecord(sha, tuple(parents.split()),
+                                 _git_verdict(mirror, config, sha, policy, deadline),
+                                 float(when), _changes(changes))
+                    for sha, parents, when, changes in listed]
     records = []
     for chunk in done.stdout.split("\x01")[1:]:
         tokens = chunk.split("\0")
@@ -203,3 +223,20 @@ def _read_verified_by_git(mirror: Path, policy: AccessPolicy, revisions: list[st
                                     _signature(status, principal, key, policy),
                                     float(when), _changes([t for t in tokens[6:] if t])))
     return records
+
+
+def _git_verdict(mirror: Path, config: list[str], sha: str, policy: AccessPolicy,
+                 deadline: float) -> Signature:
+    """One commit's signature as git checks it; "E" when git dies checking it."""
+    timeout = max(deadline - time.monotonic(), 1.0)
+    try:
+        done = run_with_deadline([_git(), *config, "log", "-1",
+                                  "--format=%G?%x00%GS%x00%GK", sha, "--"], cwd=mirror,
+                                 env=dict(os.environ), timeout=timeout,
+                                 errors="surrogateescape")
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"verifying signatures took over {timeout:g} s") from None
+    if done.returncode != 0:
+        return _signature("E", "", "", policy, "git could not check this signature")
+    status, principal, key = [*done.stdout.strip("\n").split("\0"), "", ""][:3]
+    return _signature(status, principal, key, policy)
