@@ -33,6 +33,7 @@ from tests.signing import FORGE, OTHER, STRANGER, Keyring, SignedRepo, policy_do
 from tests.world import LocalWorld
 
 BATCH = "batches/maps.yaml"
+OTHER_BATCH = "batches/other.yaml"
 
 
 class Setup:
@@ -483,7 +484,7 @@ def test_the_plan_hook_lists_what_a_range_would_have_refused(s: Setup) -> None:
     base = s.deposit("a1")
     restart = s.edit(DEPOSITOR, restarts={"a1": 1})
     h.rec.source.fetch()
-    found = refusals_between(h.rec.source, h.settings.access_policy, base, restart,
+    found = refusals_between(h.rec.source.repo(), h.settings.access_policy, base, restart,
                              timeout=60)
     assert [(r.commit, r.field) for r in found] == [(restart, "spec.restarts")]
     assert h.store.get_batch("maps") is None  # nothing was synced or applied
@@ -600,3 +601,63 @@ def test_a_changed_policy_file_takes_over_without_a_restart(
     assert (f"access policy {s.policy} changed but cannot be used; the last valid one stays:"
             f'\n{s.policy}:3:14: spec.mode: "lax" is not one of "off", "warn", "enforce"'
             ) in caplog.text
+
+
+def test_plan_shows_the_refusals_a_push_would_get_and_what_enforce_applies(
+        s: Setup) -> None:
+    """`batchq plan` on a push of three commits: a depositor's priority change and an
+    unsigned profile change are refused (commit, signer, path and field shown), the admin's
+    hold is planned, and the plan writes nothing; the sync then refuses the same."""
+    h = s.start()
+    s.admin_profile()
+    s.deposit("a1")
+    s.deposit("b1", who=OTHER, path=OTHER_BATCH)
+    h.until_idle()
+    before_priority = h.batch("maps").spec.priority  # type: ignore[union-attr]
+    priority = s.edit(DEPOSITOR, priority=1)
+    s.repo.write("profiles/test.yaml", profile_doc(s.world.prefix) | {"spec": {
+        **profile_doc(s.world.prefix)["spec"], "job": {"command": ["/bin/true"]}}})
+    profile = s.repo.commit("a profile, unsigned", who=ADMIN, sign=False)
+    hold = s.edit(ADMIN, path=OTHER_BATCH, state="Held")
+    h.close()  # the reconciler is stopped while the plan runs: nothing else writes
+    s.h = None
+    before = {p: p.read_bytes() for p in sorted(s.state.rglob("*")) if p.is_file()}
+    out = batchq("plan", "--repo", str(s.repo.path), "--state", str(s.state),
+                 "--access-policy", str(s.policy), "--format", "json", "HEAD")
+    assert out.returncode == 0, out.stderr
+    changes = json.loads(out.stdout)["changes"]
+    shown = [(c["details"]["commit"], c["details"]["signer"], c["path"], c["details"]["field"])
+             for c in changes if c["action"] == "unauthorized"]
+    assert shown == [(priority, DEPOSITOR[1], BATCH, "spec.priority"),
+                     (profile, "unsigned", "profiles/test.yaml", "")]
+    # enforce: what is planned is what would be applied, without the refused changes
+    assert [(c["action"], c["path"]) for c in changes if c["action"] != "unauthorized"] == [
+        ("hold", OTHER_BATCH)]
+    text = batchq("plan", "--repo", str(s.repo.path), "--state", str(s.state),
+                  "--access-policy", str(s.policy), "HEAD")
+    assert (f"unauthorized     {BATCH}: the access policy refuses commit {priority[:12]} by"
+            f" jane@example.org: {BATCH} spec.priority: only an admin may change"
+            " spec.priority; not applied") in text.stdout
+    assert f"commit {profile[:12]} by unsigned: profiles/test.yaml:" in text.stdout
+    assert {p: p.read_bytes() for p in sorted(s.state.rglob("*")) if p.is_file()} == before
+    assert hold  # the sync then makes the refusals the plan showed
+    h = s.start()
+    h.until_idle()
+    assert [(r["commit"], r["signer"], r["path"], r["field"]) for r in refusals(s)] == shown
+    assert h.batch("other").spec.state == "Held"  # type: ignore[union-attr]
+    assert h.batch("maps").spec.priority == before_priority  # type: ignore[union-attr]
+
+
+def test_plan_without_a_policy_or_in_mode_off_verifies_nothing(s: Setup) -> None:
+    h = s.start("off")
+    s.admin_profile()
+    s.deposit("a1")
+    h.until_idle()
+    priority = s.edit(DEPOSITOR, priority=1)
+    for extra in ([], ["--access-policy", str(s.policy)]):
+        out = batchq("plan", "--repo", str(s.repo.path), "--state", str(s.state), *extra,
+                     "--format", "json", "HEAD")
+        assert out.returncode == 0, out.stderr
+        changes = json.loads(out.stdout)["changes"]
+        assert [c["action"] for c in changes] == ["change"], changes
+    assert priority

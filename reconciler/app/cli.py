@@ -362,6 +362,10 @@ def parser() -> argparse.ArgumentParser:
                     help="path of a local clone of the repository (BATCHQ_REPO; default .)")
     pl.add_argument("--format", dest="output", choices=("text", "json", "markdown"),
                     default="text", help="text, json, or markdown (a pull-request comment)")
+    _access_policy(pl)  # its refusals of the range are shown, as the sync would make them
+    pl.add_argument("--git-timeout", type=float, default=_seconds("GIT_TIMEOUT", 120),
+                    help="seconds the signature check of the range may take"
+                         " (BATCHQ_GIT_TIMEOUT; 120)")
     d = sub.add_parser("demo", help="run the whole story on the embedded default")
     d.add_argument("--keep", type=Path, help="keep the demo's repo and state here")
     return top

@@ -7,7 +7,10 @@ attempt numbers), UpdateReporting requests (and whether an email would go out), 
 (and whether the mass-deletion guard refuses them), and files that would be refused. It
 uses the reconciler's own checks (`validate_text`, the profile refusal, the layout rule)
 and reads Git objects and the store only: it writes nothing, fetches nothing, creates no
-job and sends no email.
+job and sends no email. With an access policy (`--access-policy`), every commit of the range
+is verified and judged as the sync would (source/access.py), its refusals come first (the
+commit, the signer or "unsigned", the path and field), and in mode enforce the rest of the
+plan is what would be applied: the authorized versions, not the head's.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import git
 
 from reconciler.domain.model import Batch, BatchSpec, QueueSettings
 from reconciler.domain.states import BatchState, JobState, RequestedState
+from reconciler.source.access import judge_range
+from reconciler.source.gitrepo import SourceError
 from reconciler.spec.layout import is_relevant
+from reconciler.spec.policy import AccessPolicy, Mode
 from reconciler.spec.validation import batch_name, batch_profile_refusal, validate_text
-from reconciler.store.base import ReadStore
+from reconciler.store.base import ReadStore, SyncState
 
 KINDS = {"batches": "Batch", "profiles": "Profile"}
 JOB_TERMINAL = (JobState.COMPLETED, JobState.FAILED)
@@ -107,19 +113,22 @@ def _queue(files: dict[str, bytes], stored: dict[str, Any]) -> QueueSettings:
     return QueueSettings.from_dict((data.get("spec") or {}) if data else stored)
 
 
-def make_plan(repo_path: str, base: str | None, head: str, store: ReadStore | None) -> Plan:
+def make_plan(repo_path: str, base: str | None, head: str, store: ReadStore | None,
+              policy: AccessPolicy | None = None, *, timeout: float = 120.0) -> Plan:
     """The plan for moving the store from what `base` said to what `head` says."""
     try:
         repo = git.Repo(repo_path)
     except (git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
         raise PlanError(f"{repo_path} is not a Git repository") from exc
+    sync = store.load_sync_state() if store is not None else None
     try:
         before, after = _files_at(repo, base), _files_at(repo, head)
         plan = Plan(base=repo.commit(base).hexsha if base else "",
                     head=repo.commit(head).hexsha)
+        if policy is not None and policy.mode != Mode.OFF:
+            _plan_access(plan, repo, policy, sync, after, timeout=timeout)
     finally:
         repo.close()
-    sync = store.load_sync_state() if store is not None else None
     batches = {b.name: b for b in store.list_batches()} if store is not None else {}
     profiles, bad_profiles = _profiles(after)
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
@@ -135,6 +144,28 @@ def make_plan(repo_path: str, base: str | None, head: str, store: ReadStore | No
     _plan_deletions(plan, after, batches, held_paths,
                     _queue(after, sync.queue if sync else {}))
     return plan
+
+
+def _plan_access(plan: Plan, repo: git.Repo, policy: AccessPolicy, sync: SyncState | None,
+                 after: dict[str, bytes], *, timeout: float) -> None:
+    """The access policy's refusals in the range; in mode enforce, `after` becomes what
+    would be applied (each judged file at its authorized version)."""
+    known = sync is not None and bool(plan.base) and sync.synced_commit == plan.base
+    try:
+        judged = judge_range(repo, policy, plan.base or None, plan.head,
+                             sync.access_held if known and sync is not None else {},
+                             timeout=timeout)
+    except SourceError as exc:
+        raise PlanError(f"cannot verify the commits of the range: {exc}") from exc
+    for r in judged.refusals:
+        plan.add("unauthorized", r.path, "", f"the access policy refuses {r.line()}",
+                 commit=r.commit, signer=r.signer, field=r.field, applied=r.applied)
+    if policy.mode == Mode.ENFORCE:
+        for path, data in judged.authorized.items():
+            if data is None:
+                after.pop(path, None)
+            else:
+                after[path] = data
 
 
 def _plan_setting(plan: Plan, path: str, before: dict[str, bytes],

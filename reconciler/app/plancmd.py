@@ -24,6 +24,9 @@ def _store(args: argparse.Namespace) -> ReadStore | None:
 
 def plan_command(args: argparse.Namespace) -> int:
     """Exit 0 with the plan; 1 when the range or repository cannot be read."""
+    from reconciler.app.cli import access_policy  # (cli imports this module lazily)
+
+    policy = access_policy(args)  # before anything is opened: a bad one exits naming lines
     store = _store(args)
     try:
         base, sep, head = args.range.partition("..")
@@ -31,7 +34,8 @@ def plan_command(args: argparse.Namespace) -> int:
             base, head = "", args.range
             synced = store.load_sync_state().synced_commit if store is not None else None
             base = synced or ""
-        plan = make_plan(args.repo, base or None, head or "HEAD", store)
+        plan = make_plan(args.repo, base or None, head or "HEAD", store, policy,
+                         timeout=args.git_timeout)
     except PlanError as exc:
         print(f"batchq: {exc}", file=sys.stderr)
         return 1

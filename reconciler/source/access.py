@@ -22,7 +22,7 @@ signer's rights (rights.py):
   authorized is re-judged into a deletion; an admin's signed commit changes it.
 Where the branch holds a file the authorized version differs from, the authorized one is
 held (SyncState.access_held) for the next syncs, and the sync applies it instead.
-`refusals_between` judges a range without applying anything: the hook for `batchq plan`.
+`judge_range` judges a range without applying anything: what `batchq plan` shows.
 """
 
 from __future__ import annotations
@@ -85,10 +85,9 @@ class Outcome:
 
 
 class _Judge:
-    def __init__(self, source: GitSource, policy: AccessPolicy, base: str | None,
+    def __init__(self, repo: git.Repo, policy: AccessPolicy, base: str | None,
                  held: dict[str, dict[str, Any]]) -> None:
-        self.repo = source.repo()
-        self.mirror = source.mirror
+        self.repo = repo
         self.policy = policy
         self.base = self.repo.commit(base) if base else None
         self.base_tree = self.base.tree if self.base else None
@@ -215,7 +214,7 @@ def authorize(source: GitSource, policy: AccessPolicy, last: str | None, result:
         return outcome
     base, revisions = _range(source, policy, last, result.head)
     known = base is not None and base == last  # the store holds what was authorized at base
-    judge = _Judge(source, policy, base, state.access_held if known else {})
+    judge = _Judge(source.repo(), policy, base, state.access_held if known else {})
     for commit in read_commits(source.mirror, policy, revisions, timeout=timeout):
         judge.judge(commit)
     repo = source.repo()
@@ -308,14 +307,30 @@ def _authorized_result(result: SyncResult, judge: _Judge, final: dict[str, Versi
                    batch_paths=batch_paths, listed=True)
 
 
-def refusals_between(source: GitSource, policy: AccessPolicy, base: str | None, head: str,
-                     *, timeout: float) -> list[Refusal]:
-    """What the policy would refuse in BASE..HEAD, applying nothing: the hook for `batchq
-    plan BASE..HEAD` (issue 10), which shows these beside what the commits would do. The
-    mirror must hold both commits (GitSource.fetch); versions held back by the running
-    reconciler are not taken into account."""
-    judge = _Judge(source, policy, base, {})
+@dataclass(frozen=True)
+class Judgement:
+    """What the policy makes of a range: its refusals, and each judged file's authorized
+    version at the head (None: absent), which mode enforce applies instead of the head's."""
+
+    refusals: list[Refusal]
+    authorized: dict[str, bytes | None]
+
+
+def judge_range(repo: git.Repo, policy: AccessPolicy, base: str | None, head: str,
+                held: dict[str, dict[str, Any]], *, timeout: float) -> Judgement:
+    """Judge BASE..HEAD in `repo` (any repository holding both commits), applying nothing:
+    what `batchq plan` shows. `held`: the versions the reconciler holds back at BASE
+    (SyncState.access_held when BASE is the store's synced commit, else {})."""
+    judge = _Judge(repo, policy, base, held)
     revisions = [head] if base is None else [head, f"^{base}"]
-    for commit in read_commits(source.mirror, policy, revisions, timeout=timeout):
+    for commit in read_commits(Path(repo.git_dir), policy, revisions, timeout=timeout):
         judge.judge(commit)
-    return judge.refused
+    paths = set(judge.authorized) | set(judge.held) | set(judge.last_word)
+    return Judgement(judge.refused, {p: judge.current(p).data for p in sorted(paths)})
+
+
+def refusals_between(repo: git.Repo, policy: AccessPolicy, base: str | None, head: str,
+                     *, timeout: float) -> list[Refusal]:
+    """What the policy would refuse in BASE..HEAD, applying nothing (versions held back by
+    the running reconciler are not taken into account: judge_range takes them)."""
+    return judge_range(repo, policy, base, head, {}, timeout=timeout).refusals

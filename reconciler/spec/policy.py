@@ -3,8 +3,9 @@
 The operator keeps it outside the repository (a file; on Kubernetes a ConfigMap mounted as
 one), so no commit can grant itself rights. It is checked against
 `schemas/accesspolicy.schema.json` with `file:line:col` errors like every other file, plus
-what a schema cannot say: a principal listed twice, or one key given to two principals
-(git would then name either of them as the signer).
+what a schema cannot say: a principal listed twice, one key given to two principals
+(git would then name either of them as the signer), or a security-key (sk-*) key where
+the builtin check (spec.verify: builtin, the default) cannot verify its signatures.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Mode(StrEnum):
     ENFORCE = "enforce"  # a refused change is not applied: the last authorized one stays
 
 
+class Verification(StrEnum):
+    BUILTIN = "builtin"  # SSHSIG checked in-process (source/sshverify.py): the default
+    GIT = "git"  # git's own tooling: ssh-keygen -Y find-principals and -Y verify
+
+
 class Role(StrEnum):
     DEPOSITOR = "depositor"
     ADMIN = "admin"
@@ -49,6 +55,7 @@ class AccessPolicy:
     revoked_keys: tuple[str, ...] = ()
     trusted_commit: str = ""  # its history is authorized as is (where a fresh state starts)
     source: str = ""  # the file it was read from, for messages
+    verify: Verification = Verification.BUILTIN
     roles: dict[str, Role] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +90,7 @@ def _cross_checks(doc: Any) -> list[Problem]:
     problems: list[Problem] = []
     principals: dict[str, int] = {}
     keys: dict[str, str] = {}
+    builtin = doc.data["spec"].get("verify", Verification.BUILTIN) == Verification.BUILTIN
     for i, signer in enumerate(doc.data["spec"].get("signers") or []):
         name = signer["principal"]
         if name in principals:
@@ -92,6 +100,12 @@ def _cross_checks(doc: Any) -> list[Problem]:
                 f"[{principals[name]}]); give each principal one entry with all its keys"))
         principals.setdefault(name, i)
         for j, key in enumerate(signer["keys"]):
+            if builtin and key.startswith("sk-"):  # sshverify.py checks no security key
+                problems.append(Problem.at(
+                    doc, doc.position(("spec", "signers", i, "keys", j)),
+                    f"spec.signers[{i}].keys[{j}]: a security-key ({key.split()[0]})"
+                    " signature is checked only with spec.verify: git; give an ed25519 key,"
+                    " or set verify: git"))
             owner = keys.setdefault(_key_only(key), name)
             if owner != name:
                 problems.append(Problem.at(
@@ -132,6 +146,7 @@ def load_policy(path: str | Path) -> AccessPolicy:
         revoked_keys=tuple(spec.get("revokedKeys") or []),
         trusted_commit=spec.get("trustedCommit", ""),
         source=str(path),
+        verify=Verification(spec.get("verify", Verification.BUILTIN)),
     )
 
 
