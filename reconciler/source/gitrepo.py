@@ -1,7 +1,7 @@
 """The Git source: desired state is whatever the branch says (DESIGN §3).
 
 Every pass fetches the branch into a bare mirror under the state dir. Only the files
-changed since the last synced commit are read again (`git diff`), unless the last synced
+changed since the last synced commit are read again (`git diff-tree`), unless the last synced
 commit is no longer an ancestor of the branch (a force-push) or unknown: then the whole
 tree is read. Each file comes with the commit that last changed it, which becomes the
 batch's `sourceRevision` and, for a new batch, its place in the queue.
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import git
 
+from reconciler.source.catfile import CatFileError, read_blobs
 from reconciler.spec.layout import is_relevant
 from reconciler.support import failpoints
 from reconciler.support.redaction import redact_text, redact_url
@@ -132,6 +133,7 @@ class GitSource:
         self.mirror = workdir / f"mirror-{key}.git"
         self.ref = f"refs/remotes/origin/{branch}"
         self._repo: git.Repo | None = None
+        self.blobs_read = 0  # blobs read by sync, in all (tests count what a sync reads)
 
     def _open(self) -> git.Repo:
         """The mirror, created whole or not at all: it is built beside its final place and
@@ -199,41 +201,84 @@ class GitSource:
         return str(repo.git.rev_parse(self.ref))
 
     def sync(self, last: str | None) -> SyncResult:
-        """Read what changed between `last` and the branch head."""
+        """Read what changed between `last` and the branch head.
+
+        One listing of the head's relevant folders (`git ls-tree`, which gives every batch
+        file at head), one `git diff-tree` from `last` when it is an ancestor, and the
+        changed blobs read through one `git cat-file --batch` stream (catfile.py)."""
         head = self.fetch()
-        repo = self._open()
         full = last is None or not self._is_ancestor(last, head)
         result = SyncResult(head=head, full=full)
         if not full and last == head:
             return result
-        commit = repo.commit(head)
-        blobs = _relevant_blobs(commit.tree)  # one walk of the tree, not one per file
+        blobs = self._list(head)  # one listing of the tree, not one per file
         result.batch_paths = {shown_path(p) for p in blobs if p.startswith("batches/")}
         result.listed = True
         if full:
             paths = set(blobs)
         else:
-            out = repo.git.diff("--name-only", "--no-renames", "-z", f"{last}..{head}", "--",
-                                *RELEVANT)
+            out = self._git("diff-tree", "-r", "--name-only", "--no-renames", "-z",
+                            str(last), head, "--", *RELEVANT)
             paths = {p for p in out.split("\0") if p and is_relevant(p)}
         revisions = self._last_changes(paths, None if full else last, head)
-        head_change = (head, float(commit.committed_date))
+        readable = {blobs[p] for p in paths if p in blobs and is_utf8(p)}
+        try:
+            contents = read_blobs(self.mirror, readable, limit=MAX_FILE_BYTES,
+                                  git=self._executable())
+        except (CatFileError, OSError) as exc:
+            raise SourceError(f"cannot read commit {head[:12]} from the mirror: {exc}") from exc
+        self.blobs_read += len(contents)
         for path in sorted(paths):
-            rev, when = revisions.get(path, head_change)
-            blob = blobs.get(path)
-            if blob is None:
+            if path not in revisions:  # not in the range's log (cannot happen): the head's
+                revisions[path] = self._commit_time(head)
+            rev, when = revisions[path]
+            sha = blobs.get(path)
+            if sha is None:
                 result.changed.append(FileVersion(shown_path(path), None, rev, when))
                 continue
             if not is_utf8(path):
                 result.changed.append(FileVersion(shown_path(path), None, rev, when,
                                                   name_error=name_error(path)))
                 continue
-            if blob.size > MAX_FILE_BYTES:
+            blob = contents[sha]
+            if blob.data is None:
                 result.changed.append(FileVersion(path, None, rev, when, too_big=blob.size))
                 continue
-            result.changed.append(FileVersion(path, blob.data_stream.read(), rev, when))
+            result.changed.append(FileVersion(path, blob.data, rev, when))
         result.authors = self._describe({f.revision for f in result.changed})
         return result
+
+    def _executable(self) -> str:
+        return str(git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git")
+
+    def _git(self, *args: str) -> str:
+        """A read-only git command in the mirror; its output decoded as GitPython does
+        (bytes that are not UTF-8 kept as surrogates, so names round-trip)."""
+        self._open()
+        done = subprocess.run([self._executable(), *args], cwd=self.mirror,
+                              env=dict(os.environ), stdin=subprocess.DEVNULL,
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            detail = done.stderr.decode(errors="replace").strip()
+            raise SourceError(f"cannot read the mirror of {redact_url(self.url)}:"
+                              f" git {args[0]}: {redact_text(detail)}")
+        return done.stdout.decode("utf-8", "surrogateescape")
+
+    def _list(self, head: str) -> dict[str, str]:
+        """Every relevant file (a blob: a regular file or a symlink, as Git stores it) at
+        the top and directly in `batches/` and `profiles/`, by path: its object name.
+        Folders, submodules and files deeper down are not files the reconciler reads."""
+        out = self._git("ls-tree", "-z", head, "--", "batches/", "profiles/", "queue.yaml")
+        found: dict[str, str] = {}
+        for entry in out.split("\0"):
+            meta, _, path = entry.partition("\t")
+            fields = meta.split()
+            if len(fields) == 3 and fields[1] == "blob" and is_relevant(path):
+                found[path] = fields[2]
+        return found
+
+    def _commit_time(self, commit: str) -> tuple[str, float]:
+        return commit, float(self._git("log", "-1", "--format=%ct", commit).strip())
 
     def _describe(self, commits: set[str]) -> dict[str, str]:
         """Who made each commit and its subject, for the timeline: one `git log`."""
@@ -278,18 +323,3 @@ class GitSource:
                     break
         return found
 
-
-def _subtree_blobs(tree: git.Tree, name: str) -> list[git.Blob]:
-    try:
-        sub = tree / name
-    except KeyError:
-        return []
-    return [b for b in sub.blobs] if isinstance(sub, git.Tree) else []
-
-
-def _relevant_blobs(tree: git.Tree) -> dict[str, git.Blob]:
-    """Every relevant file at the top and in `batches/` and `profiles/`, by path."""
-    blobs = {str(b.path): b for b in tree.blobs}
-    for name in ("batches", "profiles"):
-        blobs.update((str(b.path), b) for b in _subtree_blobs(tree, name))
-    return {path: blob for path, blob in blobs.items() if is_relevant(path)}
