@@ -12,7 +12,7 @@ what lets a reconciler killed at any point start again without duplicating anyth
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -233,6 +233,10 @@ class Store(ReadStore, Protocol):
         committed_at: float,
         error: str,
     ) -> Batch: ...  # a new batch gets a new uid (new_uid)
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        """Every batch (Deleted ones too) whose `source_path` is one of `paths`, by name:
+        what the files of a commit's diff held, without listing every batch."""
+        ...
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None: ...
     def remove_batch(self, name: str) -> None: ...  # undelivered email still goes out
     def repair_drift(self) -> list[str]:

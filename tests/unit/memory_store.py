@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -170,6 +170,10 @@ class MemoryStore:
 
     def list_batches(self) -> list[Batch]:
         return [self._batch(r) for _, r in sorted(self._s.batches.items())]
+
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        wanted = set(paths)
+        return [b for b in self.list_batches() if b.source_path in wanted]
 
     def page_batches(
         self, *, state: str | None = None, offset: int = 0, limit: int = 50

@@ -53,7 +53,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -474,6 +474,11 @@ class KubernetesStore:
         out += [self._placeholder_batch(n, p) for n, p in self._placeholders().items()
                 if n not in names]
         return sorted(out, key=lambda b: b.name)
+
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        """From `list_batches`: a batch's records are keyed by name, not by file."""
+        wanted = set(paths)
+        return [b for b in self.list_batches() if b.source_path in wanted] if wanted else []
 
     def page_batches(self, *, state: str | None = None, offset: int = 0,
                      limit: int = 50) -> Page:
