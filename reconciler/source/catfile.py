@@ -47,7 +47,10 @@ def read_blobs(git_dir: Path, shas: Iterable[str], *, limit: int,
         writer.start()
         try:
             found = {sha: _read_one(proc.stdout, sha, limit) for sha in wanted}
-        except CatFileError:
+        except CatFileError as exc:
+            proc.kill()  # the writer then meets a closed pipe and ends
+            raise CatFileError(f"{exc}{_said(errors)}") from None
+        except BaseException:
             proc.kill()
             raise
         finally:
@@ -55,10 +58,15 @@ def read_blobs(git_dir: Path, shas: Iterable[str], *, limit: int,
             proc.stdout.close()
             code = proc.wait()
         if code != 0:
-            errors.seek(0)
-            detail = errors.read().decode(errors="replace").strip()
-            raise CatFileError(f"git cat-file exited with {code}: {detail}")
+            raise CatFileError(f"git cat-file exited with {code}{_said(errors)}")
     return found
+
+
+def _said(errors: IO[bytes]) -> str:
+    """What git wrote to stderr, if anything, for the message."""
+    errors.seek(0)
+    detail = errors.read(4096).decode(errors="replace").strip()
+    return f" ({detail})" if detail else ""
 
 
 def _write_names(stdin: IO[bytes], names: list[str]) -> None:
