@@ -234,10 +234,11 @@ def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[
     gone = [
         b for b in batches
         if b.status.state != BatchState.DELETED
-        and (b.source_path not in result.batch_paths or b.name in renamed)
+        and (b.name in renamed or b.source_path not in result.batch_paths)
     ]
-    for path in list(errors):
-        if path.startswith("batches/") and path not in result.batch_paths:
+    # a file's error goes with the file; after a diff only a file in it can have gone
+    for path in list(errors) if result.full else [f.path for f in result.changed]:
+        if path.startswith("batches/") and path in errors and path not in result.batch_paths:
             errors.pop(path)
     state = store.load_sync_state()
     if not gone:
