@@ -255,9 +255,10 @@ def test_one_cat_file_process_reads_all_the_changed_files(
     assert source.sync(second.head).changed == [] and cat_file_processes(trace) == 0
 
 
-def one_edit_costs(repo: GitRepo, root: Path, files: int) -> tuple[int, int, list[str]]:
+def one_edit_costs(repo: GitRepo, root: Path, files: int,
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, list[str], list[str]]:
     """Sync `files` batch files, edit one, sync again: the blobs and store writes the second
-    sync cost, and every SQL statement it ran."""
+    sync cost, every SQL statement it ran, and every git command (GIT_TRACE)."""
     repo.write("profiles/test.yaml", profile_doc(PREFIX))
     for n in range(files):
         repo.write(f"batches/b-{n:05d}.yaml", batch_doc([item(n)]))
@@ -267,25 +268,71 @@ def one_edit_costs(repo: GitRepo, root: Path, files: int) -> tuple[int, int, lis
         apply_sync(follower.store, follower.source.sync(None))
     repo.write("batches/b-00000.yaml", batch_doc([item(0), item(1)]))
     repo.commit("one edited")
+    follower.source.fetch()  # the fetch is not what is counted
     blobs, writes, statements = follower.source.blobs_read, follower.store.writes, []
+    trace = root / "git-trace.log"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
     follower.store.db.set_trace_callback(statements.append)
     with follower.store.transaction():
         result = follower.source.sync(first)
         apply_sync(follower.store, result)
     follower.store.db.set_trace_callback(None)
+    monkeypatch.delenv("GIT_TRACE")
+    commands = [line.split("trace: built-in: ", 1)[1]
+                for line in trace.read_text(errors="replace").splitlines()
+                if "trace: built-in: " in line]
     assert [f.path for f in result.changed] == ["batches/b-00000.yaml"]
     assert follower.store.get_batch("b-00000").generation == 2  # type: ignore[union-attr]
-    cost = follower.source.blobs_read - blobs, follower.store.writes - writes, statements
+    cost = follower.source.blobs_read - blobs, follower.store.writes - writes, statements, \
+        commands
     follower.store.close()
     return cost
 
 
-def test_one_file_changed_among_2000_costs_what_it_costs_alone(git_repo: GitRepo,
-                                                              tmp_path: Path) -> None:
-    big_blobs, big_writes, big_sql = one_edit_costs(git_repo, tmp_path / "big", 2000)
-    small_blobs, small_writes, _ = one_edit_costs(GitRepo(tmp_path / "small-repo"),
-                                                  tmp_path / "small", 1)
+def test_one_file_changed_among_2000_costs_what_it_costs_alone(
+        git_repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big_blobs, big_writes, big_sql, big_git = one_edit_costs(git_repo, tmp_path / "big", 2000,
+                                                             monkeypatch)
+    small_blobs, small_writes, _, small_git = one_edit_costs(
+        GitRepo(tmp_path / "small-repo"), tmp_path / "small", 1, monkeypatch)
     assert big_blobs == small_blobs == 1  # the changed file only
     assert big_writes == small_writes > 0  # its spec and event, as in a 1-file repository
     whole_table = [s for s in big_sql if "FROM batches" in s and "WHERE" not in s]
     assert whole_table == []  # no listing of the 2,000 stored batches
+    assert not any(c.startswith("git ls-tree") for c in big_git)  # nor of the 2,000 files
+    assert sorted(c.split()[1] for c in big_git) == sorted(c.split()[1] for c in small_git)
+
+
+def test_a_last_commit_missing_from_the_mirror_means_a_full_read(git_repo: GitRepo,
+                                                                 tmp_path: Path) -> None:
+    """The mirror rebuilt (or the commit rewritten away and collected): the last synced
+    commit is unknown there, so the whole tree is read, and a file deleted meanwhile goes."""
+    base(git_repo)
+    follower = Follower(git_repo, tmp_path / "follower")
+    follower.sync()
+    git_repo.remove("batches/b.yaml")
+    git_repo.write("batches/e.yaml", batch_doc([item(5)]))
+    git_repo.commit("one deleted, one added")
+    follower.source = GitSource(str(git_repo.path), "main", tmp_path / "another-mirror")
+    follower.last = "0" * 40  # a commit no mirror has
+    assert follower.sync().full
+    assert follower.view() == from_scratch(git_repo, tmp_path / "fresh")
+
+
+def test_one_new_commit_reads_as_a_range_of_several_does(git_repo: GitRepo,
+                                                        tmp_path: Path) -> None:
+    """The usual push (one commit on the last synced one) takes each file's revision and
+    the commit's author from the commit itself; a range of commits from `git log`: the
+    same files, revisions, times and authors."""
+    base(git_repo)
+    start = git_repo.git("rev-parse", "HEAD")
+    git_repo.write("README.md", "not relevant\n")
+    middle = git_repo.commit("docs only")
+    git_repo.write("batches/a.yaml", batch_doc([item(0), item(1)]))
+    git_repo.remove("batches/b.yaml")
+    git_repo.commit("edit a, delete b: a subject with <angle> brackets")
+    one = GitSource(str(git_repo.path), "main", tmp_path / "one").sync(middle)
+    several = GitSource(str(git_repo.path), "main", tmp_path / "several").sync(start)
+    assert not one.full and not several.full
+    assert one.changed == several.changed and len(one.changed) == 2
+    assert one.authors == several.authors and len(one.authors) == 1
