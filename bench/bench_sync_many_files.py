@@ -20,8 +20,10 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import resource
 import statistics
 import subprocess
@@ -54,6 +56,23 @@ def make_repo(root: Path, files: int) -> None:
     commit_all(root, f"add {files} batch files")
 
 
+PROFILE: cProfile.Profile | None = None  # --profile: the timed sections only
+
+
+def profiled(title: str, key: str) -> None:
+    """Print the top of the profile of the timed sections (--profile), then start afresh."""
+    global PROFILE
+    if PROFILE is not None:
+        print(f"### {title}, by {key}", flush=True)
+        pstats.Stats(PROFILE, stream=sys.stdout).sort_stats(key).print_stats(14)
+        PROFILE = cProfile.Profile()
+
+
+def timing(on: bool) -> None:
+    if PROFILE is not None:
+        (PROFILE.enable if on else PROFILE.disable)()
+
+
 def cpu() -> float:
     """CPU seconds of this process and of its finished children (the git commands)."""
     own, children = (resource.getrusage(who)
@@ -67,6 +86,7 @@ def measure(files: int) -> dict[str, object]:
         make_repo(repo, files)
         source = GitSource(str(repo), "main", state / "git")
         store = SqliteStore(state / "batchq.sqlite3")
+        timing(True)
         t0, c0 = time.monotonic(), cpu()
         result = source.sync(None)
         read, read_cpu = time.monotonic() - t0, cpu() - c0
@@ -74,6 +94,8 @@ def measure(files: int) -> dict[str, object]:
         with store.transaction():
             apply_sync(store, result)
         applied, apply_cpu = time.monotonic() - t1, cpu() - c1
+        timing(False)
+        profiled(f"first sync of {files} files", "tottime")
         batches = len(store.list_batches())
         store.close()
     total = read + applied
@@ -113,16 +135,19 @@ def measure_incremental(files: int, rounds: int) -> dict[str, object]:
         for n in range(rounds):
             commit_edit(repo, n)
             before = store.writes
+            timing(True)
             t0, c0 = time.monotonic(), cpu()
             result = source.sync(last)
             with store.transaction():
                 apply_sync(store, result)
             times.append(time.monotonic() - t0)
             cpus.append(cpu() - c0)
+            timing(False)
             writes.append(store.writes - before)
             assert [f.path for f in result.changed] == ["batches/b-00000.yaml"]
             last = result.head
         generation = store.get_batch("b-00000").generation  # type: ignore[union-attr]
+        profiled(f"{rounds} commits changing 1 of {files} files", "cumulative")
         store.close()
     return {"files": files, "rounds": rounds, "changed_per_commit": 1,
             "median_seconds": round(statistics.median(times), 4),
@@ -138,7 +163,12 @@ def main() -> None:
     ap.add_argument("--incremental", action="store_true",
                     help="time a commit that changes 1 file, for each N (default 1 10000)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print the top of a cProfile of the timed sections")
     args = ap.parse_args()
+    if args.profile:
+        global PROFILE
+        PROFILE = cProfile.Profile()
     if args.incremental:
         runs = [measure_incremental(n, args.rounds) for n in args.files or [1, 10000]]
         for r in runs:
