@@ -288,6 +288,23 @@ def test_the_list_pages_newest_activity_first_and_meta_is_kept(store: Store) -> 
     assert store.load_sync_state().synced_commit == "abc" and store.writes == writes
 
 
+def test_batches_are_found_by_their_file(store: Store) -> None:
+    """What a diff sync looks up: the batches (Deleted ones too) of the files it changed,
+    by name, with no listing of the others."""
+    for name in ("c", "a", "b"):
+        apply(store, name, spec("x"))
+    store.apply_spec("z", spec("x"), source_path="batches/a.yaml", revision="r2",
+                     committed_at=1001.0, error="")  # the file now names another batch
+    a = stored(store, "a")
+    store.update_status("a", a.status, BatchStatus(state=BatchState.DELETED))
+    found = store.batches_at(["batches/a.yaml", "batches/c.yaml", "batches/gone.yaml"])
+    assert [(b.name, b.status.state) for b in found] == [
+        ("a", BatchState.DELETED), ("c", BatchState.PENDING), ("z", BatchState.PENDING)]
+    assert store.batches_at([]) == [] and store.batches_at(["batches/gone.yaml"]) == []
+    many = [f"batches/{n}.yaml" for n in range(1500)] + ["batches/b.yaml"]
+    assert [b.name for b in store.batches_at(many)] == ["b"]  # more than one query's worth
+
+
 def test_sync_state_round_trips_field_by_field_and_writes_only_what_changed(
         store: Store) -> None:
     assert store.load_sync_state() == SyncState()

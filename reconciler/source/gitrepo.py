@@ -1,7 +1,7 @@
 """The Git source: desired state is whatever the branch says (DESIGN §3).
 
 Every pass fetches the branch into a bare mirror under the state dir. Only the files
-changed since the last synced commit are read again (`git diff`), unless the last synced
+changed since the last synced commit are read again (`git diff-tree`), unless the last synced
 commit is no longer an ancestor of the branch (a force-push) or unknown: then the whole
 tree is read. Each file comes with the commit that last changed it, which becomes the
 batch's `sourceRevision` and, for a new batch, its place in the queue.
@@ -16,20 +16,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
 
+from reconciler.source.catfile import CatFileError, read_blobs
+from reconciler.source.listing import BatchFiles
 from reconciler.spec.layout import is_relevant
 from reconciler.support import failpoints
 from reconciler.support.redaction import redact_text, redact_url
 
 RELEVANT = ("batches", "profiles", "queue.yaml")
+# an entry of `git ls-tree -z`: "<mode> blob <object>\t<path>\0" (trees and submodules
+# are "tree" and "commit" entries, never a file the reconciler reads)
+_BLOB_ENTRY = re.compile(r"[0-7]+ blob ([0-9a-f]+)\t([^\0]*)\0")
+_NO_FILE = ("000000", "040000", "160000")  # modes in `git diff-tree`: absent, folder, submodule
 MAX_FILE_BYTES = 1024 * 1024
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a fetch past its deadline
 
@@ -51,7 +59,7 @@ class SyncResult:
     head: str
     full: bool
     changed: list[FileVersion] = field(default_factory=list)
-    batch_paths: set[str] = field(default_factory=set)  # every batch file at head
+    batch_paths: AbstractSet[str] = field(default_factory=set)  # every batch file at head
     listed: bool = False  # batch_paths was read from the tree (the head moved)
     authors: dict[str, str] = field(default_factory=dict)  # commit -> "Name <email>: subject"
 
@@ -132,6 +140,7 @@ class GitSource:
         self.mirror = workdir / f"mirror-{key}.git"
         self.ref = f"refs/remotes/origin/{branch}"
         self._repo: git.Repo | None = None
+        self.blobs_read = 0  # blobs read by sync, in all (tests count what a sync reads)
 
     def _open(self) -> git.Repo:
         """The mirror, created whole or not at all: it is built beside its final place and
@@ -199,41 +208,112 @@ class GitSource:
         return str(repo.git.rev_parse(self.ref))
 
     def sync(self, last: str | None) -> SyncResult:
-        """Read what changed between `last` and the branch head."""
+        """Read what changed between `last` and the branch head.
+
+        A full read lists the head's relevant folders once (`git ls-tree`); a read from
+        `last` (an ancestor) asks only `git diff-tree` what changed, and lists the tree only
+        if the apply step asks about a file the diff did not touch (listing.py). Either
+        way every blob to read goes through one `git cat-file --batch` stream (catfile.py)."""
         head = self.fetch()
-        repo = self._open()
         full = last is None or not self._is_ancestor(last, head)
         result = SyncResult(head=head, full=full)
         if not full and last == head:
             return result
-        commit = repo.commit(head)
-        blobs = _relevant_blobs(commit.tree)  # one walk of the tree, not one per file
-        result.batch_paths = {shown_path(p) for p in blobs if p.startswith("batches/")}
-        result.listed = True
         if full:
+            blobs = self._list(head)  # one listing of the tree, not one per file
             paths = set(blobs)
+            result.batch_paths = _batch_paths(blobs)
         else:
-            out = repo.git.diff("--name-only", "--no-renames", "-z", f"{last}..{head}", "--",
-                                *RELEVANT)
-            paths = {p for p in out.split("\0") if p and is_relevant(p)}
-        revisions = self._last_changes(paths, None if full else last, head)
-        head_change = (head, float(commit.committed_date))
+            blobs, paths = self._diff(str(last), head)
+            result.batch_paths = BatchFiles(
+                {shown_path(p): p in blobs for p in paths if p.startswith("batches/")},
+                lambda: _batch_paths(self._list(head)))
+        result.listed = True
+        only = None if full or not paths else self._only_new_commit(str(last), head)
+        if only is not None:  # the usual push: every changed file is the head commit's
+            revisions = {p: (head, only[0]) for p in paths}
+        else:
+            revisions = self._last_changes(paths, None if full else last, head)
+        readable = {blobs[p] for p in paths if p in blobs and is_utf8(p)}
+        try:
+            contents = read_blobs(self.mirror, readable, limit=MAX_FILE_BYTES,
+                                  git=self._executable())
+        except (CatFileError, OSError) as exc:
+            raise SourceError(f"cannot read commit {head[:12]} from the mirror: {exc}") from exc
+        self.blobs_read += len(contents)
         for path in sorted(paths):
-            rev, when = revisions.get(path, head_change)
-            blob = blobs.get(path)
-            if blob is None:
+            if path not in revisions:  # not in the range's log (cannot happen): the head's
+                revisions[path] = self._commit_time(head)
+            rev, when = revisions[path]
+            sha = blobs.get(path)
+            if sha is None:
                 result.changed.append(FileVersion(shown_path(path), None, rev, when))
                 continue
             if not is_utf8(path):
                 result.changed.append(FileVersion(shown_path(path), None, rev, when,
                                                   name_error=name_error(path)))
                 continue
-            if blob.size > MAX_FILE_BYTES:
+            blob = contents[sha]
+            if blob.data is None:
                 result.changed.append(FileVersion(path, None, rev, when, too_big=blob.size))
                 continue
-            result.changed.append(FileVersion(path, blob.data_stream.read(), rev, when))
-        result.authors = self._describe({f.revision for f in result.changed})
+            result.changed.append(FileVersion(path, blob.data, rev, when))
+        result.authors = {head: only[1]} if only is not None else self._describe(
+            {f.revision for f in result.changed})
         return result
+
+    def _only_new_commit(self, last: str, head: str) -> tuple[float, str] | None:
+        """The head's commit time and description (as `_describe` gives them) when its one
+        parent is `last`, so no `git log` of the range is needed; else None."""
+        out = self._git("log", "-1", "-z", "--format=%P%x00%ct%x00%an <%ae>: %s", head)
+        parents, when, text = [*out.split("\0"), "", ""][:3]
+        if parents.split() != [last]:
+            return None
+        return float(when), redact_text(text.strip())
+
+    def _diff(self, last: str, head: str) -> tuple[dict[str, str], set[str]]:
+        """The relevant paths that differ between `last` and `head`, and of those the ones
+        that are files (blobs) at head with their object names. `-r` lists a folder that
+        replaced a file as the file deleted; a submodule entry (mode 160000) is no file."""
+        out = self._git("diff-tree", "-r", "-z", "--no-renames", "--raw", last, head, "--",
+                        *RELEVANT)
+        tokens = out.split("\0")
+        blobs: dict[str, str] = {}
+        paths: set[str] = set()
+        for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
+            if not is_relevant(path):
+                continue
+            paths.add(path)
+            _, new_mode, _, new_sha, _ = meta.split(" ", 4)
+            if new_mode not in _NO_FILE:
+                blobs[path] = new_sha
+        return blobs, paths
+
+    def _executable(self) -> str:
+        return str(git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git")
+
+    def _git(self, *args: str) -> str:
+        """A read-only git command in the mirror; its output decoded as GitPython does
+        (bytes that are not UTF-8 kept as surrogates, so names round-trip)."""
+        self._open()
+        done = subprocess.run([self._executable(), *args], cwd=self.mirror,
+                              env=dict(os.environ), stdin=subprocess.DEVNULL,
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            detail = done.stderr.decode(errors="replace").strip()
+            raise SourceError(f"cannot read the mirror of {redact_url(self.url)}:"
+                              f" git {args[0]}: {redact_text(detail)}")
+        return done.stdout.decode("utf-8", "surrogateescape")
+
+    def _list(self, head: str) -> dict[str, str]:
+        """Every relevant file (a blob: a regular file or a symlink, as Git stores it) at
+        the top and directly in `batches/` and `profiles/`, by path: its object name.
+        Folders, submodules and files deeper down are not files the reconciler reads."""
+        out = self._git("ls-tree", "-z", head, "--", "batches/", "profiles/", "queue.yaml")
+        return {path: sha for sha, path in _BLOB_ENTRY.findall(out) if is_relevant(path)}
+
+    def _commit_time(self, commit: str) -> tuple[str, float]:
+        return commit, float(self._git("log", "-1", "--format=%ct", commit).strip())
 
     def _describe(self, commits: set[str]) -> dict[str, str]:
         """Who made each commit and its subject, for the timeline: one `git log`."""
@@ -279,17 +359,5 @@ class GitSource:
         return found
 
 
-def _subtree_blobs(tree: git.Tree, name: str) -> list[git.Blob]:
-    try:
-        sub = tree / name
-    except KeyError:
-        return []
-    return [b for b in sub.blobs] if isinstance(sub, git.Tree) else []
-
-
-def _relevant_blobs(tree: git.Tree) -> dict[str, git.Blob]:
-    """Every relevant file at the top and in `batches/` and `profiles/`, by path."""
-    blobs = {str(b.path): b for b in tree.blobs}
-    for name in ("batches", "profiles"):
-        blobs.update((str(b.path), b) for b in _subtree_blobs(tree, name))
-    return {path: blob for path, blob in blobs.items() if is_relevant(path)}
+def _batch_paths(blobs: dict[str, str]) -> set[str]:
+    return {shown_path(p) for p in blobs if p.startswith("batches/")}

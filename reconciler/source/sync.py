@@ -97,14 +97,13 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
     store.save_sync_state(state)
 
     renamed = dict(state.renamed_batches)  # saved last, with the file errors
+    files = [f for f in result.changed if f.path.startswith("batches/") and f.path in present]
     by_path: dict[str, Batch] = {}
-    for b in store.list_batches():  # the batch each file holds now, before any it held
+    for b in _batches_of(store, result, {f.path for f in files}):
         held = b.status.state != BatchState.DELETED and b.name not in renamed
-        if held or b.source_path not in by_path:
-            by_path[b.source_path] = b
-    for f in result.changed:
-        if not f.path.startswith("batches/") or f.path not in present:
-            continue
+        if held or b.source_path not in by_path:  # the batch each file holds now, before
+            by_path[b.source_path] = b            # any it held
+    for f in files:
         if f.name_error:  # never becomes a batch: shown among the file errors
             _record(errors, f.path, f.name_error)
             continue
@@ -122,6 +121,14 @@ def apply_sync(store: Store, result: SyncResult) -> RepoState:
         queue=queue,
         errors=errors,
     )
+
+
+def _batches_of(store: Store, result: SyncResult, paths: set[str]) -> list[Batch]:
+    """The stored batches of these files: looked up by file when the sync read a diff, so
+    a commit that changes one file of 10,000 reads one batch, not all of them."""
+    if result.full:
+        return store.list_batches()
+    return store.batches_at(paths) if paths else []
 
 
 def _profile_error(errors: dict[str, str], profile: str) -> str | None:
@@ -200,19 +207,38 @@ def _apply_batch_file(
         store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
 
 
+def _prune_candidates(store: Store, result: SyncResult,
+                      renamed: dict[str, dict[str, str]]) -> list[Batch]:
+    """The batches that may be gone. After a full read, or while a deletion is refused (its
+    batches outlive their files), every batch. After a diff, every other live batch's file
+    was at the last synced commit and this diff did not remove it, so only the batches of
+    the files it removed and those renamed away can be gone."""
+    if result.full or store.load_sync_state().deletion_refused:
+        return store.list_batches()
+    removed = {f.path for f in result.changed
+               if f.path.startswith("batches/") and f.path not in result.batch_paths}
+    found = {b.name: b for b in store.batches_at(removed)} if removed else {}
+    for name in renamed:
+        batch = store.get_batch(name) if name not in found else None
+        if batch is not None:
+            found[name] = batch
+    return [found[n] for n in sorted(found)]
+
+
 def _prune(store: Store, result: SyncResult, queue: QueueSettings, errors: dict[str, str],
            renamed: dict[str, dict[str, str]]) -> None:
-    batches = store.list_batches()
+    batches = _prune_candidates(store, result, renamed)
     live = {b.name: b.source_path for b in batches if b.status.state != BatchState.DELETED}
     for name in [n for n, r in renamed.items() if live.get(n) != r["path"]]:
         renamed.pop(name)  # retired already, or its file was edited since
     gone = [
         b for b in batches
         if b.status.state != BatchState.DELETED
-        and (b.source_path not in result.batch_paths or b.name in renamed)
+        and (b.name in renamed or b.source_path not in result.batch_paths)
     ]
-    for path in list(errors):
-        if path.startswith("batches/") and path not in result.batch_paths:
+    # a file's error goes with the file; after a diff only a file in it can have gone
+    for path in list(errors) if result.full else [f.path for f in result.changed]:
+        if path.startswith("batches/") and path in errors and path not in result.batch_paths:
             errors.pop(path)
     state = store.load_sync_state()
     if not gone:

@@ -234,6 +234,10 @@ class Store(ReadStore, Protocol):
         committed_at: float,
         error: str,
     ) -> Batch: ...  # a new batch gets a new uid (new_uid)
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        """Every batch (Deleted ones too) whose `source_path` is one of `paths`, by name:
+        what the files of a commit's diff held, without listing every batch."""
+        ...
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None: ...
     def remove_batch(self, name: str) -> None: ...  # undelivered email still goes out
     def repair_drift(self) -> list[str]:

@@ -174,6 +174,10 @@ class MemoryStore:
     def list_batches(self) -> list[Batch]:
         return [self._batch(r) for _, r in sorted(self._s.batches.items())]
 
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        wanted = set(paths)
+        return [b for b in self.list_batches() if b.source_path in wanted]
+
     def page_batches(
         self, *, state: str | None = None, offset: int = 0, limit: int = 50
     ) -> Page:

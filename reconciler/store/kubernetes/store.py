@@ -498,6 +498,11 @@ class KubernetesStore:
                 if n not in names]
         return sorted(out, key=lambda b: b.name)
 
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        """From `list_batches`: a batch's records are keyed by name, not by file."""
+        wanted = set(paths)
+        return [b for b in self.list_batches() if b.source_path in wanted] if wanted else []
+
     def page_batches(self, *, state: str | None = None, offset: int = 0,
                      limit: int = 50) -> Page:
         rows = [b for b in self.list_batches() if not state or str(b.status.state) == state]

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS items (
     batch TEXT NOT NULL, item_id TEXT NOT NULL, seq INTEGER NOT NULL, item_json TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL, message TEXT NOT NULL,
     job_name TEXT, started_at REAL, finished_at REAL, PRIMARY KEY (batch, item_id));
+CREATE INDEX IF NOT EXISTS batches_by_source_path ON batches (source_path);
 CREATE INDEX IF NOT EXISTS items_by_seq ON items (batch, seq);
 CREATE TABLE IF NOT EXISTS credentials (
     batch TEXT NOT NULL, item_id TEXT NOT NULL, userinfo TEXT NOT NULL,
@@ -300,6 +301,15 @@ class SqliteStore:
     def list_batches(self) -> list[Batch]:
         rows = self.db.execute("SELECT * FROM batches ORDER BY name").fetchall()
         return [self._batch(r) for r in rows]
+
+    def batches_at(self, paths: Collection[str]) -> list[Batch]:
+        wanted, rows = sorted(set(paths)), []
+        for start in range(0, len(wanted), 500):  # under SQLite's limit on parameters
+            chunk = wanted[start:start + 500]
+            rows += self.db.execute(
+                f"SELECT * FROM batches WHERE source_path IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall()
+        return sorted((self._batch(r) for r in rows), key=lambda b: b.name)
 
     def page_batches(
         self, *, state: str | None = None, offset: int = 0, limit: int = 50
