@@ -87,7 +87,7 @@ def batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Settle the queue once: the figures of one round."""
     repo, state = tmp / "repo", tmp / "state"
     make_repo(repo, args.batches, args.items, args.parallel)
-    rec = Reconciler(Settings(repo=str(repo), state_dir=state, interval=0.1))
+    rec = Reconciler(Settings(repo=str(repo), state_dir=state))  # the default interval
     try:
         t0 = time.monotonic()
         try:

@@ -311,7 +311,11 @@ class Reconciler:
         full = time.monotonic() >= self._next_walk
         if full:
             self._next_walk = time.monotonic() + self.settings.resync_seconds()
-        return self.controller.reconcile_all(repo, str(self.source.mirror), full=full)
+        try:
+            return self.controller.reconcile_all(repo, str(self.source.mirror), full=full)
+        except BaseException:  # the changes it took from the store may not all be stepped:
+            self._next_walk = 0.0  # the next pass walks every batch
+            raise
 
     def deliver(self) -> int:
         """A delivery round, waited for: how many messages went out (step-driven tests)."""
@@ -403,6 +407,7 @@ class Reconciler:
             self.wake.clear()
             if self.elector is not None and not self.elector.is_leader():
                 # alive, standing by; the elector wakes the loop when it gets the Lease
+                self._next_sync = self._next_walk = 0.0  # then: a sync and a full walk
                 self.heartbeat.beat(interval=self.settings.interval, duration=0.0)
                 self._sleep(self.elector.timings.retry_period, stop)
                 continue
