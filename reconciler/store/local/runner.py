@@ -121,6 +121,10 @@ class LocalRunner:
                     if not _overdue(row):  # else a re-run past its deadline: failed below
                         started.append((row["name"], self._start(row["name"], row["batch"],
                                                                  row["item"])))
+                        if seconds := _deadline(row):  # the round that passes it scans
+                            self._next_deadline = min(self._next_deadline,
+                                                      (row["started_at"] or time.time())
+                                                      + seconds)
             finally:  # what started is recorded, even when a later start failed
                 if started:  # a kill here: the restarted reconciler adopts them
                     failpoints.hit("after-jobs-spawned")
