@@ -268,8 +268,9 @@ class Controller:
 
     def _remember_queue(self, batches: list[Batch], repo: RepoState) -> None:
         """What a full walk tells the passes after it: the Pending batches in queue order
-        (only a sync, which makes the next pass full, adds one) and when the first Deleted
-        batch's retention ends."""
+        (a new one comes only from a sync, which makes the next pass full, or from a Held
+        batch released, which `_step_one` adds) and when the first Deleted batch's
+        retention ends."""
         self._queue = sorted(_queue_order(b) for b in batches if b.status.state == B.PENDING)
         retention = repo.queue.deleted_retention_seconds
         self._next_expiry = min((float(b.status.deleted_at or 0.0) + retention
