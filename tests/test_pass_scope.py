@@ -223,3 +223,13 @@ def test_a_job_started_just_before_a_kill_is_adopted_not_run_twice(
     finally:
         store.close()
     assert sorted(runs.read_text().split()) == ["item-0", "item-1", "item-2"]  # once each
+
+
+def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
+                                                         tmp_path: Path) -> None:
+    bad = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
+                 "--once", "--resync", "-5")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert ("batchq: --resync (or BATCHQ_RESYNC) -5 is negative; give the seconds between"
+            " passes that step every batch (0: the default, 10 x interval)") in bad.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was touched

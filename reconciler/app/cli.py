@@ -363,6 +363,10 @@ DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za
 def settings_from(args: argparse.Namespace) -> Settings:
     if not getattr(args, "repo", None):
         raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
+    if args.resync < 0:
+        raise SystemExit(f"batchq: --resync (or BATCHQ_RESYNC) {args.resync:g} is negative;"
+                         " give the seconds between passes that step every batch (0: the"
+                         " default, 10 x interval)")
     domain = args.message_id_domain
     if domain is not None and not DOMAIN.fullmatch(domain):
         raise SystemExit(f"batchq: --message-id-domain (or BATCHQ_MESSAGE_ID_DOMAIN) {domain!r}"
