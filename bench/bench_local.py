@@ -1,8 +1,14 @@
-"""Benchmark: 1,000 batches x 10 items on the embedded default, with a no-op job command.
+"""Benchmark: batches of no-op jobs on the embedded default, against the bare shim.
 
 Measures the time for the queue to settle (every batch Completed and reported), the store
-writes that took, a second pass with no new commit (must write nothing), and peak memory.
-Run: `python bench/bench_local.py [--batches 1000] [--items 10]`; figures in bench/README.md.
+writes that took, a second pass with no new commit (must write nothing), and peak memory;
+and, in the same run, the baseline of issue 13: the same number of no-op jobs run through
+the runner's own shim (`reconciler/store/local/runner.py: SHIM`) with plain
+`subprocess.Popen` + wait, `--parallel` at a time. It prints the jobs/s of both and their
+ratio (median of `--rounds`, old and new alternating within each round).
+Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
+[--timeout 3600]`; figures in bench/README.md. A run that does not settle within
+`--timeout` reports the jobs done and their rate.
 """
 
 from __future__ import annotations
@@ -10,15 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 from common import commit_all
 
 from reconciler.app.service import Reconciler, Settings
+from reconciler.domain.states import JobState
+from reconciler.store.local.runner import SHIM, job_environment
+
+NOOP = ["/bin/true"]
 
 
 def make_repo(root: Path, batches: int, items: int, parallel: int) -> None:
@@ -26,7 +40,7 @@ def make_repo(root: Path, batches: int, items: int, parallel: int) -> None:
     (root / "profiles").mkdir()
     (root / "profiles" / "noop.yaml").write_text(yaml.safe_dump({
         "apiVersion": "batchq.dev/v1", "kind": "Profile",
-        "spec": {"job": {"command": ["/bin/true"]}, "allowedUrlPrefixes": ["http://127.0.0.1/"],
+        "spec": {"job": {"command": NOOP}, "allowedUrlPrefixes": ["http://127.0.0.1/"],
                  "notification": {"from": "batchq@example.org"}}}))
     (root / "queue.yaml").write_text(yaml.safe_dump({
         "apiVersion": "batchq.dev/v1", "kind": "Queue",
@@ -37,10 +51,69 @@ def make_repo(root: Path, batches: int, items: int, parallel: int) -> None:
                "metadata": {"name": f"bench-{b:04d}"},
                "spec": {"profile": "noop", "depositor": {"name": "Bench", "email": "b@example.org"},
                         "manifest": {"items": [
-                            {"id": f"item-{i:02d}", "url": f"http://127.0.0.1/{b}/{i}"}
+                            {"id": f"item-{i:05d}", "url": f"http://127.0.0.1/{b}/{i}"}
                             for i in range(items)]}}}
         (root / "batches" / f"bench-{b:04d}.yaml").write_text(yaml.safe_dump(doc))
     commit_all(root)
+
+
+def bare_shim(jobs: int, parallel: int, root: Path) -> float:
+    """The baseline: `jobs` no-op commands through the runner's shim, `parallel` at a
+    time, each started with Popen and waited for; jobs per second."""
+    def one(n: int) -> int:
+        jdir = root / f"job-{n:06d}"
+        (jdir / "tmp").mkdir(parents=True)
+        proc = subprocess.Popen(["/bin/sh", "-c", SHIM, str(jdir), *NOOP],
+                                env=job_environment({}, jdir), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        return proc.wait()
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(parallel) as pool:
+        codes = list(pool.map(one, range(jobs)))
+    seconds = time.monotonic() - t0
+    if any(codes):
+        sys.exit(f"the bare shim failed: exit codes {set(codes)}")
+    return jobs / seconds
+
+
+def done_jobs(rec: Reconciler) -> int:
+    return sum(1 for b in rec.store.list_batches() for j in rec.store.list_jobs(b.name)
+               if j.state == JobState.COMPLETED)
+
+
+def batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Settle the queue once: the figures of one round."""
+    repo, state = tmp / "repo", tmp / "state"
+    make_repo(repo, args.batches, args.items, args.parallel)
+    rec = Reconciler(Settings(repo=str(repo), state_dir=state))  # the default interval
+    try:
+        t0 = time.monotonic()
+        try:
+            passes: int | None = rec.run_until_idle(timeout=args.timeout)
+        except TimeoutError:
+            passes = None
+        settle = time.monotonic() - t0
+        writes = rec.store.writes
+        done = done_jobs(rec)
+        states: dict[str, int] = {}
+        for b in rec.store.list_batches():
+            states[str(b.status.state)] = states.get(str(b.status.state), 0) + 1
+        idle_pass = idle_writes = None
+        if passes is not None:
+            before = rec.store.writes
+            t1 = time.monotonic()
+            rec.run_pass()
+            idle_pass = round(time.monotonic() - t1, 3)
+            idle_writes = rec.store.writes - before
+        emails = len(list((state / "outbox").glob("*.eml")))
+    finally:
+        rec.close()
+    return {"settled": passes is not None, "settle_seconds": round(settle, 1),
+            "passes": passes, "jobs_done": done, "jobs_per_second": round(done / settle, 1),
+            "store_writes": writes, "states": states, "emails": emails,
+            "idle_pass_seconds": idle_pass, "idle_pass_writes": idle_writes}
 
 
 def main() -> None:
@@ -48,36 +121,33 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=1000)
     ap.add_argument("--items", type=int, default=10)
     ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1, help="the median of this many")
+    ap.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds a round may take to settle; then its rate so far")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the bare shim")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        repo, state = Path(tmp) / "repo", Path(tmp) / "state"
-        make_repo(repo, args.batches, args.items, args.parallel)
-        rec = Reconciler(Settings(repo=str(repo), state_dir=state, interval=0.1))
-        t0 = time.monotonic()
-        passes = rec.run_until_idle(timeout=3600)
-        settle = time.monotonic() - t0
-        writes = rec.store.writes
-        states: dict[str, int] = {}
-        for b in rec.store.list_batches():
-            states[str(b.status.state)] = states.get(str(b.status.state), 0) + 1
-        before = rec.store.writes
-        t1 = time.monotonic()
-        rec.run_pass()
-        idle_pass = time.monotonic() - t1
-        idle_writes = rec.store.writes - before
-        emails = len(list((state / "outbox").glob("*.eml")))
-        rec.close()
+    jobs = args.batches * args.items
+    rounds: list[dict[str, Any]] = []
+    shim: list[float] = []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            if not args.no_baseline:
+                shim.append(bare_shim(jobs, args.parallel, Path(tmp) / "shim"))
+            rounds.append(batchq(args, Path(tmp)))
+    median = sorted(rounds, key=lambda r: r["jobs_per_second"])[len(rounds) // 2]
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {
-        "batches": args.batches, "items": args.items, "jobs": args.batches * args.items,
-        "parallel": args.parallel, "settle_seconds": round(settle, 1), "passes": passes,
-        "jobs_per_second": round(args.batches * args.items / settle, 1),
-        "store_writes": writes, "states": states, "emails": emails,
-        "idle_pass_seconds": round(idle_pass, 3), "idle_pass_writes": idle_writes,
+    result: dict[str, Any] = {
+        "batches": args.batches, "items": args.items, "jobs": jobs,
+        "parallel": args.parallel, "rounds": args.rounds, **median,
+        "jobs_per_second_each_round": [r["jobs_per_second"] for r in rounds],
         "peak_rss_mib": round(me, 1),
     }
+    if shim:
+        result["bare_shim_jobs_per_second"] = round(statistics.median(shim), 1)
+        result["bare_shim_each_round"] = [round(s, 1) for s in shim]
+        result["ratio"] = round(median["jobs_per_second"] / statistics.median(shim), 2)
     print(json.dumps(result, indent=2))
-    if idle_writes or states != {"Completed": args.batches}:
+    if median["idle_pass_writes"] or median["states"] != {"Completed": args.batches}:
         sys.exit(1)
 
 

@@ -153,7 +153,7 @@ def serve_in_thread(args: argparse.Namespace, rec: Any) -> threading.Thread:
     store, shared = store_factory(settings, shared=rec.store)
     elector = rec.elector
     ready = {"READY": (lambda: bool(elector.leader))} if elector is not None else {}
-    server = build_server(store, args.web, state, trigger=rec.wake.set, shared=shared,
+    server = build_server(store, args.web, state, trigger=rec.request_sync, shared=shared,
                           config=ready)
     thread = threading.Thread(target=server.serve_forever, name="batchq-web", daemon=True)
     thread.start()

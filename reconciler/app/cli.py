@@ -112,6 +112,9 @@ def _source(p: argparse.ArgumentParser) -> None:
                    help="branch to follow (BATCHQ_BRANCH; default main)")
     p.add_argument("--interval", type=float, default=float(_env("INTERVAL", "10") or 10),
                    help="seconds between passes of the loop (BATCHQ_INTERVAL; default 10)")
+    p.add_argument("--resync", type=float, default=float(_env("RESYNC") or 0),
+                   help="seconds between passes that step every batch, not only those that"
+                        " changed (BATCHQ_RESYNC; default 10 x interval, at least 30)")
     p.add_argument("--storage-root", type=Path, default=_env("STORAGE_ROOT"),
                    help="profiles' storage paths live under it (BATCHQ_STORAGE_ROOT;"
                         " default STATE/storage)")
@@ -385,13 +388,18 @@ DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za
 def settings_from(args: argparse.Namespace) -> Settings:
     if not getattr(args, "repo", None):
         raise SystemExit("batchq: --repo (or BATCHQ_REPO) is required")
+    if args.resync < 0:
+        raise SystemExit(f"batchq: --resync (or BATCHQ_RESYNC) {args.resync:g} is negative;"
+                         " give the seconds between passes that step every batch (0: the"
+                         " default, 10 x interval)")
     domain = args.message_id_domain
     if domain is not None and not DOMAIN.fullmatch(domain):
         raise SystemExit(f"batchq: --message-id-domain (or BATCHQ_MESSAGE_ID_DOMAIN) {domain!r}"
                          " is not a domain name; give one such as batchq.example.org")
     return Settings(repo=args.repo, branch=args.branch, state_dir=args.state,
                     backend=args.backend, namespace=args.namespace, smtp=args.smtp,
-                    interval=args.interval, kubeconfig=args.kubeconfig,
+                    interval=args.interval, resync=args.resync or None,
+                    kubeconfig=args.kubeconfig,
                     storage_claim=args.storage_claim, s3_secret=args.s3_secret,
                     kube_concurrency=args.kube_concurrency, kube_qps=args.kube_qps,
                     kube_burst=args.kube_burst,

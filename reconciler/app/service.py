@@ -1,7 +1,12 @@
 """One reconciler process: Git sync, controller, job runner and outbox, in passes.
 
-A pass is: fetch and apply the branch (within `git_timeout`); let the backend move jobs
-along; take every batch one step; ask the mailer for a round. Nothing slow runs inside a
+A pass is: fetch and apply the branch (within `git_timeout`) when a sync is due; let the
+backend move jobs along; take each batch that can change one step; ask the mailer for a
+round. As Flux and Argo CD poll, the loop syncs on its first pass, every `interval`, and
+when a webhook or `batchq reconcile-now` asks: a pass woken by a finished job or download
+does not fetch. Which batches a pass steps is the controller's work queue (see
+`Controller.reconcile_all`); every `resync` seconds, and after a sync that changed
+something, it walks them all. Nothing slow runs inside a
 pass: email goes out from the mailer's thread, and remote manifests are downloaded in
 threads of their own, so a peer that hangs delays only its own report or batch.
 `run_until_idle` repeats passes until nothing can progress without a new commit;
@@ -64,6 +69,7 @@ class Settings:
     namespace: str = "batchq"
     smtp: str | None = None  # HOST:PORT; None: write .eml files to state_dir/outbox
     interval: float = 10.0  # seconds between passes when nothing wakes the loop
+    resync: float | None = None  # seconds between full walks; None: 10 x interval, >= 30 s
     kubeconfig: str | None = None
     storage_claim: str = ""  # kubernetes: the PVC Jobs mount (filesystem); "": none
     s3_secret: str = "batchq-s3"  # kubernetes: the Secret with the S3 credentials
@@ -89,6 +95,11 @@ class Settings:
     site_url: str | None = None  # the web site's base URL: reports link the batch page
     access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
     access_policy_file: str | None = None  # where it was read: read again when it changes
+
+    def resync_seconds(self) -> float:
+        """How often every batch is stepped, whatever changed (controller-runtime's
+        SyncPeriod): a safety net for a change no event announced."""
+        return self.resync if self.resync is not None else max(10 * self.interval, 30.0)
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(backend=self.backend, state_dir=self.state_dir,
@@ -159,6 +170,12 @@ class Reconciler:
                              policy=settings.retry_policy(), on_round=self.wake.set,
                              may_send=self.may_act)
         self.heartbeat = Heartbeat(settings.state_dir)
+        self.syncs = 0  # syncs made by this process (the heartbeat shows it)
+        self.passes = 0  # passes made by this process (the heartbeat shows it)
+        self._next_sync = 0.0  # monotonic time the loop syncs again; 0: on its next pass
+        self._sync_asked = threading.Event()  # a webhook asked for a sync now
+        self._next_walk = 0.0  # monotonic time of the next full walk of every batch
+        self._repo: RepoState | None = None  # the repo-wide settings of the last sync
         self.policy_file = (PolicyFile(settings.access_policy_file, settings.access_policy)
                             if settings.access_policy_file else None)
 
@@ -185,7 +202,29 @@ class Reconciler:
             self.lock.release()
 
     # --- passes
+    def request_sync(self) -> None:
+        """A webhook asked for a sync: the loop wakes and its next pass fetches."""
+        self._sync_asked.set()
+        self.wake.set()
+
+    def sync_due(self) -> bool:
+        """Is a fetch due: never synced, `interval` passed since the last, or asked for?"""
+        return (self._repo is None or time.monotonic() >= self._next_sync
+                or self._sync_asked.is_set())
+
     def sync(self) -> RepoState:
+        """Fetch and apply the branch; the repo-wide settings now in force."""
+        self._sync_asked.clear()
+        self._next_sync = time.monotonic() + self.settings.interval
+        self.syncs += 1
+        repo, changed = self._sync()
+        self._repo = repo
+        if changed:  # a commit arrived: its batches, profiles and queue are looked at
+            self._next_walk = 0.0
+        return repo
+
+    def _sync(self) -> tuple[RepoState, bool]:
+        """The sync itself; True with it when the commit changed what the store holds."""
         policy = self.access_policy()
         before = self.store.load_sync_state()
         last = before.synced_commit
@@ -202,13 +241,14 @@ class Reconciler:
             state = self.store.load_sync_state()
             state.sync_error = self.last_sync_error
             self.store.save_sync_state(state)
-            return load_repo_state(self.store)
+            return load_repo_state(self.store), False
         self.last_sync_error = ""
         # On SQLite the specs and the synced commit land in one transaction: a kill leaves
         # both or neither, never the marker ahead of the batches it stands for.
         with self.store.transaction():
             if access is not None:
                 result = access.result
+            changed = bool(result.changed or result.listed)
             if result.changed or result.listed:
                 repo = apply_sync(self.store, result)
             else:
@@ -226,10 +266,11 @@ class Reconciler:
             self.store.save_sync_state(state)
             state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
-        self.store.repair_drift()  # what was changed by hand goes back to what Git says
-        self.heartbeat.beat(sync=True, head=result.head)
+        if self.store.repair_drift():  # what was changed by hand goes back to what Git says
+            changed = True
+        self.heartbeat.beat(sync=True, head=result.head, counters={"syncs": self.syncs})
         failpoints.hit("after-sync")
-        return repo
+        return repo, changed
 
     def _authorize(self, policy: AccessPolicy, last: str | None,
                    result: SyncResult) -> Outcome | None:
@@ -263,19 +304,30 @@ class Reconciler:
         return self.runner.tick() if self.runner is not None else False
 
     def reconcile(self, repo: RepoState) -> bool:
+        """Step the batches that can change; every batch on the first pass and every
+        `resync` seconds (or when the last sync changed something)."""
         if self.runner is not None:
             self.runner.parallel = repo.queue.max_active_jobs
-        return self.controller.reconcile_all(repo, str(self.source.mirror))
+        full = time.monotonic() >= self._next_walk
+        if full:
+            self._next_walk = time.monotonic() + self.settings.resync_seconds()
+        try:
+            return self.controller.reconcile_all(repo, str(self.source.mirror), full=full)
+        except BaseException:  # the changes it took from the store may not all be stepped:
+            self._next_walk = 0.0  # the next pass walks every batch
+            raise
 
     def deliver(self) -> int:
         """A delivery round, waited for: how many messages went out (step-driven tests)."""
         return self.mailer.deliver_now()
 
-    def run_pass(self) -> bool:
-        """One pass; True if anything changed. NoSpaceLeft when the state dir is full."""
+    def run_pass(self, sync: bool = True) -> bool:
+        """One pass; True if anything changed. NoSpaceLeft when the state dir is full.
+        `sync` False: no fetch, the settings of the last sync (the loop, when none is
+        due); a pass before any sync syncs all the same."""
         try:
             with no_space_is_fatal(self.settings.state_dir):
-                progressed = self._pass()
+                progressed = self._pass(sync)
                 self._storage_error("")  # a write only after a full disk
         except NoSpaceLeft as exc:
             with contextlib.suppress(Exception):  # best effort: the store may be what is full
@@ -283,15 +335,20 @@ class Reconciler:
             raise
         return progressed
 
-    def _pass(self) -> bool:
+    def _pass(self, sync: bool) -> bool:
         started = time.monotonic()
-        repo = self.sync()
+        repo = self.sync() if sync or self._repo is None else self._repo
         progressed = self.tick_jobs()
         progressed |= self.reconcile(repo)
         progressed |= self.tick_jobs()
         self.mailer.kick()
         self.mailer.raise_if_no_space()  # a round found the state dir too full to record
-        self.heartbeat.beat(interval=self.settings.interval, duration=time.monotonic() - started)
+        self.passes += 1
+        last = self.controller.last_pass
+        self.heartbeat.beat(interval=self.settings.interval, duration=time.monotonic() - started,
+                            counters={"passes": self.passes, "steps": self.controller.steps,
+                                      "lastPassSteps": last.steps,
+                                      "lastPassFull": int(last.full)})
         return progressed
 
     def run_once(self) -> bool:
@@ -319,7 +376,8 @@ class Reconciler:
         passes = 0
         while time.monotonic() < deadline:
             self.wake.clear()
-            progressed = self.run_pass()
+            # the first pass syncs: what was committed before the call is seen
+            progressed = self.run_pass(sync=passes == 0 or self.sync_due())
             passes += 1
             if on_pass is not None:
                 on_pass(self)
@@ -349,11 +407,12 @@ class Reconciler:
             self.wake.clear()
             if self.elector is not None and not self.elector.is_leader():
                 # alive, standing by; the elector wakes the loop when it gets the Lease
+                self._next_sync = self._next_walk = 0.0  # then: a sync and a full walk
                 self.heartbeat.beat(interval=self.settings.interval, duration=0.0)
                 self._sleep(self.elector.timings.retry_period, stop)
                 continue
             try:
-                progressed = self.run_pass()
+                progressed = self.run_pass(sync=self.sync_due())
                 if full:
                     log.warning("space is back in the state dir %s", self.settings.state_dir)
                     full = ""
@@ -390,6 +449,7 @@ class Reconciler:
         while not stop.is_set() and time.monotonic() < deadline:
             if request.exists():
                 request.unlink(missing_ok=True)
+                self._sync_asked.set()
                 return
             if self.wake.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
                 return

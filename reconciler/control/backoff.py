@@ -58,6 +58,10 @@ class Backoff:
         """Forget the batch's failures; True if it had any."""
         return self.failures.pop(name, None) is not None
 
+    def due(self, now: float) -> set[str]:
+        """The batches whose next try is due: a pass steps them whatever else changed."""
+        return {name for name, f in self.failures.items() if now >= f.retry_at}
+
     def retrying(self) -> bool:
         """Is a batch waiting for a try that is still worth waiting for?"""
         return any(f.tries <= TRIES_WORTH_WAITING_FOR for f in self.failures.values())

@@ -13,6 +13,7 @@ already done for them, never replayed.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import logging
@@ -98,6 +99,14 @@ class PassContext:
     storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
 
 
+@dataclass
+class StepCount:
+    """What the last pass stepped: every batch (full) or the work queue's, and how many."""
+
+    full: bool
+    steps: int = 0
+
+
 @dataclass(frozen=True)
 class PlannedJob:
     """A Job to create for an item's attempt, and the state the item moves to once made."""
@@ -164,6 +173,12 @@ class Controller:
         self.file_roots = file_roots  # host dirs an operator allowed for file:///... URLs
         self.downloads = downloads if downloads is not None else ManifestDownloads()
         self.backoff = Backoff()
+        # the Pending batches in queue order (their queue_order keys): those of the last
+        # full walk, and each Held batch stepped since (a release makes it Pending)
+        self._queue: list[tuple[int, float, str]] = []
+        self._next_expiry = 0.0  # when a Deleted batch's retention ends (0: walk to find out)
+        self.steps = 0  # batch steps taken in all (the heartbeat shows it)
+        self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
         self.site_url = site_url  # the web site's base URL: reports link the batch page
         # the decision table: the handler of each state (Deleted is only expired, above it)
@@ -189,38 +204,116 @@ class Controller:
             self.message_id_domain = domain
         return self.message_id_domain
 
-    # --- one pass over every batch
-    def reconcile_all(self, repo: RepoState, git_dir: str | None) -> bool:
-        """Return True if anything changed (the caller loops until nothing does).
+    # --- one pass: the batches that can change, or every batch
+    def reconcile_all(self, repo: RepoState, git_dir: str | None, *, full: bool = True) -> bool:
+        """Step the batches that can change; True if anything changed (the caller loops
+        until nothing does). `git_dir` is the Git mirror the batches were synced from.
 
-        `git_dir` is the Git mirror the batches were synced from."""
+        Like controller-runtime's work queue with a periodic resync: a `full` pass (the
+        caller asks for one on its first pass, after a sync that changed something and
+        every resync period) steps every batch; any other steps only the batches that can
+        have changed: those the store saw a Job of change (`take_changed_batches`), pending
+        deletions, finished manifest downloads, back-off retries that are due, the active
+        batches, and Pending ones, in queue order, while the queue admits. A pass is also
+        full when the store cannot tell what changed or a Deleted batch's retention ends.
+        `reconcile`'s early return for settled batches stays as a second guard."""
         self.downloads.pass_started()
-        batches = self.store.list_batches()
+        changed = self.store.take_changed_batches()  # drained on every pass, full or not
+        now = time.time()
+        full = full or changed is None or now >= self._next_expiry
         deletions = pending_deletions(self.store)
+        if full:
+            batches = self.store.list_batches()
+            active = sum(1 for b in batches if b.status.state in ACTIVE_BATCH)
+            self._remember_queue(batches, repo)
+        else:
+            wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
+                self.backoff.due(now))
+            batches, active = self._work_queue(wanted)
         ctx = PassContext(
             repo=repo,
             budget=JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs()),
-            active_batches=sum(1 for b in batches if b.status.state in ACTIVE_BATCH),
+            active_batches=active,
             git_dir=git_dir,
         )
-        now = time.time()
+        self.last_pass = StepCount(full=full)
         for batch in sorted(batches, key=_queue_order):
-            if self.backoff.waiting(batch, now):
-                continue
-            try:
-                with self.store.transaction():  # whole on SQLite; see Store.transaction
-                    failpoints.hit(f"step@{batch.name}")
-                    if batch.name in deletions:
-                        self._delete(batch, deletions[batch.name], ctx)
-                    else:
-                        self.reconcile(batch, ctx)
-            except Exception as exc:  # one broken batch never stops the others
-                if is_no_space(exc) or isinstance(exc, NotLeader):  # ...but a full disk, or
-                    raise  # losing the Lease, stops every batch: the pass ends
-                self._failed(batch, exc, ctx)
-            else:
-                self.backoff.succeeded(batch.name)
+            self._step_one(batch, deletions, ctx, now)
+        if not full:
+            self._admit_from_queue({b.name for b in batches}, deletions, ctx, now)
         return ctx.progressed
+
+    def _step_one(self, batch: Batch, deletions: dict[str, str], ctx: PassContext,
+                  now: float) -> None:
+        """One batch's step, in a transaction of its own; a failure is its own."""
+        if self.backoff.waiting(batch, now):
+            return
+        if batch.status.state == B.HELD and _queue_order(batch) not in self._queue:
+            bisect.insort(self._queue, _queue_order(batch))  # a release makes it Pending
+        self.last_pass.steps += 1
+        self.steps += 1
+        try:
+            with self.store.transaction():  # whole on SQLite; see Store.transaction
+                failpoints.hit(f"step@{batch.name}")
+                if batch.name in deletions:
+                    self._delete(batch, deletions[batch.name], ctx)
+                else:
+                    self.reconcile(batch, ctx)
+        except Exception as exc:  # one broken batch never stops the others
+            if is_no_space(exc) or isinstance(exc, NotLeader):  # ...but a full disk, or
+                raise  # losing the Lease, stops every batch: the pass ends
+            self._failed(batch, exc, ctx)
+        else:
+            self.backoff.succeeded(batch.name)
+            if batch.name in deletions:  # its retention ends then: that pass walks them all
+                self._next_expiry = min(self._next_expiry,
+                                        time.time() + ctx.repo.queue.deleted_retention_seconds)
+
+    def _remember_queue(self, batches: list[Batch], repo: RepoState) -> None:
+        """What a full walk tells the passes after it: the Pending batches in queue order
+        (a new one comes only from a sync, which makes the next pass full, or from a Held
+        batch released, which `_step_one` adds) and when the first Deleted batch's
+        retention ends."""
+        self._queue = sorted(_queue_order(b) for b in batches if b.status.state == B.PENDING)
+        retention = repo.queue.deleted_retention_seconds
+        self._next_expiry = min((float(b.status.deleted_at or 0.0) + retention
+                                 for b in batches if b.status.state == B.DELETED),
+                                default=float("inf"))
+
+    def _work_queue(self, wanted: set[str]) -> tuple[list[Batch], int]:
+        """The batches a pass that is not full steps (see `reconcile_all`), and how many
+        batches are active."""
+        counts = self.store.count_batches()
+        picked: dict[str, Batch] = {}
+        for state in ACTIVE_BATCH:
+            if counts.get(str(state)):
+                rows = self.store.page_batches(state=str(state), limit=counts[str(state)]).rows
+                picked.update((b.name, b) for b in rows)
+        for name in wanted - picked.keys():
+            batch = self.store.get_batch(name)
+            if batch is not None:
+                picked[name] = batch
+        return list(picked.values()), sum(counts.get(str(s), 0) for s in ACTIVE_BATCH)
+
+    def _admit_from_queue(self, stepped: set[str], deletions: dict[str, str],
+                          ctx: PassContext, now: float) -> None:
+        """Step the Pending batches at the head of the queue while it admits: a batch that
+        stays Pending with room to spare (no profile yet) waits for a sync, which makes the
+        next pass full."""
+        for key in list(self._queue):
+            if not self._admissible(ctx):
+                return
+            name = key[2]
+            if name in stepped:
+                continue
+            batch = self.store.get_batch(name)
+            if batch is None or batch.status.state != B.PENDING:
+                self._queue.remove(key)
+                continue
+            before = ctx.active_batches
+            self._step_one(batch, deletions, ctx, now)
+            if ctx.active_batches == before and name not in self.backoff.failures:
+                self._queue.remove(key)
 
     def _failed(self, batch: Batch, exc: Exception, ctx: PassContext) -> None:
         """Back the batch off, log the failure once for this try, and show it on the batch

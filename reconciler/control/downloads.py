@@ -95,6 +95,12 @@ class ManifestDownloads:
         with self._lock:
             self._seen = self._finished
 
+    def batches(self) -> set[str]:
+        """The batches with a download running or finished and not yet picked up: a pass
+        steps them, so a finished download is read at once."""
+        with self._lock:
+            return set(self._downloads)
+
     def busy(self) -> bool:
         """A download runs, or one finished after the last pass began (its result waits)."""
         with self._lock:

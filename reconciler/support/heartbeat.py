@@ -20,8 +20,11 @@ class Heartbeat:
         self.path = state_dir / "heartbeat.json"
 
     def beat(self, *, sync: bool = False, head: str = "", interval: float = 0.0,
-             duration: float | None = None) -> None:
+             duration: float | None = None, counters: dict[str, float] | None = None) -> None:
+        """`counters`: figures of this process kept beside the times (syncs, passes, the
+        batches a pass stepped), for operators and tests to read."""
         data = read_heartbeat(self.path.parent)
+        data.update(counters or {})
         now = time.time()
         if sync:
             data.update(lastSync=now, head=head)

@@ -357,6 +357,10 @@ class MemoryStore:
         return [replace(r.job) for _, r in sorted(self._s.jobs.items())
                 if batch is None or r.job.batch == batch]
 
+    def take_changed_batches(self) -> set[str] | None:
+        """Never tells: every pass of the unit world steps every batch."""
+        return None
+
     def count_active_jobs(self) -> int:
         return sum(1 for r in self._s.jobs.values()
                    if r.job.state in RUNNING and not r.job.suspended)

@@ -55,11 +55,13 @@ class Informer:
         list_fn: Callable[..., Any],
         on_change: Callable[[], None],
         watch_timeout: int = 300,
+        on_object: Callable[[Obj | None], None] = lambda obj: None,
         **list_kwargs: Any,
     ) -> None:
         self.kind = kind
         self._list = list_fn
         self._on_change = on_change
+        self._on_object = on_object  # each object an event brought; None: a new list
         self._kwargs = list_kwargs
         self.watch_timeout = watch_timeout  # the server ends each watch after this long
         self.objects: dict[str, Obj] = {}
@@ -163,6 +165,7 @@ class Informer:
             self.objects = fresh
         self.error, self._told = None, ""
         self.synced.set()
+        self._on_object(None)
         self._on_change()
         return str(result["metadata"].get("resourceVersion", ""))
 
@@ -192,4 +195,5 @@ class Informer:
                     old = self.objects.get(name)
                     if old is None or _rv(obj) >= _rv(old):
                         self.objects[name] = obj
+            self._on_object(obj)
             self._on_change()

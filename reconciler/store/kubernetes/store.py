@@ -242,12 +242,15 @@ class KubernetesStore:
         # first step after a start observes every Job (nothing can be lost by a kill)
         self._observed: dict[str, dict[str, str]] = {}
         self.recorder = EventRecorder(api, namespace)  # Events on the Batch (kubectl)
-        wake = self.wake.set
-        self.batches = Informer("batches", self._list_batches, wake, watch_timeout)
+        self._changed: set[str] | None = None  # batches the watches saw change (None: all)
+        wake, seen = self.wake.set, self._saw
+        self.batches = Informer("batches", self._list_batches, wake, watch_timeout,
+                                on_object=lambda obj: seen(obj, own=True))
         self.jobs = Informer("jobs", self.batch_api.list_namespaced_job, wake, watch_timeout,
-                             namespace=namespace, label_selector=f"{A}batch")
+                             on_object=seen, namespace=namespace, label_selector=f"{A}batch")
         self.cms = Informer("configmaps", self.core.list_namespaced_config_map, wake,
-                            watch_timeout, namespace=namespace, label_selector=f"{A}kind")
+                            watch_timeout, on_object=seen, namespace=namespace,
+                            label_selector=f"{A}kind")
 
     @classmethod
     def connect(cls, namespace: str, kubeconfig: str | None = None,
@@ -293,6 +296,25 @@ class KubernetesStore:
         self.bucket.take()  # first: the Lease may be lost while this waits
         if self.may_write is not None and not self.may_write():
             raise NotLeader("this reconciler no longer holds the Lease: the write was not made")
+
+    def _saw(self, obj: Obj | None, own: bool = False) -> None:
+        """A watch event: the Batch it is (`own`), or whose child it is (its `batch`
+        label), has changed; a new list (None) may have changed any of them."""
+        with self._lock:
+            if obj is None:
+                self._changed = None
+            elif self._changed is not None:
+                meta = obj.get("metadata") or {}
+                batch = meta.get("name") if own else (meta.get("labels") or {}).get(f"{A}batch")
+                if batch:
+                    self._changed.add(str(batch))
+
+    def take_changed_batches(self) -> set[str] | None:
+        """What the watches saw change since the last call (see `_saw`), then forgotten;
+        None on the first call and after a watch listed again."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        return changed
 
     def _list_batches(self, **kwargs: Any) -> Any:
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,

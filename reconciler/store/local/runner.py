@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import sqlite3
@@ -38,6 +39,7 @@ from pathlib import Path
 from reconciler.domain.states import JobState
 from reconciler.store.base import deadline_message
 from reconciler.store.local.sqlite import SqliteStore
+from reconciler.support import failpoints
 from reconciler.support.nospace import NoSpaceLeft, free_bytes, nearly_full
 from reconciler.support.redaction import redact_text
 
@@ -69,10 +71,20 @@ def job_environment(job_env: dict[str, str], jdir: Path) -> dict[str, str]:
 
 # SIGTERM to SIGKILL; the kubelet's default is 30 s, but the loop waits for it, so it is short
 TERM_GRACE_SECONDS = 2.0
+# how often every running job is looked at, beside the exits its waiter reports: jobs a
+# killed reconciler left running, and shims that died without a result (the kubelet's relist)
+SCAN_SECONDS = 2.0
 
 
 class LocalRunner:
-    """Starts Pending jobs (up to `parallel` at once) and records finished ones."""
+    """Starts Pending jobs (up to `parallel` at once) and records finished ones.
+
+    A child's exit is reported by the thread that waits for it (its name on `_exited`,
+    then `wake`), so a round records exactly the jobs that ended instead of looking at
+    every running one; a scan every SCAN_SECONDS, on the first round and when a deadline
+    is due covers the rest. The writes of a round's exits, and of its starts, commit as
+    one transaction each (one fsync, not one per job); a kill before a commit loses
+    nothing: the `rc` files stay, and a start finds the shim it made before (`_adopt`)."""
 
     def __init__(self, store: SqliteStore, jobs_dir: Path, parallel: int = 4) -> None:
         self.store = store
@@ -80,6 +92,9 @@ class LocalRunner:
         self.parallel = parallel
         self.wake = threading.Event()  # set when a child exits: the loop acts at once
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._exited: queue.SimpleQueue[str] = queue.SimpleQueue()  # children that ended
+        self._next_scan = 0.0  # monotonic time of the next scan; 0: the first round scans
+        self._next_deadline = 0.0  # epoch time the first running job's deadline passes
         store.on_delete_jobs = self.stop_batch  # deleting a batch's jobs stops them
 
     def job_dir(self, name: str) -> Path:
@@ -87,7 +102,12 @@ class LocalRunner:
 
     def tick(self) -> bool:
         """One round: record finished jobs, start waiting ones. True if anything changed."""
-        changed = self._reap()
+        changed = False
+        if time.monotonic() >= self._next_scan or time.time() >= self._next_deadline:
+            changed = self._reap()  # outside a transaction: a stop waits for its grace
+            self._next_scan = time.monotonic() + SCAN_SECONDS
+        with self.store.transaction():
+            changed |= self._record_exits()
         running = len(self.store.jobs_in_state(JobState.PROCESSING))
         free = max(0, self.parallel - running)
         if free:
@@ -95,20 +115,58 @@ class LocalRunner:
             if waiting and nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
                 raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
                                   " free, too little to start a job")
-            for row in waiting:
-                if _overdue(row):  # a re-run of an attempt whose deadline passed meanwhile
-                    self.store.mark_job_failed(row["name"], _deadline_reason(row))
-                else:
-                    self._start(row["name"], row["batch"], row["item"])
-                changed = True
+            started: list[tuple[str, int | None]] = []
+            try:
+                for row in waiting:
+                    if not _overdue(row):  # else a re-run past its deadline: failed below
+                        started.append((row["name"], self._start(row["name"], row["batch"],
+                                                                 row["item"])))
+                        if seconds := _deadline(row):  # the round that passes it scans
+                            self._next_deadline = min(self._next_deadline,
+                                                      (row["started_at"] or time.time())
+                                                      + seconds)
+            finally:  # what started is recorded, even when a later start failed
+                if started:  # a kill here: the restarted reconciler adopts them
+                    failpoints.hit("after-jobs-spawned")
+                with self.store.transaction():
+                    for row in waiting:
+                        if _overdue(row):
+                            self.store.mark_job_failed(row["name"], _deadline_reason(row))
+                    for name, pid in started:
+                        self.store.mark_job_started(name, pid)
+            changed |= bool(waiting)
         return changed
 
-    def _start(self, name: str, batch: str, item: str) -> None:
+    def _record_exits(self) -> bool:
+        """Record the children whose waiters reported them ended; one that left no result
+        is left to the scan (at the next round), which runs it again or fails it."""
+        changed = False
+        while True:
+            try:
+                name = self._exited.get_nowait()
+            except queue.Empty:
+                return changed
+            if self._children.pop(name, None) is None:  # stopped, or the scan recorded it
+                continue
+            rc = self._read_rc(name)
+            if rc is None:
+                self._next_scan = 0.0
+                continue
+            self.store.mark_job_finished(name, rc, self._message(name, rc))
+            changed = True
+
+    def _start(self, name: str, batch: str, item: str) -> int | None:
+        """Run the attempt under the shim; the pid to record. A shim this attempt already
+        has (started by a reconciler killed before it recorded the start) is adopted, and
+        its result, if it left one, is read by the next scan (pid None)."""
+        jdir = self.job_dir(name)
+        if jdir.exists():
+            if (jdir / "rc").exists() or (adopted := _adopt(jdir)) is not None:
+                self._next_scan = 0.0  # not our child: the scan reads its result
+                return None if (jdir / "rc").exists() else adopted
+            shutil.rmtree(jdir)  # a previous try of this same attempt died without a result
         spec = self.store.job_spec(name)
         assert spec is not None
-        jdir = self.job_dir(name)
-        if jdir.exists():  # a previous try of this same attempt died without a result
-            shutil.rmtree(jdir)
         (jdir / "tmp").mkdir(parents=True)
         userinfo = self.store.credentials(batch, item)
         if userinfo is not None:
@@ -126,17 +184,23 @@ class LocalRunner:
             stderr=subprocess.DEVNULL,
         )
         self._children[name] = proc
-        self.store.mark_job_started(name, proc.pid)
-        threading.Thread(target=self._wait_child, args=(proc,), daemon=True).start()
+        threading.Thread(target=self._wait_child, args=(name, proc), daemon=True).start()
+        return proc.pid
 
-    def _wait_child(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_child(self, name: str, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
+        self._exited.put(name)
         self.wake.set()
 
     def _reap(self) -> bool:
+        """The scan: every running job looked at (see the class docstring)."""
         changed = False
+        self._next_deadline = float("inf")
         for row in self.store.jobs_in_state(JobState.PROCESSING):
             name = row["name"]
+            if _deadline(row) and row["started_at"]:
+                self._next_deadline = min(self._next_deadline,
+                                          row["started_at"] + float(_deadline(row) or 0))
             rc = self._read_rc(name)
             if rc is None:
                 if self._running(row):
@@ -256,6 +320,23 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
+
+
+def _adopt(jdir: Path) -> int | None:
+    """The pid of the shim already running in this job dir, if any: what a reconciler
+    killed between starting a shim and recording the start left behind. Looked for only
+    when the job dir exists (a start after a restart), so it costs nothing otherwise."""
+    want = str(jdir).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # it exited while we looked
+            continue
+        if len(args) > 3 and args[3] == want and args[:2] == [b"/bin/sh", b"-c"]:
+            pid = int(cmdline.parent.name)
+            if _alive(pid, jdir):
+                return pid
+    return None
 
 
 def _alive(pid: int | None, jdir: Path) -> bool:

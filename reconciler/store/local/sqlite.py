@@ -168,6 +168,7 @@ class SqliteStore:
         self.reads = 0  # item and job rows the controller's reads returned (tests, bench)
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
+        self._changed: set[str] | None = None  # batches whose jobs the runner moved
 
     def close(self) -> None:
         self.db.close()
@@ -602,6 +603,12 @@ class SqliteStore:
                 (new.value, batch, old.value),
             )
 
+    def take_changed_batches(self) -> set[str] | None:
+        """The batches whose jobs the runner moved since the last call (kept in memory: one
+        reconciler owns the state dir); None on the first call, which walks them all."""
+        changed, self._changed = self._changed, set()
+        return changed
+
     # --- local runner's view of the jobs table
     def jobs_in_state(self, state: JobState, limit: int = -1) -> list[sqlite3.Row]:
         return self.db.execute(
@@ -617,12 +624,17 @@ class SqliteStore:
         for source in sources:
             job_transition(source, target)
         marks = ", ".join("?" for _ in sources)
-        self._write(
-            f"UPDATE jobs SET state=?{columns} WHERE name=? AND state IN ({marks})",
+        moved = self.db.execute(
+            f"UPDATE jobs SET state=?{columns} WHERE name=? AND state IN ({marks})"
+            " RETURNING batch",
             (target.value, *values, name, *(s.value for s in sources)),
-        )
+        ).fetchall()
+        if moved:
+            self.writes += 1
+            if self._changed is not None:
+                self._changed.add(moved[0][0])
 
-    def mark_job_started(self, name: str, pid: int) -> None:
+    def mark_job_started(self, name: str, pid: int | None) -> None:
         """Running as `pid`; the start time is the first start's, as a Job's startTime is,
         so a run of the same attempt after a crash keeps the deadline of the first."""
         self._move_job(name, (JobState.PENDING,), JobState.PROCESSING,

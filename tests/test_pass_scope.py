@@ -1,0 +1,235 @@
+"""What one pass of the loop does (issue 13 goal 2): it fetches Git only when a sync is due,
+steps only the batches that can change, and the local runner records jobs as they exit.
+
+Real parts: Git repositories committed by the test, the real worker or a shell command as
+the job, a payload server on loopback, `batchq reconcile` in processes of its own for the
+crash; the counts come from the heartbeat file the loop writes after every pass and sync.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.app.service import Reconciler, Settings
+from reconciler.store.backends import BackendSettings, open_store
+from reconciler.store.base import ReadStore
+from reconciler.support.heartbeat import read_heartbeat
+from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc, wait_for
+
+
+def queue_doc(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": spec}
+
+
+def state_of(store: ReadStore, batch: str) -> str | None:
+    b = store.get_batch(batch)
+    return None if b is None else str(b.status.state)
+
+
+def submit(repo: GitRepo, payloads: PayloadServer, name: str, n: int,
+           gated: frozenset[int] = frozenset()) -> None:
+    items = [payloads.add(f"{name}-{i}", f"{name} {i}\n".encode(), gated=i in gated)
+             for i in range(n)]
+    repo.write(f"batches/{name}.yaml", {**batch_doc(items), "metadata": {"name": name}})
+
+
+@pytest.fixture
+def loop_repo(git_repo: GitRepo, payloads: PayloadServer) -> GitRepo:
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=2))
+    return git_repo
+
+
+class Loop:
+    """`run_forever` in a thread, as `batchq run` runs it (the reconciler is made and
+    closed in that thread: its SQLite connection is that thread's); the test reads the
+    state dir through a store of its own (as `batchq status` does)."""
+
+    def __init__(self, repo: GitRepo, state: Path, interval: float) -> None:
+        self.state_dir = state
+        self.settings = Settings(repo=str(repo.path), branch=repo.branch, state_dir=state,
+                                 interval=interval)
+        self.stop = threading.Event()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        assert self.started.wait(30), "the reconciler did not start"
+        self.reader = open_store(BackendSettings(backend="local", state_dir=state))
+
+    def _run(self) -> None:
+        rec = Reconciler(self.settings)
+        self.started.set()
+        try:
+            rec.run_forever(self.stop)
+        finally:
+            rec.close()
+
+    def state(self, batch: str) -> str | None:
+        return state_of(self.reader, batch)
+
+    def syncs(self) -> int:
+        return int(read_heartbeat(self.state_dir)["syncs"])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.reader.close()
+
+
+@pytest.fixture
+def loop_factory(tmp_path: Path) -> Iterator[Any]:
+    loops: list[Loop] = []
+
+    def make(repo: GitRepo, interval: float) -> Loop:
+        loops.append(Loop(repo, tmp_path / "state", interval))
+        return loops[-1]
+
+    yield make
+    for loop in loops:
+        loop.close()
+
+
+def test_passes_woken_by_jobs_do_not_fetch(loop_repo: GitRepo, payloads: PayloadServer,
+                                           tmp_path: Path) -> None:
+    """Six jobs, two at a time: the passes that record them are woken by the jobs, and only
+    the first pass fetches (the interval is an hour). Before: one fetch every pass."""
+    submit(loop_repo, payloads, "six", 6)
+    loop_repo.commit("six items")
+    rec = Reconciler(Settings(repo=str(loop_repo.path), branch=loop_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600))
+    try:
+        passes = rec.run_until_idle(timeout=120)
+        assert state_of(rec.store, "six") == "Completed"
+    finally:
+        rec.close()
+    beat = read_heartbeat(tmp_path / "state")
+    assert passes >= 3 and beat["passes"] == passes
+    assert beat["syncs"] == 1
+
+
+def test_run_until_idle_always_sees_what_was_committed_before_it(
+        loop_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """The first pass of every `run_until_idle` syncs, however recent the last sync."""
+    submit(loop_repo, payloads, "first", 1)
+    loop_repo.commit("first")
+    rec = Reconciler(Settings(repo=str(loop_repo.path), branch=loop_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600))
+    try:
+        rec.run_until_idle(timeout=120)
+        submit(loop_repo, payloads, "second", 1)
+        loop_repo.commit("second")
+        rec.run_until_idle(timeout=120)
+        assert state_of(rec.store, "second") == "Completed"
+    finally:
+        rec.close()
+
+
+def test_a_commit_made_while_jobs_run_is_seen(loop_repo: GitRepo, payloads: PayloadServer,
+                                              loop_factory: Any) -> None:
+    """Jobs keep waking the loop (one item is held by its server, the others finish one by
+    one), yet a commit made meanwhile is synced once the interval has passed: the new batch
+    shows up while the first is still running."""
+    submit(loop_repo, payloads, "running", 6, gated=frozenset({0}))
+    loop_repo.commit("running")
+    loop = loop_factory(loop_repo, 0.5)
+    wait_for(lambda: loop.state("running") == "Processing", timeout=60,
+             what="the first batch processing")
+    submit(loop_repo, payloads, "later", 1)
+    loop_repo.commit("later, while the first runs")
+    wait_for(lambda: loop.state("later") is not None, timeout=60,
+             what="the commit made while jobs run, synced")
+    assert loop.state("running") == "Processing"  # its held job still runs
+    payloads.gates["running-0"].set()
+    wait_for(lambda: loop.state("running") == loop.state("later") == "Completed",
+             timeout=60, what="both batches completed")
+    assert loop.syncs() >= 2
+
+
+def test_a_finished_job_wakes_the_loop_at_once(loop_repo: GitRepo, payloads: PayloadServer,
+                                               loop_factory: Any) -> None:
+    """With an interval of an hour, a batch whose jobs run one after another still
+    completes: each job's exit starts the next pass."""
+    loop_repo.write("queue.yaml", queue_doc(maxActiveJobs=1))
+    submit(loop_repo, payloads, "serial", 3)
+    loop_repo.commit("three items, one at a time")
+    loop = loop_factory(loop_repo, 3600)
+    wait_for(lambda: loop.state("serial") == "Completed", timeout=60,
+             what="the batch completed without waiting for the interval")
+    assert loop.syncs() == 1
+
+
+def test_a_pass_steps_the_batch_whose_job_finished_not_the_settled_ones(
+        loop_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """Five settled batches and a new one: after the pass that synced the new commit (a
+    full walk), each pass steps only the new batch, the one whose jobs change."""
+    for n in range(5):
+        submit(loop_repo, payloads, f"old-{n}", 1)
+    loop_repo.commit("five small batches")
+    rec = Reconciler(Settings(repo=str(loop_repo.path), branch=loop_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+    try:
+        rec.run_until_idle(timeout=120)
+        submit(loop_repo, payloads, "new", 4)
+        loop_repo.commit("a new batch")
+        seen: list[tuple[bool, int]] = []
+        rec.run_until_idle(timeout=120, on_pass=lambda r: seen.append(
+            (r.controller.last_pass.full, r.controller.last_pass.steps)))
+        assert state_of(rec.store, "new") == "Completed"
+        assert {str(b.status.state) for b in rec.store.list_batches()} == {"Completed"}
+    finally:
+        rec.close()
+    assert seen[0] == (True, 6), seen  # the commit: every batch looked at once
+    later = seen[1:]
+    assert not any(full for full, _ in later) and max(steps for _, steps in later) == 1, seen
+    assert sum(steps for _, steps in later) >= 2, seen  # jobs ended, then the report
+
+
+@pytest.mark.parametrize("runs_for", ["0", "2"])
+def test_a_job_started_just_before_a_kill_is_adopted_not_run_twice(
+        git_repo: GitRepo, tmp_path: Path, runs_for: str) -> None:
+    """The runner starts a round's jobs, then records them in one commit. Killed between
+    the two, the restarted reconciler finds each job's shim (still running, or finished
+    with its result) and records that instead of running the attempt again."""
+    runs = tmp_path / "runs"
+    git_repo.write("profiles/test.yaml", {
+        "apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
+        "spec": {"job": {"command": ["/bin/sh", "-c",
+                                     f'echo "$BATCHQ_ITEM_ID" >> {runs}; sleep {runs_for}']},
+                 "allowedUrlPrefixes": ["http://127.0.0.1/"],
+                 "notification": {"from": "batchq@example.org"}}})
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=3))
+    items = [{"id": f"item-{i}", "url": f"http://127.0.0.1/{i}"} for i in range(3)]
+    git_repo.write("batches/b.yaml", {**batch_doc(items), "metadata": {"name": "b"}})
+    git_repo.commit("three jobs")
+    state = tmp_path / "state"
+    args = ("reconcile", "--repo", str(git_repo.path), "--state", str(state), "--until-idle",
+            "--timeout", "60")
+    killed = batchq(*args, failpoint="after-jobs-spawned:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    wait_for(lambda: runs.exists() and len(runs.read_text().split()) == 3, timeout=30,
+             what="the three jobs the killed reconciler started")
+    done = batchq(*args)
+    assert done.returncode == 0, done.stderr
+    store = open_store(BackendSettings(backend="local", state_dir=state))
+    try:
+        assert state_of(store, "b") == "Completed"
+        assert {str(j.state) for j in store.list_jobs("b")} == {"Completed"}
+    finally:
+        store.close()
+    assert sorted(runs.read_text().split()) == ["item-0", "item-1", "item-2"]  # once each
+
+
+def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
+                                                         tmp_path: Path) -> None:
+    bad = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
+                 "--once", "--resync", "-5")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert ("batchq: --resync (or BATCHQ_RESYNC) -5 is negative; give the seconds between"
+            " passes that step every batch (0: the default, 10 x interval)") in bad.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was touched
