@@ -350,4 +350,4 @@ def _alive(pid: int | None, jdir: Path) -> bool:
         return False
     if ") Z" in status:
         return False
-    return str(jdir).encode() in cmdline
+    return str(jdir).encode() in cmdline.split(b"\0")  # the shim's own argument, whole
