@@ -35,7 +35,7 @@ def run(batches: int, items: int, parallel: int, seconds: float,
             bench_idle_pass.make_repo(repo, batches, items, parallel)
         else:
             make_repo(repo, batches, items, parallel)
-        rec = Reconciler(Settings(repo=str(repo), state_dir=state, interval=0.1))
+        rec = Reconciler(Settings(repo=str(repo), state_dir=state))  # interval as run
         setup = time.monotonic()
         rec.sync()  # the first sync of the files (issue 13 goal 4, not this bench's) untimed
         setup = time.monotonic() - setup
@@ -43,7 +43,7 @@ def run(batches: int, items: int, parallel: int, seconds: float,
         passes, settled = 0, False
         while time.monotonic() - t0 < seconds:
             rec.wake.clear()
-            progressed = rec.run_pass()
+            progressed = rec.run_pass(sync=rec.sync_due())  # as the loop passes
             passes += 1
             if not progressed:
                 if not rec.busy():
