@@ -230,7 +230,8 @@ def test_a_state_dir_written_before_the_change_numbers_is_observed_in_full(
             "DROP TRIGGER jobs_inserted", "DROP TRIGGER jobs_updated",
             "DROP TRIGGER items_inserted", "DROP TRIGGER items_deleted",
             "DROP TRIGGER items_moved", "DROP TABLE item_counts", "DROP TABLE sequences",
-            "DROP INDEX jobs_by_change", "DROP INDEX items_by_state",
+            "DROP INDEX jobs_by_change", "DROP INDEX jobs_by_any_change",
+            "DROP INDEX items_by_state",
             "DROP INDEX items_unfinished", "ALTER TABLE jobs DROP COLUMN changed",
             "ALTER TABLE batches DROP COLUMN observed_job_change"):
         db.execute(statement)

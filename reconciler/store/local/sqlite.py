@@ -168,7 +168,7 @@ class SqliteStore:
         self.reads = 0  # item and job rows the controller's reads returned (tests, bench)
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
-        self._changed: set[str] | None = None  # batches whose jobs the runner moved
+        self._change_seen: int | None = None  # the job-change number the last pass saw
 
     def close(self) -> None:
         self.db.close()
@@ -208,6 +208,8 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.OperationalError):
                 self.db.execute("ALTER TABLE jobs ADD COLUMN changed INTEGER NOT NULL DEFAULT 0")
         self._add_incremental()
+        # the batches whose jobs changed since a pass (take_changed_batches)
+        self.db.execute("CREATE INDEX IF NOT EXISTS jobs_by_any_change ON jobs (changed)")
 
     def _add_incremental(self) -> None:
         """The indexes, triggers and counters of INCREMENTAL; the item counts of a file
@@ -604,10 +606,17 @@ class SqliteStore:
             )
 
     def take_changed_batches(self) -> set[str] | None:
-        """The batches whose jobs the runner moved since the last call (kept in memory: one
-        reconciler owns the state dir); None on the first call, which walks them all."""
-        changed, self._changed = self._changed, set()
-        return changed
+        """The batches a job of which changed since the last call, read from the job-change
+        numbers the triggers give every change (the runner's moves, a hold's suspension,
+        a creation: no write path can forget one); None on the first call, which walks
+        them all. The number seen is kept in memory: one reconciler owns the state dir."""
+        row = self.db.execute("SELECT value FROM sequences WHERE name='job-change'").fetchone()
+        now = int(row[0]) if row else 0
+        seen, self._change_seen = self._change_seen, now
+        if seen is None:
+            return None
+        return {r[0] for r in self.db.execute(
+            "SELECT DISTINCT batch FROM jobs WHERE changed>? AND changed<=?", (seen, now))}
 
     # --- local runner's view of the jobs table
     def jobs_in_state(self, state: JobState, limit: int = -1) -> list[sqlite3.Row]:
@@ -631,8 +640,6 @@ class SqliteStore:
         ).fetchall()
         if moved:
             self.writes += 1
-            if self._changed is not None:
-                self._changed.add(moved[0][0])
 
     def mark_job_started(self, name: str, pid: int | None) -> None:
         """Running as `pid`; the start time is the first start's, as a Job's startTime is,
