@@ -233,3 +233,35 @@ def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
     assert ("batchq: --resync (or BATCHQ_RESYNC) -5 is negative; give the seconds between"
             " passes that step every batch (0: the default, 10 x interval)") in bad.stderr
     assert not (tmp_path / "s").exists()  # refused before anything was touched
+
+
+def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """Two Processing batches, one job slot, held by the older batch's job: a pass then
+    steps neither (only a job's change can give either something to do); when that job
+    ends, the older batch observes it and the younger one takes the freed slot, and both
+    complete."""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1, maxActiveBatches=2))
+    submit(git_repo, payloads, "first", 1, gated=frozenset({0}))
+    git_repo.commit("the first batch, its one item served when the test says")
+    submit(git_repo, payloads, "second", 2)
+    git_repo.commit("a second batch behind it")
+    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+    try:
+        rec.run_pass()  # the commit: a full walk admits both
+        wait_for(lambda: (rec.run_pass(sync=False) or True) and state_of(
+            rec.store, "second") == "Processing" and rec.store.count_active_jobs() == 1,
+            timeout=60, what="both batches Processing, the first one's job running")
+        steps = []
+        for _ in range(3):  # the first may still observe the job's start
+            rec.run_pass(sync=False)
+            steps.append((rec.controller.last_pass.full, rec.controller.last_pass.steps))
+        assert steps[1:] == [(False, 0), (False, 0)], steps
+        assert [j.item for j in rec.store.list_jobs("second")] == []
+        payloads.release("first-0")
+        rec.run_until_idle(timeout=120)
+        assert state_of(rec.store, "first") == state_of(rec.store, "second") == "Completed"
+    finally:
+        rec.close()

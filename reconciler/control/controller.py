@@ -213,8 +213,9 @@ class Controller:
         caller asks for one on its first pass, after a sync that changed something and
         every resync period) steps every batch; any other steps only the batches that can
         have changed: those the store saw a Job of change (`take_changed_batches`), pending
-        deletions, finished manifest downloads, back-off retries that are due, the active
-        batches, and Pending ones, in queue order, while the queue admits. A pass is also
+        deletions, finished manifest downloads, back-off retries that are due, the batches
+        Reporting, the Processing ones while the job budget has room, and Pending ones, in
+        queue order, while the queue admits. A pass is also
         full when the store cannot tell what changed or a Deleted batch's retention ends.
         `reconcile`'s early return for settled batches stays as a second guard."""
         self.downloads.pass_started()
@@ -222,6 +223,8 @@ class Controller:
         now = time.time()
         full = full or changed is None or now >= self._next_expiry
         deletions = pending_deletions(self.store)
+        budget = JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs())
+        wanted: set[str] = set()
         if full:
             batches = self.store.list_batches()
             active = sum(1 for b in batches if b.status.state in ACTIVE_BATCH)
@@ -229,15 +232,12 @@ class Controller:
         else:
             wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
                 self.backoff.due(now))
-            batches, active = self._work_queue(wanted)
-        ctx = PassContext(
-            repo=repo,
-            budget=JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs()),
-            active_batches=active,
-            git_dir=git_dir,
-        )
+            batches, active = self._work_queue(wanted, room=budget.free > 0)
+        ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
         for batch in sorted(batches, key=_queue_order):
+            if not full and _waits_for_room(batch, wanted, ctx.budget):
+                continue
             self._step_one(batch, deletions, ctx, now)
         if not full:
             self._admit_from_queue({b.name for b in batches}, deletions, ctx, now)
@@ -280,13 +280,14 @@ class Controller:
                                  for b in batches if b.status.state == B.DELETED),
                                 default=float("inf"))
 
-    def _work_queue(self, wanted: set[str]) -> tuple[list[Batch], int]:
+    def _work_queue(self, wanted: set[str], *, room: bool) -> tuple[list[Batch], int]:
         """The batches a pass that is not full steps (see `reconcile_all`), and how many
-        batches are active."""
+        batches are active. Processing batches are read only when the queue has `room` for
+        a job: without it, one whose jobs did not change has nothing to do."""
         counts = self.store.count_batches()
         picked: dict[str, Batch] = {}
         for state in ACTIVE_BATCH:
-            if counts.get(str(state)):
+            if counts.get(str(state)) and (room or state != B.PROCESSING):
                 rows = self.store.page_batches(state=str(state), limit=counts[str(state)]).rows
                 picked.update((b.name, b) for b in rows)
         for name in wanted - picked.keys():
@@ -843,6 +844,14 @@ def _ready_shown(status: BatchStatus) -> bool:
 
 def _shows(status: BatchStatus, type_: str) -> bool:
     return any(c.type == type_ and c.status for c in status.conditions)
+
+
+def _waits_for_room(batch: Batch, wanted: set[str], budget: JobBudget) -> bool:
+    """A Processing batch none of whose jobs changed, in a pass whose job budget is used
+    up, has nothing to do: it is stepped again when a job ends anywhere (the budget then
+    has room, and the queue's oldest batch takes it first) or at the resync."""
+    return (batch.status.state == B.PROCESSING and batch.name not in wanted
+            and budget.free <= 0)
 
 
 def _iso(ts: float) -> str:
