@@ -87,6 +87,29 @@ def test_a_spec_is_versioned_by_generation_and_a_broken_one_keeps_the_last_good(
     assert never.spec is None and never.generation == 1
 
 
+def test_a_batch_made_again_under_its_old_name_reads_its_new_spec(
+        store: Store, tmp_path: Path) -> None:
+    """Specs are read once per version: a batch removed and made again (generation 1
+    again), or changed by another store of the same file, is read with its new spec."""
+    def item_ids(batch: Batch) -> list[str]:
+        assert batch.spec is not None and batch.spec.items is not None
+        return [i.id for i in batch.spec.items]
+
+    apply(store, "b", spec("a"))
+    assert item_ids(stored(store, "b")) == item_ids(stored(store, "b")) == ["a"]
+    store.remove_batch("b")
+    again = apply(store, "b", spec("z"))
+    assert again.generation == 1 and item_ids(again) == item_ids(stored(store, "b")) == ["z"]
+    if isinstance(store, SqliteStore):  # another store of the file moves it on
+        other = SqliteStore(local_db_path(tmp_path))
+        try:
+            apply(other, "b", spec("y"))
+        finally:
+            other.close()
+        newest = stored(store, "b")
+        assert (newest.generation, item_ids(newest)) == (2, ["y"])
+
+
 def test_a_status_write_based_on_a_stale_read_is_a_conflict(store: Store) -> None:
     b = apply(store, "b", spec("a"))
     writes = store.writes

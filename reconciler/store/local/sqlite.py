@@ -149,6 +149,12 @@ def _statements(script: str) -> Iterator[str]:
 # Parsed specs by their JSON, shared by every store of the process (the web site opens one
 # per request): a spec is immutable, and a 10,000-item one takes ~200 ms to parse.
 _SPECS: dict[str, BatchSpec] = {}
+# ...and by (name, uid, generation), which names one spec for good (a new spec is a new
+# generation, a batch made again a new uid), so a read of a batch does not fetch, hash and
+# compare a megabyte of spec JSON: its columns without the spec are what is selected.
+_SPEC_VERSIONS: dict[tuple[str, str, int], BatchSpec | None] = {}
+_BATCH_COLUMNS = ("name, generation, source_path, source_revision, submitted_at, status_json,"
+                  " spec_error, updated_at, uid")
 
 
 class SqliteStore:
@@ -279,7 +285,7 @@ class SqliteStore:
     def _batch(self, row: sqlite3.Row) -> Batch:
         return Batch(
             name=row["name"],
-            spec=self._spec(row["spec_json"]),
+            spec=self._spec_of(row["name"], row["uid"], row["generation"]),
             generation=row["generation"],
             source_path=row["source_path"],
             source_revision=row["source_revision"],
@@ -289,6 +295,21 @@ class SqliteStore:
             updated_at=row["updated_at"],
             uid=row["uid"],
         )
+
+    def _spec_of(self, name: str, uid: str, generation: int) -> BatchSpec | None:
+        """The spec of this generation of the batch, read and parsed once (a row written
+        before batches had a uid is read by its JSON)."""
+        key = (name, uid, generation)
+        if uid and key in _SPEC_VERSIONS:
+            return _SPEC_VERSIONS[key]
+        row = self.db.execute("SELECT spec_json, uid, generation FROM batches WHERE name=?",
+                              (name,)).fetchone()
+        spec = self._spec(row["spec_json"] if row is not None else None)
+        if uid and row is not None and (row["uid"], row["generation"]) == (uid, generation):
+            if len(_SPEC_VERSIONS) > 10_000:
+                _SPEC_VERSIONS.clear()
+            _SPEC_VERSIONS[key] = spec
+        return spec
 
     def _spec(self, spec_json: str | None) -> BatchSpec | None:
         """Parse a spec once: a 10,000-item spec is read on every pass otherwise."""
@@ -302,7 +323,7 @@ class SqliteStore:
         return spec
 
     def list_batches(self) -> list[Batch]:
-        rows = self.db.execute("SELECT * FROM batches ORDER BY name").fetchall()
+        rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY name").fetchall()
         return [self._batch(r) for r in rows]
 
     def batches_at(self, paths: Collection[str]) -> list[Batch]:
@@ -310,7 +331,8 @@ class SqliteStore:
         for start in range(0, len(wanted), 500):  # under SQLite's limit on parameters
             chunk = wanted[start:start + 500]
             rows += self.db.execute(
-                f"SELECT * FROM batches WHERE source_path IN ({','.join('?' * len(chunk))})",
+                f"SELECT {_BATCH_COLUMNS} FROM batches"
+                f" WHERE source_path IN ({','.join('?' * len(chunk))})",
                 chunk).fetchall()
         return sorted((self._batch(r) for r in rows), key=lambda b: b.name)
 
@@ -321,7 +343,8 @@ class SqliteStore:
         where, args = ("WHERE state=?", [state]) if state else ("", [])
         total = self.db.execute(f"SELECT COUNT(*) FROM batches {where}", args).fetchone()[0]
         rows = self.db.execute(
-            f"SELECT * FROM batches {where} ORDER BY updated_at DESC, name LIMIT ? OFFSET ?",
+            f"SELECT {_BATCH_COLUMNS} FROM batches {where}"
+            " ORDER BY updated_at DESC, name LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
         return Page(total=int(total), rows=[self._batch(r) for r in rows])
@@ -331,7 +354,8 @@ class SqliteStore:
         return {r[0]: r[1] for r in rows}
 
     def get_batch(self, name: str) -> Batch | None:
-        row = self.db.execute("SELECT * FROM batches WHERE name=?", (name,)).fetchone()
+        row = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE name=?",
+                              (name,)).fetchone()
         return None if row is None else self._batch(row)
 
     def apply_spec(
