@@ -356,3 +356,29 @@ def test_sync_state_round_trips_field_by_field_and_writes_only_what_changed(
     loaded = store.load_sync_state()
     loaded.profiles["p"]["queue"] = "changed"  # a copy: changing it changes nothing stored
     assert store.load_sync_state() == again
+
+
+def test_the_runners_transactions_skip_only_their_own_fsync(tmp_path: Path) -> None:
+    """A rebuildable transaction (the local runner's starts and exits) commits at
+    synchronous=NORMAL, and every other commit, before and after, even after one that
+    failed, keeps FULL; nested in a transaction it joins it (one commit, at FULL)."""
+    store = SqliteStore(local_db_path(tmp_path))
+    try:
+        def level() -> int:
+            return int(store.db.execute("PRAGMA synchronous").fetchone()[0])
+
+        full, normal = 2, 1
+        apply(store, "b", spec("a"))
+        store.create_job(job("b", "a"))
+        seen: list[int] = []
+        with store.rebuildable_transaction():
+            seen.append(level())
+            store.mark_job_started(job("b", "a").name, 1)
+        with pytest.raises(RuntimeError), store.rebuildable_transaction():
+            raise RuntimeError("a start that failed")
+        with store.transaction(), store.rebuildable_transaction():
+            seen.append(level())
+        assert seen == [normal, full] and level() == full
+        assert [j.state for j in store.list_jobs("b")] == [JobState.PROCESSING]
+    finally:
+        store.close()

@@ -106,7 +106,7 @@ class LocalRunner:
         if time.monotonic() >= self._next_scan or time.time() >= self._next_deadline:
             changed = self._reap()  # outside a transaction: a stop waits for its grace
             self._next_scan = time.monotonic() + SCAN_SECONDS
-        with self.store.transaction():
+        with self.store.rebuildable_transaction():
             changed |= self._record_exits()
         running = len(self.store.jobs_in_state(JobState.PROCESSING))
         free = max(0, self.parallel - running)
@@ -128,7 +128,7 @@ class LocalRunner:
             finally:  # what started is recorded, even when a later start failed
                 if started:  # a kill here: the restarted reconciler adopts them
                     failpoints.hit("after-jobs-spawned")
-                with self.store.transaction():
+                with self.store.rebuildable_transaction():
                     for row in waiting:
                         if _overdue(row):
                             self.store.mark_job_failed(row["name"], _deadline_reason(row))

@@ -256,6 +256,25 @@ class SqliteStore:
         """Everything written inside commits together (one fsync), or not at all."""
         return self._tx()
 
+    @contextmanager
+    def rebuildable_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A transaction whose writes can be rebuilt from elsewhere if a power loss undoes
+        them (the local runner's starts and exits: the job dirs and their `rc` files, read
+        by its scan and by `_adopt`), committed without an fsync of its own. In WAL mode
+        the commit survives the process being killed; only a power loss before the next
+        fsync'd commit (the next step's) can undo it. Inside another transaction it joins
+        that one, at that one's safety."""
+        if self._depth:
+            with self._tx() as db:
+                yield db
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._tx() as db:
+                yield db
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         cur = self.db.execute(sql, args)
         if cur.rowcount > 0:
