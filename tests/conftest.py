@@ -33,6 +33,7 @@ def payloads() -> Iterator[PayloadServer]:
 import os  # noqa: E402
 import uuid  # noqa: E402
 
+from tests.cluster.namespaces import release_result_finalizers  # noqa: E402
 from tests.harness import Harness  # noqa: E402
 from tests.world import KubeWorld, LocalWorld  # noqa: E402
 
@@ -60,6 +61,8 @@ def k8s_namespace(k8s_cluster: Any) -> Iterator[str]:
     k8s_cluster.kubectl("create", "namespace", name)
     yield name
     k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # a Job whose result was never recorded would hold the namespace Terminating for good
+    release_result_finalizers(k8s_cluster, name)  # (tests/cluster/namespaces.py)
 
 
 @pytest.fixture(params=["local", pytest.param("kubernetes", marks=pytest.mark.kubernetes)])

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster.namespaces import delete_namespace
 from tests.fixtures import (
     ADMIN,
     GitRepo,
@@ -24,7 +25,6 @@ from tests.fixtures import (
     batch_doc,
     batchq,
     profile_doc,
-    wait_for,
 )
 from tests.world import KubeWorld
 
@@ -54,10 +54,8 @@ def deployed(k8s_cluster: Any) -> Any:
     assert applied.returncode == 0, applied.stderr
     try:
         yield k8s_cluster
-    finally:  # gone before another test applies deploy/ again
-        k8s_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        wait_for(lambda: k8s_cluster.kubectl("get", "namespace", NS, check=False).returncode,
-                 120, what=f"namespace {NS} to be deleted")
+    finally:  # gone before another test applies deploy/ again, whatever this one left
+        delete_namespace(k8s_cluster, NS)
 
 
 def test_a_whole_story_under_the_reconcilers_own_service_account(

@@ -97,6 +97,7 @@ class PassContext:
     progressed: bool = False
     dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
     storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
+    starved: set[str] = field(default_factory=set)  # wanted a Job the budget had no room for
 
 
 @dataclass
@@ -177,6 +178,9 @@ class Controller:
         # full walk, and each Held batch stepped since (a release makes it Pending)
         self._queue: list[tuple[int, float, str]] = []
         self._next_expiry = 0.0  # when a Deleted batch's retention ends (0: walk to find out)
+        # batches that wanted a Job the budget had no room for: a Job of another batch
+        # ending changes nothing of theirs, so they are stepped again once it has room
+        self._starved: set[str] = set()
         self.steps = 0  # batch steps taken in all (the heartbeat shows it)
         self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
@@ -213,7 +217,8 @@ class Controller:
         caller asks for one on its first pass, after a sync that changed something and
         every resync period) steps every batch; any other steps only the batches that can
         have changed: those the store saw a Job of change (`take_changed_batches`), pending
-        deletions, finished manifest downloads, back-off retries that are due, the batches
+        deletions, finished manifest downloads, back-off retries that are due, those that
+        wanted a Job the budget had no room for (requeued until it has), the batches
         Reporting, the Processing ones while the job budget has room, and Pending ones, in
         queue order, while the queue admits. A pass is also
         full when the store cannot tell what changed or a Deleted batch's retention ends.
@@ -231,16 +236,20 @@ class Controller:
             self._remember_queue(batches, repo)
         else:
             wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
-                self.backoff.due(now))
+                self.backoff.due(now)) | (self._starved if budget.free > 0 else set())
             batches, active = self._work_queue(wanted, room=budget.free > 0)
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
+        stepped: set[str] = set()
         for batch in sorted(batches, key=_queue_order):
             if not full and _waits_for_room(batch, wanted, ctx.budget):
                 continue
             self._step_one(batch, deletions, ctx, now)
+            stepped.add(batch.name)
         if not full:
-            self._admit_from_queue({b.name for b in batches}, deletions, ctx, now)
+            self._admit_from_queue(stepped, deletions, ctx, now)
+        # requeued: those that still wait, and those that waited and were not stepped
+        self._starved = ctx.starved | (set() if full else self._starved - stepped)
         return ctx.progressed
 
     def _step_one(self, batch: Batch, deletions: dict[str, str], ctx: PassContext,
@@ -636,6 +645,7 @@ class Controller:
         the store hands over at most as many such items as the budget has room for."""
         limit = None if spec.state == R.HELD else ctx.budget.free  # held: made suspended
         if limit is not None and limit <= 0:
+            ctx.starved.add(batch.name)
             return
         existing: set[str] = set()
         planned = [self._plan_job(batch, spec, profile, s, max(s.attempts, 1), existing, ctx)
@@ -666,6 +676,7 @@ class Controller:
         if job.name in existing:
             return None
         if not job.suspended and not ctx.budget.take():
+            ctx.starved.add(batch.name)
             return None
         first = J.HELD if job.suspended else J.PENDING
         # a new attempt's Job starts afresh; the same attempt's Job made again (it vanished

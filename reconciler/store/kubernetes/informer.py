@@ -7,7 +7,8 @@ lists again only when the server says that version is gone (410 Gone). A failed 
 retried after 1 s, doubling up to 30 s, and the last failure is kept (`error`) so that a
 caller can say why the cache is not there (the CRD is missing, the server is down).
 Objects we wrote ourselves are put into the cache at once (`remember`), and an older
-version arriving late from the watch never replaces a newer one. `stop` ends the thread
+version arriving late, from the watch or from a new list that was on its way while we
+wrote, never replaces a newer one. `stop` ends the thread
 at once, even in the middle of a watch, and waits for it: a thread still reading a socket
 while the interpreter exits aborts it.
 """
@@ -40,10 +41,30 @@ class _RawWatch(watch.Watch):  # type: ignore[misc]
 
 
 def _rv(obj: Obj) -> int:
+    return _version(obj["metadata"].get("resourceVersion"))
+
+
+def _version(text: object) -> int:
     try:
-        return int(obj["metadata"].get("resourceVersion") or 0)
-    except (TypeError, ValueError):
+        return int(str(text or 0))
+    except ValueError:
         return 0
+
+
+def _newest(listed: dict[str, Obj], cached: dict[str, Obj], listed_rv: int) -> dict[str, Obj]:
+    """The cache after a list at `listed_rv`: the listed objects, except that an object
+    cached at a newer version than the list (one we wrote and `remember`ed while the list
+    was on its way) is kept, as is one the list does not have yet. The watch from
+    `listed_rv` brings their later versions, or their deletion: the cache never goes back
+    to an older version of what this process wrote, which a step would act on as if its
+    own write had not happened. A list without a version (never from an API server)
+    replaces everything."""
+    out = dict(listed)
+    for name, obj in cached.items():
+        newer = _rv(obj)
+        if listed_rv and newer > listed_rv and (name not in listed or newer > _rv(listed[name])):
+            out[name] = obj
+    return out
 
 
 class Informer:
@@ -158,16 +179,17 @@ class Informer:
         resp = self._list(_preload_content=False, _request_timeout=LIST_TIMEOUT,
                           **self._kwargs)
         result = json.loads(resp.data)
+        listed_rv = str(result["metadata"].get("resourceVersion", ""))
         fresh = {o["metadata"]["name"]: o for o in result.get("items", [])}
         for o in fresh.values():
             o.setdefault("apiVersion", result.get("apiVersion"))
         with self.lock:
-            self.objects = fresh
+            self.objects = _newest(fresh, self.objects, _version(listed_rv))
         self.error, self._told = None, ""
         self.synced.set()
         self._on_object(None)
         self._on_change()
-        return str(result["metadata"].get("resourceVersion", ""))
+        return listed_rv
 
     def _watch_from(self, rv: str) -> None:
         self._watch = _RawWatch()
