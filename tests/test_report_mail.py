@@ -59,6 +59,7 @@ SUBJECTS = [
     "Ingest: OK -- trailing space ",
     " leading space",
     'Ingest: OK -- "quoted" (comment) <angle> a;b,c:d@e.f [x]\\',
+    'a "b" (c) <d> e;f,g:h@i.j [k]\\ =x ?y %z ~!',  # specials, short: not folded
     "",
 ]
 SENDERS = [
@@ -126,6 +127,14 @@ def test_the_fast_path_writes_what_the_package_writes_or_stands_aside() -> None:
         if fast is not None:
             fast_taken += 1
             assert fast == reference_message(hs, body, ATTACHMENTS, BOUNDARY), repr(body)
+    for mid in ("<a.b-c@example.net>", "<a.b@[127.0.0.1]>", "<a b@example.net>", "a@b",
+                "<" + "x" * 70 + "@example.net>", "<=?utf-8?q?x?=@example.net>", "<a@b>c"):
+        hs = [(n, mid if n == "Message-ID" else v)
+              for n, v in headers(SUBJECTS[0], SENDERS[0], RECIPIENTS[0], False)]
+        fast = fast_message(hs, BODIES[0], ATTACHMENTS, BOUNDARY)
+        if fast is not None:
+            fast_taken += 1
+            assert fast == reference_message(hs, BODIES[0], ATTACHMENTS, BOUNDARY), mid
     assert fast_taken >= 70  # the plain inputs do take it (the test is not vacuous)
 
 
