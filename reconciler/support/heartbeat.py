@@ -8,8 +8,9 @@ Its readers measure staleness in tens of seconds (`/healthz` allows at least 120
 a busy loop passes hundreds of times a second: the figures are kept in memory and the file
 is replaced at most once every `MIN_WRITE_SECONDS` (a sync, the first beat and `flush()`
 at once), with a trailing write so that it is never more than that behind the loop.
-Each write costs a write, a rename and, on ext4 (`auto_da_alloc`), the wait for the new
-file's data to reach the disk behind the store's own fsyncs.
+Before, every pass read and parsed the file, then wrote and renamed a new one: 0.25 ms of
+CPU, and 1 to 2.6 ms of the loop's time on a loaded machine (the rename waits on the
+file system, which the store's fsyncs keep busy).
 """
 
 from __future__ import annotations
