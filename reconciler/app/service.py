@@ -196,6 +196,8 @@ class Reconciler:
         try:
             if self.elector is not None:
                 self.elector.stop(release=True)  # the stand-by takes over at once
+            with contextlib.suppress(OSError):  # the last passes' figures, before the lock goes
+                self.heartbeat.flush()
             self.mailer.close()  # after the message in flight, if any: it is recorded
             self.store.close()
         finally:

@@ -23,11 +23,10 @@ import json
 import re
 import textwrap
 import time
-from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import formatdate
 from urllib.parse import quote
 
+from reconciler.control.reportmail import Header, Mailbox, report_message
 from reconciler.domain.model import Batch, BatchSpec, Item, ItemStatus, Profile, Report
 from reconciler.domain.states import BatchState, JobState
 from reconciler.support.controlchars import escape_controls
@@ -131,11 +130,6 @@ def _about(item: Item) -> str:
     return "; ".join(parts)
 
 
-def _mailbox(address: str, name: str | None) -> Address | str:
-    """`Name <address>`, quoted and encoded by the email package, never by hand."""
-    return Address(display_name=name, addr_spec=address) if name else address
-
-
 def _item_json(s: ItemStatus) -> dict[str, object]:
     return {
         "id": s.item.id,
@@ -224,21 +218,20 @@ def build_report(
     if kind == "update" and not changed:
         emailed = False
     rid = report_id(batch, round_)
-    msg = EmailMessage()
-    msg["Subject"] = subject
-    msg["From"] = _mailbox(notif.sender, notif.sender_name) if notif else "batchq@localhost"
-    msg["To"] = ", ".join(recipients) if recipients else "undisclosed-recipients:;"
+    headers: list[Header] = [
+        ("Subject", subject),
+        ("From", Mailbox(notif.sender, notif.sender_name) if notif
+         else Mailbox("batchq@localhost")),
+        ("To", ", ".join(recipients) if recipients else "undisclosed-recipients:;")]
     if notif and notif.bcc:
-        msg["Bcc"] = ", ".join(notif.bcc)
+        headers.append(("Bcc", ", ".join(notif.bcc)))
     if notif and notif.reply_to:
-        msg["Reply-To"] = _mailbox(notif.reply_to, notif.reply_to_name)
-    msg["Date"] = formatdate(now, usegmt=True)
-    msg["Message-ID"] = message_id(rid, message_id_domain)
-    msg["X-Batchq-Report"] = escape_controls(rid)
-    msg.set_content(body)
-    for name, rows in (("completed.json", completed), ("failed.json", failed)):
-        data = json.dumps([_item_json(s) for s in rows], indent=2).encode()
-        msg.add_attachment(data, maintype="application", subtype="json", filename=name)
+        headers.append(("Reply-To", Mailbox(notif.reply_to, notif.reply_to_name)))
+    headers += [("Date", formatdate(now, usegmt=True)),
+                ("Message-ID", message_id(rid, message_id_domain)),
+                ("X-Batchq-Report", escape_controls(rid))]
+    attachments = [(name, json.dumps([_item_json(s) for s in rows], indent=2).encode())
+                   for name, rows in (("completed.json", completed), ("failed.json", failed))]
     return Report(
         id=rid,
         batch=batch.name,
@@ -250,5 +243,5 @@ def build_report(
         changed=tuple(changed),
         job_states=current,
         emailed=emailed,
-        message=bytes(msg),
+        message=report_message(headers, body, attachments),
     )

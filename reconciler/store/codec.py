@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
 from reconciler.domain.model import BatchStatus, Condition
 from reconciler.domain.states import BatchState
 from reconciler.store.base import SyncState
 
+_STATUS_FIELDS = tuple(f.name for f in fields(BatchStatus))
+
 
 def status_to_dict(status: BatchStatus) -> dict[str, Any]:
-    out = asdict(status)
+    """What `dataclasses.asdict` gives (the state as its text), without its deep copy of
+    every value: a pass encodes each status it writes twice (old and new), and asdict was
+    a sixth of the reconciler's CPU at 1,000 batches x 10 items."""
+    out = {}
+    for name in _STATUS_FIELDS:
+        value = getattr(status, name)
+        out[name] = value if type(value) in _SCALARS else _plain(value)
     out["state"] = str(status.state)
     return out
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> Any:
+    """`value` as asdict leaves it: containers copied, dataclasses as dicts."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Condition):
+        return {"type": value.type, "status": value.status, "reason": value.reason,
+                "message": value.message, "last_transition": value.last_transition}
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value  # str, int, float, bool, None, an enum: immutable
 
 
 def status_from_dict(data: dict[str, Any]) -> BatchStatus:

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS items (
     state TEXT NOT NULL, attempts INTEGER NOT NULL, message TEXT NOT NULL,
     job_name TEXT, started_at REAL, finished_at REAL, PRIMARY KEY (batch, item_id));
 CREATE INDEX IF NOT EXISTS batches_by_source_path ON batches (source_path);
+-- the pages and each pass list the batches of one state (the few active of thousands)
+CREATE INDEX IF NOT EXISTS batches_by_state ON batches (state, updated_at);
 CREATE INDEX IF NOT EXISTS items_by_seq ON items (batch, seq);
 CREATE TABLE IF NOT EXISTS credentials (
     batch TEXT NOT NULL, item_id TEXT NOT NULL, userinfo TEXT NOT NULL,
