@@ -5,7 +5,9 @@ writes that took, a second pass with no new commit (must write nothing), and pea
 and, in the same run, the baseline of issue 13: the same number of no-op jobs run through
 the runner's own shim (`reconciler/store/local/runner.py: SHIM`) with plain
 `subprocess.Popen` + wait, `--parallel` at a time. It prints the jobs/s of both and their
-ratio (median of `--rounds`, old and new alternating within each round).
+ratio (median of `--rounds`, old and new alternating within each round), and the CPU each
+costs per job: this process's own (the reconciler runs in it; the bare shim's parent) and
+its children's (the shims and their commands), from getrusage SELF and CHILDREN.
 Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
 [--timeout 3600]`; figures in bench/README.md. A run that does not settle within
 `--timeout` reports the jobs done and their rate.
@@ -57,6 +59,20 @@ def make_repo(root: Path, batches: int, items: int, parallel: int) -> None:
     commit_all(root)
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its children reaped so far."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def cpu_per_job(since: tuple[float, float], jobs: int) -> dict[str, float]:
+    """The CPU ms per job spent since `since` (a `cpu_seconds()`)."""
+    now = cpu_seconds()
+    return {"self_cpu_ms_per_job": round((now[0] - since[0]) * 1000 / max(jobs, 1), 2),
+            "children_cpu_ms_per_job": round((now[1] - since[1]) * 1000 / max(jobs, 1), 2)}
+
+
 def bare_shim(jobs: int, parallel: int, root: Path) -> float:
     """The baseline: `jobs` no-op commands through the runner's shim, `parallel` at a
     time, each started with Popen and waited for; jobs per second."""
@@ -89,14 +105,16 @@ def batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     make_repo(repo, args.batches, args.items, args.parallel)
     rec = Reconciler(Settings(repo=str(repo), state_dir=state))  # the default interval
     try:
+        cpu0 = cpu_seconds()
         t0 = time.monotonic()
         try:
             passes: int | None = rec.run_until_idle(timeout=args.timeout)
         except TimeoutError:
             passes = None
         settle = time.monotonic() - t0
-        writes = rec.store.writes
         done = done_jobs(rec)
+        cpu = cpu_per_job(cpu0, done)
+        writes = rec.store.writes
         states: dict[str, int] = {}
         for b in rec.store.list_batches():
             states[str(b.status.state)] = states.get(str(b.status.state), 0) + 1
@@ -112,7 +130,7 @@ def batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         rec.close()
     return {"settled": passes is not None, "settle_seconds": round(settle, 1),
             "passes": passes, "jobs_done": done, "jobs_per_second": round(done / settle, 1),
-            "store_writes": writes, "states": states, "emails": emails,
+            **cpu, "store_writes": writes, "states": states, "emails": emails,
             "idle_pass_seconds": idle_pass, "idle_pass_writes": idle_writes}
 
 
@@ -129,10 +147,13 @@ def main() -> None:
     jobs = args.batches * args.items
     rounds: list[dict[str, Any]] = []
     shim: list[float] = []
+    shim_cpu: list[dict[str, float]] = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             if not args.no_baseline:
+                cpu0 = cpu_seconds()
                 shim.append(bare_shim(jobs, args.parallel, Path(tmp) / "shim"))
+                shim_cpu.append(cpu_per_job(cpu0, jobs))
             rounds.append(batchq(args, Path(tmp)))
     median = sorted(rounds, key=lambda r: r["jobs_per_second"])[len(rounds) // 2]
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -146,6 +167,8 @@ def main() -> None:
         result["bare_shim_jobs_per_second"] = round(statistics.median(shim), 1)
         result["bare_shim_each_round"] = [round(s, 1) for s in shim]
         result["ratio"] = round(median["jobs_per_second"] / statistics.median(shim), 2)
+        for key in ("self_cpu_ms_per_job", "children_cpu_ms_per_job"):
+            result[f"bare_shim_{key}"] = statistics.median(c[key] for c in shim_cpu)
     print(json.dumps(result, indent=2))
     if median["idle_pass_writes"] or median["states"] != {"Completed": args.batches}:
         sys.exit(1)
