@@ -129,8 +129,7 @@ class LocalRunner:
             try:
                 for row in waiting:
                     if not _overdue(row):  # else a re-run past its deadline: failed below
-                        started.append((row["name"], self._start(row["name"], row["batch"],
-                                                                 row["item"])))
+                        started.append((row["name"], self._start(row)))
                         if seconds := _deadline(row):  # the round that passes it scans
                             self._next_deadline = min(self._next_deadline,
                                                       (row["started_at"] or time.time())
@@ -165,10 +164,12 @@ class LocalRunner:
             self.store.mark_job_finished(name, rc, self._message(name, rc))
             changed = True
 
-    def _start(self, name: str, batch: str, item: str) -> int | None:
-        """Run the attempt under the shim; the pid to record. A shim this attempt already
-        has (started by a reconciler killed before it recorded the start) is adopted, and
-        its result, if it left one, is read by the next scan (pid None)."""
+    def _start(self, row: sqlite3.Row) -> int | None:
+        """Run the attempt (its row, read in this round) under the shim; the pid to record.
+        A shim this attempt already has (started by a reconciler killed before it recorded
+        the start) is adopted, and its result, if it left one, is read by the next scan
+        (pid None)."""
+        name = row["name"]
         jdir = self.job_dir(name)
         try:
             self._make_job_dir(jdir)
@@ -178,10 +179,9 @@ class LocalRunner:
                 return None if (jdir / "rc").exists() else adopted
             shutil.rmtree(jdir)  # a previous try of this same attempt died without a result
             os.mkdir(jdir)
-        spec = self.store.job_spec(name)
-        assert spec is not None
+        spec = json.loads(row["spec_json"])
         os.mkdir(jdir / "tmp")
-        userinfo = self.store.credentials(batch, item)
+        userinfo = self.store.credentials(row["batch"], row["item"])
         if userinfo is not None:
             fd = os.open(jdir / "credentials", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
