@@ -102,6 +102,20 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _niceness(text: str) -> int:
+    """--job-nice: how many steps nicer than the reconciler jobs run, 0 to 19 (nice(1))."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: give 0 to 19"
+                                         ) from None
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a niceness from 0 to 19: give 0 to run jobs at the reconciler's"
+            " priority, up to 19 for the lowest")
+    return value
+
+
 def _seconds(name: str, default: float) -> float:
     return float(_env(name) or default)
 
@@ -128,6 +142,10 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smtp-max-age", type=float, default=_seconds("SMTP_MAX_AGE", 432000),
                    help="seconds after which a still deferred email is given up"
                         " (BATCHQ_SMTP_MAX_AGE; 5 days)")
+    p.add_argument("--job-nice", type=_niceness, default=_env("JOB_NICE", "10"),
+                   help="local backend: run jobs this much nicer than the reconciler, so a"
+                        " busy machine does not starve the loop (BATCHQ_JOB_NICE; default 10;"
+                        " 0: the reconciler's own priority)")
     p.add_argument("--message-id-domain", default=_env("MESSAGE_ID_DOMAIN"),
                    help="right-hand side of report Message-IDs (BATCHQ_MESSAGE_ID_DOMAIN;"
                    " default: a random one, made once per state)")
@@ -413,6 +431,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     smtp_ca_file=smtp_ca_file(args.smtp_ca_file), site_url=site_url(args.site_url),
                     access_policy=access_policy(args),
                     access_policy_file=args.access_policy or None,
+                    job_nice=args.job_nice,
                     **lease_settings(args))
 
 

@@ -95,6 +95,7 @@ class Settings:
     site_url: str | None = None  # the web site's base URL: reports link the batch page
     access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
     access_policy_file: str | None = None  # where it was read: read again when it changes
+    job_nice: int = 10  # local: jobs run this much nicer than the reconciler (0: as nice)
 
     def resync_seconds(self) -> float:
         """How often every batch is stepped, whatever changed (controller-runtime's
@@ -144,6 +145,8 @@ class Reconciler:
         backend = open_backend(settings.backend_settings())
         self.store: Store = backend.store
         self.runner = backend.runner
+        if self.runner is not None:
+            self.runner.nice = settings.job_nice
         self.wake = backend.wake
         self.elector: Any = None
         self._electing = False  # run_forever started the elector: acting needs the Lease

@@ -20,6 +20,10 @@ first start is stopped as the Job controller and the kubelet stop one: SIGTERM t
 whole process group, SIGKILL to what is left after a short grace, and the Job is Failed
 with the reason `DeadlineExceeded`. The start time is in the store, so a restarted
 reconciler keeps the deadline of the process it found.
+
+Jobs run at a lower CPU priority than the reconciler (`nice`, 10 by default, as systemd's
+`Nice=` for batch services): on a busy machine the loop that records their exits and starts
+the next ones is not starved by its own children.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 
 from reconciler.domain.states import JobState
 from reconciler.store.base import deadline_message
+from reconciler.store.local.exits import WAITER
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support import failpoints
 from reconciler.support.nospace import NoSpaceLeft, free_bytes, nearly_full
@@ -74,22 +79,27 @@ TERM_GRACE_SECONDS = 2.0
 # how often every running job is looked at, beside the exits its waiter reports: jobs a
 # killed reconciler left running, and shims that died without a result (the kubelet's relist)
 SCAN_SECONDS = 2.0
+JOB_NICE = 10  # how much nicer than the reconciler jobs run (0: as nice as it)
 
 
 class LocalRunner:
     """Starts Pending jobs (up to `parallel` at once) and records finished ones.
 
-    A child's exit is reported by the thread that waits for it (its name on `_exited`,
-    then `wake`), so a round records exactly the jobs that ended instead of looking at
-    every running one; a scan every SCAN_SECONDS, on the first round and when a deadline
-    is due covers the rest. The writes of a round's exits, and of its starts, commit as
-    one transaction each (one fsync, not one per job); a kill before a commit loses
-    nothing: the `rc` files stay, and a start finds the shim it made before (`_adopt`)."""
+    A child's exit is reported by the one thread that waits for all of them (exits.py: its
+    name on `_exited`, then `wake`), so a round records exactly the jobs that ended instead
+    of looking at every running one; a scan every `scan_seconds`, on the first round and
+    when a deadline is due covers the rest. The writes of a round's exits, and of its
+    starts, commit as one transaction each (one fsync, not one per job); a kill before a
+    commit loses nothing: the `rc` files stay, and a start finds the shim it made before
+    (`_adopt`)."""
 
-    def __init__(self, store: SqliteStore, jobs_dir: Path, parallel: int = 4) -> None:
+    def __init__(self, store: SqliteStore, jobs_dir: Path, parallel: int = 4,
+                 nice: int = JOB_NICE, scan_seconds: float = SCAN_SECONDS) -> None:
         self.store = store
         self.jobs_dir = jobs_dir
         self.parallel = parallel
+        self.nice = nice  # jobs' niceness above the reconciler's; 0: the same
+        self.scan_seconds = scan_seconds
         self.wake = threading.Event()  # set when a child exits: the loop acts at once
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._exited: queue.SimpleQueue[str] = queue.SimpleQueue()  # children that ended
@@ -105,7 +115,7 @@ class LocalRunner:
         changed = False
         if time.monotonic() >= self._next_scan or time.time() >= self._next_deadline:
             changed = self._reap()  # outside a transaction: a stop waits for its grace
-            self._next_scan = time.monotonic() + SCAN_SECONDS
+            self._next_scan = time.monotonic() + self.scan_seconds
         with self.store.rebuildable_transaction():
             changed |= self._record_exits()
         running = len(self.store.jobs_in_state(JobState.PROCESSING))
@@ -119,8 +129,7 @@ class LocalRunner:
             try:
                 for row in waiting:
                     if not _overdue(row):  # else a re-run past its deadline: failed below
-                        started.append((row["name"], self._start(row["name"], row["batch"],
-                                                                 row["item"])))
+                        started.append((row["name"], self._start(row)))
                         if seconds := _deadline(row):  # the round that passes it scans
                             self._next_deadline = min(self._next_deadline,
                                                       (row["started_at"] or time.time())
@@ -155,20 +164,24 @@ class LocalRunner:
             self.store.mark_job_finished(name, rc, self._message(name, rc))
             changed = True
 
-    def _start(self, name: str, batch: str, item: str) -> int | None:
-        """Run the attempt under the shim; the pid to record. A shim this attempt already
-        has (started by a reconciler killed before it recorded the start) is adopted, and
-        its result, if it left one, is read by the next scan (pid None)."""
+    def _start(self, row: sqlite3.Row) -> int | None:
+        """Run the attempt (its row, read in this round) under the shim; the pid to record.
+        A shim this attempt already has (started by a reconciler killed before it recorded
+        the start) is adopted, and its result, if it left one, is read by the next scan
+        (pid None)."""
+        name = row["name"]
         jdir = self.job_dir(name)
-        if jdir.exists():
+        try:
+            self._make_job_dir(jdir)
+        except FileExistsError:
             if (jdir / "rc").exists() or (adopted := _adopt(jdir)) is not None:
                 self._next_scan = 0.0  # not our child: the scan reads its result
                 return None if (jdir / "rc").exists() else adopted
             shutil.rmtree(jdir)  # a previous try of this same attempt died without a result
-        spec = self.store.job_spec(name)
-        assert spec is not None
-        (jdir / "tmp").mkdir(parents=True)
-        userinfo = self.store.credentials(batch, item)
+            os.mkdir(jdir)
+        spec = json.loads(row["spec_json"])
+        os.mkdir(jdir / "tmp")
+        userinfo = self.store.credentials(row["batch"], row["item"])
         if userinfo is not None:
             fd = os.open(jdir / "credentials", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -183,12 +196,23 @@ class LocalRunner:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if self.nice:
+            _lower_priority(proc.pid, self.nice)
         self._children[name] = proc
-        threading.Thread(target=self._wait_child, args=(name, proc), daemon=True).start()
+        WAITER.watch(proc, lambda: self._child_exited(name))
         return proc.pid
 
-    def _wait_child(self, name: str, proc: subprocess.Popen[bytes]) -> None:
-        proc.wait()
+    def _make_job_dir(self, jdir: Path) -> None:
+        """One mkdir (FileExistsError: a previous try of this attempt left it); the jobs
+        dir itself is made by the first start."""
+        try:
+            os.mkdir(jdir)
+        except FileNotFoundError:
+            self.jobs_dir.mkdir(parents=True, exist_ok=True)
+            os.mkdir(jdir)
+
+    def _child_exited(self, name: str) -> None:
+        """From the waiting thread: the loop records the job at once."""
         self._exited.put(name)
         self.wake.set()
 
@@ -308,6 +332,15 @@ def _stop_group(pgid: int) -> None:
     if _group_alive(pgid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def _lower_priority(pgid: int, nice: int) -> None:
+    """Run the job's new process group (the shim leads it) `nice` steps nicer than the
+    reconciler; what the job starts later inherits it. A group that already ended, or a
+    member that became another user's (setuid), is left as it is."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.setpriority(os.PRIO_PGRP, pgid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
 
 
 def _group_alive(pgid: int) -> bool:
