@@ -89,9 +89,10 @@ class LocalRunner:
     name on `_exited`, then `wake`), so a round records exactly the jobs that ended instead
     of looking at every running one; a scan every `scan_seconds`, on the first round and
     when a deadline is due covers the rest. The writes of a round's exits, and of its
-    starts, commit as one transaction each (one fsync, not one per job); a kill before a
-    commit loses nothing: the `rc` files stay, and a start finds the shim it made before
-    (`_adopt`)."""
+    starts, commit as one transaction each, without an fsync of their own
+    (`rebuildable_transaction`): a kill before a commit, or a power loss that undoes one,
+    loses nothing: the `rc` files stay, and a start finds the shim it made before
+    (`_adopt`) or, after a reboot, runs the attempt again."""
 
     def __init__(self, store: SqliteStore, jobs_dir: Path, parallel: int = 4,
                  nice: int = JOB_NICE, scan_seconds: float = SCAN_SECONDS) -> None:
