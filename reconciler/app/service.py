@@ -175,6 +175,7 @@ class Reconciler:
         self.heartbeat = Heartbeat(settings.state_dir)
         self.syncs = 0  # syncs made by this process (the heartbeat shows it)
         self.passes = 0  # passes made by this process (the heartbeat shows it)
+        self._storage_error_clear = False  # known to show no storage error (see _storage_error)
         self._next_sync = 0.0  # monotonic time the loop syncs again; 0: on its next pass
         self._sync_asked = threading.Event()  # a webhook asked for a sync now
         self._next_walk = 0.0  # monotonic time of the next full walk of every batch
@@ -300,9 +301,15 @@ class Reconciler:
                                            refusal.line(), refusal.commit))
 
     def _storage_error(self, error: str) -> None:
+        """Show (or, with "", clear) the state dir's storage error. Clearing reads the
+        store only while an error may be shown: once each process, then after a failure."""
+        if not error and self._storage_error_clear:
+            return
+        self._storage_error_clear = False  # until the write below is known to have landed
         state = self.store.load_sync_state()
         state.storage_error = error
         self.store.save_sync_state(state)
+        self._storage_error_clear = not error
 
     def tick_jobs(self) -> bool:
         """Let the local runner start and finish jobs (the cluster does it on Kubernetes)."""
@@ -413,6 +420,7 @@ class Reconciler:
             if self.elector is not None and not self.elector.is_leader():
                 # alive, standing by; the elector wakes the loop when it gets the Lease
                 self._next_sync = self._next_walk = 0.0  # then: a sync and a full walk
+                self._storage_error_clear = False  # and a look at what another leader left
                 self.heartbeat.beat(interval=self.settings.interval, duration=0.0)
                 self._sleep(self.elector.timings.retry_period, stop)
                 continue

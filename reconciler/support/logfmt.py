@@ -22,7 +22,10 @@ def _value(value: object) -> str:
 
 
 def transition(logger: logging.Logger, event: str, fields: dict[str, Any]) -> None:
-    """One INFO line for one transition; empty fields are left out."""
+    """One INFO line for one transition; empty fields are left out (and nothing is
+    formatted when INFO is not logged: a 10,000-item batch makes 20,000 of them)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     shown = {k: v for k, v in fields.items() if v is not None and v != ""}
     line = " ".join([event, *(f"{k}={_value(v)}" for k, v in shown.items())])
     logger.info("%s", line, extra={"fields": {"event": event, **shown}})
