@@ -119,10 +119,10 @@ class LocalRunner:
             self._next_scan = time.monotonic() + self.scan_seconds
         with self.store.rebuildable_transaction():
             changed |= self._record_exits()
-        running = len(self.store.jobs_in_state(JobState.PROCESSING))
+        running = self.store.count_jobs_in_state(JobState.PROCESSING)
         free = max(0, self.parallel - running)
         if free:
-            waiting = self.store.jobs_in_state(JobState.PENDING, free)
+            waiting = self.store.jobs_to_start(free)
             if waiting and nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
                 raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
                                   " free, too little to start a job")
@@ -182,7 +182,7 @@ class LocalRunner:
             os.mkdir(jdir)
         spec = json.loads(row["spec_json"])
         os.mkdir(jdir / "tmp")
-        userinfo = self.store.credentials(row["batch"], row["item"])
+        userinfo = row["userinfo"]
         if userinfo is not None:
             fd = os.open(jdir / "credentials", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -555,11 +555,6 @@ class SqliteStore:
                 self._write("INSERT OR REPLACE INTO credentials(batch, item_id, userinfo)"
                             " VALUES (?,?,?)", (batch, item_id, userinfo))
 
-    def credentials(self, batch: str, item_id: str) -> str | None:
-        row = self.db.execute("SELECT userinfo FROM credentials WHERE batch=? AND item_id=?",
-                              (batch, item_id)).fetchone()
-        return None if row is None else str(row[0])
-
     # --- jobs
     def create_job(self, spec: JobSpec) -> bool:
         run: dict[str, Any] = {"command": list(spec.command), "env": spec.env}
@@ -670,6 +665,20 @@ class SqliteStore:
             (state.value, limit),
         ).fetchall()
 
+    def count_jobs_in_state(self, state: JobState) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM jobs WHERE state=? AND suspended=0",
+                              (state.value,)).fetchone()
+        return int(row[0])
+
+    def jobs_to_start(self, limit: int) -> list[sqlite3.Row]:
+        """The Pending jobs first in line, each with its item's credentials (`userinfo`,
+        NULL for most), in one query: a start needs both."""
+        return self.db.execute(
+            "SELECT jobs.*, credentials.userinfo FROM jobs LEFT JOIN credentials"
+            " ON credentials.batch=jobs.batch AND credentials.item_id=jobs.item"
+            " WHERE jobs.state=? AND jobs.suspended=0 ORDER BY jobs.created_at, jobs.name"
+            " LIMIT ?", (JobState.PENDING.value, limit)).fetchall()
+
     def _move_job(self, name: str, sources: tuple[JobState, ...], target: JobState,
                   columns: str = "", values: Sequence[object] = ()) -> None:
         """Move a job from one of `sources` to `target` (and set `columns`), each move
@@ -707,10 +716,6 @@ class SqliteStore:
         """Its processes died without a result (killed, a reboot): the same attempt waits
         to run again, as the Job controller starts a new pod of the same Job."""
         self._move_job(name, (JobState.PROCESSING,), JobState.PENDING, ", pid=NULL")
-
-    def job_spec(self, name: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT spec_json FROM jobs WHERE name=?", (name,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
 
     # --- reports and outbox
     def save_report(self, report: Report) -> bool:
