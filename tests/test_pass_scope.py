@@ -237,10 +237,10 @@ def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
 
 def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
-    """Two Processing batches, one job slot, held by the older batch's job: a pass then
-    steps neither (only a job's change can give either something to do); when that job
-    ends, the older batch observes it and the younger one takes the freed slot, and both
-    complete."""
+    """Two Processing batches, one job slot, held by the older batch's job: once the
+    younger one has loaded its items, a pass steps neither (only a job's change can give
+    either something to do); when that job ends, the older batch observes it and the
+    younger one takes the freed slot, and both complete."""
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1, maxActiveBatches=2))
     submit(git_repo, payloads, "first", 1, gated=frozenset({0}))
@@ -260,6 +260,9 @@ def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
             steps.append((rec.controller.last_pass.full, rec.controller.last_pass.steps))
         assert steps[1:] == [(False, 0), (False, 0)], steps
         assert [j.item for j in rec.store.list_jobs("second")] == []
+        second = rec.store.get_batch("second")  # admitted: its items loaded all the same
+        assert second is not None and second.status.items_loaded
+        assert second.status.item_count == 2
         payloads.release("first-0")
         rec.run_until_idle(timeout=120)
         assert state_of(rec.store, "first") == state_of(rec.store, "second") == "Completed"

@@ -868,11 +868,13 @@ def _shows(status: BatchStatus, type_: str) -> bool:
 
 
 def _waits_for_room(batch: Batch, wanted: set[str], budget: JobBudget) -> bool:
-    """A Processing batch none of whose jobs changed, in a pass whose job budget is used
-    up, has nothing to do: it is stepped again when a job ends anywhere (the budget then
-    has room, and the queue's oldest batch takes it first) or at the resync."""
-    return (batch.status.state == B.PROCESSING and batch.name not in wanted
-            and budget.free <= 0)
+    """A Processing batch whose items are loaded and none of whose jobs changed, in a pass
+    whose job budget is used up, has nothing to do: it is stepped again when a job ends
+    anywhere (the budget then has room, and the queue's oldest batch takes it first) or at
+    the resync. One just admitted loads its items (or starts its manifest's download) at
+    once, so that its jobs can start as soon as there is room."""
+    return (batch.status.state == B.PROCESSING and batch.status.items_loaded
+            and batch.name not in wanted and budget.free <= 0)
 
 
 def _iso(ts: float) -> str:
