@@ -268,3 +268,38 @@ def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
         assert state_of(rec.store, "first") == state_of(rec.store, "second") == "Completed"
     finally:
         rec.close()
+
+
+def test_a_batch_admitted_while_every_slot_is_taken_loads_its_items_at_once(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """One job slot, held by the first batch's job; the second batch fails at once (its
+    manifest is not there), which admits the third while the slot is still taken: the
+    third loads its items in the passes that follow (its counts show, a manifest URL would
+    be downloaded), not only once the slot is free; then everything settles."""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1, maxActiveBatches=2))
+    submit(git_repo, payloads, "first", 1, gated=frozenset({0}))
+    git_repo.commit("the first batch, its one item served when the test says")
+    git_repo.write("batches/second.yaml", {**batch_doc(url=f"{payloads.base}missing.txt"),
+                                           "metadata": {"name": "second"}})
+    git_repo.commit("a second batch whose manifest is not there")
+    submit(git_repo, payloads, "third", 2)
+    git_repo.commit("a third batch, waiting in the queue")
+    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+
+    def third_loaded() -> bool:
+        rec.run_pass(sync=False)
+        third = rec.store.get_batch("third")
+        return third is not None and third.status.items_loaded
+
+    try:
+        rec.run_pass()
+        wait_for(third_loaded, timeout=60, what="the third batch's items loaded")
+        assert state_of(rec.store, "second") == "Failed"
+        assert rec.store.list_jobs("third") == [] and rec.store.count_active_jobs() == 1
+        payloads.release("first-0")
+        rec.run_until_idle(timeout=120)
+        assert [state_of(rec.store, b) for b in ("first", "third")] == ["Completed"] * 2
+    finally:
+        rec.close()

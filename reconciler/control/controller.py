@@ -238,7 +238,7 @@ class Controller:
         else:
             wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
                 self.backoff.due(now)) | (self._starved if budget.free > 0 else set())
-            batches, active = self._work_queue(wanted, room=budget.free > 0)
+            batches, active = self._work_queue(wanted)
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
         stepped: set[str] = set()
@@ -290,14 +290,13 @@ class Controller:
                                  for b in batches if b.status.state == B.DELETED),
                                 default=float("inf"))
 
-    def _work_queue(self, wanted: set[str], *, room: bool) -> tuple[list[Batch], int]:
-        """The batches a pass that is not full steps (see `reconcile_all`), and how many
-        batches are active. Processing batches are read only when the queue has `room` for
-        a job: without it, one whose jobs did not change has nothing to do."""
+    def _work_queue(self, wanted: set[str]) -> tuple[list[Batch], int]:
+        """The batches a pass that is not full looks at (see `reconcile_all`; of them,
+        those that wait for room are not stepped), and how many batches are active."""
         counts = self.store.count_batches()
         picked: dict[str, Batch] = {}
         for state in ACTIVE_BATCH:
-            if counts.get(str(state)) and (room or state != B.PROCESSING):
+            if counts.get(str(state)):
                 rows = self.store.page_batches(state=str(state), limit=counts[str(state)]).rows
                 picked.update((b.name, b) for b in rows)
         for name in wanted - picked.keys():
