@@ -1,4 +1,4 @@
-"""Read many blobs of a repository through one `git cat-file --batch` process.
+"""Read many objects of a repository through one `git cat-file --batch` process.
 
 A sync may read 10,000 files. One process per file costs a fork and exec each; asking a
 persistent process one blob at a time (GitPython's object database) costs a round trip
@@ -33,9 +33,20 @@ class BlobContent:
     data: bytes | None
 
 
+class CatFileTimeout(CatFileError):
+    """The reading took longer than the deadline given (the process was killed)."""
+
+
 def read_blobs(git_dir: Path, shas: Iterable[str], *, limit: int,
                git: str = "git") -> dict[str, BlobContent]:
     """Each named blob (hex object names; repeats are read once), by name."""
+    return read_objects(git_dir, shas, kind="blob", limit=limit, git=git)
+
+
+def read_objects(git_dir: Path, shas: Iterable[str], *, kind: str, limit: int,
+                 git: str = "git", timeout: float | None = None) -> dict[str, BlobContent]:
+    """Each named object of `kind` (repeats are read once), by name; within `timeout`
+    seconds if one is given, else CatFileTimeout."""
     wanted = list(dict.fromkeys(shas))
     if not wanted:
         return {}
@@ -45,19 +56,32 @@ def read_blobs(git_dir: Path, shas: Iterable[str], *, limit: int,
         assert proc.stdin is not None and proc.stdout is not None
         writer = threading.Thread(target=_write_names, args=(proc.stdin, wanted), daemon=True)
         writer.start()
+        fired = threading.Event()  # the deadline passed and the process was killed
+
+        def expire() -> None:
+            fired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        if timer is not None:
+            timer.start()
         try:
-            found = {sha: _read_one(proc.stdout, sha, limit) for sha in wanted}
+            found = {sha: _read_one(proc.stdout, sha, kind, limit) for sha in wanted}
         except CatFileError as exc:
             proc.kill()  # the writer then meets a closed pipe and ends
+            if fired.is_set():
+                raise CatFileTimeout(f"git cat-file took over {timeout:g} s") from None
             raise CatFileError(f"{exc}{_said(errors)}") from None
         except BaseException:
             proc.kill()
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             writer.join()
             proc.stdout.close()
             code = proc.wait()
-        if code != 0:
+        if code != 0 and not fired.is_set():  # killed after the last answer: all read
             raise CatFileError(f"git cat-file exited with {code}{_said(errors)}")
     return found
 
@@ -79,14 +103,15 @@ def _write_names(stdin: IO[bytes], names: list[str]) -> None:
         pass
 
 
-def _read_one(stdout: IO[bytes], sha: str, limit: int) -> BlobContent:
+def _read_one(stdout: IO[bytes], sha: str, want: str, limit: int) -> BlobContent:
     header = stdout.readline().decode(errors="replace").split()
     if len(header) != 3 or header[0] != sha:
         shown = " ".join(header) or "no answer"
         raise CatFileError(f"git cat-file could not read object {sha}: {shown}")
     kind, size = header[1], int(header[2])
-    if kind != "blob":
-        raise CatFileError(f"object {sha} is a {kind}, not a file")
+    if kind != want:
+        raise CatFileError(f"object {sha} is a {kind}, not a "
+                           f"{'file' if want == 'blob' else want}")
     if size > limit:
         left = size + 1  # and the newline after the content
         while left:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import git
 
+from reconciler.source.catfile import CatFileError, CatFileTimeout, read_objects
 from reconciler.source.gitrepo import SourceError, run_with_deadline
 from reconciler.source.sshverify import Verifier
 from reconciler.spec.policy import AccessPolicy, Role, Verification
@@ -163,25 +165,15 @@ def _run(mirror: Path, args: list[str], *, timeout: float) -> str:
 
 
 def _raw_commits(mirror: Path, shas: list[str], *, timeout: float) -> dict[str, bytes]:
-    """Each commit object as stored (`git cat-file --batch`: `sha type size`, the bytes)."""
+    """Each commit object as stored, read through one `git cat-file --batch`."""
     try:
-        done = subprocess.run([_git(), "cat-file", "--batch"], cwd=mirror,
-                              input="".join(f"{s}\n" for s in shas).encode(),
-                              capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+        found = read_objects(mirror, shas, kind="commit", limit=sys.maxsize, git=_git(),
+                             timeout=timeout)
+    except CatFileTimeout:
         raise SourceError(f"reading the commits to verify took over {timeout:g} s") from None
-    if done.returncode != 0:
-        raise SourceError(redact_text("cannot read commits to verify: "
-                                      + done.stderr.decode(errors="replace").strip()))
-    out, at, raw = done.stdout, 0, {}
-    for sha in shas:
-        nl = out.index(b"\n", at)
-        name, kind, size = out[at:nl].decode().split()
-        if name != sha or kind != "commit":
-            raise SourceError(f"cannot read commit {sha} to verify it (git: {kind})")
-        raw[sha] = out[nl + 1:nl + 1 + int(size)]
-        at = nl + 1 + int(size) + 1  # the object, then a newline
-    return raw
+    except CatFileError as exc:
+        raise SourceError(redact_text(f"cannot read commits to verify: {exc}")) from None
+    return {sha: c.data for sha, c in found.items() if c.data is not None}  # all: no limit
 
 
 def _read_verified_by_git(mirror: Path, policy: AccessPolicy, revisions: list[str], *,
