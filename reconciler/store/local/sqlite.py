@@ -258,14 +258,18 @@ class SqliteStore:
         """Everything written inside commits together (one fsync), or not at all."""
         return self._tx()
 
-    @contextmanager
-    def rebuildable_transaction(self) -> Iterator[sqlite3.Connection]:
+    def rebuildable_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A transaction whose writes can be rebuilt from elsewhere if a power loss undoes
         them (the local runner's starts and exits: the job dirs and their `rc` files, read
-        by its scan and by `_adopt`), committed without an fsync of its own. In WAL mode
-        the commit survives the process being killed; only a power loss before the next
-        fsync'd commit (the next step's) can undo it. Inside another transaction it joins
-        that one, at that one's safety."""
+        by its scan and by `_adopt`), committed without an fsync of its own."""
+        return self._unsynced_tx()
+
+    @contextmanager
+    def _unsynced_tx(self) -> Iterator[sqlite3.Connection]:
+        """A transaction committed at synchronous=NORMAL: in WAL mode the commit survives
+        the process being killed (the write is in the OS's hands); only a power loss before
+        the next fsync'd commit can undo it. Inside another transaction it joins that one,
+        at that one's safety (the level cannot change inside a transaction)."""
         if self._depth:
             with self._tx() as db:
                 yield db
@@ -801,27 +805,17 @@ class SqliteStore:
         write is in the OS's hands); only a power loss before the next fsync'd commit
         could undo it, and that would repeat the email, never lose it.
         """
-        if self._depth:  # inside a transaction the safety level cannot change
-            self._record_delivery(report_id, recipients, error=error, retry_at=retry_at)
-            return
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._record_delivery(report_id, recipients, error=error, retry_at=retry_at)
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
-
-    def _record_delivery(self, report_id: str, recipients: Sequence[RecipientState], *,
-                         error: str, retry_at: float | None) -> None:
         now = time.time()
         accepted = any(r.state == Delivery.DELIVERED for r in recipients)
-        self._write(
-            "UPDATE outbox SET attempts=attempts+1, last_error=?, recipients_json=?,"
-            " next_attempt_at=COALESCE(?, next_attempt_at),"
-            " delivered_at=CASE WHEN ? AND delivered_at IS NULL THEN ? ELSE delivered_at END,"
-            " finished_at=CASE WHEN ? IS NULL THEN ? ELSE NULL END WHERE report_id=?",
-            (error, canonical_json([r.to_dict() for r in recipients]), retry_at,
-             int(accepted), now, retry_at, now, report_id),
-        )
+        with self._unsynced_tx():
+            self._write(
+                "UPDATE outbox SET attempts=attempts+1, last_error=?, recipients_json=?,"
+                " next_attempt_at=COALESCE(?, next_attempt_at),"
+                " delivered_at=CASE WHEN ? AND delivered_at IS NULL THEN ? ELSE delivered_at"
+                " END, finished_at=CASE WHEN ? IS NULL THEN ? ELSE NULL END WHERE report_id=?",
+                (error, canonical_json([r.to_dict() for r in recipients]), retry_at,
+                 int(accepted), now, retry_at, now, report_id),
+            )
 
     # --- timeline
     def add_event(self, event: Event) -> None:
