@@ -220,9 +220,9 @@ class Controller:
         deletions, finished manifest downloads, back-off retries that are due, those that
         wanted a Job the budget had no room for (requeued until it has), the batches
         Reporting, the Processing ones while the job budget has room (or until their
-        items are loaded), and Pending ones, in
-        queue order, while the queue admits. A pass is also
-        full when the store cannot tell what changed or a Deleted batch's retention ends.
+        items are loaded), and Pending ones, in queue order, while the queue admits. A
+        pass is also full when the store cannot tell what changed or a Deleted batch's
+        retention ends.
         `reconcile`'s early return for settled batches stays as a second guard."""
         self.downloads.pass_started()
         changed = self.store.take_changed_batches()  # drained on every pass, full or not
