@@ -24,7 +24,6 @@ good, with the server's words, so it shows in `status` and is never retried fore
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import smtplib
 import socket
@@ -33,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from types import TracebackType
 from typing import Any
@@ -92,17 +92,19 @@ class Relay:
 
 @dataclass(frozen=True)
 class Envelope:
-    """Who the message is from and to (To, Cc and Bcc), and the bytes to send (no Bcc)."""
+    """Who the message is from and to (To, Cc and Bcc), read from its headers alone, and
+    the bytes to send (no Bcc), made only when it is sent: a message written to the outbox
+    directory needs only its recipients, and parsing a whole report with its attachments
+    costs ten times as much as its headers."""
 
     sender: str
     recipients: tuple[str, ...]
-    data: bytes
+    message: bytes  # as queued
     international: bool  # a non-ASCII address: the server must offer SMTPUTF8
 
     @classmethod
     def of(cls, message: bytes) -> Envelope:
-        msg = message_from_bytes(message, policy=policy.SMTP)
-        assert isinstance(msg, EmailMessage)
+        msg = BytesHeaderParser(policy=policy.SMTP).parsebytes(message)
         header = msg.get_all("Sender") or msg.get_all("From") or []
         senders = [a for _, a in getaddresses([str(v) for v in header]) if a]
         recipients: list[str] = []
@@ -112,10 +114,15 @@ class Envelope:
                     recipients.append(address)
         sender = senders[0] if senders else ""
         international = any(not a.isascii() for a in [sender, *recipients])
-        visible = copy.copy(msg)
+        return cls(sender, tuple(recipients), message, international)
+
+    @property
+    def data(self) -> bytes:
+        """The message as sent: parsed whole, without its Bcc header."""
+        visible = message_from_bytes(self.message, policy=policy.SMTP)
+        assert isinstance(visible, EmailMessage)
         del visible["Bcc"]
-        data = visible.as_bytes(policy=policy.SMTPUTF8 if international else policy.SMTP)
-        return cls(sender, tuple(recipients), data, international)
+        return visible.as_bytes(policy=policy.SMTPUTF8 if self.international else policy.SMTP)
 
 
 class _DeadlineSMTP(smtplib.SMTP):
