@@ -74,6 +74,11 @@ def test_the_report_carries_merritts_fields_and_every_failure_whole(
     assert [f["id"] for f in failed] == ["bad"]
     assert failed[0]["message"] == f"digest mismatch: expected sha512 {wanted}, got {got}"
     rows = failed + attachment(msg, "completed.json")
+    [part] = [p for p in msg.walk() if p.get_filename() == "completed.json"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    lines = payload.decode().splitlines()  # one item a line
+    assert lines[0] == "[" and lines[-1] == "]" and json.loads(lines[1]) == rows[1]
     finished = []
     for row in rows:
         for key in ("startedAt", "finishedAt"):

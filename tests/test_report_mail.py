@@ -28,7 +28,7 @@ from reconciler.control.reportmail import (
     reference_message,
     report_message,
 )
-from reconciler.control.reports import _item_json, build_report, message_id
+from reconciler.control.reports import _item_json, _json_array, build_report, message_id
 from reconciler.domain.model import (
     Batch,
     BatchSpec,
@@ -196,7 +196,7 @@ def before(batch: Batch, profile: Profile | None, items: list[ItemStatus], domai
     completed = [s for s in items if s.state == JobState.COMPLETED]
     failed = [s for s in items if s.state == JobState.FAILED]
     for name, rows in (("completed.json", completed), ("failed.json", failed)):
-        data = json.dumps([_item_json(s) for s in rows], indent=2).encode()
+        data = _json_array([_item_json(s) for s in rows])
         msg.add_attachment(data, maintype="application", subtype="json", filename=name)
     return bytes(msg)
 

@@ -130,6 +130,15 @@ def _about(item: Item) -> str:
     return "; ".join(parts)
 
 
+def _json_array(rows: list[dict[str, object]]) -> bytes:
+    """A JSON array of one item a line: as easy to read and to diff as `indent=2`, and
+    made by the C encoder, which `indent` turns off (it was a third of the CPU of a
+    10,000-item batch's report)."""
+    if not rows:
+        return b"[]"
+    return ("[\n" + ",\n".join(map(json.dumps, rows)) + "\n]").encode()
+
+
 def _item_json(s: ItemStatus) -> dict[str, object]:
     return {
         "id": s.item.id,
@@ -230,7 +239,7 @@ def build_report(
     headers += [("Date", formatdate(now, usegmt=True)),
                 ("Message-ID", message_id(rid, message_id_domain)),
                 ("X-Batchq-Report", escape_controls(rid))]
-    attachments = [(name, json.dumps([_item_json(s) for s in rows], indent=2).encode())
+    attachments = [(name, _json_array([_item_json(s) for s in rows]))
                    for name, rows in (("completed.json", completed), ("failed.json", failed))]
     return Report(
         id=rid,
