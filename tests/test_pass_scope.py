@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from reconciler.app.service import Reconciler, Settings
+from reconciler.domain.states import JobState
 from reconciler.store.backends import BackendSettings, open_store
 from reconciler.store.base import ReadStore
 from reconciler.support.heartbeat import read_heartbeat
@@ -266,6 +267,34 @@ def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
         payloads.release("first-0")
         rec.run_until_idle(timeout=120)
         assert state_of(rec.store, "first") == state_of(rec.store, "second") == "Completed"
+    finally:
+        rec.close()
+
+
+def test_a_pass_with_room_steps_no_batch_whose_every_item_has_its_job(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """Three job slots, one batch of one item whose job runs (its payload held back): the
+    passes that follow have room to spare and step nothing, since only that job's change
+    can give the batch something to do (before: every pass with room stepped it, 10
+    steps a job at 1,000 batches of 10); when the job ends, the batch completes."""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=3, maxActiveBatches=2))
+    submit(git_repo, payloads, "only", 1, gated=frozenset({0}))
+    git_repo.commit("one batch, its one item served when the test says")
+    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+    try:
+        rec.run_pass()
+        wait_for(lambda: (rec.run_pass(sync=False) or True) and rec.store.count_jobs_in_state(
+            JobState.PROCESSING) == 1, timeout=60, what="the batch's one job running")
+        steps = []
+        for _ in range(3):  # the first may still observe the job's start
+            rec.run_pass(sync=False)
+            steps.append((rec.controller.last_pass.full, rec.controller.last_pass.steps))
+        assert steps[1:] == [(False, 0), (False, 0)], steps
+        payloads.release("only-0")
+        rec.run_until_idle(timeout=120)
+        assert state_of(rec.store, "only") == "Completed"
     finally:
         rec.close()
 

@@ -73,6 +73,10 @@ J = JobState
 R = RequestedState
 ACTIVE_BATCH = frozenset({B.PROCESSING, B.REPORTING, B.UPDATE_REPORTING})
 MAX_FAILURES_IN_STATUS = 20
+# how long the step that only observes Jobs starting may wait, to be made with the next
+# one (the Job controller's syncJobBatchPeriod): at 1,000 batches of 10 items it was every
+# other step, while only a Job's end can let the batch create another
+STARTS_OBSERVED_WITHIN = 1.0
 
 
 @dataclass
@@ -181,6 +185,10 @@ class Controller:
         # batches that wanted a Job the budget had no room for: a Job of another batch
         # ending changes nothing of theirs, so they are stepped again once it has room
         self._starved: set[str] = set()
+        # batches whose Jobs were only made or started (`Store.only_started`), with when
+        # their step is due at the latest: a Job ending, or any other reason, steps them
+        # sooner, observing those starts with it
+        self._started: dict[str, float] = {}
         self.steps = 0  # batch steps taken in all (the heartbeat shows it)
         self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
@@ -216,11 +224,13 @@ class Controller:
         Like controller-runtime's work queue with a periodic resync: a `full` pass (the
         caller asks for one on its first pass, after a sync that changed something and
         every resync period) steps every batch; any other steps only the batches that can
-        have changed: those the store saw a Job of change (`take_changed_batches`), pending
+        have changed: those the store saw a Job of change (`take_changed_batches`; one
+        whose Jobs only started within `STARTS_OBSERVED_WITHIN`: `_observe_now`), pending
         deletions, finished manifest downloads, back-off retries that are due, those that
         wanted a Job the budget had no room for (requeued until it has), the batches
-        Reporting, the Processing ones while the job budget has room (or until their
-        items are loaded), and Pending ones, in queue order, while the queue admits. A
+        Reporting, the Processing ones until their items are loaded (then only a change
+        of their jobs, or a requeue, gives them something to do: `_waits_for_job`), and
+        Pending ones, in queue order, while the queue admits. A
         pass is also full when the store cannot tell what changed or a Deleted batch's
         retention ends.
         `reconcile`'s early return for settled batches stays as a second guard."""
@@ -236,14 +246,18 @@ class Controller:
             active = sum(1 for b in batches if b.status.state in ACTIVE_BATCH)
             self._remember_queue(batches, repo)
         else:
-            wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
-                self.backoff.due(now)) | (self._starved if budget.free > 0 else set())
-            batches, active = self._work_queue(wanted)
+            wanted = self._observe_now(changed or set(), now) | set(deletions) | (
+                self.downloads.batches()) | self.backoff.due(now)
+            batches, active = self._work_queue(
+                wanted | (self._starved if budget.free > 0 else set()))
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
         stepped: set[str] = set()
         for batch in sorted(batches, key=_queue_order):
-            if not full and _waits_for_room(batch, wanted, ctx.budget):
+            # a requeued batch is stepped while there is room, in queue order; the others
+            # wait for the next Job to end
+            if not full and _waits_for_job(
+                    batch, wanted, self._starved if ctx.budget.free > 0 else set()):
                 continue
             self._step_one(batch, deletions, ctx, now)
             stepped.add(batch.name)
@@ -251,7 +265,21 @@ class Controller:
             self._admit_from_queue(stepped, deletions, ctx, now)
         # requeued: those that still wait, and those that waited and were not stepped
         self._starved = ctx.starved | (set() if full else self._starved - stepped)
+        for name in stepped:  # a step observes every change of its batch's Jobs
+            self._started.pop(name, None)
         return ctx.progressed
+
+    def _observe_now(self, changed: set[str], now: float) -> set[str]:
+        """The batches whose Jobs' changes this pass observes: those with a Job that
+        ended, failed or vanished, and those whose Jobs only started, once they waited
+        `STARTS_OBSERVED_WITHIN` (or a step for another reason observed them sooner)."""
+        started = self.store.only_started() & changed
+        for name in started:
+            self._started.setdefault(name, now + STARTS_OBSERVED_WITHIN)
+        now_due = (changed - started) | {n for n, at in self._started.items() if at <= now}
+        for name in now_due:
+            self._started.pop(name, None)
+        return now_due
 
     def _step_one(self, batch: Batch, deletions: dict[str, str], ctx: PassContext,
                   now: float) -> None:
@@ -867,14 +895,16 @@ def _shows(status: BatchStatus, type_: str) -> bool:
     return any(c.type == type_ and c.status for c in status.conditions)
 
 
-def _waits_for_room(batch: Batch, wanted: set[str], budget: JobBudget) -> bool:
-    """A Processing batch whose items are loaded and none of whose jobs changed, in a pass
-    whose job budget is used up, has nothing to do: it is stepped again when a job ends
-    anywhere (the budget then has room, and the queue's oldest batch takes it first) or at
-    the resync. One just admitted loads its items (or starts its manifest's download) at
-    once, so that its jobs can start as soon as there is room."""
+def _waits_for_job(batch: Batch, wanted: set[str], requeued: set[str]) -> bool:
+    """A Processing batch whose items are loaded and none of whose jobs changed has
+    nothing to do: each item without a job either got one in an earlier step or made the
+    batch wait for room (`requeued`, stepped only while the pass has room left), and an
+    item that needs a new job gets one only through a change of its job (it failed, it
+    vanished: in `wanted`) or of the spec (a sync: the next pass is full). One just
+    admitted loads its items (or starts its manifest's download) at once, so that its
+    jobs can start as soon as there is room."""
     return (batch.status.state == B.PROCESSING and batch.status.items_loaded
-            and batch.name not in wanted and budget.free <= 0)
+            and batch.name not in wanted and batch.name not in requeued)
 
 
 def _iso(ts: float) -> str:
