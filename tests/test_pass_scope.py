@@ -347,6 +347,36 @@ def test_a_job_that_only_started_is_observed_within_a_second_not_at_once(
         rec.close()
 
 
+def test_a_running_job_an_operator_deletes_is_made_again_by_the_next_pass(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """A deleted row has no change number: `delete_job` tells the next pass itself, which
+    makes the same attempt's Job again (adopting the shim still running), without waiting
+    for the resync; the item keeps its one attempt."""
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=3, maxActiveBatches=2))
+    submit(git_repo, payloads, "op", 1, gated=frozenset({0}))
+    git_repo.commit("one batch, its one item served when the test says")
+    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+    try:
+        rec.run_pass()
+        wait_for(lambda: (rec.run_pass(sync=False) or True) and running(rec) == 1,
+                 timeout=60, what="the job running")
+        [job] = [j.name for j in rec.store.list_jobs("op")]
+        assert isinstance(rec.store, SqliteStore)
+        rec.store.delete_job(job)
+        assert rec.store.list_jobs("op") == []
+        rec.run_pass(sync=False)
+        assert not rec.controller.last_pass.full
+        assert [j.name for j in rec.store.list_jobs("op")] == [job]
+        payloads.release("op-0")
+        rec.run_until_idle(timeout=120)
+        assert state_of(rec.store, "op") == "Completed"
+        assert [s.attempts for s in rec.store.list_items("op")] == [1]
+    finally:
+        rec.close()
+
+
 def test_a_batch_admitted_while_every_slot_is_taken_loads_its_items_at_once(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
     """One job slot, held by the first batch's job; the second batch fails at once (its

@@ -101,7 +101,8 @@ class PassContext:
     progressed: bool = False
     dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
     storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
-    starved: set[str] = field(default_factory=set)  # wanted a Job the budget had no room for
+    # wanted a Job the budget had no room for, or was just admitted: requeued (see _starved)
+    starved: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -526,6 +527,7 @@ class Controller:
         t.ctx.active_batches += 1
         t.status.started_at = t.status.started_at or time.time()
         self.store.set_suspended(t.batch.name, False)
+        t.ctx.starved.add(t.batch.name)  # its next step makes its Jobs, room allowing
         return Decision(Move(B.PROCESSING, "admitted by the queue"))
 
     def _held(self, t: Turn) -> Decision:
@@ -898,7 +900,8 @@ def _shows(status: BatchStatus, type_: str) -> bool:
 def _waits_for_job(batch: Batch, wanted: set[str], requeued: set[str]) -> bool:
     """A Processing batch whose items are loaded and none of whose jobs changed has
     nothing to do: each item without a job either got one in an earlier step or made the
-    batch wait for room (`requeued`, stepped only while the pass has room left), and an
+    batch wait for room (`requeued`, stepped only while the pass has room left, as is a
+    batch just admitted, whose admission made none), and an
     item that needs a new job gets one only through a change of its job (it failed, it
     vanished: in `wanted`) or of the spec (a sync: the next pass is full). One just
     admitted loads its items (or starts its manifest's download) at once, so that its

@@ -187,6 +187,7 @@ class SqliteStore:
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
         self._change_seen: int | None = None  # the job-change number the last pass saw
         self._only_started: set[str] = set()  # of the batches it returned (only_started)
+        self._deleted_from: set[str] = set()  # batches a Job of which delete_job deleted
 
     def close(self) -> None:
         self.db.close()
@@ -643,8 +644,12 @@ class SqliteStore:
         self._write("DELETE FROM jobs WHERE batch=?", (batch,))
 
     def delete_job(self, name: str) -> None:
-        """What an operator's `kubectl delete job` is on the embedded backend."""
-        self._write("DELETE FROM jobs WHERE name=?", (name,))
+        """What an operator's `kubectl delete job` is on the embedded backend; its batch
+        is among the next `take_changed_batches` (a deleted row has no change number),
+        so that the step that makes the Job again comes at once, as after a watch event."""
+        row = self.db.execute("SELECT batch FROM jobs WHERE name=?", (name,)).fetchone()
+        if self._write("DELETE FROM jobs WHERE name=?", (name,)) and row is not None:
+            self._deleted_from.add(str(row[0]))
 
     def set_suspended(self, batch: str, suspended: bool) -> None:
         """Suspend jobs that have not started (a running one goes on, as on Kubernetes)."""
@@ -672,15 +677,16 @@ class SqliteStore:
         now = int(row[0]) if row else 0
         seen, self._change_seen = self._change_seen, now
         self._only_started = set()
+        deleted, self._deleted_from = self._deleted_from, set()
         if seen is None:
             return None
         rows = self.db.execute(
             "SELECT batch, MIN(state IN (?, ?)) FROM jobs WHERE changed>? AND changed<=?"
             " GROUP BY batch", (JobState.PENDING.value, JobState.PROCESSING.value, seen, now))
-        changed: set[str] = set()
+        changed = set(deleted)
         for batch, started in rows:
             changed.add(batch)
-            if started:
+            if started and batch not in deleted:
                 self._only_started.add(batch)
         return changed
 
