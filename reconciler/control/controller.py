@@ -73,10 +73,6 @@ J = JobState
 R = RequestedState
 ACTIVE_BATCH = frozenset({B.PROCESSING, B.REPORTING, B.UPDATE_REPORTING})
 MAX_FAILURES_IN_STATUS = 20
-# how long the step that only observes Jobs starting may wait, to be made with the next
-# one (the Job controller's syncJobBatchPeriod): at 1,000 batches of 10 items it was every
-# other step, while only a Job's end can let the batch create another
-STARTS_OBSERVED_WITHIN = 1.0
 
 
 @dataclass
@@ -186,10 +182,6 @@ class Controller:
         # batches that wanted a Job the budget had no room for: a Job of another batch
         # ending changes nothing of theirs, so they are stepped again once it has room
         self._starved: set[str] = set()
-        # batches whose Jobs were only made or started (`Store.only_started`), with when
-        # their step is due at the latest: a Job ending, or any other reason, steps them
-        # sooner, observing those starts with it
-        self._started: dict[str, float] = {}
         self.steps = 0  # batch steps taken in all (the heartbeat shows it)
         self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
@@ -225,8 +217,7 @@ class Controller:
         Like controller-runtime's work queue with a periodic resync: a `full` pass (the
         caller asks for one on its first pass, after a sync that changed something and
         every resync period) steps every batch; any other steps only the batches that can
-        have changed: those the store saw a Job of change (`take_changed_batches`; one
-        whose Jobs only started within `STARTS_OBSERVED_WITHIN`: `_observe_now`), pending
+        have changed: those the store saw a Job of change (`take_changed_batches`), pending
         deletions, finished manifest downloads, back-off retries that are due, those that
         wanted a Job the budget had no room for (requeued until it has), the batches
         Reporting, the Processing ones until their items are loaded (then only a change
@@ -247,8 +238,8 @@ class Controller:
             active = sum(1 for b in batches if b.status.state in ACTIVE_BATCH)
             self._remember_queue(batches, repo)
         else:
-            wanted = self._observe_now(changed or set(), now) | set(deletions) | (
-                self.downloads.batches()) | self.backoff.due(now)
+            wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
+                self.backoff.due(now))
             batches, active = self._work_queue(
                 wanted | (self._starved if budget.free > 0 else set()))
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
@@ -266,21 +257,7 @@ class Controller:
             self._admit_from_queue(stepped, deletions, ctx, now)
         # requeued: those that still wait, and those that waited and were not stepped
         self._starved = ctx.starved | (set() if full else self._starved - stepped)
-        for name in stepped:  # a step observes every change of its batch's Jobs
-            self._started.pop(name, None)
         return ctx.progressed
-
-    def _observe_now(self, changed: set[str], now: float) -> set[str]:
-        """The batches whose Jobs' changes this pass observes: those with a Job that
-        ended, failed or vanished, and those whose Jobs only started, once they waited
-        `STARTS_OBSERVED_WITHIN` (or a step for another reason observed them sooner)."""
-        started = self.store.only_started() & changed
-        for name in started:
-            self._started.setdefault(name, now + STARTS_OBSERVED_WITHIN)
-        now_due = (changed - started) | {n for n, at in self._started.items() if at <= now}
-        for name in now_due:
-            self._started.pop(name, None)
-        return now_due
 
     def _step_one(self, batch: Batch, deletions: dict[str, str], ctx: PassContext,
                   now: float) -> None:

@@ -291,13 +291,6 @@ class Store(ReadStore, Protocol):
         forgotten: the controller steps these. None when it cannot tell (the first call,
         a watch that listed again): the controller steps every batch."""
         ...
-    def only_started(self) -> set[str]:
-        """Of the batches the last `take_changed_batches` returned, those none of whose
-        Jobs ended, failed or vanished: they were only made or started running. The
-        controller may observe those a moment later, in one step with what follows (the
-        Job controller batches its pods' updates the same way: syncJobBatchPeriod). A
-        backend that cannot tell returns an empty set: everything is observed at once."""
-        ...
 
     # --- reports, outbox, timeline
     def save_report(self, report: Report) -> bool: ...

@@ -361,9 +361,6 @@ class MemoryStore:
         """Never tells: every pass of the unit world steps every batch."""
         return None
 
-    def only_started(self) -> set[str]:
-        return set()
-
     def count_active_jobs(self) -> int:
         return sum(1 for r in self._s.jobs.values()
                    if r.job.state in RUNNING and not r.job.suspended)

@@ -316,10 +316,6 @@ class KubernetesStore:
             changed, self._changed = self._changed, set()
         return changed
 
-    def only_started(self) -> set[str]:
-        """A watch event does not say what changed: every change is observed at once."""
-        return set()
-
     def _list_batches(self, **kwargs: Any) -> Any:
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
                                                          **kwargs)

@@ -186,7 +186,6 @@ class SqliteStore:
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
         self._change_seen: int | None = None  # the job-change number the last pass saw
-        self._only_started: set[str] = set()  # of the batches it returned (only_started)
         self._deleted_from: set[str] = set()  # batches a Job of which delete_job deleted
 
     def close(self) -> None:
@@ -671,29 +670,17 @@ class SqliteStore:
     def take_changed_batches(self) -> set[str] | None:
         """The batches a job of which changed since the last call, read from the job-change
         numbers the triggers give every change (the runner's moves, a hold's suspension,
-        a creation: no write path can forget one); None on the first call, which walks
+        a creation: no write path can forget one) and the batches `delete_job` deleted a
+        Job of; None on the first call, which walks
         them all. The number seen is kept in memory: one reconciler owns the state dir."""
         row = self.db.execute("SELECT value FROM sequences WHERE name='job-change'").fetchone()
         now = int(row[0]) if row else 0
         seen, self._change_seen = self._change_seen, now
-        self._only_started = set()
         deleted, self._deleted_from = self._deleted_from, set()
         if seen is None:
             return None
-        rows = self.db.execute(
-            "SELECT batch, MIN(state IN (?, ?)) FROM jobs WHERE changed>? AND changed<=?"
-            " GROUP BY batch", (JobState.PENDING.value, JobState.PROCESSING.value, seen, now))
-        changed = set(deleted)
-        for batch, started in rows:
-            changed.add(batch)
-            if started and batch not in deleted:
-                self._only_started.add(batch)
-        return changed
-
-    def only_started(self) -> set[str]:
-        """See `Store.only_started`: those whose changed jobs are all waiting or running
-        (made, started, or lost and to be run again)."""
-        return set(self._only_started)
+        return deleted | {r[0] for r in self.db.execute(
+            "SELECT DISTINCT batch FROM jobs WHERE changed>? AND changed<=?", (seen, now))}
 
     # --- local runner's view of the jobs table
     def jobs_in_state(self, state: JobState, limit: int = -1) -> list[sqlite3.Row]:
