@@ -736,8 +736,8 @@ class Controller:
         if profile.storage not in ctx.storage_dirs:
             path = self.storage_root / profile.storage
             problem = storage_path_problem(profile.storage)
-            root = self.storage_root.resolve()
-            if problem is None and root != path.resolve() and root not in path.resolve().parents:
+            root, resolved = self.storage_root.resolve(), path.resolve()
+            if problem is None and root != resolved and root not in resolved.parents:
                 problem = "leads outside the storage root through a symbolic link"
             if problem is not None:
                 raise StorageOutsideRoot(f'profile "{profile.name}": storage.path'
