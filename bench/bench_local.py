@@ -5,8 +5,9 @@ writes that took, a second pass with no new commit (must write nothing), and pea
 and, in the same run, the baseline of issue 13: the same number of no-op jobs run through
 the runner's own shim (`reconciler/store/local/runner.py: SHIM`) with plain
 `subprocess.Popen` + wait, `--parallel` at a time. It prints the jobs/s of both and their
-ratio (median of `--rounds`, old and new alternating within each round), and the CPU each
-costs per job: this process's own (the reconciler runs in it; the bare shim's parent) and
+ratio (median of `--rounds`, old and new alternating within each round; and each round's
+ratio to the bare shim run just before it, with their median), and the CPU each costs per
+job: this process's own (the reconciler runs in it; the bare shim's parent) and
 its children's (the shims and their commands), from getrusage SELF and CHILDREN.
 Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
 [--timeout 3600] [--job-nice 10]`; figures in bench/README.md. A run that does not settle within
@@ -178,8 +179,19 @@ def main() -> None:
         result["bare_shim_jobs_per_second"] = round(statistics.median(shim), 1)
         result["bare_shim_each_round"] = [round(s, 1) for s in shim]
         result["ratio"] = round(median["jobs_per_second"] / statistics.median(shim), 2)
+        # each round's batchq against the bare shim just before it: the machine's speed
+        # drifts between rounds (a shared host), less within one
+        paired = [r["jobs_per_second"] / s for r, s in zip(rounds, shim, strict=True)]
+        result["ratio_each_round"] = [round(p, 2) for p in paired]
+        result["paired_ratio_median"] = round(statistics.median(paired), 2)
         for key in ("self_cpu_ms_per_job", "children_cpu_ms_per_job"):
             result[f"bare_shim_{key}"] = statistics.median(c[key] for c in shim_cpu)
+        # the CPU a job costs the bare shim against batchq (both with their children): on
+        # a machine whose 2 cores are busy throughout, what bounds the jobs/s ratio
+        result["cpu_ratio"] = round(
+            (result["bare_shim_self_cpu_ms_per_job"] + result["bare_shim_children_cpu_ms_per_job"])
+            / statistics.median(r["self_cpu_ms_per_job"] + r["children_cpu_ms_per_job"]
+                                for r in rounds), 2)
     print(json.dumps(result, indent=2))
     if median["idle_pass_writes"] or median["states"] != {"Completed": args.batches}:
         sys.exit(1)
