@@ -268,8 +268,8 @@ class Controller:
             bisect.insort(self._queue, _queue_order(batch))  # a release makes it Pending
         self.last_pass.steps += 1
         self.steps += 1
-        try:
-            with self.store.transaction():  # whole on SQLite; see Store.transaction
+        try:  # whole on SQLite; see Store.transaction
+            with self.store.transaction(durable=_step_must_be_durable(batch, deletions)):
                 failpoints.hit(f"step@{batch.name}")
                 if batch.name in deletions:
                     self._delete(batch, deletions[batch.name], ctx)
@@ -872,6 +872,19 @@ def _ready_shown(status: BatchStatus) -> bool:
 
 def _shows(status: BatchStatus, type_: str) -> bool:
     return any(c.type == type_ and c.status for c in status.conditions)
+
+
+def _step_must_be_durable(batch: Batch, deletions: dict[str, str]) -> bool:
+    """Does this step's commit need its own fsync? Every step does but the most common
+    one: a Processing batch, neither held nor being deleted, observing its Jobs and making
+    the next ones. Such a step saves no report (a report is saved by a step that starts
+    in Reporting or UpdateReporting, or for a file that never parsed), stops no Job and
+    suspends none; if a power loss undoes it, the next step makes the same writes again
+    and adopts by their fixed names the Jobs it had made, whose results the runner reads
+    from their job dirs. Its fsync was 0.3 ms (3 ms at p99) of the loop's wall time a
+    step at 1,000 batches of 10, a sixth of the run."""
+    return not (batch.status.state == B.PROCESSING and batch.spec is not None
+                and batch.spec.state != R.HELD and batch.name not in deletions)
 
 
 def _waits_for_job(batch: Batch, wanted: set[str], requeued: set[str]) -> bool:

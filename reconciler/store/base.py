@@ -301,7 +301,7 @@ class Store(ReadStore, Protocol):
         recipient's state; `retry_at` None closes the entry (no recipient is waiting)."""
     def add_event(self, event: Event) -> None: ...
 
-    def transaction(self) -> AbstractContextManager[Any]:
+    def transaction(self, durable: bool = True) -> AbstractContextManager[Any]:
         """Group writes; what that guarantees depends on the backend.
 
         - local (SQLite): all or nothing. Everything written inside commits together, with
@@ -316,7 +316,13 @@ class Store(ReadStore, Protocol):
         (deterministic name) is created before the item that records it, which the next
         pass adopts by name; a report is saved before the status that moves the batch on;
         a batch's status is written last. On SQLite a block also costs one fsync instead
-        of one per write."""
+        of one per write.
+
+        `durable=False` (SQLite): committed without that fsync, for writes that can be
+        made again if a power loss undoes them. In WAL mode such a commit survives the
+        process being killed; a power loss can undo only the last commits, in order,
+        never one before a commit that was kept, so the state after it is one the store
+        had."""
         ...
 
 

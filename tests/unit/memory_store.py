@@ -130,7 +130,7 @@ class MemoryStore:
         finally:
             self._depth -= 1
 
-    def transaction(self) -> AbstractContextManager[Any]:
+    def transaction(self, durable: bool = True) -> AbstractContextManager[Any]:
         """Everything written inside lands together, or (on an exception) none of it."""
         return self._tx()
 

@@ -327,7 +327,7 @@ class KubernetesStore:
         resp = fn(*args, _preload_content=False, **kwargs)
         return dict(json.loads(resp.data))
 
-    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+    def transaction(self, durable: bool = True) -> contextlib.AbstractContextManager[Any]:
         """Guarantees nothing (see `Store.transaction`): the API server has no
         multi-object transactions, each write stands alone, and the controller's steps are
         ordered so that any prefix of them is safe."""

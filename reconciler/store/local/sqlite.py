@@ -268,15 +268,16 @@ class SqliteStore:
             self._depth -= 1
         self.db.execute("COMMIT")
 
-    def transaction(self) -> AbstractContextManager[Any]:
-        """Everything written inside commits together (one fsync), or not at all."""
-        return self._tx()
+    def transaction(self, durable: bool = True) -> AbstractContextManager[Any]:
+        """Everything written inside commits together (one fsync; none when not
+        `durable`: see `Store.transaction`), or not at all."""
+        return self._tx() if durable else self._unsynced_tx()
 
     def rebuildable_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A transaction whose writes can be rebuilt from elsewhere if a power loss undoes
         them (the local runner's starts and exits: the job dirs and their `rc` files, read
         by its scan and by `_adopt`), committed without an fsync of its own."""
-        return self._unsynced_tx()
+        return self.transaction(durable=False)
 
     @contextmanager
     def _unsynced_tx(self) -> Iterator[sqlite3.Connection]:
