@@ -891,11 +891,11 @@ def _waits_for_job(batch: Batch, wanted: set[str], requeued: set[str]) -> bool:
     """A Processing batch whose items are loaded and none of whose jobs changed has
     nothing to do: each item without a job either got one in an earlier step or made the
     batch wait for room (`requeued`, stepped only while the pass has room left, as is a
-    batch just admitted, whose admission made none), and an
-    item that needs a new job gets one only through a change of its job (it failed, it
-    vanished: in `wanted`) or of the spec (a sync: the next pass is full). One just
-    admitted loads its items (or starts its manifest's download) at once, so that its
-    jobs can start as soon as there is room."""
+    batch just admitted, whose admission made none), and an item that needs a new job
+    gets one only through a change of its job (it failed, it vanished: in `wanted`) or of
+    the spec (a sync: the next pass is full). One just admitted loads its items (or
+    starts its manifest's download) at once, so that its jobs can start as soon as there
+    is room."""
     return (batch.status.state == B.PROCESSING and batch.status.items_loaded
             and batch.name not in wanted and batch.name not in requeued)
 
