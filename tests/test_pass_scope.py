@@ -278,22 +278,34 @@ def running(rec: Reconciler) -> int:
     return rec.store.count_jobs_in_state(JobState.PROCESSING)
 
 
-def test_a_pass_with_room_steps_no_batch_whose_every_item_has_its_job(
-        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
-    """Three job slots, one batch of one item whose job runs (its payload held back): the
-    passes that follow have room to spare and step nothing, since only that job's change
-    can give the batch something to do (before: every pass with room stepped it, 10
-    steps a job at 1,000 batches of 10); when the job ends, the batch completes."""
+def one_job_running(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path,
+                    name: str) -> Reconciler:
+    """Three job slots and batch `name` of one item, whose job runs until the test
+    releases its payload (`{name}-0`); no resync or sync comes by itself."""
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=3, maxActiveBatches=2))
-    submit(git_repo, payloads, "only", 1, gated=frozenset({0}))
+    submit(git_repo, payloads, name, 1, gated=frozenset({0}))
     git_repo.commit("one batch, its one item served when the test says")
     rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
                               state_dir=tmp_path / "state", interval=3600, resync=3600))
     try:
         rec.run_pass()
         wait_for(lambda: (rec.run_pass(sync=False) or True) and running(rec) == 1,
-                 timeout=60, what="the batch's one job running")
+                 timeout=60, what=f"{name}'s one job running")
+    except BaseException:
+        rec.close()
+        raise
+    return rec
+
+
+def test_a_pass_with_room_steps_no_batch_whose_every_item_has_its_job(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """Three job slots, one batch of one item whose job runs (its payload held back): the
+    passes that follow have room to spare and step nothing, since only that job's change
+    can give the batch something to do (before: every pass with room stepped it, 10
+    steps a job at 1,000 batches of 10); when the job ends, the batch completes."""
+    rec = one_job_running(git_repo, payloads, tmp_path, "only")
+    try:
         steps = []
         for _ in range(3):  # the first may still observe the job's start
             rec.run_pass(sync=False)
@@ -311,16 +323,8 @@ def test_a_running_job_an_operator_deletes_is_made_again_by_the_next_pass(
     """A deleted row has no change number: `delete_job` tells the next pass itself, which
     makes the same attempt's Job again (adopting the shim still running), without waiting
     for the resync; the item keeps its one attempt."""
-    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
-    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=3, maxActiveBatches=2))
-    submit(git_repo, payloads, "op", 1, gated=frozenset({0}))
-    git_repo.commit("one batch, its one item served when the test says")
-    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
-                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+    rec = one_job_running(git_repo, payloads, tmp_path, "op")
     try:
-        rec.run_pass()
-        wait_for(lambda: (rec.run_pass(sync=False) or True) and running(rec) == 1,
-                 timeout=60, what="the job running")
         [job] = [j.name for j in rec.store.list_jobs("op")]
         assert isinstance(rec.store, SqliteStore)
         rec.store.delete_job(job)

@@ -647,9 +647,11 @@ class SqliteStore:
         """What an operator's `kubectl delete job` is on the embedded backend; its batch
         is among the next `take_changed_batches` (a deleted row has no change number),
         so that the step that makes the Job again comes at once, as after a watch event."""
-        row = self.db.execute("SELECT batch FROM jobs WHERE name=?", (name,)).fetchone()
-        if self._write("DELETE FROM jobs WHERE name=?", (name,)) and row is not None:
-            self._deleted_from.add(str(row[0]))
+        deleted = self.db.execute("DELETE FROM jobs WHERE name=? RETURNING batch",
+                                  (name,)).fetchall()
+        if deleted:
+            self.writes += 1
+            self._deleted_from.add(str(deleted[0][0]))
 
     def set_suspended(self, batch: str, suspended: bool) -> None:
         """Suspend jobs that have not started (a running one goes on, as on Kubernetes)."""
