@@ -59,7 +59,9 @@ def test_hold_while_processing_suspends_jobs_not_started(h: Harness,
     h.until(lambda: h.jobs("a")["h1"] == "Completed", "the running job to finish")
     h.until_idle()
     assert h.state("a") == "Held"
-    assert h.jobs("a") == {"h1": "Completed", "h2": "Pending", "h3": "Pending"}
+    # h2's Job, made ahead to wait for h1's slot, is suspended; h3 has none yet
+    assert h.jobs("a") == {"h1": "Completed", "h2": "Held", "h3": "Pending"}
+    assert [j.suspended for j in h.store.list_jobs("a") if j.item == "h2"] == [True]
     assert payloads.requests.count("h2") == 0
     h.repo.edit_batch("batches/a.yaml", state="Active")
     h.until_idle()
@@ -125,10 +127,12 @@ def test_queue_paused_limits_and_priority(h: Harness, payloads: PayloadServer) -
     h.reconcile()
     h.reconcile()
     h.rec.tick_jobs()
-    # priority 5 before 9, and the older commit first; only two jobs may be active
+    # priority 5 before 9, and the older commit first; only two jobs may run, and the
+    # third is made ahead, waiting for a slot
     assert {n: h.state(n) for n in ("low", "old", "new")} == {
         "low": "Pending", "old": "Processing", "new": "Pending"}
-    assert len(h.job_names("old")) == 2
+    assert sorted(str(j.state) for j in h.store.list_jobs("old")) == [
+        "Pending", "Processing", "Processing"]
     payloads.release("o1", "o2", "o3")
     h.until(lambda: h.state("old") == "Completed", "old to complete")
     h.until(lambda: h.state("new") == "Processing", "new to start")

@@ -209,9 +209,11 @@ def queue_doc(**spec: Any) -> dict[str, Any]:
 def test_a_removed_profile_makes_its_batches_wait_visibly(
         h: Harness, payloads: PayloadServer, smtp: SmtpServer,
         caplog: pytest.LogCaptureFixture) -> None:
-    """Once raised an AssertionError every pass. Now: jobs already running finish, nothing
-    new starts, the report waits (the profile says who hears of it), all of it shown; the
-    other profile's batch runs; the profile's return resumes the batches where they are."""
+    """Once raised an AssertionError every pass. Now: jobs already made finish (m2's and
+    m3's were made ahead, waiting for a slot, as on Kubernetes a Job made runs), no new
+    one is made, the report waits (the profile says who hears of it), all of it shown;
+    the other profile's batch runs; the profile's return resumes the batches where they
+    are."""
     other = profile_doc(payloads.base)
     other["metadata"]["name"] = "other"
     h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
@@ -220,8 +222,9 @@ def test_a_removed_profile_makes_its_batches_wait_visibly(
     h.repo.write("batches/one.yaml", batch_doc([payloads.add("o1", b"o1\n", gated=True)]))
     h.repo.commit("a batch on profile test")
     h.repo.write("batches/many.yaml", batch_doc(
-        [payloads.add(f"m{i}", f"m{i}\n".encode(), gated=True) for i in (1, 2)]))
-    h.repo.commit("another, queued after it: the job limit leaves room for one job of it")
+        [payloads.add(f"m{i}", f"m{i}\n".encode(), gated=True) for i in (1, 2, 3, 4)]))
+    h.repo.commit("another, queued after it: the job limit leaves room for one job of it to"
+                  " run and two to be made ahead")
     h.until(lambda: payloads.requests.count("m1") == 1 and payloads.requests.count("o1") == 1,
             "the first job of each batch to start")
     h.repo.remove("profiles/test.yaml")
@@ -231,10 +234,10 @@ def test_a_removed_profile_makes_its_batches_wait_visibly(
     h.repo.commit("profile test removed; a batch on profile other")
     with caplog.at_level(logging.WARNING):
         h.sync()
-        payloads.release("m1", "o1")
+        payloads.release("m1", "o1", "m2", "m3")
         h.until(lambda: h.state("elsewhere") == "Completed", "the other profile's batch")
-        h.until(lambda: h.jobs("many")["m1"] == "Completed" and h.state("one") == "Reporting",
-                "the running jobs to finish")
+        h.until(lambda: h.jobs("many")["m3"] == "Completed" and h.state("one") == "Reporting",
+                "the jobs made to finish")
         h.until_idle(timeout=60)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     missing = 'profile "test" not found (expected profiles/test.yaml): '
@@ -246,8 +249,9 @@ def test_a_removed_profile_makes_its_batches_wait_visibly(
         stalled = next(c for c in b.status.conditions if c.type == "Stalled")
         assert (stalled.status, stalled.reason) == (True, "ProfileNotFound")
         assert stalled.message == missing + waits + fix
-    assert h.jobs("many") == {"m1": "Completed", "m2": "Pending"}
-    assert h.job_names("many") == ["many-m1-1"]  # m2 never got a Job
+    assert h.jobs("many") == {"m1": "Completed", "m2": "Completed", "m3": "Completed",
+                              "m4": "Pending"}
+    assert h.job_names("many") == ["many-m1-1", "many-m2-1", "many-m3-1"]  # m4: no Job
     shown = batchq("status", "--state", str(h.settings.state_dir))
     assert f"  Stalled: {missing}no new job starts{fix}" in shown.stdout
     doc = json.loads(batchq("status", "one", "--json",
@@ -261,7 +265,7 @@ def test_a_removed_profile_makes_its_batches_wait_visibly(
 
     h.repo.write("profiles/test.yaml", profile_doc(payloads.base))
     h.repo.commit("profile test is back")
-    payloads.release("m2")
+    payloads.release("m4")
     h.until_idle(timeout=60)
     assert h.state("many") == "Completed" and h.state("one") == "Completed"
     for name in ("many", "one"):

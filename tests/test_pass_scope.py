@@ -239,10 +239,11 @@ def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
 
 def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
-    """Two Processing batches, one job slot, held by the older batch's job: once the
-    younger one has loaded its items, a pass steps neither (only a job's change can give
-    either something to do); when that job ends, the older batch observes it and the
-    younger one takes the freed slot, and both complete."""
+    """Two Processing batches, one job slot, held by the older batch's job, and the one
+    Job made ahead, the younger batch's first, waiting for it: once the younger one has
+    loaded its items, a pass steps neither (only a job's change can give either something
+    to do); when that job ends, the older batch observes it and the younger one's Job
+    takes the freed slot, and both complete."""
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1, maxActiveBatches=2))
     submit(git_repo, payloads, "first", 1, gated=frozenset({0}))
@@ -254,14 +255,16 @@ def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
     try:
         rec.run_pass()  # the commit: a full walk admits both
         wait_for(lambda: (rec.run_pass(sync=False) or True) and state_of(
-            rec.store, "second") == "Processing" and rec.store.count_active_jobs() == 1,
+            rec.store, "second") == "Processing" and rec.store.count_active_jobs() == 2
+            and running(rec) == 1,
             timeout=60, what="both batches Processing, the first one's job running")
         steps = []
         for _ in range(3):  # the first may still observe the job's start
             rec.run_pass(sync=False)
             steps.append((rec.controller.last_pass.full, rec.controller.last_pass.steps))
         assert steps[1:] == [(False, 0), (False, 0)], steps
-        assert [j.item for j in rec.store.list_jobs("second")] == []
+        assert [(j.item, str(j.state)) for j in rec.store.list_jobs("second")] == [
+            ("second-0", "Pending")]  # made ahead; second-1 waits for room
         second = rec.store.get_batch("second")  # admitted: its items loaded all the same
         assert second is not None and second.status.items_loaded
         assert second.status.item_count == 2
@@ -342,14 +345,15 @@ def test_a_running_job_an_operator_deletes_is_made_again_by_the_next_pass(
 
 def test_a_batch_admitted_while_every_slot_is_taken_loads_its_items_at_once(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
-    """One job slot, held by the first batch's job; the second batch fails at once (its
-    manifest is not there), which admits the third while the slot is still taken: the
-    third loads its items in the passes that follow (its counts show, a manifest URL would
-    be downloaded), not only once the slot is free; then everything settles."""
+    """One job slot, held by the first batch's job, and the Job made ahead for it, the
+    first batch's second; the second batch fails at once (its manifest is not there),
+    which admits the third while there is no room: the third loads its items in the
+    passes that follow (its counts show, a manifest URL would be downloaded), not only
+    once there is room; then everything settles."""
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1, maxActiveBatches=2))
-    submit(git_repo, payloads, "first", 1, gated=frozenset({0}))
-    git_repo.commit("the first batch, its one item served when the test says")
+    submit(git_repo, payloads, "first", 2, gated=frozenset({0, 1}))
+    git_repo.commit("the first batch, its two items served when the test says")
     git_repo.write("batches/second.yaml", {**batch_doc(url=f"{payloads.base}missing.txt"),
                                            "metadata": {"name": "second"}})
     git_repo.commit("a second batch whose manifest is not there")
@@ -367,8 +371,8 @@ def test_a_batch_admitted_while_every_slot_is_taken_loads_its_items_at_once(
         rec.run_pass()
         wait_for(third_loaded, timeout=60, what="the third batch's items loaded")
         assert state_of(rec.store, "second") == "Failed"
-        assert rec.store.list_jobs("third") == [] and rec.store.count_active_jobs() == 1
-        payloads.release("first-0")
+        assert rec.store.list_jobs("third") == [] and rec.store.count_active_jobs() == 2
+        payloads.release("first-0", "first-1")
         rec.run_until_idle(timeout=120)
         assert [state_of(rec.store, b) for b in ("first", "third")] == ["Completed"] * 2
     finally:

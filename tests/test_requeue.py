@@ -24,6 +24,9 @@ from tests.harness import Harness
 def h(world_and_harness: tuple[Any, Harness]) -> Harness:
     harness = world_and_harness[1]
     harness.settings.resync = 3600.0  # no full walk during the test: the work queue alone
+    # the budget as on Kubernetes, on both backends: no Job made ahead of a slot
+    # (test_jobs_ahead.py), so that busy's one job uses it up
+    harness.rec.controller.jobs_ahead_per_slot = 0
     return harness
 
 

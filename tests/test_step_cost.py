@@ -43,7 +43,8 @@ def h(git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> Iterator[Harness]:
 def one_step_after_one_job_finished(tmp: Path, smtp: SmtpServer, payloads: PayloadServer,
                                     name: str, size: int) -> tuple[int, int, int]:
     """Rows read, rows written and SQLite VM instructions of the step that records one
-    finished job of a batch of `size` items (4 job slots), once the batch is running."""
+    finished job of a batch of `size` items (4 job slots, and 4 Jobs made ahead of them),
+    once the batch is running."""
     h = Harness(GitRepo(tmp / f"repo-{name}"), tmp / f"state-{name}", smtp.hostport)
     try:
         return _one_step(h, payloads, name, size)
@@ -60,12 +61,12 @@ def _one_step(h: Harness, payloads: PayloadServer, name: str,
     h.repo.commit(f"{name}: {size} items")
     h.sync()
     h.reconcile()  # admitted
-    h.reconcile()  # items stored, the first 4 jobs made
-    h.reconcile()  # those 4 jobs' creation observed: nothing else changed
+    h.reconcile()  # items stored, the first 8 jobs made: 4 for the slots, 4 ahead of them
+    h.reconcile()  # those 8 jobs' creation observed: nothing else changed
     store = h.store
     assert isinstance(store, SqliteStore)
     pending = [j for j in store.list_jobs(name) if j.state == JobState.PENDING]
-    assert len(pending) == 4, pending
+    assert len(pending) == 8, pending
     # the local runner's own moves of one job (what a worker process exiting 0 records)
     store.mark_job_started(pending[0].name, os.getpid())
     store.mark_job_finished(pending[0].name, 0, "")
@@ -84,7 +85,7 @@ def _one_step(h: Harness, payloads: PayloadServer, name: str,
     cost = store.reads, store.writes, steps[0]
     batch = h.batch(name)
     assert batch.status.counts == {"Completed": 1, "Pending": size - 1}, batch.status.counts
-    assert len(store.list_jobs(name)) == 5  # the freed slot got the next item's job
+    assert len(store.list_jobs(name)) == 9  # the freed room got the next item's job
     return cost
 
 
@@ -184,8 +185,8 @@ def test_counts_stay_right_through_a_hold_and_its_release(
     h.repo.commit("submit")
     h.sync()
     h.reconcile()  # admitted
-    h.reconcile()  # items stored, 3 jobs made
-    assert len(h.store.list_jobs("held")) == 3
+    h.reconcile()  # items stored, 6 jobs made: 3 for the slots, 3 ahead of them
+    assert len(h.store.list_jobs("held")) == 6
     assert h.batch("held").status.counts == {"Pending": 7}
     h.repo.edit_batch("batches/h.yaml", who=ADMIN, state="Held")
     h.sync()
@@ -194,7 +195,7 @@ def test_counts_stay_right_through_a_hold_and_its_release(
     assert h.state("held") == "Held"
     store = h.store
     assert_status_matches(h, "held")
-    assert h.batch("held").status.counts == {"Held": 3, "Pending": 4}
+    assert h.batch("held").status.counts == {"Held": 6, "Pending": 1}
     h.rec.tick_jobs()
     assert all(j.state == JobState.HELD for j in store.list_jobs("held"))
     h.repo.edit_batch("batches/h.yaml", who=ADMIN, state="Active")

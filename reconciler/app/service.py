@@ -96,6 +96,7 @@ class Settings:
     access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
     access_policy_file: str | None = None  # where it was read: read again when it changes
     job_nice: int = 10  # local: jobs run this much nicer than the reconciler (0: as nice)
+    jobs_ahead: bool = True  # local: a Job made ahead per slot, started as soon as it frees
 
     def resync_seconds(self) -> float:
         """How often every batch is stepped, whatever changed (controller-runtime's
@@ -166,7 +167,9 @@ class Reconciler:
         self.controller = Controller(
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
             file_roots=settings.file_roots, downloads=self.downloads,
-            message_id_domain=settings.message_id_domain, site_url=settings.site_url)
+            message_id_domain=settings.message_id_domain, site_url=settings.site_url,
+            jobs_ahead_per_slot=int(settings.jobs_ahead and self.runner is not None),
+            between_steps=self.runner.tick_if_exited if self.runner is not None else None)
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
         self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.relay(),
                              outbox_dir=settings.state_dir / "outbox",

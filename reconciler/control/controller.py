@@ -77,7 +77,8 @@ MAX_FAILURES_IN_STATUS = 20
 
 @dataclass
 class JobBudget:
-    """How many more jobs may be active (Pending or Processing) across the whole queue."""
+    """How many more jobs may be made (active: Pending or Processing) across the whole
+    queue: maxActiveJobs, and on the embedded backend as many again made ahead."""
 
     free: int
 
@@ -169,7 +170,9 @@ class Controller:
     def __init__(self, store: Store, *, storage_root: Path,
                  file_roots: tuple[str, ...] = (),
                  downloads: ManifestDownloads | None = None,
-                 message_id_domain: str | None = None, site_url: str | None = None) -> None:
+                 message_id_domain: str | None = None, site_url: str | None = None,
+                 jobs_ahead_per_slot: int = 0,
+                 between_steps: Callable[[], object] | None = None) -> None:
         self.store = store
         self.storage_root = storage_root
         self.file_roots = file_roots  # host dirs an operator allowed for file:///... URLs
@@ -186,6 +189,14 @@ class Controller:
         self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
         self.site_url = site_url  # the web site's base URL: reports link the batch page
+        # Jobs made beyond maxActiveJobs, per slot: on the embedded backend one, which waits
+        # Pending for its slot and is started the moment a job ends, not a pass later (the
+        # runner runs maxActiveJobs at once); on Kubernetes none, as a Job made runs
+        self.jobs_ahead_per_slot = jobs_ahead_per_slot
+        # called after each batch's step, outside its transaction: the embedded runner
+        # gives the slot of a job that ended meanwhile to a Job made ahead, at once, not at
+        # the end of a pass of many steps
+        self.between_steps = between_steps
         # the decision table: the handler of each state (Deleted is only expired, above it)
         self._decisions: dict[BatchState, Callable[[Turn], Decision]] = {
             B.PENDING: self._pending,
@@ -231,7 +242,8 @@ class Controller:
         now = time.time()
         full = full or changed is None or now >= self._next_expiry
         deletions = pending_deletions(self.store)
-        budget = JobBudget(repo.queue.max_active_jobs - self.store.count_active_jobs())
+        budget = JobBudget(repo.queue.max_active_jobs * (1 + self.jobs_ahead_per_slot)
+                           - self.store.count_active_jobs())
         wanted: set[str] = set()
         if full:
             batches = self.store.list_batches()
@@ -284,6 +296,8 @@ class Controller:
             if batch.name in deletions:  # its retention ends then: that pass walks them all
                 self._next_expiry = min(self._next_expiry,
                                         time.time() + ctx.repo.queue.deleted_retention_seconds)
+        if self.between_steps is not None:
+            self.between_steps()
 
     def _remember_queue(self, batches: list[Batch], repo: RepoState) -> None:
         """What a full walk tells the passes after it: the Pending batches in queue order

@@ -83,7 +83,8 @@ JOB_NICE = 10  # how much nicer than the reconciler jobs run (0: as nice as it)
 
 
 class LocalRunner:
-    """Starts Pending jobs (up to `parallel` at once) and records finished ones.
+    """Starts Pending jobs (up to `parallel` at once, maxActiveJobs; the controller makes
+    one more per slot, which waits here for it) and records finished ones.
 
     A child's exit is reported by the one thread that waits for all of them (exits.py: its
     name on `_exited`, then `wake`), so a round records exactly the jobs that ended instead
@@ -117,8 +118,17 @@ class LocalRunner:
         if time.monotonic() >= self._next_scan or time.time() >= self._next_deadline:
             changed = self._reap()  # outside a transaction: a stop waits for its grace
             self._next_scan = time.monotonic() + self.scan_seconds
+        return self._record_and_start() or changed
+
+    def tick_if_exited(self) -> bool:
+        """The round between two steps of a pass, when a child has exited since the last
+        round: its slot goes to a Job made ahead at once, not at the pass's end (no scan;
+        True if anything changed)."""
+        return not self._exited.empty() and self._record_and_start()
+
+    def _record_and_start(self) -> bool:
         with self.store.rebuildable_transaction():
-            changed |= self._record_exits()
+            changed = self._record_exits()
         running = self.store.count_jobs_in_state(JobState.PROCESSING)
         free = max(0, self.parallel - running)
         if free:

@@ -630,7 +630,8 @@ class SqliteStore:
                     " observed_job_change<?", (changes.mark, batch, changes.mark))
 
     def count_active_jobs(self) -> int:
-        """Jobs that hold a slot of maxActiveJobs: waiting to start or running."""
+        """Jobs made and not finished, not suspended: waiting to start (for a slot, if
+        made ahead of one) or running; what the controller's budget counts."""
         row = self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) AND suspended=0",
             (JobState.PENDING.value, JobState.PROCESSING.value),
