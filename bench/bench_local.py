@@ -5,9 +5,9 @@ writes that took, a second pass with no new commit (must write nothing), and pea
 and, in the same run, the baseline of issue 13: the same number of no-op jobs run through
 the runner's own shim (`reconciler/store/local/runner.py: SHIM`) with plain
 `subprocess.Popen` + wait, `--parallel` at a time. It prints the jobs/s of both and their
-ratio (median of `--rounds`, old and new alternating within each round; and each round's
-ratio to the bare shim run just before it, with their median), and the CPU each costs per
-job: this process's own (the reconciler runs in it; the bare shim's parent) and
+ratio (median of `--rounds`; and each round's ratio to the bare shim run next to it, just
+before it in even rounds and just after it in odd ones, with their median), and the CPU
+each costs per job: this process's own (the reconciler runs in it; the bare shim's parent) and
 its children's (the shims and their commands), from getrusage SELF and CHILDREN.
 Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
 [--timeout 3600] [--job-nice 10]`; figures in bench/README.md. A run that does not settle within
@@ -159,14 +159,19 @@ def main() -> None:
     rounds: list[dict[str, Any]] = []
     shim: list[float] = []
     shim_cpu: list[dict[str, float]] = []
-    for _ in range(args.rounds):
+    for n in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
+            # the bare shim before batchq in even rounds and after it in odd ones, so that
+            # the paired ratios of a host whose speed drifts one way err both ways
+            if n % 2:
+                rounds.append(batchq(args, Path(tmp)))
             if not args.no_baseline:
                 cpu0 = cpu_seconds()
                 shim.append(bare_shim(jobs, args.parallel, Path(tmp) / "shim",
                                       args.job_nice))
                 shim_cpu.append(cpu_per_job(cpu0, jobs))
-            rounds.append(batchq(args, Path(tmp)))
+            if not n % 2:
+                rounds.append(batchq(args, Path(tmp)))
     median = sorted(rounds, key=lambda r: r["jobs_per_second"])[len(rounds) // 2]
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result: dict[str, Any] = {
@@ -179,7 +184,7 @@ def main() -> None:
         result["bare_shim_jobs_per_second"] = round(statistics.median(shim), 1)
         result["bare_shim_each_round"] = [round(s, 1) for s in shim]
         result["ratio"] = round(median["jobs_per_second"] / statistics.median(shim), 2)
-        # each round's batchq against the bare shim just before it: the machine's speed
+        # each round's batchq against the bare shim run next to it: the machine's speed
         # drifts between rounds (a shared host), less within one
         paired = [r["jobs_per_second"] / s for r, s in zip(rounds, shim, strict=True)]
         result["ratio_each_round"] = [round(p, 2) for p in paired]
