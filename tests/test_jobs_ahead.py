@@ -31,17 +31,22 @@ def made(rec: Reconciler, batch: str) -> dict[str, str]:
     return {j.item: str(j.state) for j in rec.store.list_jobs(batch)}
 
 
-@pytest.fixture
-def rec(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> Iterator[Reconciler]:
+def five_gated(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path,
+               jobs_ahead: bool = True) -> Reconciler:
     """Two job slots and one batch of five items, each held by the payload server until
     the test releases it; no resync or sync comes by itself."""
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=2))
     submit(git_repo, payloads, "five", 5, gated=frozenset(range(5)))
     git_repo.commit("five gated items")
-    reconciler = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
-                                     state_dir=tmp_path / "state", interval=3600,
-                                     resync=3600))
+    return Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
+                               state_dir=tmp_path / "state", interval=3600, resync=3600,
+                               jobs_ahead=jobs_ahead))
+
+
+@pytest.fixture
+def rec(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> Iterator[Reconciler]:
+    reconciler = five_gated(git_repo, payloads, tmp_path)
     try:
         yield reconciler
     finally:
@@ -92,13 +97,7 @@ def test_without_jobs_ahead_the_budget_is_the_slots(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
     """`Settings.jobs_ahead=False` (and Kubernetes, where a Job made runs): as many Jobs
     made as maxActiveJobs, so a freed slot waits for the step that makes its Job."""
-    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
-    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=2))
-    submit(git_repo, payloads, "five", 5, gated=frozenset(range(5)))
-    git_repo.commit("five gated items")
-    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
-                              state_dir=tmp_path / "state", interval=3600, resync=3600,
-                              jobs_ahead=False))
+    rec = five_gated(git_repo, payloads, tmp_path, jobs_ahead=False)
     try:
         rec.run_pass()
         wait_for(lambda: (rec.run_pass(sync=False) or True) and len(running(rec)) == 2,
