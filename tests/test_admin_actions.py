@@ -15,7 +15,8 @@ from tests.harness import Harness
 
 @pytest.fixture
 def h(git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(git_repo, tmp_path / "state", smtp.hostport)
+    # one Job made ahead per slot (the default is three): the counts below stay short
+    harness = Harness(git_repo, tmp_path / "state", smtp.hostport, jobs_ahead=1)
     yield harness
     harness.close()
 

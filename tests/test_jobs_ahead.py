@@ -1,6 +1,7 @@
-"""The embedded backend makes one Job ahead per slot (issue 13 goal 2): it waits, Pending,
-for a slot, and the local runner starts it the moment a job ends, without waiting for
-the pass that would have made it; never more than maxActiveJobs run at once.
+"""The embedded backend makes Jobs ahead of its slots (issue 13 goal 2; three per slot by
+default, one in most tests here, which makes the counts short): they wait, Pending, for a
+slot, and the local runner starts one the moment a job ends, without waiting for the pass
+that would have made it; never more than maxActiveJobs run at once.
 
 Real parts: a Git repository committed by the test, the real worker as the job, a payload
 server on loopback that holds each item's payload until the test releases it.
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.app.service import Reconciler, Settings
+from reconciler.control.controller import JOBS_AHEAD_PER_SLOT
 from reconciler.domain.states import JobState
 from reconciler.store.local.sqlite import SqliteStore
 from tests.fixtures import GitRepo, PayloadServer, profile_doc, wait_for
@@ -31,14 +33,14 @@ def made(rec: Reconciler, batch: str) -> dict[str, str]:
     return {j.item: str(j.state) for j in rec.store.list_jobs(batch)}
 
 
-def five_gated(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path,
-               jobs_ahead: bool = True) -> Reconciler:
-    """Two job slots and one batch of five items, each held by the payload server until
-    the test releases it; no resync or sync comes by itself."""
+def gated(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path, *, items: int = 5,
+          jobs_ahead: int = 1) -> Reconciler:
+    """Two job slots and one batch ("five", of five items unless told), each held by the
+    payload server until the test releases it; no resync or sync comes by itself."""
     git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=2))
-    submit(git_repo, payloads, "five", 5, gated=frozenset(range(5)))
-    git_repo.commit("five gated items")
+    submit(git_repo, payloads, "five", items, gated=frozenset(range(items)))
+    git_repo.commit("gated items")
     return Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
                                state_dir=tmp_path / "state", interval=3600, resync=3600,
                                jobs_ahead=jobs_ahead))
@@ -46,7 +48,7 @@ def five_gated(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path,
 
 @pytest.fixture
 def rec(git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> Iterator[Reconciler]:
-    reconciler = five_gated(git_repo, payloads, tmp_path)
+    reconciler = gated(git_repo, payloads, tmp_path)
     try:
         yield reconciler
     finally:
@@ -95,9 +97,9 @@ def test_never_more_than_max_active_jobs_run_and_every_item_completes_once(
 
 def test_without_jobs_ahead_the_budget_is_the_slots(
         git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
-    """`Settings.jobs_ahead=False` (and Kubernetes, where a Job made runs): as many Jobs
+    """`Settings.jobs_ahead=0` (and Kubernetes, where a Job made runs): as many Jobs
     made as maxActiveJobs, so a freed slot waits for the step that makes its Job."""
-    rec = five_gated(git_repo, payloads, tmp_path, jobs_ahead=False)
+    rec = gated(git_repo, payloads, tmp_path, jobs_ahead=0)
     try:
         rec.run_pass()
         wait_for(lambda: (rec.run_pass(sync=False) or True) and len(running(rec)) == 2,
@@ -106,5 +108,25 @@ def test_without_jobs_ahead_the_budget_is_the_slots(
         payloads.release(*(f"five-{i}" for i in range(5)))
         rec.run_until_idle(timeout=120)
         assert state_of(rec.store, "five") == "Completed"
+    finally:
+        rec.close()
+
+
+def test_by_default_three_jobs_are_made_ahead_of_each_slot(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """The default (JOBS_AHEAD_PER_SLOT): 2 slots, so 2 run and 6 wait made ahead; the
+    rest of the batch's items have no Job until one ends."""
+    rec = gated(git_repo, payloads, tmp_path, items=10, jobs_ahead=Settings.jobs_ahead)
+    try:
+        rec.run_pass()
+        wait_for(lambda: (rec.run_pass(sync=False) or True) and len(running(rec)) == 2,
+                 timeout=60, what="both slots taken")
+        assert JOBS_AHEAD_PER_SLOT == 3
+        assert made(rec, "five") == {f"five-{i}": "Processing" if i < 2 else "Pending"
+                                     for i in range(8)}
+        payloads.release(*(f"five-{i}" for i in range(10)))
+        rec.run_until_idle(timeout=120)
+        assert state_of(rec.store, "five") == "Completed"
+        assert sorted(payloads.requests) == [f"five-{i}" for i in range(10)]  # each ran once
     finally:
         rec.close()

@@ -251,7 +251,8 @@ def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
     submit(git_repo, payloads, "second", 2)
     git_repo.commit("a second batch behind it")
     rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
-                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+                              state_dir=tmp_path / "state", interval=3600, resync=3600,
+                              jobs_ahead=1))  # one Job ahead per slot: no room left
     try:
         rec.run_pass()  # the commit: a full walk admits both
         wait_for(lambda: (rec.run_pass(sync=False) or True) and state_of(
@@ -360,7 +361,8 @@ def test_a_batch_admitted_while_every_slot_is_taken_loads_its_items_at_once(
     submit(git_repo, payloads, "third", 2)
     git_repo.commit("a third batch, waiting in the queue")
     rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
-                              state_dir=tmp_path / "state", interval=3600, resync=3600))
+                              state_dir=tmp_path / "state", interval=3600, resync=3600,
+                              jobs_ahead=1))  # one Job ahead per slot: no room left
 
     def third_loaded() -> bool:
         rec.run_pass(sync=False)

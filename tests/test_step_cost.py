@@ -33,7 +33,8 @@ def queue_doc(max_active_jobs: int) -> dict[str, Any]:
 
 @pytest.fixture
 def h(git_repo: GitRepo, smtp: SmtpServer, tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(git_repo, tmp_path / "state", smtp.hostport)
+    # one Job made ahead per slot (the default is three): the counts below stay short
+    harness = Harness(git_repo, tmp_path / "state", smtp.hostport, jobs_ahead=1)
     yield harness
     harness.close()
 
@@ -45,7 +46,8 @@ def one_step_after_one_job_finished(tmp: Path, smtp: SmtpServer, payloads: Paylo
     """Rows read, rows written and SQLite VM instructions of the step that records one
     finished job of a batch of `size` items (4 job slots, and 4 Jobs made ahead of them),
     once the batch is running."""
-    h = Harness(GitRepo(tmp / f"repo-{name}"), tmp / f"state-{name}", smtp.hostport)
+    h = Harness(GitRepo(tmp / f"repo-{name}"), tmp / f"state-{name}", smtp.hostport,
+                jobs_ahead=1)
     try:
         return _one_step(h, payloads, name, size)
     finally:

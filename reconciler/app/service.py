@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.app.statelock import StateLock
-from reconciler.control.controller import Controller
+from reconciler.control.controller import JOBS_AHEAD_PER_SLOT, Controller
 from reconciler.control.downloads import ManifestDownloads
 from reconciler.control.mailer import Mailer
 from reconciler.control.notify import RetryPolicy
@@ -96,7 +96,9 @@ class Settings:
     access_policy: AccessPolicy = field(default_factory=AccessPolicy)  # who may change what
     access_policy_file: str | None = None  # where it was read: read again when it changes
     job_nice: int = 10  # local: jobs run this much nicer than the reconciler (0: as nice)
-    jobs_ahead: bool = True  # local: a Job made ahead per slot, started as soon as it frees
+    # local: Jobs made ahead per slot, each started as soon as a slot frees; enough to last
+    # from one pass to the next when jobs are short (bench/README.md, "fifth round")
+    jobs_ahead: int = JOBS_AHEAD_PER_SLOT
 
     def resync_seconds(self) -> float:
         """How often every batch is stepped, whatever changed (controller-runtime's
@@ -168,7 +170,7 @@ class Reconciler:
             self.store, storage_root=settings.storage_root or settings.state_dir / "storage",
             file_roots=settings.file_roots, downloads=self.downloads,
             message_id_domain=settings.message_id_domain, site_url=settings.site_url,
-            jobs_ahead_per_slot=int(settings.jobs_ahead and self.runner is not None),
+            jobs_ahead_per_slot=settings.jobs_ahead if self.runner is not None else 0,
             between_steps=self.runner.tick_if_exited if self.runner is not None else None)
         open_mail_store, shared = store_factory(settings.backend_settings(), shared=self.store)
         self.mailer = Mailer(open_mail_store, owns_store=not shared, smtp=settings.relay(),

@@ -73,12 +73,18 @@ J = JobState
 R = RequestedState
 ACTIVE_BATCH = frozenset({B.PROCESSING, B.REPORTING, B.UPDATE_REPORTING})
 MAX_FAILURES_IN_STATUS = 20
+# Jobs the embedded backend makes ahead of each slot: they wait Pending and the runner
+# starts one the moment a job ends. The controller makes Jobs only in its passes, so they
+# must last from one pass to the next: with one per slot short jobs used them up within a
+# pass and slots stood empty; three halved the passes again (bench/README.md, fifth round)
+JOBS_AHEAD_PER_SLOT = 3
 
 
 @dataclass
 class JobBudget:
     """How many more jobs may be made (active: Pending or Processing) across the whole
-    queue: maxActiveJobs, and on the embedded backend as many again made ahead."""
+    queue: maxActiveJobs, and on the embedded backend JOBS_AHEAD_PER_SLOT times as many
+    again made ahead."""
 
     free: int
 
@@ -189,9 +195,10 @@ class Controller:
         self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
         self.site_url = site_url  # the web site's base URL: reports link the batch page
-        # Jobs made beyond maxActiveJobs, per slot: on the embedded backend one, which waits
-        # Pending for its slot and is started the moment a job ends, not a pass later (the
-        # runner runs maxActiveJobs at once); on Kubernetes none, as a Job made runs
+        # Jobs made beyond maxActiveJobs, per slot: on the embedded backend
+        # JOBS_AHEAD_PER_SLOT, which wait Pending for a slot and are started the moment a
+        # job ends, not a pass later (the runner runs maxActiveJobs at once); on Kubernetes
+        # none, as a Job made runs
         self.jobs_ahead_per_slot = jobs_ahead_per_slot
         # called after each batch's step, outside its transaction: the embedded runner
         # gives the slot of a job that ended meanwhile to a Job made ahead, at once, not at
