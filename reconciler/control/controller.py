@@ -83,8 +83,8 @@ JOBS_AHEAD_PER_SLOT = 3
 @dataclass
 class JobBudget:
     """How many more jobs may be made (active: Pending or Processing) across the whole
-    queue: maxActiveJobs, and on the embedded backend JOBS_AHEAD_PER_SLOT times as many
-    again made ahead."""
+    queue: maxActiveJobs, and on the embedded backend `jobs_ahead_per_slot` times as many
+    again made ahead (Settings.jobs_ahead, JOBS_AHEAD_PER_SLOT unless told)."""
 
     free: int
 
@@ -196,9 +196,9 @@ class Controller:
         self.message_id_domain = message_id_domain  # None: this installation's own
         self.site_url = site_url  # the web site's base URL: reports link the batch page
         # Jobs made beyond maxActiveJobs, per slot: on the embedded backend
-        # JOBS_AHEAD_PER_SLOT, which wait Pending for a slot and are started the moment a
-        # job ends, not a pass later (the runner runs maxActiveJobs at once); on Kubernetes
-        # none, as a Job made runs
+        # Settings.jobs_ahead (JOBS_AHEAD_PER_SLOT unless told), which wait Pending for a
+        # slot and are started the moment a job ends, not a pass later (the runner runs
+        # maxActiveJobs at once); on Kubernetes none, as a Job made runs
         self.jobs_ahead_per_slot = jobs_ahead_per_slot
         # called after each batch's step, outside its transaction: the embedded runner
         # gives the slot of a job that ended meanwhile to a Job made ahead, at once, not at
