@@ -6,11 +6,13 @@ the loop that records them."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import signal
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +184,79 @@ def test_a_running_jobs_processes_are_nicer_than_the_reconciler(
     own = os.getpriority(os.PRIO_PROCESS, 0)  # the reconciler's, inherited from this test
     assert niceness(run.pid) == own
     assert [niceness(p) for p in (shim, command, child)] == [min(19, own + steps)] * 3
+
+
+def autogroup(pid: int) -> str | None:
+    """The kernel's autogroup of `pid` ("/autogroup-N nice K"); None without autogroup."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except OSError:
+        return None
+
+
+def start_run(repo: GitRepo, state: Path, terminal: int | None = None
+              ) -> subprocess.Popen[bytes]:
+    """`batchq run` in a session of its own, as a service manager starts it: without a
+    controlling terminal, or with `terminal` (a pty's other end) as its one."""
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", "--repo", str(repo.path), "--state",
+         str(state)], start_new_session=True,
+        stdin=subprocess.DEVNULL if terminal is None else terminal,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=None if terminal is None else take_terminal)
+
+
+def job_pids(state: Path) -> tuple[int, int]:
+    """The job's shim and command, once it runs NICE_JOB."""
+    pids = wait_for(lambda: next(iter((state / "jobs").glob("*/pids")), None), timeout=60,
+                    what="the job to start")
+    command = int(pids.read_text().split()[0])
+    return parent(command), command
+
+
+def test_a_job_of_a_service_stays_in_its_session_so_the_autogroup_keeps_it_nicer(
+        git_repo: GitRepo, tmp_path: Path,
+        running_reconciler: list[subprocess.Popen[bytes]]) -> None:
+    """Linux's autogroup weighs each session the same, whatever the nice values in it: a
+    job in a session of its own would get as much CPU as the reconciler. A reconciler with
+    no terminal (a service) keeps its jobs in its session (and autogroup, where the kernel
+    has them), each job in a process group of its own that its shim leads."""
+    job_repo(git_repo, NICE_JOB, items=1, slots=1)
+    state = tmp_path / "state"
+    run = start_run(git_repo, state)
+    running_reconciler.append(run)
+    shim, command = job_pids(state)
+    assert os.getsid(shim) == os.getsid(command) == os.getsid(run.pid) == run.pid
+    assert os.getpgid(shim) == os.getpgid(command) == shim != run.pid
+    assert autogroup(shim) == autogroup(run.pid)
+    assert niceness(shim) == min(19, niceness(run.pid) + 10)
+
+
+def test_a_job_of_a_reconciler_with_a_terminal_gets_a_session_without_it(
+        git_repo: GitRepo, tmp_path: Path,
+        running_reconciler: list[subprocess.Popen[bytes]]) -> None:
+    """Run from a terminal, the reconciler gives each job a session of its own, so that
+    no job can read from the terminal (an ssh asking for a password would stop there)."""
+    tries = ("if (exec 3</dev/tty) 2>/dev/null; then echo yes; else echo no; fi >tty.tmp"
+             " && mv tty.tmp tty; ")
+    job_repo(git_repo, [*NICE_JOB[:2], tries + NICE_JOB[2]], items=1, slots=1)
+    state = tmp_path / "state"
+    leader, follower = os.openpty()
+    try:
+        run = start_run(git_repo, state, terminal=follower)
+        running_reconciler.append(run)
+        shim, command = job_pids(state)
+        assert os.getsid(run.pid) == run.pid
+        assert os.tcgetpgrp(leader) == run.pid  # the terminal is the reconciler's...
+        assert os.getsid(shim) == os.getpgid(shim) == os.getsid(command) == shim
+        tty = next((state / "jobs").glob("*/tty"))
+        assert tty.read_text() == "no\n"  # ...and the job cannot open it
+    finally:
+        os.close(leader)
+        os.close(follower)
 
 
 @pytest.mark.parametrize("value", ["20", "-1", "ten"])

@@ -1,7 +1,7 @@
 """Runs the embedded backend's Jobs as local subprocesses: the local "cluster".
 
-Each Job runs under a tiny `/bin/sh` shim in its own session that writes the exit code to
-`<jobdir>/rc` when the command ends. The reconciler may be killed at any moment: the shim
+Each Job runs under a tiny `/bin/sh` shim, in its own process group, that writes the exit
+code to `<jobdir>/rc` when the command ends. The reconciler may be killed at any moment: the shim
 outlives it and leaves its result behind, so after a restart a running Job is either still
 alive (we wait), finished (we read `rc`), or died without a result (we run the same attempt
 again, as the Job controller would restart its pod). Nothing is ever run twice under two
@@ -23,7 +23,10 @@ reconciler keeps the deadline of the process it found.
 
 Jobs run at a lower CPU priority than the reconciler (`nice`, 10 by default, as systemd's
 `Nice=` for batch services): on a busy machine the loop that records their exits and starts
-the next ones is not starved by its own children.
+the next ones is not starved by its own children. For that, a job stays in the reconciler's
+session unless the reconciler has a terminal (`own_session_for_jobs`): Linux's autogroup
+gives every session an equal share of the CPU whatever the nice values of its processes, so
+eight jobs in sessions of their own would leave the reconciler a ninth of the machine.
 """
 
 from __future__ import annotations
@@ -74,6 +77,23 @@ def job_environment(job_env: dict[str, str], jdir: Path) -> dict[str, str]:
     env["BATCHQ_CREDENTIALS_FILE"] = str(jdir / "credentials")
     return env
 
+
+def own_session_for_jobs() -> bool:
+    """Does a job get a session of its own? It always gets a process group of its
+    own (the shim leads it: it is niced, stopped and adopted as one); in a session of its
+    own only when the reconciler has a controlling terminal, so that no job can read from
+    it (an `ssh` asking for a password fails instead of stopping). A reconciler run as a
+    service has none, and its jobs stay in its session: with the kernel's autogroup
+    (`kernel.sched_autogroup_enabled`, on in most distributions) each session weighs the
+    same in the CPU scheduler, so a job with a session of its own would get as much CPU
+    as the whole reconciler, whatever its nice value."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
+    except OSError:  # ENXIO: no controlling terminal
+        return False
+    return True
+
+
 # SIGTERM to SIGKILL; the kubelet's default is 30 s, but the loop waits for it, so it is short
 TERM_GRACE_SECONDS = 2.0
 # how often every running job is looked at, beside the exits its waiter reports: jobs a
@@ -107,6 +127,7 @@ class LocalRunner:
         self._exited: queue.SimpleQueue[str] = queue.SimpleQueue()  # children that ended
         self._next_scan = 0.0  # monotonic time of the next scan; 0: the first round scans
         self._next_deadline = 0.0  # epoch time the first running job's deadline passes
+        self._own_session = own_session_for_jobs()  # once: a service gains no terminal
         store.on_delete_jobs = self.stop_batch  # deleting a batch's jobs stops them
 
     def job_dir(self, name: str) -> Path:
@@ -200,7 +221,8 @@ class LocalRunner:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", SHIM, str(jdir), *spec["command"]],
             env=job_environment(spec["env"], jdir),
-            start_new_session=True,
+            start_new_session=self._own_session,
+            process_group=None if self._own_session else 0,  # the shim leads its group
             # the command's output goes to the job dir; a job must not hold the reconciler's
             # stdout and stderr open (`batchq reconcile --once | tee` would wait for it)
             stdin=subprocess.DEVNULL,
