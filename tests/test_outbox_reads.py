@@ -70,6 +70,10 @@ MESSAGES = {
         "From: batchq@example.org\nTo: j\u00fcrgen@b\u00fccher.example\nSubject: x\n\nb\n"
     ).encode(),
     "no recipient": b"From: batchq@example.org\nSubject: x\n\nbody\n",
+    "CRLF, and a body line that looks like a header": (
+        b"From: batchq@example.org\r\nTo: jane@example.org,\r\n john@example.org\r\n"
+        b"Subject: x\r\n\r\nTo: body@example.org\r\nCc: body@example.org\r\n"),
+    "no body at all": b"From: batchq@example.org\nTo: jane@example.org\nSubject: x\n",
 }
 
 

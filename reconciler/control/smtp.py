@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import smtplib
 import socket
 import ssl
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.utils import getaddresses
 from types import TracebackType
 from typing import Any
@@ -90,12 +91,18 @@ class Relay:
         return ssl.create_default_context(cafile=self.ca_file)
 
 
+_HEADERS_END = re.compile(rb"\r?\n\r?\n")  # the empty line after a message's headers
+
+
 @dataclass(frozen=True)
 class Envelope:
     """Who the message is from and to (To, Cc and Bcc), read from its headers alone, and
     the bytes to send (no Bcc), made only when it is sent: a message written to the outbox
     directory needs only its recipients, and parsing a whole report with its attachments
-    costs ten times as much as its headers."""
+    costs ten times as much as its headers. The headers are read as raw text (the
+    `compat32` policy), not into the modern policy's header objects: only the addresses are
+    wanted, `getaddresses` finds them in the raw value (an encoded display name stays
+    encoded), and the header objects cost four fifths of the mailer's CPU a message."""
 
     sender: str
     recipients: tuple[str, ...]
@@ -104,7 +111,11 @@ class Envelope:
 
     @classmethod
     def of(cls, message: bytes) -> Envelope:
-        msg = BytesHeaderParser(policy=policy.SMTP).parsebytes(message)
+        # the header block only (up to the first empty line), as UTF-8 (a non-ASCII
+        # address is sent as SMTPUTF8); a byte that is not UTF-8 stays escaped
+        end = _HEADERS_END.search(message)
+        msg = HeaderParser(policy=policy.compat32).parsestr(
+            message[:end.end() if end else len(message)].decode("utf-8", "surrogateescape"))
         header = msg.get_all("Sender") or msg.get_all("From") or []
         senders = [a for _, a in getaddresses([str(v) for v in header]) if a]
         recipients: list[str] = []
