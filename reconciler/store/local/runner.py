@@ -343,10 +343,13 @@ def _deadline(row: sqlite3.Row) -> int | None:
 
 
 def _overdue(row: sqlite3.Row) -> bool:
-    """Has the job been active for its whole deadline, counted from its first start?"""
-    seconds = _deadline(row)
+    """Has the job been active for its whole deadline, counted from its first start? (A
+    job never started is not: its spec is not parsed, as most that wait have not.)"""
     started = row["started_at"]
-    return bool(seconds and started and time.time() - started >= seconds)
+    if not started:
+        return False
+    seconds = _deadline(row)
+    return bool(seconds and time.time() - started >= seconds)
 
 
 def _deadline_reason(row: sqlite3.Row) -> str:
