@@ -26,7 +26,13 @@ import pytest
 
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.redaction import redact_text, redact_url
-from reconciler.support.urls import UrlRefused, check_url, url_allowed
+from reconciler.support.urls import (
+    UrlRefused,
+    _parse_url_kept,
+    check_url,
+    parse_url,
+    url_allowed,
+)
 from tests.fixtures import GitRepo, PayloadServer, SmtpServer, batch_doc, batchq
 from tests.ocfl_check import head_file
 from web.app import create_app
@@ -240,6 +246,23 @@ def test_the_one_url_check(url: str, prefixes: list[str], problem: str | None) -
     with pytest.raises(UrlRefused) as info:
         check_url(url, prefixes)
     assert problem in str(info.value)
+
+
+def test_a_url_read_again_is_read_the_same_as_a_prefix_or_not_and_credentials_not_kept(
+) -> None:
+    """parse_url keeps what it parsed (an item's URL is read two or three times): the same
+    text still reads one way as a prefix and another as a URL, in either order, a refusal
+    is made again each time, and a URL with credentials is never kept."""
+    for _ in range(2):
+        assert parse_url("file:", prefix=True).segments == ()
+        with pytest.raises(UrlRefused, match="names no file"):
+            parse_url("file:")
+        assert parse_url("https://h.example/p?q=1").segments == ("p",)
+        with pytest.raises(UrlRefused, match="no query or fragment"):
+            parse_url("https://h.example/p?q=1", prefix=True)
+    kept = _parse_url_kept.cache_info().currsize
+    assert parse_url("https://u:s3cret@h.example/x").userinfo == "u:s3cret"
+    assert _parse_url_kept.cache_info().currsize == kept
 
 
 def test_absolute_file_urls_and_operator_roots(tmp_path: Path) -> None:

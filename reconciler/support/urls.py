@@ -161,7 +161,22 @@ def parse_url(url: str, *, prefix: bool = False) -> Location:
 
     With `prefix`, `url` is an allowed prefix: `file:` alone is allowed, and userinfo,
     a query or a fragment are refused (a prefix names a place, never credentials).
-    """
+
+    An item's URL is read two or three times on its way to a Job (its object's name, its
+    credentials, its allow-check): the last few thousand parsed are kept (a Location
+    does not change), except those with credentials, which nothing keeps longer than
+    their item."""
+    if "@" in url:
+        return _parse_url(url, prefix)
+    return _parse_url_kept(url, prefix)
+
+
+@lru_cache(maxsize=4096)
+def _parse_url_kept(url: str, prefix: bool) -> Location:
+    return _parse_url(url, prefix)
+
+
+def _parse_url(url: str, prefix: bool) -> Location:
     match = _SCHEME.match(url)
     if match is None:
         raise _refuse(url, "it is not a URL (no scheme such as https:)")
