@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from reconciler.store.local.runner import own_session_for_jobs
+from reconciler.store.local.runner import job_grouping, own_session_for_jobs
 
 BURN = [sys.executable, "-c", "while True: pass"]
 
@@ -27,9 +27,7 @@ BURN = [sys.executable, "-c", "while True: pass"]
 def loop_share(jobs: int, seconds: float, nice: int, own_session: bool) -> float:
     """The share of one core (0 to 1) this process's loop gets beside `jobs` CPU-bound jobs
     started as the runner starts them (a group of their own, `nice` steps nicer)."""
-    procs = [subprocess.Popen(BURN, start_new_session=own_session,
-                              process_group=None if own_session else 0)
-             for _ in range(jobs)]
+    procs = [subprocess.Popen(BURN, **job_grouping(own_session)) for _ in range(jobs)]
     try:
         for proc in procs:
             os.setpriority(os.PRIO_PGRP, proc.pid, min(19, os.nice(0) + nice))

@@ -35,7 +35,7 @@ from common import commit_all
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.states import JobState
-from reconciler.store.local.runner import SHIM, job_environment, own_session_for_jobs
+from reconciler.store.local.runner import SHIM, job_environment, job_grouping, own_session_for_jobs
 
 NOOP = ["/bin/true"]
 
@@ -80,14 +80,13 @@ def bare_shim(jobs: int, parallel: int, root: Path, nice: int = 0) -> float:
     """The baseline: `jobs` no-op commands through the runner's shim, `parallel` at a
     time, each started with Popen (its group made `nice` steps nicer, as the runner does)
     and waited for; jobs per second."""
-    own = own_session_for_jobs()  # grouped as the runner groups them: the nice counts the same
+    grouping = job_grouping(own_session_for_jobs())  # as the runner: the nice counts the same
 
     def one(n: int) -> int:
         jdir = root / f"job-{n:06d}"
         (jdir / "tmp").mkdir(parents=True)
         proc = subprocess.Popen(["/bin/sh", "-c", SHIM, str(jdir), *NOOP],
-                                env=job_environment({}, jdir), start_new_session=own,
-                                process_group=None if own else 0,
+                                env=job_environment({}, jdir), **grouping,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if nice:

@@ -151,6 +151,14 @@ def parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
+def job_pids(state: Path) -> tuple[int, int, int]:
+    """The shim, the command and the command's child of the job running NICE_JOB."""
+    pids = wait_for(lambda: next(iter((state / "jobs").glob("*/pids")), None), timeout=60,
+                    what="the job to start")
+    command, child = (int(p) for p in pids.read_text().split())
+    return parent(command), command, child
+
+
 @pytest.fixture
 def running_reconciler(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     """The `batchq run` processes a test starts; they and their jobs end with the test."""
@@ -177,10 +185,7 @@ def test_a_running_jobs_processes_are_nicer_than_the_reconciler(
                             str(git_repo.path), "--state", str(state), *flag],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     running_reconciler.append(run)
-    pids = wait_for(lambda: next(iter((state / "jobs").glob("*/pids")), None), timeout=60,
-                    what="the job to start")
-    command, child = (int(p) for p in pids.read_text().split())
-    shim = parent(command)
+    shim, command, child = job_pids(state)
     own = os.getpriority(os.PRIO_PROCESS, 0)  # the reconciler's, inherited from this test
     assert niceness(run.pid) == own
     assert [niceness(p) for p in (shim, command, child)] == [min(19, own + steps)] * 3
@@ -209,14 +214,6 @@ def start_run(repo: GitRepo, state: Path, terminal: int | None = None
         preexec_fn=None if terminal is None else take_terminal)
 
 
-def job_pids(state: Path) -> tuple[int, int]:
-    """The job's shim and command, once it runs NICE_JOB."""
-    pids = wait_for(lambda: next(iter((state / "jobs").glob("*/pids")), None), timeout=60,
-                    what="the job to start")
-    command = int(pids.read_text().split()[0])
-    return parent(command), command
-
-
 def test_a_job_of_a_service_stays_in_its_session_so_the_autogroup_keeps_it_nicer(
         git_repo: GitRepo, tmp_path: Path,
         running_reconciler: list[subprocess.Popen[bytes]]) -> None:
@@ -228,7 +225,7 @@ def test_a_job_of_a_service_stays_in_its_session_so_the_autogroup_keeps_it_nicer
     state = tmp_path / "state"
     run = start_run(git_repo, state)
     running_reconciler.append(run)
-    shim, command = job_pids(state)
+    shim, command, _ = job_pids(state)
     assert os.getsid(shim) == os.getsid(command) == os.getsid(run.pid) == run.pid
     assert os.getpgid(shim) == os.getpgid(command) == shim != run.pid
     assert autogroup(shim) == autogroup(run.pid)
@@ -248,7 +245,7 @@ def test_a_job_of_a_reconciler_with_a_terminal_gets_a_session_without_it(
     try:
         run = start_run(git_repo, state, terminal=follower)
         running_reconciler.append(run)
-        shim, command = job_pids(state)
+        shim, command, _ = job_pids(state)
         assert os.getsid(run.pid) == run.pid
         assert os.tcgetpgrp(leader) == run.pid  # the terminal is the reconciler's...
         assert os.getsid(shim) == os.getpgid(shim) == os.getsid(command) == shim

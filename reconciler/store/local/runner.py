@@ -42,6 +42,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from reconciler.domain.states import JobState
 from reconciler.store.base import deadline_message
@@ -94,6 +95,13 @@ def own_session_for_jobs() -> bool:
     return True
 
 
+def job_grouping(own_session: bool) -> dict[str, Any]:
+    """The `subprocess.Popen` arguments that group a job's processes: a process group of
+    its own that the shim leads, inside a session of its own when `own_session`
+    (`own_session_for_jobs`); the benchmarks' bare shim is grouped by the same."""
+    return {"start_new_session": True} if own_session else {"process_group": 0}
+
+
 # SIGTERM to SIGKILL; the kubelet's default is 30 s, but the loop waits for it, so it is short
 TERM_GRACE_SECONDS = 2.0
 # how often every running job is looked at, beside the exits its waiter reports: jobs a
@@ -127,7 +135,7 @@ class LocalRunner:
         self._exited: queue.SimpleQueue[str] = queue.SimpleQueue()  # children that ended
         self._next_scan = 0.0  # monotonic time of the next scan; 0: the first round scans
         self._next_deadline = 0.0  # epoch time the first running job's deadline passes
-        self._own_session = own_session_for_jobs()  # once: a service gains no terminal
+        self._grouping = job_grouping(own_session_for_jobs())  # once: a service gains no tty
         store.on_delete_jobs = self.stop_batch  # deleting a batch's jobs stops them
 
     def job_dir(self, name: str) -> Path:
@@ -221,8 +229,7 @@ class LocalRunner:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", SHIM, str(jdir), *spec["command"]],
             env=job_environment(spec["env"], jdir),
-            start_new_session=self._own_session,
-            process_group=None if self._own_session else 0,  # the shim leads its group
+            **self._grouping,
             # the command's output goes to the job dir; a job must not hold the reconciler's
             # stdout and stderr open (`batchq reconcile --once | tee` would wait for it)
             stdin=subprocess.DEVNULL,
