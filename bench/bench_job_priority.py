@@ -19,7 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from reconciler.store.local.runner import job_grouping, own_session_for_jobs
+from reconciler.store.local.runner import (
+    job_grouping,
+    lower_priority,
+    own_session_for_jobs,
+)
 
 BURN = [sys.executable, "-c", "while True: pass"]
 
@@ -30,7 +34,7 @@ def loop_share(jobs: int, seconds: float, nice: int, own_session: bool) -> float
     procs = [subprocess.Popen(BURN, **job_grouping(own_session)) for _ in range(jobs)]
     try:
         for proc in procs:
-            os.setpriority(os.PRIO_PGRP, proc.pid, min(19, os.nice(0) + nice))
+            lower_priority(proc.pid, nice)
         time.sleep(0.5)  # the jobs are running
         cpu, wall = time.process_time(), time.monotonic()
         while time.monotonic() - wall < seconds:

@@ -17,9 +17,7 @@ Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -35,7 +33,13 @@ from common import commit_all
 
 from reconciler.app.service import Reconciler, Settings
 from reconciler.domain.states import JobState
-from reconciler.store.local.runner import SHIM, job_environment, job_grouping, own_session_for_jobs
+from reconciler.store.local.runner import (
+    SHIM,
+    job_environment,
+    job_grouping,
+    lower_priority,
+    own_session_for_jobs,
+)
 
 NOOP = ["/bin/true"]
 
@@ -90,8 +94,7 @@ def bare_shim(jobs: int, parallel: int, root: Path, nice: int = 0) -> float:
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if nice:
-            with contextlib.suppress(ProcessLookupError):
-                os.setpriority(os.PRIO_PGRP, proc.pid, min(19, os.nice(0) + nice))
+            lower_priority(proc.pid, nice)
         return proc.wait()
 
     t0 = time.monotonic()

@@ -237,7 +237,7 @@ class LocalRunner:
             stderr=subprocess.DEVNULL,
         )
         if self.nice:
-            _lower_priority(proc.pid, self.nice)
+            lower_priority(proc.pid, self.nice)
         self._children[name] = proc
         WAITER.watch(proc, lambda: self._child_exited(name))
         return proc.pid
@@ -377,10 +377,11 @@ def _stop_group(pgid: int) -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def _lower_priority(pgid: int, nice: int) -> None:
+def lower_priority(pgid: int, nice: int) -> None:
     """Run the job's new process group (the shim leads it) `nice` steps nicer than the
     reconciler; what the job starts later inherits it. A group that already ended, or a
-    member that became another user's (setuid), is left as it is."""
+    member that became another user's (setuid), is left as it is. The benchmarks' bare
+    shim nices its jobs with it too."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.setpriority(os.PRIO_PGRP, pgid,
                        min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
