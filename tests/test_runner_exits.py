@@ -81,6 +81,40 @@ def test_many_jobs_ending_at_once_are_recorded_without_a_scan_by_one_thread(
     assert seen["threads"] - before <= 4, seen  # the loop's own threads, not one per job
 
 
+def test_a_round_with_nothing_to_record_or_start_opens_no_transaction(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    """The runner's rounds (two a pass, one between steps after an exit) take the store's
+    write lock only to record an exit or a start: with both slots taken and no exit, and
+    again once every job is done, a round writes and commits nothing (it used to open two
+    empty transactions, four statements and a commit each)."""
+    gate = tmp_path / "gate"
+    job_repo(git_repo, ["/bin/sh", "-c", f'until [ -e "{gate}" ]; do sleep 0.05; done'],
+             items=3, slots=2)
+    rec = reconciler(git_repo, tmp_path / "state")
+    statements: list[str] = []
+
+    def locks() -> list[str]:
+        return [s for s in statements if s.startswith(("BEGIN", "COMMIT", "PRAGMA synch"))]
+
+    try:
+        wait_for(lambda: (rec.run_pass() or True)
+                 and list(states(rec).values()).count("Processing") == 2,
+                 timeout=60, what="both slots taken")
+        rec.store.db.set_trace_callback(statements.append)
+        assert rec.tick_jobs() is False
+        assert statements and not locks(), statements
+        gate.touch()
+        rec.run_until_idle(timeout=120)
+        assert states(rec) == dict.fromkeys(("item-0", "item-1", "item-2"), "Completed")
+        assert locks(), "the exits and the third start were committed"
+        statements.clear()
+        assert rec.tick_jobs() is False
+        assert statements and not locks(), statements
+    finally:
+        rec.store.db.set_trace_callback(None)
+        rec.close()
+
+
 def test_a_job_whose_shim_is_killed_is_run_again_at_once_and_a_signalled_command_fails(
         git_repo: GitRepo, tmp_path: Path) -> None:
     """The first try of item-0 kills its own shim with SIGKILL (no result left): the exit is

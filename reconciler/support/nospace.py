@@ -41,15 +41,18 @@ class NoSpaceLeft(RuntimeError):
 def free_bytes(path: Path) -> int | None:
     """Bytes an unprivileged writer may still use on the file system of `path` (or of its
     nearest existing parent); None when that cannot be told."""
-    for where in (path, *path.parents):
+    where = path
+    while True:  # the parents only when needed: a start asks this (a list of them cost more)
         try:
             st = os.statvfs(where)
         except FileNotFoundError:
+            if where.parent == where:
+                return None
+            where = where.parent
             continue
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
-    return None
 
 
 def nearly_full(path: Path) -> bool:

@@ -121,7 +121,8 @@ class LocalRunner:
     starts, commit as one transaction each, without an fsync of their own
     (`rebuildable_transaction`): a kill before a commit, or a power loss that undoes one,
     loses nothing: the `rc` files stay, and a start finds the shim it made before
-    (`_adopt`) or, after a reboot, runs the attempt again."""
+    (`_adopt`) or, after a reboot, runs the attempt again. A round with no exit to record
+    and nothing to start opens no transaction (most of a pass's rounds)."""
 
     def __init__(self, store: SqliteStore, jobs_dir: Path, parallel: int = 4,
                  nice: int = JOB_NICE, scan_seconds: float = SCAN_SECONDS) -> None:
@@ -156,21 +157,24 @@ class LocalRunner:
         return not self._exited.empty() and self._record_and_start()
 
     def _record_and_start(self) -> bool:
-        with self.store.rebuildable_transaction():
-            changed = self._record_exits()
+        changed = False
+        if not self._exited.empty():
+            with self.store.rebuildable_transaction():
+                changed = self._record_exits()
         running = self.store.count_jobs_in_state(JobState.PROCESSING)
         free = max(0, self.parallel - running)
-        if free:
-            waiting = self.store.jobs_to_start(free)
-            if waiting and nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
+        waiting = self.store.jobs_to_start(free) if free else []
+        if waiting:
+            if nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
                 raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
                                   " free, too little to start a job")
             started: list[tuple[str, int | None]] = []
             try:
                 for row in waiting:
                     if not _overdue(row):  # else a re-run past its deadline: failed below
-                        started.append((row["name"], self._start(row)))
-                        if seconds := _deadline(row):  # the round that passes it scans
+                        spec = json.loads(row["spec_json"])
+                        started.append((row["name"], self._start(row, spec)))
+                        if seconds := _seconds(spec):  # the round that passes it scans
                             self._next_deadline = min(self._next_deadline,
                                                       (row["started_at"] or time.time())
                                                       + seconds)
@@ -183,7 +187,7 @@ class LocalRunner:
                             self.store.mark_job_failed(row["name"], _deadline_reason(row))
                     for name, pid in started:
                         self.store.mark_job_started(name, pid)
-            changed |= bool(waiting)
+            changed = True
         return changed
 
     def _record_exits(self) -> bool:
@@ -204,7 +208,7 @@ class LocalRunner:
             self.store.mark_job_finished(name, rc, self._message(name, rc))
             changed = True
 
-    def _start(self, row: sqlite3.Row) -> int | None:
+    def _start(self, row: sqlite3.Row, spec: dict[str, Any]) -> int | None:
         """Run the attempt (its row, read in this round) under the shim; the pid to record.
         A shim this attempt already has (started by a reconciler killed before it recorded
         the start) is adopted, and its result, if it left one, is read by the next scan
@@ -219,7 +223,6 @@ class LocalRunner:
                 return None if (jdir / "rc").exists() else adopted
             shutil.rmtree(jdir)  # a previous try of this same attempt died without a result
             os.mkdir(jdir)
-        spec = json.loads(row["spec_json"])
         os.mkdir(jdir / "tmp")
         userinfo = row["userinfo"]
         if userinfo is not None:
@@ -311,8 +314,10 @@ class LocalRunner:
         self.store.mark_job_lost(name)
 
     def _read_rc(self, name: str) -> int | None:
+        """The exit code the shim left, if it left one (a plain open: each exit reads it)."""
         try:
-            return int((self.job_dir(name) / "rc").read_text().strip())
+            with open(os.path.join(self.jobs_dir, name, "rc"), "rb") as fh:
+                return int(fh.read())
         except (FileNotFoundError, ValueError):
             return None
 
@@ -345,7 +350,12 @@ class LocalRunner:
             shutil.rmtree(self.job_dir(name), ignore_errors=True)
 
 def _deadline(row: sqlite3.Row) -> int | None:
-    seconds = json.loads(row["spec_json"]).get("activeDeadlineSeconds")
+    return _seconds(json.loads(row["spec_json"]))
+
+
+def _seconds(spec: dict[str, Any]) -> int | None:
+    """The job's activeDeadlineSeconds, None when it has none."""
+    seconds = spec.get("activeDeadlineSeconds")
     return int(seconds) if seconds else None
 
 
