@@ -10,10 +10,12 @@ too is that part's): no profiler, so the figures are the unprofiled costs.
   rounds are the runner's); the runner's rounds, and within them the job starts, the two
   `mkdir`s of a job dir and `Popen`'s fork and exec; the mailer's rounds (its own thread);
   the pass's own work; the rest of the process (the exits' waiting thread, the loop).
+  With `--detail`, also the parts of a step (observing its Jobs, loading its items,
+  making Jobs, the report, writing the status).
 - the bare shim: its `mkdir`s, `Popen`, and the rest (its threads' waits).
 
 Run: `python bench/bench_cpu_split.py [--batches 1000] [--items 10] [--parallel 8]
-[--job-nice 10]`; it prints JSON: ms of CPU a job, by part, for each. Figures in
+[--job-nice 10] [--detail]`; it prints JSON: ms of CPU a job, by part, for each. Figures in
 bench/README.md.
 """
 
@@ -79,6 +81,11 @@ class Meter:
         return lambda: setattr(owner, attr, original)
 
 
+# what a step does, metered with --detail
+DETAIL = ("_observe", "_load_items", "_ensure_jobs", "_restart_failed", "_report",
+          "_write_status", "_show_readiness", "_settled")
+
+
 def _step_part(_controller: Controller, batch: Any, *_args: Any, **_kwargs: Any) -> str:
     return f"steps: {batch.status.state}"
 
@@ -101,6 +108,9 @@ def split_batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         meter.patch(LocalRunner, "_start", "runner: a job's start"),
         meter.patch(mailer, "deliver_due", "mailer (its thread)"),
     ]
+    if args.detail:  # what the steps spend on, each part's own as above
+        undo += [meter.patch(Controller, name, f"step: {name.strip('_')}")
+                 for name in DETAIL]
     try:
         result = bench_local.batchq(args, tmp)
     finally:
@@ -141,6 +151,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--job-nice", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--detail", action="store_true",
+                    help="also meter the parts of a step (" + ", ".join(DETAIL) + ")")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         batchq = split_batchq(args, Path(tmp) / "batchq")
