@@ -276,6 +276,51 @@ def test_a_pass_with_no_room_for_a_job_steps_no_batch_that_only_waits_for_room(
         rec.close()
 
 
+def test_a_pass_reads_the_batches_that_can_act_not_every_active_one(
+        git_repo: GitRepo, payloads: PayloadServer, tmp_path: Path) -> None:
+    """Twelve batches admitted, one job slot and no Job made ahead: the first batch's job
+    runs (its payload held back), the other eleven have loaded their items and wait for
+    room. A pass then reads no batch at all (before: every active batch, each pass: 12
+    status texts parsed, 200 at maxActiveBatches 200); when the job ends, the pass reads
+    the batch whose job changed and the one the freed room is for, in queue order, not
+    the ten behind it; and every batch completes, each item run once."""
+    names = [f"b{i:02d}" for i in range(12)]
+    git_repo.write("profiles/test.yaml", profile_doc(payloads.base))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1, maxActiveBatches=12))
+    for i, name in enumerate(names):
+        submit(git_repo, payloads, name, 1, gated=frozenset({0}) if i == 0 else frozenset())
+    git_repo.commit("twelve batches, the first one's item served when the test says")
+    rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
+                              state_dir=tmp_path / "state", interval=3600, resync=3600,
+                              jobs_ahead=0))
+    assert isinstance(rec.store, SqliteStore)
+    try:
+        rec.run_pass()  # the commit: a full walk admits all twelve
+        wait_for(lambda: (rec.run_pass(sync=False) or True) and running(rec) == 1 and all(
+            b.status.items_loaded for b in rec.store.list_batches()),
+            timeout=60, what="the first job running, every batch's items loaded")
+        rec.run_pass(sync=False)  # the job's start observed
+        reads = []
+        for _ in range(2):
+            before = rec.store.batch_reads
+            rec.run_pass(sync=False)
+            reads.append((rec.controller.last_pass.full, rec.store.batch_reads - before))
+        assert reads == [(False, 0), (False, 0)], reads
+        rec.wake.clear()
+        payloads.release("b00-0")
+        wait_for(lambda: rec.wake.wait(0.1), timeout=60, what="the first job to end")
+        before = rec.store.batch_reads
+        rec.run_pass(sync=False)
+        assert rec.store.batch_reads - before == 2  # b00, whose job ended, and b01
+        assert len(rec.store.list_jobs("b01")) == 1  # made with the room, started
+        assert all(not rec.store.list_jobs(n) for n in names[2:])  # unread, they wait
+        rec.run_until_idle(timeout=120)
+        assert {state_of(rec.store, n) for n in names} == {"Completed"}
+        assert sorted(payloads.requests) == sorted(f"{n}-0" for n in names)  # each once
+    finally:
+        rec.close()
+
+
 def running(rec: Reconciler) -> int:
     """The local runner's jobs running now."""
     assert isinstance(rec.store, SqliteStore)

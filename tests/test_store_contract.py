@@ -328,6 +328,32 @@ def test_batches_are_found_by_their_file(store: Store) -> None:
     assert [b.name for b in store.batches_at(many)] == ["b"]  # more than one query's worth
 
 
+def test_the_batches_that_may_act_are_the_active_ones_but_those_waiting_on_jobs(
+        store: Store) -> None:
+    """What a pass reads (`batches_that_may_act`): the batches of the states asked for,
+    but no Processing one with its items loaded (only its Jobs, or room, can move it),
+    whatever else its status says (a message that quotes the loaded flag included)."""
+    shown: dict[str, BatchStatus] = {
+        "pending": BatchStatus(state=BatchState.PENDING),
+        "loading": BatchStatus(state=BatchState.PROCESSING),
+        "loaded": BatchStatus(state=BatchState.PROCESSING, items_loaded=True),
+        "quoting": BatchStatus(state=BatchState.PROCESSING,
+                               message='status text: {"items_loaded":true}'),
+        "reporting": BatchStatus(state=BatchState.REPORTING, items_loaded=True),
+        "done": BatchStatus(state=BatchState.COMPLETED, items_loaded=True),
+    }
+    for name, status in shown.items():
+        b = apply(store, name, spec("x"))
+        store.update_status(name, b.status, status)
+    active = [str(s) for s in (BatchState.PROCESSING, BatchState.REPORTING,
+                               BatchState.UPDATE_REPORTING)]
+    assert sorted(b.name for b in store.batches_that_may_act(active)) == [
+        "loading", "quoting", "reporting"]
+    assert [b.name for b in store.batches_that_may_act([str(BatchState.PENDING)])] == [
+        "pending"]
+    assert store.batches_that_may_act([]) == []
+
+
 def test_sync_state_round_trips_field_by_field_and_writes_only_what_changed(
         store: Store) -> None:
     assert store.load_sync_state() == SyncState()

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from reconciler.control.jobs import build_job
 from reconciler.control.outofsync import REASON, manifest_key, out_of_sync
 from reconciler.control.readiness import ready, reconciling
 from reconciler.control.reports import build_report, report_id
+from reconciler.domain.guidance import QueueKey
 from reconciler.domain.guidance import queue_order as _queue_order
 from reconciler.domain.model import (
     Batch,
@@ -104,8 +105,12 @@ class PassContext:
     progressed: bool = False
     dirty_items: dict[str, ItemStatus] = field(default_factory=dict)  # written once a batch
     storage_dirs: dict[str, Path] = field(default_factory=dict)  # profile -> its checked dir
-    # wanted a Job the budget had no room for, or was just admitted: requeued (see _starved)
-    starved: set[str] = field(default_factory=set)
+    # wanted a Job the budget had no room for, or was just admitted: requeued (see
+    # _starved), by name, with its place in the queue
+    starved: dict[str, QueueKey] = field(default_factory=dict)
+
+    def starve(self, batch: Batch) -> None:
+        self.starved[batch.name] = _queue_order(batch)
 
 
 @dataclass
@@ -186,11 +191,12 @@ class Controller:
         self.backoff = Backoff()
         # the Pending batches in queue order (their queue_order keys): those of the last
         # full walk, and each Held batch stepped since (a release makes it Pending)
-        self._queue: list[tuple[int, float, str]] = []
+        self._queue: list[QueueKey] = []
         self._next_expiry = 0.0  # when a Deleted batch's retention ends (0: walk to find out)
         # batches that wanted a Job the budget had no room for: a Job of another batch
-        # ending changes nothing of theirs, so they are stepped again once it has room
-        self._starved: set[str] = set()
+        # ending changes nothing of theirs, so they are stepped again once it has room,
+        # in queue order (each read only when its turn comes with room left)
+        self._starved: dict[str, QueueKey] = {}
         self.steps = 0  # batch steps taken in all (the heartbeat shows it)
         self.last_pass = StepCount(full=True)
         self.message_id_domain = message_id_domain  # None: this installation's own
@@ -259,12 +265,11 @@ class Controller:
         else:
             wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
                 self.backoff.due(now))
-            batches, active = self._work_queue(
-                wanted | (self._starved if budget.free > 0 else set()))
+            batches, active = self._work_queue(wanted)
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
         stepped: set[str] = set()
-        for batch in sorted(batches, key=_queue_order):
+        for batch in self._in_queue_order(batches, full, ctx):
             # a requeued batch is stepped while there is room, in queue order; the others
             # wait for the next Job to end
             if not full and _waits_for_job(
@@ -275,8 +280,31 @@ class Controller:
         if not full:
             self._admit_from_queue(stepped, deletions, ctx, now)
         # requeued: those that still wait, and those that waited and were not stepped
-        self._starved = ctx.starved | (set() if full else self._starved - stepped)
+        kept = {} if full else {n: k for n, k in self._starved.items() if n not in stepped}
+        self._starved = kept | ctx.starved
         return ctx.progressed
+
+    def _in_queue_order(self, batches: list[Batch], full: bool,
+                        ctx: PassContext) -> Iterator[Batch]:
+        """The pass's batches, and in a pass that is not full the requeued ones too, in
+        queue order. A requeued batch not among them is read when its turn comes, and
+        only while the pass has room left (else it waits, unread, for the next pass):
+        with many batches waiting for room, a pass reads the few the room is for."""
+        if full:
+            yield from sorted(batches, key=_queue_order)
+            return
+        read = {b.name: b for b in batches}
+        keys = [(_queue_order(b), b.name) for b in batches]
+        keys += [(key, name) for name, key in self._starved.items() if name not in read]
+        for _key, name in sorted(keys):
+            batch = read.get(name)
+            if batch is None:
+                if ctx.budget.free <= 0:
+                    continue
+                batch = self.store.get_batch(name)
+                if batch is None:
+                    continue
+            yield batch
 
     def _step_one(self, batch: Batch, deletions: dict[str, str], ctx: PassContext,
                   now: float) -> None:
@@ -318,14 +346,12 @@ class Controller:
                                 default=float("inf"))
 
     def _work_queue(self, wanted: set[str]) -> tuple[list[Batch], int]:
-        """The batches a pass that is not full looks at (see `reconcile_all`; of them,
-        those that wait for room are not stepped), and how many batches are active."""
+        """The batches a pass that is not full looks at, but the requeued ones
+        (`_in_queue_order` adds those): the active batches that may act and those
+        `wanted` (see `reconcile_all`); and how many batches are active."""
         counts = self.store.count_batches()
-        picked: dict[str, Batch] = {}
-        for state in ACTIVE_BATCH:
-            if counts.get(str(state)):
-                rows = self.store.page_batches(state=str(state), limit=counts[str(state)]).rows
-                picked.update((b.name, b) for b in rows)
+        picked = {b.name: b for b in self.store.batches_that_may_act(
+            [str(s) for s in ACTIVE_BATCH])}
         for name in wanted - picked.keys():
             batch = self.store.get_batch(name)
             if batch is not None:
@@ -525,7 +551,7 @@ class Controller:
         t.ctx.active_batches += 1
         t.status.started_at = t.status.started_at or time.time()
         self.store.set_suspended(t.batch.name, False)
-        t.ctx.starved.add(t.batch.name)  # its next step makes its Jobs, room allowing
+        t.ctx.starve(t.batch)  # its next step makes its Jobs, room allowing
         return Decision(Move(B.PROCESSING, "admitted by the queue"))
 
     def _held(self, t: Turn) -> Decision:
@@ -673,7 +699,7 @@ class Controller:
         the store hands over at most as many such items as the budget has room for."""
         limit = None if spec.state == R.HELD else ctx.budget.free  # held: made suspended
         if limit is not None and limit <= 0:
-            ctx.starved.add(batch.name)
+            ctx.starve(batch)
             return
         existing: set[str] = set()
         planned = [self._plan_job(batch, spec, profile, s, max(s.attempts, 1), existing, ctx)
@@ -704,7 +730,7 @@ class Controller:
         if job.name in existing:
             return None
         if not job.suspended and not ctx.budget.take():
-            ctx.starved.add(batch.name)
+            ctx.starve(batch)
             return None
         first = J.HELD if job.suspended else J.PENDING
         # a new attempt's Job starts afresh; the same attempt's Job made again (it vanished
@@ -910,7 +936,7 @@ def _step_must_be_durable(batch: Batch, deletions: dict[str, str]) -> bool:
                 and batch.spec.state != R.HELD and batch.name not in deletions)
 
 
-def _waits_for_job(batch: Batch, wanted: set[str], requeued: set[str]) -> bool:
+def _waits_for_job(batch: Batch, wanted: set[str], requeued: Collection[str]) -> bool:
     """A Processing batch whose items are loaded and none of whose jobs changed has
     nothing to do: each item without a job either got one in an earlier step or made the
     batch wait for room (`requeued`, stepped only while the pass has room left, as is a

@@ -17,7 +17,10 @@ ACTIVE = frozenset({BatchState.PROCESSING, BatchState.REPORTING, BatchState.UPDA
 TERMINAL_JOBS = frozenset({JobState.COMPLETED, JobState.FAILED})
 
 
-def queue_order(b: Batch) -> tuple[int, float, str]:
+QueueKey = tuple[int, float, str]  # priority, commit time, name
+
+
+def queue_order(b: Batch) -> QueueKey:
     """The order the queue admits batches in: priority, then commit time, then name."""
     return (b.spec.priority if b.spec else 99, b.submitted_at, b.name)
 

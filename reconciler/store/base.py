@@ -27,7 +27,7 @@ from reconciler.domain.model import (
     Job,
     Report,
 )
-from reconciler.domain.states import JOB_TERMINAL
+from reconciler.domain.states import JOB_TERMINAL, BatchState
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,12 @@ class Page:
     rows: list[Any]
 
 
+def may_act(batch: Batch, states: Collection[str]) -> bool:
+    """`Store.batches_that_may_act`'s test, for the stores that filter in Python."""
+    return str(batch.status.state) in states and not (
+        batch.status.state == BatchState.PROCESSING and batch.status.items_loaded)
+
+
 class ReadStore(Protocol):
     """What the read-only users need (the web site, `batchq status`): reads and `close`.
 
@@ -237,6 +243,12 @@ class Store(ReadStore, Protocol):
     def batches_at(self, paths: Collection[str]) -> list[Batch]:
         """Every batch (Deleted ones too) whose `source_path` is one of `paths`, by name:
         what the files of a commit's diff held, without listing every batch."""
+        ...
+    def batches_that_may_act(self, states: Collection[str]) -> list[Batch]:
+        """The batches in `states` (the active ones), but none Processing with its items
+        loaded: only a change of its Jobs, or room for more, gives such a batch something
+        to do, and the controller names those itself. A pass reads what can act, not
+        every active batch."""
         ...
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None: ...
     def remove_batch(self, name: str) -> None: ...  # undelivered email still goes out

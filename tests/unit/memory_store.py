@@ -37,6 +37,7 @@ from reconciler.store.base import (
     RecipientState,
     SyncState,
     create_one_by_one,
+    may_act,
     needing_jobs,
 )
 from reconciler.store.codec import (
@@ -184,6 +185,9 @@ class MemoryStore:
         rows = [b for b in self.list_batches() if not state or str(b.status.state) == state]
         rows.sort(key=lambda b: (-b.updated_at, b.name))
         return Page(total=len(rows), rows=rows[offset:offset + limit])
+
+    def batches_that_may_act(self, states: Collection[str]) -> list[Batch]:
+        return [b for b in self.list_batches() if may_act(b, states)]
 
     def count_batches(self) -> dict[str, int]:
         out: dict[str, int] = {}

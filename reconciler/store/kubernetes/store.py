@@ -83,6 +83,7 @@ from reconciler.store.base import (
     RecipientState,
     StoreUnavailable,
     SyncState,
+    may_act,
     needing_jobs,
     new_uid,
 )
@@ -530,6 +531,10 @@ class KubernetesStore:
         rows = [b for b in self.list_batches() if not state or str(b.status.state) == state]
         rows.sort(key=lambda b: (-b.updated_at, b.name))
         return Page(total=len(rows), rows=rows[offset:offset + limit])
+
+    def batches_that_may_act(self, states: Collection[str]) -> list[Batch]:
+        """From one `list_batches` (three, one a state, before)."""
+        return [b for b in self.list_batches() if may_act(b, states)]
 
     def count_batches(self) -> dict[str, int]:
         out: dict[str, int] = {}

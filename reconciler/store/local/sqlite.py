@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import Batch, BatchSpec, BatchStatus, Item, ItemStatus, Job, Report
-from reconciler.domain.states import JobState, job_transition
+from reconciler.domain.states import BatchState, JobState, job_transition
 from reconciler.store.base import (
     ConflictError,
     Delivery,
@@ -168,6 +168,10 @@ def _parsed_item(item_json: str) -> Item:
     return Item.from_dict(json.loads(item_json))
 
 
+# how a status whose items are loaded says so (`batches_that_may_act`)
+_ITEMS_LOADED = canonical_json({"items_loaded": True})[1:-1]
+
+
 class SqliteStore:
     """The `local` backend's store (see module docstring)."""
 
@@ -183,6 +187,7 @@ class SqliteStore:
         self._migrate()
         self.writes = 0
         self.reads = 0  # item and job rows the controller's reads returned (tests, bench)
+        self.batch_reads = 0  # batch rows read (tests: what a pass reads)
         self._depth = 0
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
         self._change_seen: int | None = None  # the job-change number the last pass saw
@@ -323,6 +328,7 @@ class SqliteStore:
 
     # --- batches
     def _batch(self, row: sqlite3.Row) -> Batch:
+        self.batch_reads += 1
         return Batch(
             name=row["name"],
             spec=self._spec_of(row["name"], row["uid"], row["generation"]),
@@ -388,6 +394,17 @@ class SqliteStore:
             [*args, limit, offset],
         ).fetchall()
         return Page(total=int(total), rows=[self._batch(r) for r in rows])
+
+    def batches_that_may_act(self, states: Collection[str]) -> list[Batch]:
+        """By the `state` index; a Processing batch's loaded items are told by its status
+        text, always written by `canonical_json` (a text written otherwise only makes the
+        batch read, never left out: a quote inside a JSON string is escaped)."""
+        wanted = sorted(set(states))
+        rows = self.db.execute(
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state IN ({','.join('?' * len(wanted))})"
+            " AND NOT (state=? AND instr(status_json, ?) > 0)",
+            [*wanted, BatchState.PROCESSING.value, _ITEMS_LOADED]).fetchall()
+        return [self._batch(r) for r in rows]
 
     def count_batches(self) -> dict[str, int]:
         rows = self.db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state").fetchall()
