@@ -533,7 +533,7 @@ class KubernetesStore:
         return Page(total=len(rows), rows=rows[offset:offset + limit])
 
     def batches_that_may_act(self, states: Collection[str]) -> list[Batch]:
-        """From one `list_batches` (three, one a state, before)."""
+        """From one `list_batches` (before: one for each active state that had batches)."""
         return [b for b in self.list_batches() if may_act(b, states)]
 
     def count_batches(self) -> dict[str, int]:
