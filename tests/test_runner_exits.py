@@ -85,8 +85,9 @@ def test_a_round_with_nothing_to_record_or_start_opens_no_transaction(
         git_repo: GitRepo, tmp_path: Path) -> None:
     """The runner's rounds (two a pass, one between steps after an exit) take the store's
     write lock only to record an exit or a start: with both slots taken and no exit, and
-    again once every job is done, a round writes and commits nothing (it used to open two
-    empty transactions, four statements and a commit each)."""
+    again once every job is done, a round writes and commits nothing (it used to open an
+    empty transaction for the exits on every round, and another for the starts when a
+    slot was free: four statements and a commit each)."""
     gate = tmp_path / "gate"
     job_repo(git_repo, ["/bin/sh", "-c", f'until [ -e "{gate}" ]; do sleep 0.05; done'],
              items=3, slots=2)

@@ -31,7 +31,8 @@ from reconciler.control.jobs import build_job
 from reconciler.control.outofsync import REASON, manifest_key, out_of_sync
 from reconciler.control.readiness import ready, reconciling
 from reconciler.control.reports import build_report, report_id
-from reconciler.domain.guidance import QueueKey
+from reconciler.domain.guidance import ACTIVE as ACTIVE_BATCH
+from reconciler.domain.guidance import QueueKey, waits_on_its_jobs
 from reconciler.domain.guidance import queue_order as _queue_order
 from reconciler.domain.model import (
     Batch,
@@ -72,7 +73,6 @@ log = logging.getLogger(__name__)
 B = BatchState
 J = JobState
 R = RequestedState
-ACTIVE_BATCH = frozenset({B.PROCESSING, B.REPORTING, B.UPDATE_REPORTING})
 MAX_FAILURES_IN_STATUS = 20
 # Jobs the embedded backend makes ahead of each slot: they wait Pending and the runner
 # starts one the moment a job ends. The controller makes Jobs only in its passes, so they
@@ -945,7 +945,7 @@ def _waits_for_job(batch: Batch, wanted: set[str], requeued: Collection[str]) ->
     the spec (a sync: the next pass is full). One just admitted loads its items (or
     starts its manifest's download) at once, so that its jobs can start as soon as there
     is room."""
-    return (batch.status.state == B.PROCESSING and batch.status.items_loaded
+    return (waits_on_its_jobs(batch)
             and batch.name not in wanted and batch.name not in requeued)
 
 

@@ -20,6 +20,12 @@ TERMINAL_JOBS = frozenset({JobState.COMPLETED, JobState.FAILED})
 QueueKey = tuple[int, float, str]  # priority, commit time, name
 
 
+def waits_on_its_jobs(b: Batch) -> bool:
+    """Processing with its items loaded: only a change of its Jobs, or room for more,
+    gives it something to do (what a pass that is not full leaves unread and unstepped)."""
+    return b.status.state == BatchState.PROCESSING and b.status.items_loaded
+
+
 def queue_order(b: Batch) -> QueueKey:
     """The order the queue admits batches in: priority, then commit time, then name."""
     return (b.spec.priority if b.spec else 99, b.submitted_at, b.name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from reconciler.domain.guidance import waits_on_its_jobs
 from reconciler.domain.model import (
     DEFAULT_IMAGE,
     Batch,
@@ -27,7 +28,7 @@ from reconciler.domain.model import (
     Job,
     Report,
 )
-from reconciler.domain.states import JOB_TERMINAL, BatchState
+from reconciler.domain.states import JOB_TERMINAL
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ class Page:
 
 def may_act(batch: Batch, states: Collection[str]) -> bool:
     """`Store.batches_that_may_act`'s test, for the stores that filter in Python."""
-    return str(batch.status.state) in states and not (
-        batch.status.state == BatchState.PROCESSING and batch.status.items_loaded)
+    return str(batch.status.state) in states and not waits_on_its_jobs(batch)
 
 
 class ReadStore(Protocol):
