@@ -30,6 +30,9 @@ def record_levels(store: SqliteStore, names: list[str]) -> dict[str, list[int]]:
 
     def watched(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
+            # in the step's transaction: the level its commit is made at (it is set only
+            # between transactions, so what stands outside one says nothing)
+            assert store.db.in_transaction, f"{name} called outside a step's transaction"
             seen[name].append(int(store.db.execute("PRAGMA synchronous").fetchone()[0]))
             return method(*args, **kwargs)
         return call
@@ -58,7 +61,8 @@ def test_only_the_steps_that_make_and_observe_jobs_skip_their_fsync(
         assert seen["update_items"] and set(seen["update_items"]) == {NORMAL}, seen
         assert seen["save_report"] == [FULL], seen  # the report: its own fsync
         assert set(seen["set_suspended"]) == {NORMAL}, seen  # the admission step
-        assert int(rec.store.db.execute("PRAGMA synchronous").fetchone()[0]) == FULL
+        with rec.store.transaction():  # the next durable one is at FULL again
+            assert int(rec.store.db.execute("PRAGMA synchronous").fetchone()[0]) == FULL
         # a batch held while it runs: the step that suspends its Jobs keeps its fsync
         items = [payloads.add(f"b{i}", b"y\n", gated=True) for i in range(2)]
         doc = {**batch_doc(items), "metadata": {"name": "b"}}

@@ -384,27 +384,69 @@ def test_sync_state_round_trips_field_by_field_and_writes_only_what_changed(
     assert store.load_sync_state() == again
 
 
+def levels_in_force(statements: list[str], level: int) -> list[tuple[str, int]]:
+    """Replay SQLite's trace from `level`: the synchronous level in force at each COMMIT
+    and at each write made outside a transaction (which commits on its own)."""
+    seen: list[tuple[str, int]] = []
+    in_tx = False
+    for sql in statements:
+        word = sql.split(None, 1)[0].upper()
+        if sql.startswith("PRAGMA synchronous="):
+            level = {"FULL": 2, "NORMAL": 1}[sql.rpartition("=")[2]]
+        elif word == "BEGIN":
+            in_tx = True
+        elif word in ("COMMIT", "ROLLBACK"):
+            if word == "COMMIT":
+                seen.append(("commit", level))
+            in_tx = False
+        elif word in ("INSERT", "UPDATE", "DELETE") and not in_tx:
+            seen.append(("autocommit", level))
+    return seen
+
+
 def test_the_runners_transactions_skip_only_their_own_fsync(tmp_path: Path) -> None:
     """A rebuildable transaction (the local runner's starts and exits) commits at
     synchronous=NORMAL, and every other commit, before and after, even after one that
-    failed, keeps FULL; nested in a transaction it joins it (one commit, at FULL)."""
+    failed, keeps FULL, as does a write outside any transaction; nested in a transaction
+    it joins it (one commit, at FULL). The level is switched only when it changes: a run of
+    rebuildable transactions switches it once, the next durable write switches it back."""
     store = SqliteStore(local_db_path(tmp_path))
     try:
         def level() -> int:
             return int(store.db.execute("PRAGMA synchronous").fetchone()[0])
 
         full, normal = 2, 1
-        apply(store, "b", spec("a"))
+        apply(store, "b", spec("a", "c"))
         store.create_job(job("b", "a"))
+        store.create_job(job("b", "c"))
+        statements: list[str] = []
+        store.db.set_trace_callback(statements.append)
         seen: list[int] = []
         with store.rebuildable_transaction():
             seen.append(level())
             store.mark_job_started(job("b", "a").name, 1)
+        with store.rebuildable_transaction():
+            store.mark_job_started(job("b", "c").name, 2)
         with pytest.raises(RuntimeError), store.rebuildable_transaction():
             raise RuntimeError("a start that failed")
+        store.set_meta("probe", "1")  # a write of its own, after them
+        with store.rebuildable_transaction():
+            store.mark_job_finished(job("b", "a").name, 0, "")
         with store.transaction(), store.rebuildable_transaction():
             seen.append(level())
-        assert seen == [normal, full] and level() == full
-        assert [j.state for j in store.list_jobs("b")] == [JobState.PROCESSING]
+            store.set_meta("probe", "2")
+        with store.rebuildable_transaction():
+            store.mark_job_finished(job("b", "c").name, 0, "")
+        with store.transaction():
+            seen.append(level())
+            store.set_meta("probe", "3")
+        store.db.set_trace_callback(None)
+        assert seen == [normal, full, full]
+        assert levels_in_force(statements, full) == [
+            ("commit", normal), ("commit", normal), ("autocommit", full),
+            ("commit", normal), ("commit", full), ("commit", normal), ("commit", full)]
+        switches = [s for s in statements if s.startswith("PRAGMA synchronous=")]
+        assert switches == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"] * 3
+        assert [j.state for j in store.list_jobs("b")] == [JobState.COMPLETED] * 2
     finally:
         store.close()

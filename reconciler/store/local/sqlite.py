@@ -182,6 +182,7 @@ class SqliteStore:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._full = True  # the level the connection is at (`_sync_level`)
         self.db.executescript(SCHEMA)
         self._add_columns()
         self._migrate()
@@ -257,11 +258,23 @@ class SqliteStore:
             raise
         self.db.execute("COMMIT")
 
+    def _sync_level(self, full: bool) -> None:
+        """Set the connection's synchronous level, outside any transaction, only when it
+        changes: a run of rebuildable transactions (the runner's) switches it once, not
+        twice each, and the next durable write switches it back first."""
+        if self._full != full:
+            self.db.execute("PRAGMA synchronous=FULL" if full else "PRAGMA synchronous=NORMAL")
+            self._full = full
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A transaction; outside any other, committed at FULL when `durable`, else at
+        NORMAL (`_unsynced_tx`); inside one it joins it, at that one's level (the level
+        cannot change inside a transaction)."""
         if self._depth:  # inside an outer transaction: its commit covers this write
             yield self.db
             return
+        self._sync_level(durable)
         self.db.execute("BEGIN IMMEDIATE")
         self._depth += 1
         try:
@@ -289,20 +302,20 @@ class SqliteStore:
         """A transaction committed at synchronous=NORMAL: in WAL mode the commit survives
         the process being killed (the write is in the OS's hands); only a power loss before
         the next fsync'd commit can undo it. Inside another transaction it joins that one,
-        at that one's safety (the level cannot change inside a transaction)."""
-        if self._depth:
-            with self._tx() as db:
-                yield db
-            return
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._tx() as db:
-                yield db
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
+        at that one's safety (the level cannot change inside a transaction). The level
+        stays NORMAL after it until the next durable write (`_sync_level`)."""
+        with self._tx(durable=False) as db:
+            yield db
+
+    def _execute_write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """A write statement; outside a transaction it commits on its own, at FULL (as
+        every write not in a rebuildable transaction)."""
+        if not self._depth:
+            self._sync_level(True)
+        return self.db.execute(sql, args)
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
-        cur = self.db.execute(sql, args)
+        cur = self._execute_write(sql, args)
         if cur.rowcount > 0:
             self.writes += 1
         return cur.rowcount
@@ -665,8 +678,8 @@ class SqliteStore:
         """What an operator's `kubectl delete job` is on the embedded backend; its batch
         is among the next `take_changed_batches` (a deleted row has no change number),
         so that the step that makes the Job again comes at once, as after a watch event."""
-        deleted = self.db.execute("DELETE FROM jobs WHERE name=? RETURNING batch",
-                                  (name,)).fetchall()
+        deleted = self._execute_write("DELETE FROM jobs WHERE name=? RETURNING batch",
+                                      (name,)).fetchall()
         if deleted:
             self.writes += 1
             self._deleted_from.add(str(deleted[0][0]))
@@ -732,7 +745,7 @@ class SqliteStore:
         for source in sources:
             job_transition(source, target)
         marks = ", ".join("?" for _ in sources)
-        moved = self.db.execute(
+        moved = self._execute_write(
             f"UPDATE jobs SET state=?{columns} WHERE name=? AND state IN ({marks})"
             " RETURNING batch",
             (target.value, *values, name, *(s.value for s in sources)),
