@@ -15,8 +15,8 @@ too is that part's): no profiler, so the figures are the unprofiled costs.
 - the bare shim: its `mkdir`s, `Popen`, and the rest (its threads' waits).
 
 Run: `python bench/bench_cpu_split.py [--batches 1000] [--items 10] [--parallel 8]
-[--job-nice 10] [--detail]`; it prints JSON: ms of CPU a job, by part, for each. Figures in
-bench/README.md.
+[--job-nice 10] [--dir DIR] [--detail]`; it prints JSON: ms of CPU a job, by part, for
+each (`--dir`: as `bench_local`'s). Figures in bench/README.md.
 """
 
 from __future__ import annotations
@@ -151,10 +151,12 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--job-nice", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--dir", default=None,
+                    help="where the round's files go (default: the system's temp dir)")
     ap.add_argument("--detail", action="store_true",
                     help="also meter the parts of a step (" + ", ".join(DETAIL) + ")")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         batchq = split_batchq(args, Path(tmp) / "batchq")
         bare = split_bare(args, Path(tmp) / "bare")
     total = {side: r["self_cpu_ms_per_job"] + r["children_cpu_ms_per_job"]

@@ -10,8 +10,11 @@ before it in even rounds and just after it in odd ones, with their median), and 
 each costs per job: this process's own (the reconciler runs in it; the bare shim's parent) and
 its children's (the shims and their commands), from getrusage SELF and CHILDREN.
 Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
-[--timeout 3600] [--job-nice 10]`; figures in bench/README.md. A run that does not settle within
-`--timeout` reports the jobs done and their rate.
+[--timeout 3600] [--job-nice 10] [--dir DIR]`; figures in bench/README.md. `--dir` puts
+both sides' files (batchq's repository and state dir with its job dirs, the bare shim's job
+dirs) in a temporary directory under DIR: on tmpfs (`/dev/shm`) a job dir's two `mkdir`s
+cost both sides little, and the ratio shows batchq's own cost alone. A run that does not
+settle within `--timeout` reports the jobs done and their rate.
 """
 
 from __future__ import annotations
@@ -159,13 +162,15 @@ def main() -> None:
     ap.add_argument("--job-nice", type=int, default=10,
                     help="jobs' niceness above this process's, for batchq (--job-nice) and"
                          " the bare shim alike (default 10, batchq's)")
+    ap.add_argument("--dir", default=None,
+                    help="where the round's files go (default: the system's temp dir)")
     args = ap.parse_args()
     jobs = args.batches * args.items
     rounds: list[dict[str, Any]] = []
     shim: list[float] = []
     shim_cpu: list[dict[str, float]] = []
     for n in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             # the bare shim before batchq in even rounds and after it in odd ones, so that
             # the paired ratios of a host whose speed drifts one way err both ways
             if n % 2:
