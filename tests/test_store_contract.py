@@ -450,3 +450,28 @@ def test_the_runners_transactions_skip_only_their_own_fsync(tmp_path: Path) -> N
         assert [j.state for j in store.list_jobs("b")] == [JobState.COMPLETED] * 2
     finally:
         store.close()
+
+
+def test_the_jobs_to_start_fill_only_the_slots_the_running_ones_leave(tmp_path: Path) -> None:
+    """The runner's one query a round: the Pending jobs first in line (by creation), as
+    many as the slots that the running ones leave free; a held one is never among them,
+    nor does it take a slot."""
+    store = SqliteStore(local_db_path(tmp_path))
+    try:
+        apply(store, "b", spec("a", "c", "d", "e", "h"))
+        for item in ("a", "c", "d", "e"):
+            store.create_job(job("b", item))
+        store.create_job(job("b", "h", suspended=True))
+        store.mark_job_started(job("b", "a").name, 1)
+
+        def first_in_line(slots: int) -> list[str]:
+            return [row["item"] for row in store.jobs_to_start(slots)]
+
+        assert first_in_line(1) == []  # the one running fills it
+        assert first_in_line(3) == ["c", "d"]
+        assert first_in_line(8) == ["c", "d", "e"]
+        store.mark_job_started(job("b", "c").name, 2)
+        assert first_in_line(3) == ["d"]
+        assert first_in_line(0) == []
+    finally:
+        store.close()

@@ -161,9 +161,7 @@ class LocalRunner:
         if not self._exited.empty():
             with self.store.rebuildable_transaction():
                 changed = self._record_exits()
-        running = self.store.count_jobs_in_state(JobState.PROCESSING)
-        free = max(0, self.parallel - running)
-        waiting = self.store.jobs_to_start(free) if free else []
+        waiting = self.store.jobs_to_start(self.parallel)  # for the slots left free
         if waiting:
             if nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
                 raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"

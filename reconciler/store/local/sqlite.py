@@ -728,14 +728,16 @@ class SqliteStore:
                               (state.value,)).fetchone()
         return int(row[0])
 
-    def jobs_to_start(self, limit: int) -> list[sqlite3.Row]:
-        """The Pending jobs first in line, each with its item's credentials (`userinfo`,
-        NULL for most), in one query: a start needs both."""
+    def jobs_to_start(self, slots: int) -> list[sqlite3.Row]:
+        """The Pending jobs first in line for the slots of `slots` that the running jobs
+        leave free, each with its item's credentials (`userinfo`, NULL for most), in one
+        query: a start needs both, and the runner asks every round."""
         return self.db.execute(
             "SELECT jobs.*, credentials.userinfo FROM jobs LEFT JOIN credentials"
             " ON credentials.batch=jobs.batch AND credentials.item_id=jobs.item"
             " WHERE jobs.state=? AND jobs.suspended=0 ORDER BY jobs.created_at, jobs.name"
-            " LIMIT ?", (JobState.PENDING.value, limit)).fetchall()
+            " LIMIT max(0, ? - (SELECT COUNT(*) FROM jobs WHERE state=? AND suspended=0))",
+            (JobState.PENDING.value, slots, JobState.PROCESSING.value)).fetchall()
 
     def _move_job(self, name: str, sources: tuple[JobState, ...], target: JobState,
                   columns: str = "", values: Sequence[object] = ()) -> None:
