@@ -235,6 +235,7 @@ def test_changed_jobs_are_those_not_observed_since_they_changed(store: Store) ->
     assert changed(store, "b") == ["b-a-1", "b-b-1"]  # not observed yet: still there
     store.observed("b", first)
     assert changed(store, "b") == []
+    store.observed("b", store.changed_jobs("b"))  # nothing new: observing it moves nothing
     store.create_job(job("b", "c"))
     assert changed(store, "b") == ["b-c-1"]
     with pytest.raises(RuntimeError), store.transaction():

@@ -643,15 +643,16 @@ class SqliteStore:
         return [self._job(r) for r in rows]
 
     def changed_jobs(self, batch: str) -> JobChanges:
-        """The batch's jobs whose change number is past the one it last observed."""
-        row = self.db.execute("SELECT observed_job_change FROM batches WHERE name=?",
-                              (batch,)).fetchone()
-        seen = -1 if row is None else int(row[0])
-        rows = self.db.execute("SELECT * FROM jobs WHERE batch=? AND changed>? ORDER BY name",
-                               (batch, seen)).fetchall()
+        """The batch's jobs whose change number is past the one it last observed, in one
+        query (each step of a running batch asks). With none, the mark is -1, which
+        `observed` records over nothing."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE batch=? AND changed>COALESCE((SELECT"
+            " observed_job_change FROM batches WHERE name=?), -1) ORDER BY name",
+            (batch, batch)).fetchall()
         self.reads += len(rows)
         return JobChanges([self._job(r) for r in rows],
-                          max((int(r["changed"]) for r in rows), default=seen))
+                          max((int(r["changed"]) for r in rows), default=-1))
 
     def observed(self, batch: str, changes: JobChanges) -> None:
         """Written in the step's transaction, with the items it recorded: a kill before
