@@ -146,6 +146,9 @@ class Decision:
 
     move: Move | None = None
     waiting: str = ""
+    # the item counts the handler read after its last write of items, if it read them:
+    # the step shows these instead of reading them again (a move writes no item)
+    counts: dict[str, int] | None = None
 
 
 # The moves each state's handler may choose; every one is a row of BATCH_TRANSITIONS
@@ -520,8 +523,8 @@ class Controller:
         decision = self._decisions[state](turn)
         if decision.move is not None:
             self._decide(turn, state, decision.move)
-        counts = self.store.count_items(turn.batch.name) if (
-            counted or status.items_loaded) else {}
+        counts = decision.counts if decision.counts is not None else (
+            self.store.count_items(turn.batch.name) if counted or status.items_loaded else {})
         if counts:
             status.counts = counts
             status.failures = [
@@ -575,9 +578,13 @@ class Controller:
             if t.status.items_loaded:
                 self._restart_failed(t.batch, t.spec, t.profile, t.ctx)
                 self._ensure_jobs(t.batch, t.spec, t.profile, t.ctx)
-        if t.status.items_loaded and not self._unfinished(t.batch):
-            return Decision(Move(B.REPORTING, "every job is terminal", report=True), waiting)
-        return Decision(waiting=waiting)
+        if not t.status.items_loaded:
+            return Decision(waiting=waiting)
+        counts = self.store.count_items(t.batch.name)  # after the step's last item write
+        if not _unfinished(counts):
+            return Decision(Move(B.REPORTING, "every job is terminal", report=True), waiting,
+                            counts)
+        return Decision(waiting=waiting, counts=counts)
 
     def _reporting(self, t: Turn) -> Decision:
         if t.profile is None:  # it says who hears of the batch, from whom, who must not
@@ -631,8 +638,7 @@ class Controller:
 
     def _unfinished(self, batch: Batch) -> int:
         """Items whose job is not terminal, from the store's counters."""
-        return sum(n for state, n in self.store.count_items(batch.name).items()
-                   if state not in JOB_TERMINAL)
+        return _unfinished(self.store.count_items(batch.name))
 
     def _settled(self, batch: Batch, spec: BatchSpec, status: BatchStatus) -> bool:
         """Terminal, every job terminal, every requested restart and update done."""
@@ -898,6 +904,11 @@ class Controller:
             self.store.update_status(batch.name, batch.status, status)
             failpoints.hit("after-status")
             ctx.progressed = True
+
+
+def _unfinished(counts: dict[str, int]) -> int:
+    """Of item counts by state, the items whose job is not terminal."""
+    return sum(n for state, n in counts.items() if state not in JOB_TERMINAL)
 
 
 def _copy_status(status: BatchStatus) -> BatchStatus:

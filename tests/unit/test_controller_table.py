@@ -448,3 +448,29 @@ def test_every_start_and_event_is_used() -> None:
     assert {c.start for c in CASES} == set(STARTS)
     assert {c.event for c in CASES} == set(EVENTS)
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("last", [J.PROCESSING, J.COMPLETED], ids=["goes-on", "reports"])
+def test_a_processing_step_reads_the_item_counts_once_and_shows_them(last: JobState) -> None:
+    """The handler reads the counts after its last item write, to know whether every job
+    is terminal; the step shows those, not a second read (a count a step, not two)."""
+    w = UnitWorld()
+    running(w)
+    w.run("x", J.COMPLETED)
+    w.run("y", last)
+    reads: list[str] = []
+    count_items = w.store.count_items
+
+    def counted(batch: str) -> dict[str, int]:
+        reads.append(batch)
+        return count_items(batch)
+
+    w.store.count_items = counted  # type: ignore[method-assign]
+    w.step()
+    assert reads == ["b"]
+    status = w.batch().status
+    if last == J.PROCESSING:
+        assert (status.state, status.counts) == (B.PROCESSING, {"Completed": 1,
+                                                                "Processing": 1})
+    else:
+        assert (status.state, status.counts) == (B.REPORTING, {"Completed": 2})
