@@ -64,9 +64,14 @@ def _one_step(h: Harness, payloads: PayloadServer, name: str,
     h.sync()
     h.reconcile()  # admitted
     h.reconcile()  # items stored, the first 8 jobs made: 4 for the slots, 4 ahead of them
-    h.reconcile()  # those 8 jobs' creation observed: nothing else changed
     store = h.store
     assert isinstance(store, SqliteStore)
+    # the step that made the 8 recorded them: a pass then has nothing to observe, and
+    # steps no batch and reads no job or item (it used to step the batch to observe those
+    # 8 Jobs, reading them and their items)
+    before = store.reads
+    assert not h.reconcile()
+    assert (h.rec.controller.last_pass.steps, store.reads - before) == (0, 0)
     pending = [j for j in store.list_jobs(name) if j.state == JobState.PENDING]
     assert len(pending) == 8, pending
     # the local runner's own moves of one job (what a worker process exiting 0 records)

@@ -476,3 +476,38 @@ def test_the_jobs_to_start_fill_only_the_slots_the_running_ones_leave(tmp_path: 
         assert first_in_line(0) == []
     finally:
         store.close()
+
+
+def test_jobs_a_step_made_and_recorded_are_observed_by_it(tmp_path: Path) -> None:
+    """SQLite: the Jobs a step made, with their items recorded, move the batch's mark past
+    them, and the batch is not among the changed ones for them; while any change past the
+    mark is one its item does not say (made but not recorded, or started since), the mark
+    stays and the next step observes every change."""
+    store = SqliteStore(local_db_path(tmp_path))
+    try:
+        apply(store, "b", spec("a", "c", "d"))
+        store.set_items("b", [Item(i, f"http://h/{i}") for i in "acd"])
+        assert store.take_changed_batches() is None  # the first call walks every batch
+
+        def made(*ids: str) -> None:  # as a step: the Jobs, then their items
+            store.create_jobs([job("b", i) for i in ids])
+            items = store.items_of("b", list(ids))
+            for s in items:
+                s.attempts, s.job_name = 1, f"b-{s.item.id}-1"
+            store.update_items("b", items)
+
+        made("a")
+        store.create_job(job("b", "c"))  # made, its item not recorded
+        store.observed_made_jobs("b")
+        assert changed(store, "b") == ["b-a-1", "b-c-1"]
+        assert store.take_changed_batches() == {"b"}
+        store.observed("b", store.changed_jobs("b"))
+        made("d")
+        store.observed_made_jobs("b")
+        assert changed(store, "b") == [] and store.take_changed_batches() == set()
+        store.mark_job_started(job("b", "d").name, 1)  # a change its item does not say
+        store.observed_made_jobs("b")
+        assert changed(store, "b") == ["b-d-1"]
+        assert store.take_changed_batches() == {"b"}
+    finally:
+        store.close()

@@ -760,6 +760,7 @@ class Controller:
             # one write for the Jobs made, before the counts are read (crash: adopted)
             self.store.update_items(batch.name, list(ctx.dirty_items.values()))
             ctx.dirty_items = {}
+            self.store.observed_made_jobs(batch.name)  # recorded: nothing to observe
         if result.error is not None:
             raise result.error
 

@@ -344,6 +344,10 @@ class MemoryStore:
     def observed(self, batch: str, changes: JobChanges) -> None:
         self._s.observed.setdefault(batch, {}).update(changes.mark)
 
+    def observed_made_jobs(self, batch: str) -> None:
+        """Nothing: every pass of the unit world steps every batch (`take_changed_batches`),
+        and its next step observes them."""
+
     def create_job(self, spec: JobSpec) -> bool:
         if spec.name in self._s.jobs:
             return False

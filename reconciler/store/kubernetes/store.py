@@ -1051,6 +1051,10 @@ class KubernetesStore:
     def observed(self, batch: str, changes: JobChanges) -> None:
         self._observed.setdefault(batch, {}).update(changes.mark)
 
+    def observed_made_jobs(self, batch: str) -> None:
+        """Nothing: a Job made is observed from its watch event (its resourceVersion is the
+        mark), by the step that event brings."""
+
     def count_active_jobs(self) -> int:
         return sum(1 for j in self.list_jobs()
                    if j.state in (JobState.PENDING, JobState.PROCESSING) and not j.suspended)

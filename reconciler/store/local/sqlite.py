@@ -660,6 +660,22 @@ class SqliteStore:
         self._write("UPDATE batches SET observed_job_change=? WHERE name=? AND"
                     " observed_job_change<?", (changes.mark, batch, changes.mark))
 
+    def observed_made_jobs(self, batch: str) -> None:
+        """When every change of the batch's jobs past its mark is one that the job's item
+        already says (its name, attempt, state, message and times: the Jobs this step made
+        and recorded), the mark moves past them; else it stays, and the next step observes
+        them all. Then `take_changed_batches` leaves the batch out: at 1,000 batches of 10,
+        a quarter of all steps only observed the Jobs the step before them had made."""
+        self._write(
+            "UPDATE batches SET observed_job_change=(SELECT MAX(changed) FROM jobs WHERE"
+            " batch=?1) WHERE name=?1 AND (SELECT MAX(changed) FROM jobs WHERE batch=?1)"
+            " > observed_job_change AND NOT EXISTS (SELECT 1 FROM jobs WHERE batch=?1 AND"
+            " changed>batches.observed_job_change AND NOT EXISTS (SELECT 1 FROM items WHERE"
+            " items.batch=?1 AND items.item_id=jobs.item AND items.job_name=jobs.name AND"
+            " items.attempts=jobs.attempt AND items.state=jobs.state AND"
+            " items.message=jobs.message AND items.started_at IS jobs.started_at AND"
+            " items.finished_at IS jobs.finished_at))", (batch,))
+
     def count_active_jobs(self) -> int:
         """Jobs made and not finished, not suspended: waiting to start (for a slot, if
         made ahead of one) or running; what the controller's budget counts."""
@@ -707,7 +723,9 @@ class SqliteStore:
         numbers the triggers give every change (the runner's moves, a hold's suspension,
         a creation: no write path can forget one) and the batches `delete_job` deleted a
         Job of; None on the first call, which walks
-        them all. The number seen is kept in memory: one reconciler owns the state dir."""
+        them all. The number seen is kept in memory: one reconciler owns the state dir.
+        A change the batch has observed already is left out: the Jobs its step made and
+        recorded (`observed_made_jobs`)."""
         row = self.db.execute("SELECT value FROM sequences WHERE name='job-change'").fetchone()
         now = int(row[0]) if row else 0
         seen, self._change_seen = self._change_seen, now
@@ -715,7 +733,9 @@ class SqliteStore:
         if seen is None:
             return None
         return deleted | {r[0] for r in self.db.execute(
-            "SELECT DISTINCT batch FROM jobs WHERE changed>? AND changed<=?", (seen, now))}
+            "SELECT DISTINCT jobs.batch FROM jobs JOIN batches ON batches.name=jobs.batch"
+            " WHERE changed>? AND changed<=? AND changed>batches.observed_job_change",
+            (seen, now))}
 
     # --- local runner's view of the jobs table
     def jobs_in_state(self, state: JobState, limit: int = -1) -> list[sqlite3.Row]:
