@@ -56,6 +56,11 @@ from reconciler.support.redaction import redact_text
 
 log = logging.getLogger(__name__)
 FIRST_RETRY, MAX_RETRY = 1.0, 30.0  # seconds after a failed pass, doubling (as client-go)
+# After a pass that progressed, while the local runner has Jobs made ahead for every slot it
+# alone records the exits and starts the next ones, and the next pass comes when fewer are
+# left or this long after, whichever is first (`between_passes`), as the Kubernetes
+# Job controller batches a Job's pod events for a second (syncJobBatchPeriod)
+BATCH_PERIOD_SECONDS = 0.25
 
 
 @dataclass
@@ -320,6 +325,24 @@ class Reconciler:
         """Let the local runner start and finish jobs (the cluster does it on Kubernetes)."""
         return self.runner.tick() if self.runner is not None else False
 
+    def between_passes(self, stop: threading.Event | None = None) -> None:
+        """Between a pass that progressed and the next: while the local runner has Jobs
+        made ahead for every slot, it alone records each exit and starts the next Job at
+        once, and the next pass comes when fewer are left, BATCH_PERIOD_SECONDS after this
+        one at the latest, or at once for a sync asked for or a stop. The next pass then
+        observes several exits of a batch in one step: at 1,000 batches of 10, a pass
+        came every 4 jobs and each step observed about one change."""
+        if self.runner is None:
+            return
+        until = time.monotonic() + BATCH_PERIOD_SECONDS
+        while self.runner.jobs_ahead_for_every_slot():
+            left = until - time.monotonic()
+            if left <= 0 or self._sync_asked.is_set() or (stop is not None and stop.is_set()):
+                return
+            if self.wake.wait(left):
+                self.wake.clear()
+                self.tick_jobs()
+
     def reconcile(self, repo: RepoState) -> bool:
         """Step the batches that can change; every batch on the first pass and every
         `resync` seconds (or when the last sync changed something)."""
@@ -399,6 +422,7 @@ class Reconciler:
             if on_pass is not None:
                 on_pass(self)
             if progressed:
+                self.between_passes()
                 continue
             if not self.busy():
                 return passes
@@ -437,6 +461,8 @@ class Reconciler:
                 if failures:
                     log.warning("reconcile passes succeed again after %d failed", failures)
                     failures = 0
+                if progressed:
+                    self.between_passes(stop)
             except NoSpaceLeft as exc:  # retried every interval until space returns
                 if str(exc) != full:
                     log.error("%s", exc)

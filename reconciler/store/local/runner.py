@@ -150,6 +150,11 @@ class LocalRunner:
             self._next_scan = time.monotonic() + self.scan_seconds
         return self._record_and_start() or changed
 
+    def jobs_ahead_for_every_slot(self) -> bool:
+        """Are there Jobs waiting to start (made ahead by the controller) for every slot?
+        Then the runner can go on without a pass for a while."""
+        return self.store.count_jobs_in_state(JobState.PENDING) >= self.parallel
+
     def tick_if_exited(self) -> bool:
         """The round between two steps of a pass, when a child has exited since the last
         round: its slot goes to a Job made ahead at once, not at the pass's end (no scan;
