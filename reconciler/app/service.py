@@ -13,9 +13,9 @@ threads of their own, so a peer that hangs delays only its own report or batch.
 `run_forever` also wakes at once when a local job ends, a download or delivery finishes,
 or a webhook asks for a sync. Between two passes that progress, the local runner alone
 starts the Jobs made ahead as others exit, while there are some for every slot, for up to
-BATCH_PERIOD_SECONDS (`between_passes`). A heartbeat file records when the last pass and the last
-sync finished, so the web page can show the sync time and `/healthz` can fail when the
-loop stalls.
+BATCH_PERIOD_SECONDS (`between_passes`). A heartbeat file records when the last pass and
+the last sync finished, so the web page can show the sync time and `/healthz` can fail
+when the loop stalls.
 A full disk under the state dir ends a pass as one NoSpaceLeft (support/nospace.py), kept
 for `batchq status` when the store can still take it; `run_forever` says so once and
 retries every interval, and the first pass after space returns clears it.
