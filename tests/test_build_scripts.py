@@ -48,3 +48,65 @@ def test_the_s3_server_build_succeeds_into_an_empty_cache_and_leaves_no_stage(
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == str(bin_dir)
     assert len(log.read_text().splitlines()) == 1, "built again although it was there"
+
+
+# mmdebstrap's own rule: the output format follows the target's ending unless --format says
+FAKE_MMDEBSTRAP = """#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+for last; do :; done
+format=auto
+for a; do case $a in --format=*) format=${a#--format=};; esac; done
+target=$(for a; do echo "$a"; done | tail -2 | head -1)
+case $format:$target in
+  tar:*|auto:*.tar) echo tarball > "$target" ;;
+  *) mkdir -p "$target/etc" ;;
+esac
+"""
+# buildah: the base image exists once committed; everything else succeeds
+FAKE_BUILDAH = """#!/bin/sh
+echo "buildah $*" >> "$FAKE_LOG"
+for a; do
+  case $a in
+    inspect) [ -e "$FAKE_STATE/base" ]; exit ;;
+    commit) touch "$FAKE_STATE/base"; exit 0 ;;
+    from) echo ctr; exit 0 ;;
+  esac
+done
+exit 0
+"""
+
+
+def test_the_image_base_is_made_once_as_a_tarball_on_a_fresh_machine(tmp_path: Path) -> None:
+    """The first build makes the base rootfs as a tar file and the second finds it; a
+    directory an earlier version left in its place is replaced. (The old script let
+    mmdebstrap pick the format by the name "rootfs.tar.tmp": a directory, which the next
+    build did not take for the base, made again, and failed to move over the first.)"""
+    bin_dir, log, state = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name, text in (("mmdebstrap", FAKE_MMDEBSTRAP), ("buildah", FAKE_BUILDAH)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BATCHQ_CACHE": str(cache), "FAKE_LOG": str(log),
+           "FAKE_STATE": str(state), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    base = cache / "image-base-bookworm" / "rootfs.tar"
+
+    def build() -> None:
+        done = subprocess.run([str(ROOT / "scripts" / "build-image")], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1].startswith("localhost/batchq:")
+
+    def bootstraps() -> int:
+        return sum(1 for line in log.read_text().splitlines() if "bookworm" in line
+                   and not line.startswith("buildah"))
+
+    build()
+    assert base.is_file() and not base.with_suffix(".tar.tmp").exists()
+    build()
+    assert bootstraps() == 1, log.read_text()  # the second build found it
+    base.unlink()
+    (base / "etc").mkdir(parents=True)  # what the old script left
+    build()
+    assert base.is_file() and bootstraps() == 2
