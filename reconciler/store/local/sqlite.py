@@ -268,9 +268,12 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """A transaction; outside any other, committed at FULL when `durable`, else at
-        NORMAL (`_unsynced_tx`); inside one it joins it, at that one's level (the level
-        cannot change inside a transaction)."""
+        """A transaction; outside any other, committed at synchronous=FULL when `durable`,
+        else at NORMAL: in WAL mode such a commit survives the process being killed (the
+        write is in the OS's hands); only a power loss before the next fsync'd commit can
+        undo it. The level stays NORMAL after it until the next durable write
+        (`_sync_level`). Inside another transaction it joins that one, at that one's
+        safety (the level cannot change inside a transaction)."""
         if self._depth:  # inside an outer transaction: its commit covers this write
             yield self.db
             return
@@ -289,23 +292,13 @@ class SqliteStore:
     def transaction(self, durable: bool = True) -> AbstractContextManager[Any]:
         """Everything written inside commits together (one fsync; none when not
         `durable`: see `Store.transaction`), or not at all."""
-        return self._tx() if durable else self._unsynced_tx()
+        return self._tx(durable)
 
     def rebuildable_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A transaction whose writes can be rebuilt from elsewhere if a power loss undoes
         them (the local runner's starts and exits: the job dirs and their `rc` files, read
         by its scan and by `_adopt`), committed without an fsync of its own."""
         return self.transaction(durable=False)
-
-    @contextmanager
-    def _unsynced_tx(self) -> Iterator[sqlite3.Connection]:
-        """A transaction committed at synchronous=NORMAL: in WAL mode the commit survives
-        the process being killed (the write is in the OS's hands); only a power loss before
-        the next fsync'd commit can undo it. Inside another transaction it joins that one,
-        at that one's safety (the level cannot change inside a transaction). The level
-        stays NORMAL after it until the next durable write (`_sync_level`)."""
-        with self._tx(durable=False) as db:
-            yield db
 
     def _execute_write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         """A write statement; outside a transaction it commits on its own, at FULL (as
@@ -884,7 +877,7 @@ class SqliteStore:
         """
         now = time.time()
         accepted = any(r.state == Delivery.DELIVERED for r in recipients)
-        with self._unsynced_tx():
+        with self._tx(durable=False):
             self._write(
                 "UPDATE outbox SET attempts=attempts+1, last_error=?, recipients_json=?,"
                 " next_attempt_at=COALESCE(?, next_attempt_at),"
