@@ -581,7 +581,7 @@ class Controller:
         if not t.status.items_loaded:
             return Decision(waiting=waiting)
         counts = self.store.count_items(t.batch.name)  # after the step's last item write
-        if not _unfinished(counts):
+        if not _unfinished_in(counts):
             return Decision(Move(B.REPORTING, "every job is terminal", report=True), waiting,
                             counts)
         return Decision(waiting=waiting, counts=counts)
@@ -638,7 +638,7 @@ class Controller:
 
     def _unfinished(self, batch: Batch) -> int:
         """Items whose job is not terminal, from the store's counters."""
-        return _unfinished(self.store.count_items(batch.name))
+        return _unfinished_in(self.store.count_items(batch.name))
 
     def _settled(self, batch: Batch, spec: BatchSpec, status: BatchStatus) -> bool:
         """Terminal, every job terminal, every requested restart and update done."""
@@ -907,7 +907,7 @@ class Controller:
             ctx.progressed = True
 
 
-def _unfinished(counts: dict[str, int]) -> int:
+def _unfinished_in(counts: dict[str, int]) -> int:
     """Of item counts by state, the items whose job is not terminal."""
     return sum(n for state, n in counts.items() if state not in JOB_TERMINAL)
 
