@@ -27,6 +27,7 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
 from reconciler.spec.addresses import address_problem, display_name_problem
+from reconciler.spec.fastcheck import Check, compile_schema
 from reconciler.spec.objectrules import object_problems
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
 from reconciler.support.controlchars import escape_controls
@@ -147,6 +148,19 @@ def _read_schema(name: str) -> dict[str, Any]:
 @cache
 def _validator(kind: str) -> Any:
     return _Validator(load_schema(kind))
+
+
+@cache
+def _certainly_valid(kind: str) -> Check:
+    """The quick yes before jsonschema (`fastcheck`): a first sync of 10,000 files pays
+    jsonschema's ~1 ms a file only for the files it has something to say about."""
+    return compile_schema(load_schema(kind)) or (lambda _: False)
+
+
+def _schema_errors(kind: str, data: Any) -> Iterator[Any]:
+    """jsonschema's errors for `data` as a `kind`: none when the quick check passes it."""
+    if not _certainly_valid(kind)(data):
+        yield from _validator(kind).iter_errors(data)
 
 
 def format_path(json_path: JsonPath) -> str:
@@ -517,7 +531,7 @@ def check_document(doc: LoadedDocument, expected_kind: str | None = None) -> lis
     if kind is None:
         return problems
     seen: set[Problem] = set()
-    for error in _validator(kind).iter_errors(doc.data):
+    for error in _schema_errors(kind, doc.data):
         for problem in _explain(error, doc):
             if problem not in seen:  # "required" lists all names on each error
                 seen.add(problem)
@@ -538,7 +552,7 @@ def schema_problems(doc: LoadedDocument, kind: str) -> list[Problem]:
     """Every schema problem of a file read outside the repository (the access policy),
     in plain words at its line, as for the repository's files."""
     seen: set[Problem] = set()
-    for error in _validator(kind).iter_errors(doc.data):
+    for error in _schema_errors(kind, doc.data):
         seen.update(_explain(error, doc))
     return sorted(seen)
 
