@@ -241,7 +241,10 @@ def test_a_state_dir_written_before_the_change_numbers_is_observed_in_full(
             "DROP INDEX jobs_by_change", "DROP INDEX jobs_by_any_change",
             "DROP INDEX items_by_state",
             "DROP INDEX items_unfinished", "ALTER TABLE jobs DROP COLUMN changed",
-            "ALTER TABLE batches DROP COLUMN observed_job_change"):
+            "ALTER TABLE batches DROP COLUMN observed_job_change",
+            # that release found a state's jobs and a batch's by an index on each
+            "DROP INDEX jobs_in_line", "CREATE INDEX jobs_by_state ON jobs (state)",
+            "CREATE INDEX jobs_by_batch ON jobs (batch)"):
         db.execute(statement)
     # the old runner's record of a finished job, which no step has observed yet
     db.execute("UPDATE jobs SET state='Completed', started_at=1, finished_at=2, exit_code=0"
@@ -252,6 +255,12 @@ def test_a_state_dir_written_before_the_change_numbers_is_observed_in_full(
     h.reconcile()
     assert_status_matches(h, "upgraded")
     assert h.batch("upgraded").status.counts == {"Completed": 1, "Pending": 4}
+    db = sqlite3.connect(local_db_path(h.settings.state_dir))
+    indexes = {row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='jobs'"
+        " AND sql IS NOT NULL")}
+    db.close()
+    assert indexes == {"jobs_by_change", "jobs_by_any_change", "jobs_in_line"}
     h.until(lambda: h.state("upgraded") == "Completed", "the upgraded batch completes")
     assert_status_matches(h, "upgraded")
     assert h.batch("upgraded").status.counts == {"Completed": 5}

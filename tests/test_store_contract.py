@@ -474,6 +474,16 @@ def test_the_jobs_to_start_fill_only_the_slots_the_running_ones_leave(tmp_path: 
         store.mark_job_started(job("b", "c").name, 2)
         assert first_in_line(3) == ["d"]
         assert first_in_line(0) == []
+        # read in the order of an index up to the free slots, never sorted: a sort would
+        # read every Pending job, each round, however many are made ahead
+        trace: list[str] = []
+        store.db.set_trace_callback(trace.append)
+        first_in_line(3)
+        store.db.set_trace_callback(None)
+        (query,) = trace  # with its values in place
+        plan = [row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + query)]
+        assert not [step for step in plan if "TEMP B-TREE" in step], plan
+        assert [step for step in plan if "jobs_in_line" in step], plan
     finally:
         store.close()
 
