@@ -12,7 +12,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
-from reconciler.domain.model import BatchSpec, Profile, QueueSettings
+from reconciler.domain.model import BatchSpec, Item, Profile, QueueSettings
 from reconciler.spec.validation import (
     PATTERN_HINTS,
     Problem,
@@ -532,3 +532,10 @@ def test_an_inline_objects_file_names_and_shape_are_checked_at_their_lines() -> 
     assert atlas.files[0].mime == "image/tiff" and atlas.url == atlas.files[0].url
     assert spec.items[1].container is not None and spec.items[1].file_count() is None
     assert spec.items[2].files[0].digest == ("sha256", "abc")  # refused above, at its line
+    # what admission checks of each item, read without the files' default names
+    single = Item("scan-1", "https://repo.example.org/a/scan%201.tif")
+    for item in [*spec.items, single]:
+        named = [f.url for f in item.object_files()]
+        assert item.file_urls() == named + ([item.container.url] if item.container else [])
+        assert item.file_count() == (None if item.container and not item.files else len(named))
+    assert single.file_urls() == [single.url] and single.file_count() == 1

@@ -139,10 +139,19 @@ class Item:
         files = [f.to_dict() for f in self.object_files()]
         return object_json(files, self.container.to_dict() if self.container else None)
 
+    def file_urls(self) -> list[str]:
+        """Where the object's bytes come from: its files' URLs and its container's. Not
+        through `object_files`, whose default file names cost a URL parse each: every
+        item's URLs are checked when its batch is admitted."""
+        urls = [f.url for f in self.files] if self.files else (
+            [] if self.container is not None else [self.url])
+        return [*urls, self.container.url] if self.container is not None else urls
+
     def file_count(self) -> int | None:
         """How many files the object has; None for a container (known once unpacked)."""
-        return None if self.container is not None and not self.files else len(
-            self.object_files())
+        if self.files:
+            return len(self.files)
+        return None if self.container is not None else 1
 
     def identifiers(self) -> str:
         """The object's identifiers on one line, for reports and the page ("" if none)."""

@@ -263,8 +263,7 @@ def _resolve(spec: BatchSpec, profile: Profile, repo: RepoSnapshot | None,
     else:
         raise ManifestError("the batch has neither manifest items nor a manifest URL")
     for item in items:
-        urls = [f.url for f in item.object_files()]
-        urls += [item.container.url] if item.container else []
+        urls = item.file_urls()
         userinfos = set()
         for file_url in urls:
             try:

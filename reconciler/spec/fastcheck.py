@@ -27,8 +27,10 @@ _IGNORED = {"description", "default", "title", "$comment", "examples", "$schema"
 
 
 @cache
-def _pattern(pattern: str) -> re.Pattern[str]:
-    # ECMA-262 `$` ends the text; Python's also matches before a final newline.
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A schema's pattern as the schema and Kubernetes mean it: ECMA-262 `$` ends the
+    text, where Python's also matches before a final newline, which would let
+    "map-001\\n" pass as an item id."""
     if pattern.endswith("$") and not pattern.endswith("\\$"):
         pattern = pattern[:-1] + r"\Z"
     return re.compile(pattern)
@@ -63,7 +65,7 @@ def _keyword(key: str, rule: Any, schema: dict[str, Any]) -> Check | None:
             lambda v: not isinstance(v, dict)
             or all(checks[n](x) for n, x in v.items() if n in checks))
     if key == "pattern":
-        regex = _pattern(rule)
+        regex = ecma_regex(rule)
         return lambda v: not isinstance(v, str) or regex.search(v) is not None
     if key == "minLength":
         return lambda v: not isinstance(v, str) or len(v) >= rule

@@ -27,7 +27,7 @@ from jsonschema.validators import extend
 
 from reconciler.domain.model import DIGEST_HEX_DIGITS, DNS_LABEL
 from reconciler.spec.addresses import address_problem, display_name_problem
-from reconciler.spec.fastcheck import Check, compile_schema
+from reconciler.spec.fastcheck import Check, compile_schema, ecma_regex
 from reconciler.spec.objectrules import object_problems
 from reconciler.spec.yamlsafe import DocumentError, LoadedDocument, load_document, read_document
 from reconciler.support.controlchars import escape_controls
@@ -109,17 +109,8 @@ class Problem:
         return cls(error.path, error.line, error.col, error.message)
 
 
-@cache
-def _compiled(pattern: str) -> re.Pattern[str]:
-    """ECMA-262 `$` (what the schema and Kubernetes mean) ends the text; Python's `$` also
-    matches before a final newline, which would let "map-001\\n" pass as an item id."""
-    if pattern.endswith("$") and not pattern.endswith("\\$"):
-        pattern = pattern[:-1] + r"\Z"
-    return re.compile(pattern)
-
-
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
-    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
@@ -489,7 +480,7 @@ def _check_addresses(doc: LoadedDocument, kind: str) -> list[Problem]:
     """Each address field holds one bare address. Values that the schema's pattern already
     refused are left to its message."""
     depositor = load_schema("Batch")["properties"]["spec"]["properties"]["depositor"]
-    schema_pattern = _compiled(depositor["properties"]["email"]["pattern"])
+    schema_pattern = ecma_regex(depositor["properties"]["email"]["pattern"])
     problems: list[Problem] = []
     for field in ADDRESS_FIELDS.get(kind, ()):
         node: Any = doc.data
