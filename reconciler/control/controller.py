@@ -983,6 +983,9 @@ def _withhold_credentials(items: list[Item]) -> tuple[list[Item], dict[str, str]
         return shown_url
 
     for item in items:
+        if not any("@" in url for url in (item.url, *item.file_urls())):
+            shown.append(item)  # no userinfo: nothing to hide (most items)
+            continue
         item = dataclasses.replace(
             item, url=hide(item.url, item.id),
             files=tuple(dataclasses.replace(f, url=hide(f.url, item.id)) for f in item.files),
