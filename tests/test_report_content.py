@@ -145,3 +145,25 @@ def test_a_display_name_that_could_forge_a_header_is_refused_at_its_line(
     assert out.stderr == "1 error in 1 of 1 file\n"
     assert said.startswith(f"{profile}:{line}:") and "spec.notification.fromName: " in said
     assert said.endswith(says) or f"{says}," in said
+
+
+def test_a_short_title_or_message_is_wrapped_as_textwrap_wraps_it() -> None:
+    """The table's one-line shortcut gives what `textwrap` gives, for every text it takes:
+    short and long, with spaces at either end or in runs, tabs, line breaks and other
+    white space, empty."""
+    import random
+    import textwrap
+
+    from reconciler.control.reports import _wrap
+
+    rng = random.Random(13)
+    alphabet = ["a", "B", "7", "-", " ", "  ", "\t", "\n", "\r", "\x0b", "\xa0", "\u2028",
+                "é", "word", "x" * 45]
+    texts = ["", " ", "a", " a", "a ", "a  b", "\t", TITLE, "x" * 40, "x" * 41, "x" * 72,
+             *("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+               for _ in range(3000))]
+    for width in (5, 40, 72):
+        for text in texts:
+            wrapped = textwrap.wrap(text, width, break_long_words=False,
+                                    break_on_hyphens=False) or [""]
+            assert _wrap(text, width) == wrapped, (text, width)

@@ -91,6 +91,8 @@ def recipients_for(spec: BatchSpec, profile: Profile | None) -> tuple[str, ...]:
 def _wrap(text: str, width: int) -> list[str]:
     """`text` in lines of about `width`, broken only between words: a word longer than
     that (a digest, a URL) keeps a line of its own, whole."""
+    if len(text) <= width and text == text.strip(" ") and text.isprintable():
+        return [text]  # one line as it is (most titles, every empty message): no regex
     return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 
