@@ -40,9 +40,8 @@ from reconciler.manifests.checkm import (
 )
 from reconciler.manifests.fetch import FetchError, fetch_bytes
 from reconciler.manifests.repofiles import RepoSnapshot
-from reconciler.spec.fastcheck import compile_schema
 from reconciler.spec.objectrules import object_problems
-from reconciler.spec.validation import PATTERN_HINTS, item_validator
+from reconciler.spec.validation import PATTERN_HINTS, item_certainly_valid, item_validator
 from reconciler.spec.yamlsafe import DocumentError, load_document
 from reconciler.support.redaction import redact_text, redact_url
 from reconciler.support.urls import UrlRefused, check_url, url_allowed
@@ -75,7 +74,7 @@ def check_items(raw: list[Any], source: str) -> list[Item]:
     if len(raw) > MAX_ITEMS:
         raise ManifestError(f"{source}: {len(raw)} items, more than the {MAX_ITEMS} allowed")
     validator = item_validator()
-    fast = compile_schema(validator.schema) or (lambda _: False)
+    fast = item_certainly_valid()
     seen: dict[str, int] = {}
     items = []
     for n, entry in enumerate(raw):
