@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from reconciler.control.jobs import job_name
+from reconciler.support.nospace import NoSpaceLeft
 from tests.fixtures import (
     ADMIN,
     GitRepo,
@@ -32,6 +33,8 @@ from tests.fixtures import (
     profile_doc,
     wait_for,
 )
+from tests.test_runner_exits import job_repo
+from tests.test_runner_exits import reconciler as exits_reconciler
 
 QUEUE_PAUSED = {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": {"paused": True}}
 
@@ -509,6 +512,63 @@ def test_run_says_once_that_the_state_dir_is_full_and_resumes_by_itself(
     assert told and len(told) == len(set(told)), told  # each cause once, not once a pass
     assert "space is back in the state dir" in text
     nothing_twice(state, smtp, payloads, ["before", "during"])
+
+
+def test_a_job_that_ends_as_the_disk_fills_is_recorded_though_the_next_cannot_start(
+        small_disk: Path, git_repo: GitRepo, tmp_path: Path) -> None:
+    """A round records the exits reported since the last and starts Jobs in the slots they
+    free, in one transaction (one commit, not two). A start refused for want of space
+    comes after that commit: the job that ended is Completed, the next stays Pending until
+    space is back, and then the round that records its exit starts the third, again in one
+    transaction."""
+    gate = tmp_path / "gate"
+    job_repo(git_repo, ["/bin/sh", "-c", f'until [ -e "{gate}" ]; do sleep 0.05; done'],
+             items=3, slots=1)
+    rec = exits_reconciler(git_repo, small_disk / "state")
+    assert rec.runner is not None
+    statements: list[str] = []
+
+    def jobs() -> dict[str, str]:
+        return {j.item: str(j.state) for j in rec.store.list_jobs("b")}
+
+    def one_round_after_an_exit() -> list[str]:
+        """Wait for the next exit's report, then run the round between two steps."""
+        assert rec.runner is not None
+        wait_for(rec.runner.wake.is_set, timeout=30, what="a job's exit to be reported")
+        rec.runner.wake.clear()
+        statements.clear()
+        try:
+            rec.runner.tick_if_exited()
+        finally:
+            locks = [s for s in statements if s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
+        return locks
+
+    try:
+        wait_for(lambda: (rec.run_pass() or True)
+                 and jobs() == {"item-0": "Processing", "item-1": "Pending",
+                                "item-2": "Pending"},
+                 timeout=60, what="the first job running, the next two made ahead")
+        rec.runner.wake.clear()
+        rec.store.db.set_trace_callback(statements.append)
+        filler = fill(small_disk, leave=768 * 1024)
+        gate.touch()
+        with pytest.raises(NoSpaceLeft, match="too little to start a job"):
+            one_round_after_an_exit()
+        assert [s for s in statements if s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))] == [
+            "BEGIN IMMEDIATE", "COMMIT"], statements
+        assert jobs() == {"item-0": "Completed", "item-1": "Pending", "item-2": "Pending"}
+        filler.unlink()
+        statements.clear()
+        assert rec.runner.tick() is True  # item-1 starts, and ends at once (the gate is open)
+        assert jobs()["item-1"] in ("Processing", "Completed")
+        assert one_round_after_an_exit() == ["BEGIN IMMEDIATE", "COMMIT"]
+        assert jobs() == {"item-0": "Completed", "item-1": "Completed",
+                          "item-2": "Processing"}
+        moves = [s for s in dict.fromkeys(statements) if s.startswith("UPDATE jobs SET state=")]
+        assert [m.split("'")[1] for m in moves] == ["Completed", "Processing"], statements
+    finally:
+        rec.store.db.set_trace_callback(None)
+        rec.close()
 
 
 def test_a_batch_step_that_cannot_be_written_ends_the_pass_not_just_that_batch(

@@ -117,8 +117,8 @@ class LocalRunner:
     A child's exit is reported by the one thread that waits for all of them (exits.py: its
     name on `_exited`, then `wake`), so a round records exactly the jobs that ended instead
     of looking at every running one; a scan every `scan_seconds`, on the first round and
-    when a deadline is due covers the rest. The writes of a round's exits, and of its
-    starts, commit as one transaction each, without an fsync of their own
+    when a deadline is due covers the rest. The writes of a round's exits and
+    starts commit as one transaction, without an fsync of its own
     (`rebuildable_transaction`): a kill before a commit, or a power loss that undoes one,
     loses nothing: the `rc` files stay, and a start finds the shim it made before
     (`_adopt`) or, after a reboot, runs the attempt again. A round with no exit to record
@@ -162,36 +162,52 @@ class LocalRunner:
         return not self._exited.empty() and self._record_and_start()
 
     def _record_and_start(self) -> bool:
-        changed = False
-        if not self._exited.empty():
-            with self.store.rebuildable_transaction():
-                changed = self._record_exits()
-        waiting = self.store.jobs_to_start(self.parallel)  # for the slots left free
-        if waiting:
+        """Record the exits reported since the last round and start Jobs in the slots they
+        and any others leave free, in one transaction: a round is mostly one exit and one
+        start, and a commit costs more than either write. What a failed start raised is
+        raised after the commit, so the exits, and the starts made before it, are kept."""
+        waiting = None if not self._exited.empty() else self.store.jobs_to_start(self.parallel)
+        if waiting == []:
+            return False  # nothing to record, nothing to start: no transaction
+        error: BaseException | None = None
+        with self.store.rebuildable_transaction():
+            changed = self._record_exits()
+            if waiting is None or changed:  # the slots the exits freed
+                waiting = self.store.jobs_to_start(self.parallel)
+            if waiting:
+                started, error = self._start_waiting(waiting)
+                if started:  # a kill here: the restarted reconciler adopts them
+                    failpoints.hit("after-jobs-spawned")
+                for row in waiting:
+                    if _overdue(row):
+                        self.store.mark_job_failed(row["name"], _deadline_reason(row))
+                for name, pid in started:
+                    self.store.mark_job_started(name, pid)
+                changed = True
+        if error is not None:
+            raise error
+        return changed
+
+    def _start_waiting(self, waiting: list[sqlite3.Row]
+                       ) -> tuple[list[tuple[str, int | None]], BaseException | None]:
+        """Start the Jobs first in line but those past their deadline (failed by the
+        caller); what started (name, pid), and what stopped the starts, if anything did."""
+        started: list[tuple[str, int | None]] = []
+        try:
             if nearly_full(self.jobs_dir):  # kubelet's DiskPressure: admit none
                 raise NoSpaceLeft(self.jobs_dir.parent, f"{free_bytes(self.jobs_dir)} bytes"
                                   " free, too little to start a job")
-            started: list[tuple[str, int | None]] = []
-            try:
-                for row in waiting:
-                    if not _overdue(row):  # else a re-run past its deadline: failed below
-                        spec = json.loads(row["spec_json"])
-                        started.append((row["name"], self._start(row, spec)))
-                        if seconds := _seconds(spec):  # the round that passes it scans
-                            self._next_deadline = min(self._next_deadline,
-                                                      (row["started_at"] or time.time())
-                                                      + seconds)
-            finally:  # what started is recorded, even when a later start failed
-                if started:  # a kill here: the restarted reconciler adopts them
-                    failpoints.hit("after-jobs-spawned")
-                with self.store.rebuildable_transaction():
-                    for row in waiting:
-                        if _overdue(row):
-                            self.store.mark_job_failed(row["name"], _deadline_reason(row))
-                    for name, pid in started:
-                        self.store.mark_job_started(name, pid)
-            changed = True
-        return changed
+            for row in waiting:
+                if not _overdue(row):
+                    spec = json.loads(row["spec_json"])
+                    started.append((row["name"], self._start(row, spec)))
+                    if seconds := _seconds(spec):  # the round that passes it scans
+                        self._next_deadline = min(self._next_deadline,
+                                                  (row["started_at"] or time.time())
+                                                  + seconds)
+        except BaseException as exc:  # the caller records what started, then raises it
+            return started, exc
+        return started, None
 
     def _record_exits(self) -> bool:
         """Record the children whose waiters reported them ended; one that left no result
