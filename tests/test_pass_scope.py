@@ -227,6 +227,47 @@ def test_a_job_started_just_before_a_kill_is_adopted_not_run_twice(
     assert sorted(runs.read_text().split()) == ["item-0", "item-1", "item-2"]  # once each
 
 
+def test_a_kill_before_a_round_commits_loses_neither_the_exit_nor_the_start_in_it(
+        git_repo: GitRepo, tmp_path: Path) -> None:
+    """A round records the exits since the last one and the starts they make room for in
+    one transaction. With one slot, the second job's start follows the first job's exit in
+    one round; killed after that start and before the commit, the store has neither. The
+    restarted reconciler reads the first job's result from its job dir and adopts the
+    second's shim: each item runs once and the batch completes."""
+    runs = tmp_path / "runs"
+    git_repo.write("profiles/test.yaml", {
+        "apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
+        "spec": {"job": {"command": ["/bin/sh", "-c", f'echo "$BATCHQ_ITEM_ID" >> {runs}']},
+                 "allowedUrlPrefixes": ["http://127.0.0.1/"],
+                 "notification": {"from": "batchq@example.org"}}})
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1))
+    items = [{"id": f"item-{i}", "url": f"http://127.0.0.1/{i}"} for i in range(3)]
+    git_repo.write("batches/b.yaml", {**batch_doc(items), "metadata": {"name": "b"}})
+    git_repo.commit("three jobs, one at a time")
+    state = tmp_path / "state"
+    args = ("reconcile", "--repo", str(git_repo.path), "--state", str(state), "--until-idle",
+            "--timeout", "60")
+    killed = batchq(*args, failpoint="after-jobs-spawned:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    wait_for(lambda: runs.exists() and len(runs.read_text().split()) == 2, timeout=30,
+             what="the two jobs the killed reconciler started")
+    store = open_store(BackendSettings(backend="local", state_dir=state))
+    try:  # the round's exit and its start died with it
+        assert {j.item: str(j.state) for j in store.list_jobs("b")} == {
+            "item-0": "Processing", "item-1": "Pending", "item-2": "Pending"}
+    finally:
+        store.close()
+    done = batchq(*args)
+    assert done.returncode == 0, done.stderr
+    store = open_store(BackendSettings(backend="local", state_dir=state))
+    try:
+        assert state_of(store, "b") == "Completed"
+        assert {str(j.state) for j in store.list_jobs("b")} == {"Completed"}
+    finally:
+        store.close()
+    assert sorted(runs.read_text().split()) == ["item-0", "item-1", "item-2"]  # once each
+
+
 def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
                                                          tmp_path: Path) -> None:
     bad = batchq("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "s"),
