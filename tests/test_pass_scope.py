@@ -192,30 +192,34 @@ def test_a_pass_steps_the_batch_whose_job_finished_not_the_settled_ones(
     assert sum(steps for _, steps in later) >= 2, seen  # jobs ended, then the report
 
 
-@pytest.mark.parametrize("runs_for", ["0", "2"])
-def test_a_job_started_just_before_a_kill_is_adopted_not_run_twice(
-        git_repo: GitRepo, tmp_path: Path, runs_for: str) -> None:
-    """The runner starts a round's jobs, then records them in one commit. Killed between
-    the two, the restarted reconciler finds each job's shim (still running, or finished
-    with its result) and records that instead of running the attempt again."""
+def three_logged_jobs(git_repo: GitRepo, tmp_path: Path, slots: int,
+                      after: str = "") -> tuple[str, ...]:
+    """A batch of three jobs, `slots` at a time, each appending its item's id to
+    `tmp_path/runs` (then running `after`); the `batchq reconcile` arguments that settle it."""
     runs = tmp_path / "runs"
     git_repo.write("profiles/test.yaml", {
         "apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
-        "spec": {"job": {"command": ["/bin/sh", "-c",
-                                     f'echo "$BATCHQ_ITEM_ID" >> {runs}; sleep {runs_for}']},
+        "spec": {"job": {"command": ["/bin/sh", "-c", f'echo "$BATCHQ_ITEM_ID" >> {runs}{after}']},
                  "allowedUrlPrefixes": ["http://127.0.0.1/"],
                  "notification": {"from": "batchq@example.org"}}})
-    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=3))
+    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=slots))
     items = [{"id": f"item-{i}", "url": f"http://127.0.0.1/{i}"} for i in range(3)]
     git_repo.write("batches/b.yaml", {**batch_doc(items), "metadata": {"name": "b"}})
-    git_repo.commit("three jobs")
-    state = tmp_path / "state"
-    args = ("reconcile", "--repo", str(git_repo.path), "--state", str(state), "--until-idle",
-            "--timeout", "60")
-    killed = batchq(*args, failpoint="after-jobs-spawned:1")
+    git_repo.commit(f"three jobs, {slots} at a time")
+    return ("reconcile", "--repo", str(git_repo.path), "--state", str(tmp_path / "state"),
+            "--until-idle", "--timeout", "60")
+
+
+def killed_at(args: tuple[str, ...], failpoint: str, runs: Path, started: int) -> None:
+    """Run until the fail point kills the reconciler; wait for the jobs it had started."""
+    killed = batchq(*args, failpoint=failpoint)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    wait_for(lambda: runs.exists() and len(runs.read_text().split()) == 3, timeout=30,
-             what="the three jobs the killed reconciler started")
+    wait_for(lambda: runs.exists() and len(runs.read_text().split()) == started, timeout=30,
+             what=f"the {started} jobs the killed reconciler started")
+
+
+def restart_completes_each_item_once(args: tuple[str, ...], state: Path, runs: Path) -> None:
+    """The restarted reconciler settles the batch, every job Completed, each item run once."""
     done = batchq(*args)
     assert done.returncode == 0, done.stderr
     store = open_store(BackendSettings(backend="local", state_dir=state))
@@ -225,6 +229,17 @@ def test_a_job_started_just_before_a_kill_is_adopted_not_run_twice(
     finally:
         store.close()
     assert sorted(runs.read_text().split()) == ["item-0", "item-1", "item-2"]  # once each
+
+
+@pytest.mark.parametrize("runs_for", ["0", "2"])
+def test_a_job_started_just_before_a_kill_is_adopted_not_run_twice(
+        git_repo: GitRepo, tmp_path: Path, runs_for: str) -> None:
+    """The runner starts a round's jobs, then records them in one commit. Killed between
+    the two, the restarted reconciler finds each job's shim (still running, or finished
+    with its result) and records that instead of running the attempt again."""
+    args = three_logged_jobs(git_repo, tmp_path, slots=3, after=f"; sleep {runs_for}")
+    killed_at(args, "after-jobs-spawned:1", tmp_path / "runs", started=3)
+    restart_completes_each_item_once(args, tmp_path / "state", tmp_path / "runs")
 
 
 def test_a_kill_before_a_round_commits_loses_neither_the_exit_nor_the_start_in_it(
@@ -234,38 +249,15 @@ def test_a_kill_before_a_round_commits_loses_neither_the_exit_nor_the_start_in_i
     one round; killed after that start and before the commit, the store has neither. The
     restarted reconciler reads the first job's result from its job dir and adopts the
     second's shim: each item runs once and the batch completes."""
-    runs = tmp_path / "runs"
-    git_repo.write("profiles/test.yaml", {
-        "apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
-        "spec": {"job": {"command": ["/bin/sh", "-c", f'echo "$BATCHQ_ITEM_ID" >> {runs}']},
-                 "allowedUrlPrefixes": ["http://127.0.0.1/"],
-                 "notification": {"from": "batchq@example.org"}}})
-    git_repo.write("queue.yaml", queue_doc(maxActiveJobs=1))
-    items = [{"id": f"item-{i}", "url": f"http://127.0.0.1/{i}"} for i in range(3)]
-    git_repo.write("batches/b.yaml", {**batch_doc(items), "metadata": {"name": "b"}})
-    git_repo.commit("three jobs, one at a time")
-    state = tmp_path / "state"
-    args = ("reconcile", "--repo", str(git_repo.path), "--state", str(state), "--until-idle",
-            "--timeout", "60")
-    killed = batchq(*args, failpoint="after-jobs-spawned:2")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    wait_for(lambda: runs.exists() and len(runs.read_text().split()) == 2, timeout=30,
-             what="the two jobs the killed reconciler started")
-    store = open_store(BackendSettings(backend="local", state_dir=state))
+    args = three_logged_jobs(git_repo, tmp_path, slots=1)
+    killed_at(args, "after-jobs-spawned:2", tmp_path / "runs", started=2)
+    store = open_store(BackendSettings(backend="local", state_dir=tmp_path / "state"))
     try:  # the round's exit and its start died with it
         assert {j.item: str(j.state) for j in store.list_jobs("b")} == {
             "item-0": "Processing", "item-1": "Pending", "item-2": "Pending"}
     finally:
         store.close()
-    done = batchq(*args)
-    assert done.returncode == 0, done.stderr
-    store = open_store(BackendSettings(backend="local", state_dir=state))
-    try:
-        assert state_of(store, "b") == "Completed"
-        assert {str(j.state) for j in store.list_jobs("b")} == {"Completed"}
-    finally:
-        store.close()
-    assert sorted(runs.read_text().split()) == ["item-0", "item-1", "item-2"]  # once each
+    restart_completes_each_item_once(args, tmp_path / "state", tmp_path / "runs")
 
 
 def test_a_negative_resync_is_refused_with_what_to_give(git_repo: GitRepo,
