@@ -1,7 +1,8 @@
 """One reconciler process: Git sync, controller, job runner and outbox, in passes.
 
-A pass is: fetch and apply the branch (within `git_timeout`) when a sync is due; let the
-backend move jobs along; take each batch that can change one step; ask the mailer for a
+A pass is: fetch and apply the branch (within `git_timeout`) when a sync is due, or apply
+the next slice of a large commit (`CommitApply`: its first batches run while the rest are
+read, and no fetch comes until it is whole); let the backend move jobs along; take each batch that can change one step; ask the mailer for a
 round. As Flux and Argo CD poll, the loop syncs on its first pass, every `interval`, and
 when a webhook or `batchq reconcile-now` asks: a pass woken by a finished job or download
 does not fetch. Which batches a pass steps is the controller's work queue (see
@@ -47,7 +48,7 @@ from reconciler.control.smtp import Relay
 from reconciler.domain.states import BatchState
 from reconciler.source.access import Outcome, authorize
 from reconciler.source.gitrepo import GitSource, SourceError, SyncResult
-from reconciler.source.sync import RepoState, apply_sync, load_repo_state
+from reconciler.source.sync import SLICE_FILES, CommitApply, RepoState, load_repo_state
 from reconciler.spec.policy import AccessPolicy, Mode, PolicyFile
 from reconciler.store.backends import BackendSettings, open_backend, store_factory
 from reconciler.store.base import Event, NotLeader, Store
@@ -132,6 +133,15 @@ class Settings:
                            max_age=self.smtp_max_age)
 
 
+@dataclass
+class PendingSync:
+    """A commit fetched (and judged by the access policy), being applied a slice a pass."""
+
+    result: SyncResult
+    access: Outcome | None
+    commit: CommitApply | None = None  # made by the first slice
+
+
 class Reconciler:
     """Runs passes; see the module docstring."""
 
@@ -192,6 +202,8 @@ class Reconciler:
         self._sync_asked = threading.Event()  # a webhook asked for a sync now
         self._next_walk = 0.0  # monotonic time of the next full walk of every batch
         self._repo: RepoState | None = None  # the repo-wide settings of the last sync
+        self._applying: PendingSync | None = None  # a commit fetched, not yet all applied
+        self._touched: set[str] = set()  # batches its slices changed, for the next pass
         self.policy_file = (PolicyFile(settings.access_policy_file, settings.access_policy)
                             if settings.access_policy_file else None)
 
@@ -231,18 +243,38 @@ class Reconciler:
                 or self._sync_asked.is_set())
 
     def sync(self) -> RepoState:
-        """Fetch and apply the branch; the repo-wide settings now in force."""
-        self._sync_asked.clear()
-        self._next_sync = time.monotonic() + self.settings.interval
-        self.syncs += 1
-        repo, changed = self._sync()
-        self._repo = repo
-        if changed:  # a commit arrived: its batches, profiles and queue are looked at
-            self._next_walk = 0.0
+        """Fetch and apply the branch, whole; the repo-wide settings now in force."""
+        repo = self._sync_step(fetch=True)
+        while self._applying is not None:
+            repo = self._sync_step(fetch=False)
         return repo
 
-    def _sync(self) -> tuple[RepoState, bool]:
-        """The sync itself; True with it when the commit changed what the store holds."""
+    def _sync_step(self, fetch: bool) -> RepoState:
+        """Fetch the branch and apply the first slice of what changed (`fetch`), or the
+        next slice of the commit being applied (`CommitApply`: a large commit's first
+        batches run while the rest are applied, a slice a pass); the settings in force. A
+        slice that fails drops the rest: the next pass fetches and applies them again."""
+        if fetch:
+            self._sync_asked.clear()
+            self._next_sync = time.monotonic() + self.settings.interval
+            self.syncs += 1
+            self._applying = self._fetch()
+            if self._applying is None:  # the fetch failed: shown, nothing changes
+                self._repo = load_repo_state(self.store)
+                return self._repo
+        try:
+            repo = self._apply_slice()
+        except BaseException:
+            self._applying, self._next_sync = None, 0.0
+            raise
+        self._repo = repo
+        if self._applying is not None:
+            failpoints.hit("after-slice")  # a slice committed, the commit not yet whole
+        return repo
+
+    def _fetch(self) -> PendingSync | None:
+        """The branch fetched and judged by the access policy, to apply; None when it could
+        not be fetched (the error is shown)."""
         policy = self.access_policy()
         before = self.store.load_sync_state()
         last = before.synced_commit
@@ -259,16 +291,28 @@ class Reconciler:
             state = self.store.load_sync_state()
             state.sync_error = self.last_sync_error
             self.store.save_sync_state(state)
-            return load_repo_state(self.store), False
+            return None
         self.last_sync_error = ""
-        # On SQLite the specs and the synced commit land in one transaction: a kill leaves
-        # both or neither, never the marker ahead of the batches it stands for.
+        return PendingSync(access.result if access is not None else result, access)
+
+    def _apply_slice(self) -> RepoState:
+        """Apply the next slice of the commit fetched (the first makes its CommitApply);
+        with the last, what the whole commit decides and the synced-commit marker. On
+        SQLite a slice is one transaction, and the marker lands with the last: a kill
+        never leaves the marker ahead of the batches it stands for."""
+        pending = self._applying
+        assert pending is not None
+        result, access = pending.result, pending.access
         with self.store.transaction():
-            if access is not None:
-                result = access.result
-            changed = bool(result.changed or result.listed)
-            if result.changed or result.listed:
-                repo = apply_sync(self.store, result)
+            if pending.commit is None and (result.changed or result.listed):
+                pending.commit = CommitApply(self.store, result)
+                self._next_walk = 0.0  # a commit arrived: every batch is looked at
+            commit = pending.commit
+            if commit is not None:
+                self._touched |= commit.apply_slice(SLICE_FILES)
+                if not commit.done:
+                    return commit.repo_state()
+                repo = commit.finish()
             else:
                 repo = load_repo_state(self.store)
             if access is not None and access.new_refusals:
@@ -284,11 +328,14 @@ class Reconciler:
             self.store.save_sync_state(state)
             state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
+        self._applying = None
+        if commit is not None:  # the whole commit is in: every batch is looked at again
+            self._next_walk = 0.0
         if self.store.repair_drift():  # what was changed by hand goes back to what Git says
-            changed = True
+            self._next_walk = 0.0
         self.heartbeat.beat(sync=True, head=result.head, counters={"syncs": self.syncs})
         failpoints.hit("after-sync")
-        return repo, changed
+        return repo
 
     def _authorize(self, policy: AccessPolicy, last: str | None,
                    result: SyncResult) -> Outcome | None:
@@ -353,8 +400,10 @@ class Reconciler:
         full = time.monotonic() >= self._next_walk
         if full:
             self._next_walk = time.monotonic() + self.settings.resync_seconds()
+        touched, self._touched = self._touched, set()
         try:
-            return self.controller.reconcile_all(repo, str(self.source.mirror), full=full)
+            return self.controller.reconcile_all(repo, str(self.source.mirror), full=full,
+                                                 touched=touched)
         except BaseException:  # the changes it took from the store may not all be stepped:
             self._next_walk = 0.0  # the next pass walks every batch
             raise
@@ -379,8 +428,14 @@ class Reconciler:
 
     def _pass(self, sync: bool) -> bool:
         started = time.monotonic()
-        repo = self.sync() if sync or self._repo is None else self._repo
-        progressed = self.tick_jobs()
+        if self._applying is not None:  # a large commit: its next slice, then the steps
+            repo = self._sync_step(fetch=False)
+        elif sync or self._repo is None:
+            repo = self._sync_step(fetch=True)
+        else:
+            repo = self._repo
+        progressed = self._applying is not None  # slices are left: the next pass applies one
+        progressed |= self.tick_jobs()
         progressed |= self.reconcile(repo)
         progressed |= self.tick_jobs()
         self.mailer.kick()
@@ -396,18 +451,21 @@ class Reconciler:
     def run_once(self) -> bool:
         """One pass, then what it started outside the pass: manifest downloads are waited
         for and picked up by a second pass, and the email due is delivered (each within
-        its own deadline), so `reconcile --once` run again and again always gets on."""
+        its own deadline), so `reconcile --once` run again and again always gets on. A
+        large commit is applied whole: a pass for each slice."""
         progressed = self.run_pass()
+        while self._applying is not None:
+            progressed |= self.run_pass(sync=False)
         if self.downloads.wait():
             progressed |= self.run_pass()
         self.mailer.deliver_now()
         return progressed
 
     def busy(self) -> bool:
-        """Is something still moving that needs no new commit (jobs, manifest downloads,
-        email due now, a batch about to be tried again)?"""
-        if (self.store.count_active_jobs() or self.downloads.busy()
-                or self.controller.backoff.retrying()):
+        """Is something still moving that needs no new commit (a commit's slices left to
+        apply, jobs, manifest downloads, email due now, a batch about to be tried again)?"""
+        if (self._applying is not None or self.store.count_active_jobs()
+                or self.downloads.busy() or self.controller.backoff.retrying()):
             return True
         return bool(self.store.pending_outbox(time.time()))
 
@@ -451,6 +509,7 @@ class Reconciler:
             if self.elector is not None and not self.elector.is_leader():
                 # alive, standing by; the elector wakes the loop when it gets the Lease
                 self._next_sync = self._next_walk = 0.0  # then: a sync and a full walk
+                self._applying = None  # (the leader may have moved on from that commit)
                 self._storage_error_clear = False  # and a look at what another leader left
                 self.heartbeat.beat(interval=self.settings.interval, duration=0.0)
                 self._sleep(self.elector.timings.retry_period, stop)

@@ -237,7 +237,8 @@ class Controller:
         return self.message_id_domain
 
     # --- one pass: the batches that can change, or every batch
-    def reconcile_all(self, repo: RepoState, git_dir: str | None, *, full: bool = True) -> bool:
+    def reconcile_all(self, repo: RepoState, git_dir: str | None, *, full: bool = True,
+                      touched: Collection[str] = ()) -> bool:
         """Step the batches that can change; True if anything changed (the caller loops
         until nothing does). `git_dir` is the Git mirror the batches were synced from.
 
@@ -248,8 +249,9 @@ class Controller:
         deletions, finished manifest downloads, back-off retries that are due, those that
         wanted a Job the budget had no room for (requeued until it has), the batches
         Reporting, the Processing ones until their items are loaded (then only a change
-        of their jobs, or a requeue, gives them something to do: `_waits_for_job`), and
-        Pending ones, in queue order, while the queue admits. A
+        of their jobs, or a requeue, gives them something to do: `_waits_for_job`), the
+        batches `touched` by a slice of a large commit (`CommitApply`; a new Pending one
+        joins the queue), and Pending ones, in queue order, while the queue admits. A
         pass is also full when the store cannot tell what changed or a Deleted batch's
         retention ends.
         `reconcile`'s early return for settled batches stays as a second guard."""
@@ -267,8 +269,13 @@ class Controller:
             self._remember_queue(batches, repo)
         else:
             wanted = (changed or set()) | set(deletions) | self.downloads.batches() | (
-                self.backoff.due(now))
+                self.backoff.due(now)) | set(touched)
             batches, active = self._work_queue(wanted)
+            for batch in batches:  # made by a slice of a commit: the queue has it now
+                key = _queue_order(batch)
+                if batch.name in touched and batch.status.state == B.PENDING and (
+                        key not in self._queue):
+                    bisect.insort(self._queue, key)
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
         stepped: set[str] = set()

@@ -59,68 +59,138 @@ def _validate(f: FileVersion, kind: str) -> tuple[dict[str, Any] | None, str]:
     return data, ""
 
 
+# Batch files a slice of a commit applies (`CommitApply`): a commit of at most this many is
+# applied whole, in one transaction; a larger one a slice a pass, and its first batches
+# run while the rest are applied (bench/README.md, "eleventh round")
+SLICE_FILES = 50
+
+
 def apply_sync(store: Store, result: SyncResult) -> RepoState:
-    """Apply one fetched commit to the store; return the repo-wide settings now in force."""
-    state = store.load_sync_state()
-    raw_profiles, raw_queue = state.profiles, state.queue
-    errors, profile_paths = dict(state.file_errors), state.profile_paths  # errors: saved last
-    present = {f.path for f in result.changed
-               if f.data is not None or f.too_big or f.name_error}
+    """Apply one fetched commit to the store whole; return the repo-wide settings now in
+    force. (The reconciler's loop applies a large commit a slice a pass: `CommitApply`.)"""
+    commit = CommitApply(store, result)
+    while not commit.done:
+        commit.apply_slice()
+    return commit.finish()
 
-    for f in result.changed:
-        if f.path == "queue.yaml":
-            if f.data is None and not f.too_big:
-                raw_queue = {}
-                errors.pop(f.path, None)
-                continue
-            data, err = _validate(f, "Queue")
-            _record(errors, f.path, err)
-            if data is not None:
-                raw_queue = data.get("spec") or {}
-        elif f.path.startswith("profiles/"):
-            if f.name_error:
-                _record(errors, f.path, f.name_error)
-                continue
-            if f.data is None and not f.too_big:
-                name = profile_paths.pop(f.path, None)
-                if name:
-                    raw_profiles.pop(name, None)
-                errors.pop(f.path, None)
-                continue
-            data, err = _validate(f, "Profile")
-            _record(errors, f.path, err)
-            if data is not None:
-                name = (data.get("metadata") or {}).get("name") or PurePosixPath(f.path).stem
-                raw_profiles[name] = data.get("spec") or {}
-                profile_paths[f.path] = name
-    state.profiles, state.queue, state.profile_paths = raw_profiles, raw_queue, profile_paths
-    store.save_sync_state(state)
 
-    renamed = dict(state.renamed_batches)  # saved last, with the file errors
-    files = [f for f in result.changed if f.path.startswith("batches/") and f.path in present]
-    by_path: dict[str, Batch] = {}
-    for b in _batches_of(store, result, {f.path for f in files}):
-        held = b.status.state != BatchState.DELETED and b.name not in renamed
-        if held or b.source_path not in by_path:  # the batch each file holds now, before
-            by_path[b.source_path] = b            # any it held
-    for f in files:
-        if f.name_error:  # never becomes a batch: shown among the file errors
-            _record(errors, f.path, f.name_error)
-            continue
-        _apply_batch_file(store, f, raw_profiles, by_path, result, errors, renamed)
-    failpoints.hit("after-apply")
+class CommitApply:
+    """One fetched commit applied to the store, its batch files a slice at a time.
 
-    queue = QueueSettings.from_dict(raw_queue)
-    if result.listed:
-        _prune(store, result, queue, errors, renamed)
-    state = store.load_sync_state()
-    state.renamed_batches, state.file_errors = renamed, errors
-    store.save_sync_state(state)
-    return RepoState(
-        profiles={n: Profile.from_dict(n, s) for n, s in raw_profiles.items()},
-        queue=queue,
-        errors=errors,
-    )
+    As `kubectl apply` makes a revision's objects one by one and the Job controller runs
+    the first while the rest are still being made (Flux, Argo CD), a commit that adds a
+    thousand batches need not be read to its last file before its first batch runs: the
+    caller applies SLICE_FILES files a pass, in file order, each slice in a transaction of
+    its own, and the passes between the slices admit and run what is there. A file in a
+    later slice acts as if it came in a later commit (a hold, a rename, a name taken a pass
+    or so later). What only the whole commit may decide waits for `finish`: deletions (a
+    file gone, a batch renamed away, and maxDeletesPerSync counts the whole diff), and the
+    file errors and renames saved; the caller saves the synced-commit marker with them. A
+    kill between slices leaves the marker at the last commit, and the next sync applies the
+    same diff again: a file already applied changes nothing.
+
+    Made inside the caller's transaction: the repo-wide settings (queue.yaml, profiles)
+    are applied first, so every slice is judged by the commit's profiles."""
+
+    def __init__(self, store: Store, result: SyncResult) -> None:
+        self.store, self.result = store, result
+        state = store.load_sync_state()
+        raw_profiles, raw_queue = state.profiles, state.queue
+        errors, profile_paths = dict(state.file_errors), state.profile_paths  # saved last
+        present = {f.path for f in result.changed
+                   if f.data is not None or f.too_big or f.name_error}
+        for f in result.changed:
+            if f.path == "queue.yaml":
+                raw_queue = _queue_file(f, errors, raw_queue)
+            elif f.path.startswith("profiles/"):
+                _profile_file(f, errors, raw_profiles, profile_paths)
+        state.profiles, state.queue, state.profile_paths = raw_profiles, raw_queue, profile_paths
+        store.save_sync_state(state)
+        self.raw_profiles, self.errors = raw_profiles, errors
+        self.queue = QueueSettings.from_dict(raw_queue)
+        self.renamed = dict(state.renamed_batches)  # saved last, with the file errors
+        self.files = [f for f in result.changed
+                      if f.path.startswith("batches/") and f.path in present]
+        self.applied = 0  # files of `files` applied so far
+        # the batch each file holds now, before any it held (read once: the commit's files
+        # are judged against the store as the commit found it, slices or not)
+        self.by_path: dict[str, Batch] = {}
+        for b in _batches_of(store, result, {f.path for f in self.files}):
+            held = b.status.state != BatchState.DELETED and b.name not in self.renamed
+            if held or b.source_path not in self.by_path:
+                self.by_path[b.source_path] = b
+
+    @property
+    def done(self) -> bool:
+        """Is every batch file applied (only `finish` is left)?"""
+        return self.applied >= len(self.files)
+
+    def apply_slice(self, size: int | None = None) -> set[str]:
+        """Apply the next `size` batch files (all that are left when None); the names of
+        the batches they made or changed."""
+        end = len(self.files) if size is None else self.applied + size
+        touched: set[str] = set()
+        for f in self.files[self.applied:end]:
+            if f.name_error:  # never becomes a batch: shown among the file errors
+                _record(self.errors, f.path, f.name_error)
+                continue
+            name = _apply_batch_file(self.store, f, self.raw_profiles, self.by_path,
+                                     self.result, self.errors, self.renamed)
+            if name is not None:
+                touched.add(name)
+        self.applied = min(end, len(self.files))
+        return touched
+
+    def repo_state(self) -> RepoState:
+        """The repo-wide settings in force, with the file errors found so far."""
+        return RepoState(
+            profiles={n: Profile.from_dict(n, s) for n, s in self.raw_profiles.items()},
+            queue=self.queue,
+            errors=self.errors,
+        )
+
+    def finish(self) -> RepoState:
+        """What the whole commit decides (every file applied): the deletions, then the
+        file errors and renames saved."""
+        failpoints.hit("after-apply")
+        if self.result.listed:
+            _prune(self.store, self.result, self.queue, self.errors, self.renamed)
+        state = self.store.load_sync_state()
+        state.renamed_batches, state.file_errors = self.renamed, self.errors
+        self.store.save_sync_state(state)
+        return self.repo_state()
+
+
+def _queue_file(f: FileVersion, errors: dict[str, str], raw_queue: dict[str, Any]
+                ) -> dict[str, Any]:
+    """queue.yaml's spec as the commit has it (the last good one while it is broken)."""
+    if f.data is None and not f.too_big:
+        errors.pop(f.path, None)
+        return {}
+    data, err = _validate(f, "Queue")
+    _record(errors, f.path, err)
+    return (data.get("spec") or {}) if data is not None else raw_queue
+
+
+def _profile_file(f: FileVersion, errors: dict[str, str], raw_profiles: dict[str, Any],
+                  profile_paths: dict[str, str]) -> None:
+    """A profile file as the commit has it: added, changed, removed, or its error shown
+    (the last good one stays while it is broken)."""
+    if f.name_error:
+        _record(errors, f.path, f.name_error)
+        return
+    if f.data is None and not f.too_big:
+        name = profile_paths.pop(f.path, None)
+        if name:
+            raw_profiles.pop(name, None)
+        errors.pop(f.path, None)
+        return
+    data, err = _validate(f, "Profile")
+    _record(errors, f.path, err)
+    if data is not None:
+        name = (data.get("metadata") or {}).get("name") or PurePosixPath(f.path).stem
+        raw_profiles[name] = data.get("spec") or {}
+        profile_paths[f.path] = name
 
 
 def _batches_of(store: Store, result: SyncResult, paths: set[str]) -> list[Batch]:
@@ -155,7 +225,9 @@ def _apply_batch_file(
     result: SyncResult,
     errors: dict[str, str],
     renamed: dict[str, dict[str, str]],
-) -> None:
+) -> str | None:
+    """Apply one batch file; the name of the batch it made or changed (None when its name
+    is another file's)."""
     data, err = _validate(f, "Batch")
     # a broken new file's batch is named after the file's stem until it parses
     name = batch_name(f.path, data) if data is not None else PurePosixPath(f.path).stem
@@ -171,7 +243,7 @@ def _apply_batch_file(
     ):
         _record(errors, f.path, f"{f.path}: batch name \"{name}\" is already used by "
                 f"{existing.source_path}; give this batch another metadata.name")
-        return
+        return None
     _record(errors, f.path, err)
     old = by_path.get(f.path)
     if old is not None and old.name != name:
@@ -205,6 +277,7 @@ def _apply_batch_file(
                               + (f" · {by}" if by else ""), f.revision))
     elif err and existing.spec_error != err:
         store.add_event(Event(name, time.time(), "Invalid", err.splitlines()[0], f.revision))
+    return name
 
 
 def _prune_candidates(store: Store, result: SyncResult,
