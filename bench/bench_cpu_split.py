@@ -101,7 +101,7 @@ def split_batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     undo = [
         *_shared_parts(meter),
         meter.patch(Reconciler, "_pass", "the pass's own work"),
-        meter.patch(Reconciler, "sync", "sync (the batch files from Git)"),
+        meter.patch(Reconciler, "_sync_step", "sync (the batch files from Git)"),
         meter.patch(Controller, "_step_one", _step_part),
         meter.patch(LocalRunner, "tick", "runner rounds"),
         meter.patch(LocalRunner, "tick_if_exited", "runner rounds"),

@@ -8,7 +8,8 @@ the runner's own shim (`reconciler/store/local/runner.py: SHIM`) with plain
 ratio (median of `--rounds`; and each round's ratio to the bare shim run next to it, just
 before it in even rounds and just after it in odd ones, with their median), and the CPU
 each costs per job: this process's own (the reconciler runs in it; the bare shim's parent) and
-its children's (the shims and their commands), from getrusage SELF and CHILDREN.
+its children's (the shims and their commands), from getrusage SELF and CHILDREN; and when
+the first job started (`first_job_seconds`: the end of the first pass that had started one).
 Run: `python bench/bench_local.py [--batches 1000] [--items 10] [--rounds 1]
 [--timeout 3600] [--job-nice 10] [--dir DIR]`; figures in bench/README.md. `--dir` puts
 both sides' files (batchq's repository and state dir with its job dirs, the bare shim's job
@@ -43,6 +44,7 @@ from reconciler.store.local.runner import (
     lower_priority,
     own_session_for_jobs,
 )
+from reconciler.store.local.sqlite import SqliteStore
 
 NOOP = ["/bin/true"]
 
@@ -123,8 +125,17 @@ def batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         cpu0 = cpu_seconds()
         t0 = time.monotonic()
+        first_job: list[float] = []  # when the first pass that started a job ended
+
+        def look(r: Reconciler) -> None:
+            store = r.store
+            assert isinstance(store, SqliteStore)  # the embedded default
+            if not first_job and any(store.count_jobs_in_state(s)
+                                     for s in (JobState.PROCESSING, JobState.COMPLETED)):
+                first_job.append(time.monotonic() - t0)
+
         try:
-            passes: int | None = rec.run_until_idle(timeout=args.timeout)
+            passes: int | None = rec.run_until_idle(timeout=args.timeout, on_pass=look)
         except TimeoutError:
             passes = None
         settle = time.monotonic() - t0
@@ -145,6 +156,7 @@ def batchq(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     finally:
         rec.close()
     return {"settled": passes is not None, "settle_seconds": round(settle, 1),
+            "first_job_seconds": round(first_job[0], 3) if first_job else None,
             "passes": passes, "jobs_done": done, "jobs_per_second": round(done / settle, 1),
             **cpu, "store_writes": writes, "states": states, "emails": emails,
             "idle_pass_seconds": idle_pass, "idle_pass_writes": idle_writes}
