@@ -2,14 +2,15 @@
 
 A pass is: fetch and apply the branch (within `git_timeout`) when a sync is due, or apply
 the next slice of a large commit (`CommitApply`: its first batches run while the rest are
-read, and no fetch comes until it is whole); let the backend move jobs along; take each batch that can change one step; ask the mailer for a
-round. As Flux and Argo CD poll, the loop syncs on its first pass, every `interval`, and
-when a webhook or `batchq reconcile-now` asks: a pass woken by a finished job or download
-does not fetch. Which batches a pass steps is the controller's work queue (see
-`Controller.reconcile_all`); every `resync` seconds, and after a sync that changed
-something, it walks them all. Nothing slow runs inside a
-pass: email goes out from the mailer's thread, and remote manifests are downloaded in
-threads of their own, so a peer that hangs delays only its own report or batch.
+read, and no fetch comes until it is whole); let the backend move jobs along; take each
+batch that can change one step; ask the mailer for a round. As Flux and Argo CD poll, the
+loop syncs on its first pass, every `interval`, and when a webhook or `batchq
+reconcile-now` asks: a pass woken by a finished job or download does not fetch. Which
+batches a pass steps is the controller's work queue (see `Controller.reconcile_all`);
+every `resync` seconds, and after a sync that changed something, it walks them all.
+Nothing slow runs inside a pass: email goes out from the mailer's thread, and remote
+manifests are downloaded in threads of their own, so a peer that hangs delays only its own
+report or batch.
 `run_until_idle` repeats passes until nothing can progress without a new commit;
 `run_forever` also wakes at once when a local job ends, a download or delivery finishes,
 or a webhook asks for a sync. Between two passes that progress, the local runner alone
@@ -306,7 +307,9 @@ class Reconciler:
         with self.store.transaction():
             if pending.commit is None and (result.changed or result.listed):
                 pending.commit = CommitApply(self.store, result)
-                self._next_walk = 0.0  # a commit arrived: every batch is looked at
+                # a commit arrived: every batch is looked at, under its profiles and queue
+                # (the first slice applies them); a later slice's batches are `_touched`
+                self._next_walk = 0.0
             commit = pending.commit
             if commit is not None:
                 self._touched |= commit.apply_slice(SLICE_FILES)
@@ -329,8 +332,6 @@ class Reconciler:
             state.synced_commit, state.sync_error = result.head, ""
             self.store.save_sync_state(state)
         self._applying = None
-        if commit is not None:  # the whole commit is in: every batch is looked at again
-            self._next_walk = 0.0
         if self.store.repair_drift():  # what was changed by hand goes back to what Git says
             self._next_walk = 0.0
         self.heartbeat.beat(sync=True, head=result.head, counters={"syncs": self.syncs})
@@ -453,12 +454,17 @@ class Reconciler:
         for and picked up by a second pass, and the email due is delivered (each within
         its own deadline), so `reconcile --once` run again and again always gets on. A
         large commit is applied whole: a pass for each slice."""
+        progressed = self._pass_applying_whole()
+        if self.downloads.wait():
+            progressed |= self._pass_applying_whole()
+        self.mailer.deliver_now()
+        return progressed
+
+    def _pass_applying_whole(self) -> bool:
+        """A pass, and one more for each slice left of a commit it began to apply."""
         progressed = self.run_pass()
         while self._applying is not None:
             progressed |= self.run_pass(sync=False)
-        if self.downloads.wait():
-            progressed |= self.run_pass()
-        self.mailer.deliver_now()
         return progressed
 
     def busy(self) -> bool:
