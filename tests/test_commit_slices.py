@@ -58,17 +58,21 @@ def ran(runs: Path) -> Counter[str]:
 def test_a_large_commits_first_batches_run_while_the_rest_are_applied(
         git_repo: GitRepo, tmp_path: Path) -> None:
     """A commit of three slices: a pass that started jobs came before the commit was whole
-    (the marker still short of it, batches of later slices not yet stored); in the end each
-    file was applied once and each item ran once."""
+    (the marker still short of it, batches of later slices not yet stored); each pass
+    stepped the batches its slice applied (no full walk needed); in the end each file was
+    applied once and each item ran once."""
     runs = tmp_path / "runs"
     logging_profile(git_repo, runs)
     names = [f"b-{n:03d}" for n in range(LARGE)]
     head = large_commit(git_repo, names)
     seen: list[tuple[int, str, int]] = []  # per pass: batches stored, marker, items run
+    unseen: list[str] = []  # batches a pass ended without having stepped
 
     def look(rec: Reconciler) -> None:
-        seen.append((len(rec.store.list_batches()), rec.store.load_sync_state().synced_commit
-                     or "", sum(ran(runs).values())))
+        batches = rec.store.list_batches()
+        seen.append((len(batches), rec.store.load_sync_state().synced_commit or "",
+                     sum(ran(runs).values())))
+        unseen.extend(b.name for b in batches if b.status.observed_generation != b.generation)
 
     rec = Reconciler(Settings(repo=str(git_repo.path), branch=git_repo.branch,
                               state_dir=tmp_path / "state"))
@@ -77,6 +81,7 @@ def test_a_large_commits_first_batches_run_while_the_rest_are_applied(
         assert seen[0][:2] == (SLICE_FILES, "")  # the first pass: the first slice alone
         assert any(stored < LARGE and marker != head and done > 0
                    for stored, marker, done in seen), seen
+        assert unseen == []  # each slice's batches are stepped in the pass that applied it
         assert rec.store.load_sync_state().synced_commit == head
         assert {str(b.status.state) for b in rec.store.list_batches()} == {"Completed"}
         assert applied(rec.store) == Counter(names)  # each file applied once

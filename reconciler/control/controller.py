@@ -272,10 +272,8 @@ class Controller:
                 self.backoff.due(now)) | set(touched)
             batches, active = self._work_queue(wanted)
             for batch in batches:  # made by a slice of a commit: the queue has it now
-                key = _queue_order(batch)
-                if batch.name in touched and batch.status.state == B.PENDING and (
-                        key not in self._queue):
-                    bisect.insort(self._queue, key)
+                if batch.name in touched and batch.status.state == B.PENDING:
+                    self._enqueue(_queue_order(batch))
         ctx = PassContext(repo=repo, budget=budget, active_batches=active, git_dir=git_dir)
         self.last_pass = StepCount(full=full)
         stepped: set[str] = set()
@@ -321,8 +319,8 @@ class Controller:
         """One batch's step, in a transaction of its own; a failure is its own."""
         if self.backoff.waiting(batch, now):
             return
-        if batch.status.state == B.HELD and _queue_order(batch) not in self._queue:
-            bisect.insort(self._queue, _queue_order(batch))  # a release makes it Pending
+        if batch.status.state == B.HELD:
+            self._enqueue(_queue_order(batch))  # a release makes it Pending
         self.last_pass.steps += 1
         self.steps += 1
         try:  # whole on SQLite; see Store.transaction
@@ -354,6 +352,13 @@ class Controller:
         self._next_expiry = min((float(b.status.deleted_at or 0.0) + retention
                                  for b in batches if b.status.state == B.DELETED),
                                 default=float("inf"))
+
+    def _enqueue(self, key: QueueKey) -> None:
+        """Put a Pending batch's key in the queue, in order, unless it is there (a search,
+        not a scan: a 10,000-file commit adds 10,000)."""
+        at = bisect.bisect_left(self._queue, key)
+        if at == len(self._queue) or self._queue[at] != key:
+            self._queue.insert(at, key)
 
     def _work_queue(self, wanted: set[str]) -> tuple[list[Batch], int]:
         """The batches a pass that is not full looks at, but the requeued ones
