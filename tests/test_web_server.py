@@ -176,6 +176,20 @@ def test_gunicorn_workers_serve_every_route_and_log_json_access_lines(
     assert "Shutting down: Master" in {r["message"] for r in lines}
 
 
+def read_by_the_server(port: int, client: socket.socket) -> bool:
+    """Has the server accepted `client`'s connection to `port` and read all it was sent?
+    In /proc/net/tcp a connection still in the listen backlog has no inode (nothing holds
+    it), and rx_queue counts the bytes the server has not read yet. Only then is a request
+    in flight: one still in the backlog is reset when the server stops listening."""
+    want_local = f"0100007F:{port:04X}"
+    want_remote = f"0100007F:{client.getsockname()[1]:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == want_local and fields[2] == want_remote:
+            return fields[9] != "0" and int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
         state: Path, tmp_path: Path) -> None:
     """A signed webhook whose body is still arriving when the server gets SIGTERM is
@@ -193,6 +207,8 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
         head = "".join(f"{k}: {v}\r\n" for k, v in signed(body).items())
         hook.sendall(f"POST /hooks/git HTTP/1.1\r\nHost: site\r\n{head}\r\n".encode()
                      + body[:10])
+        wait_for(lambda: read_by_the_server(site.port, hook), 30,
+                 what="the worker to read the webhook's head", detail=site.text)
 
         site.proc.send_signal(signal.SIGTERM)
 
