@@ -197,6 +197,20 @@ def profile_doc(prefix: str, **notification: Any) -> dict[str, Any]:
             "spec": {"allowedUrlPrefixes": [prefix], "notification": notif}}
 
 
+def logging_profile_doc(runs: Path, after: str = "") -> dict[str, Any]:
+    """Profile "test" whose job appends its item's id to `runs` (then runs the shell
+    command `after`): the file says which items ran, and how often."""
+    return {"apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
+            "spec": {"job": {"command": ["/bin/sh", "-c",
+                                         f'echo "$BATCHQ_ITEM_ID" >> {runs}{after}']},
+                     "allowedUrlPrefixes": ["http://127.0.0.1/"],
+                     "notification": {"from": "batchq@example.org"}}}
+
+
+def queue_doc(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": spec}
+
+
 def batch_doc(items: list[dict[str, Any]] | None = None, url: str | None = None,
               **spec: Any) -> dict[str, Any]:
     manifest: dict[str, Any] = {"items": items} if items is not None else {"url": url}

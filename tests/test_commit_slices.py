@@ -19,20 +19,15 @@ from reconciler.domain.states import JobState
 from reconciler.source.sync import SLICE_FILES
 from reconciler.store.backends import BackendSettings, open_store
 from reconciler.store.base import ReadStore
-from tests.fixtures import GitRepo, batch_doc, batchq
+from tests.fixtures import GitRepo, batch_doc, batchq, logging_profile_doc, queue_doc
 
 LARGE = 2 * SLICE_FILES + 5  # batch files: three slices
 
 
 def logging_profile(repo: GitRepo, runs: Path, slots: int = 4) -> None:
     """Jobs that append their item's id to `runs`, `slots` at a time."""
-    repo.write("profiles/test.yaml", {
-        "apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
-        "spec": {"job": {"command": ["/bin/sh", "-c", f'echo "$BATCHQ_ITEM_ID" >> {runs}']},
-                 "allowedUrlPrefixes": ["http://127.0.0.1/"],
-                 "notification": {"from": "batchq@example.org"}}})
-    repo.write("queue.yaml", {"apiVersion": "batchq.dev/v1", "kind": "Queue",
-                              "spec": {"maxActiveJobs": slots, "maxDeletesPerSync": 5}})
+    repo.write("profiles/test.yaml", logging_profile_doc(runs))
+    repo.write("queue.yaml", queue_doc(maxActiveJobs=slots, maxDeletesPerSync=5))
 
 
 def one_item_batch(repo: GitRepo, path: str, name: str) -> None:

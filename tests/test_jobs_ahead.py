@@ -18,8 +18,8 @@ from reconciler.app.service import Reconciler, Settings
 from reconciler.control.controller import JOBS_AHEAD_PER_SLOT
 from reconciler.domain.states import JobState
 from reconciler.store.local.sqlite import SqliteStore
-from tests.fixtures import GitRepo, PayloadServer, profile_doc, wait_for
-from tests.test_pass_scope import queue_doc, state_of, submit
+from tests.fixtures import GitRepo, PayloadServer, profile_doc, queue_doc, wait_for
+from tests.test_pass_scope import state_of, submit
 
 
 def running(rec: Reconciler) -> list[str]:

@@ -32,6 +32,7 @@ from tests.fixtures import (
     batchq,
     free_port,
     profile_doc,
+    queue_doc,
     wait_for,
 )
 from tests.harness import Harness
@@ -202,10 +203,6 @@ def test_an_address_field_must_be_one_address(
 
 
 # --- a profile removed under its batches -------------------------------------------------
-
-def queue_doc(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": spec}
-
 
 def test_a_removed_profile_makes_its_batches_wait_visibly(
         h: Harness, payloads: PayloadServer, smtp: SmtpServer,

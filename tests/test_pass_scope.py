@@ -22,11 +22,16 @@ from reconciler.store.backends import BackendSettings, open_store
 from reconciler.store.base import ReadStore
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support.heartbeat import read_heartbeat
-from tests.fixtures import GitRepo, PayloadServer, batch_doc, batchq, profile_doc, wait_for
-
-
-def queue_doc(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "batchq.dev/v1", "kind": "Queue", "spec": spec}
+from tests.fixtures import (
+    GitRepo,
+    PayloadServer,
+    batch_doc,
+    batchq,
+    logging_profile_doc,
+    profile_doc,
+    queue_doc,
+    wait_for,
+)
 
 
 def state_of(store: ReadStore, batch: str) -> str | None:
@@ -196,12 +201,7 @@ def three_logged_jobs(git_repo: GitRepo, tmp_path: Path, slots: int,
                       after: str = "") -> tuple[str, ...]:
     """A batch of three jobs, `slots` at a time, each appending its item's id to
     `tmp_path/runs` (then running `after`); the `batchq reconcile` arguments that settle it."""
-    runs = tmp_path / "runs"
-    git_repo.write("profiles/test.yaml", {
-        "apiVersion": "batchq.dev/v1", "kind": "Profile", "metadata": {"name": "test"},
-        "spec": {"job": {"command": ["/bin/sh", "-c", f'echo "$BATCHQ_ITEM_ID" >> {runs}{after}']},
-                 "allowedUrlPrefixes": ["http://127.0.0.1/"],
-                 "notification": {"from": "batchq@example.org"}}})
+    git_repo.write("profiles/test.yaml", logging_profile_doc(tmp_path / "runs", after))
     git_repo.write("queue.yaml", queue_doc(maxActiveJobs=slots))
     items = [{"id": f"item-{i}", "url": f"http://127.0.0.1/{i}"} for i in range(3)]
     git_repo.write("batches/b.yaml", {**batch_doc(items), "metadata": {"name": "b"}})
