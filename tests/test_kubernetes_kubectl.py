@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.store.kubernetes.events import EventRecorder
 from reconciler.store.kubernetes.store import KubernetesStore
 from tests.fixtures import ADMIN, GitRepo, SmtpServer, batch_doc, profile_doc, wait_for
 from tests.harness import Harness
@@ -243,3 +244,26 @@ def test_a_file_that_never_parsed_is_a_batch_kubectl_lists(h: Harness) -> None:
     assert fixed["metadata"]["uid"] == uid and fixed["spec"]["profile"] == "test"
     assert condition(h, "broken", "Invalid")["status"] == "False"
     assert condition(h, "broken", "Ready")["status"] == "True"
+
+
+def test_events_are_written_over_one_kept_alive_connection(k8s_cluster: Any,
+                                                           k8s_namespace: str) -> None:
+    """Each Event's answer is read to its end, so the connection goes back to the pool:
+    left unread, every Event opened a new TLS connection and left the old socket for the
+    garbage collector to close (a ResourceWarning in whatever test it ran in, if the
+    socket was in a reference cycle)."""
+    batch = {"metadata": {"name": "b", "namespace": k8s_namespace,
+                          "uid": "6f1c1a52-0000-4000-8000-000000000001"}}
+    with k8s_cluster.api_client() as api:
+        recorder = EventRecorder(api, k8s_namespace)
+        for n in range(4):
+            for _ in range(2):  # made, then counted in its series
+                recorder.record(batch, "DeletionRefused", f"refused to delete {n + 11} batches")
+        pools = api.rest_client.pool_manager.pools
+        # urllib3's pool container refuses iteration itself; its keys() is the way
+        opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
+    found = k8s_cluster.request(
+        "GET", f"/apis/events.k8s.io/v1/namespaces/{k8s_namespace}/events")["items"]
+    assert sorted((e["note"], e["series"]["count"]) for e in found) == [
+        (f"refused to delete {n} batches", 2) for n in range(11, 15)]
+    assert opened == 1

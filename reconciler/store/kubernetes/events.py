@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from reconciler.domain.states import BatchState as B
 from reconciler.store.base import Delivery, RecipientState
 from reconciler.store.kubernetes.names import GROUP, VERSION
+from reconciler.store.kubernetes.rawjson import finish
 from reconciler.support.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,9 @@ class EventRecorder:
         count = self._counts.get(name)
         if count is None:
             try:
-                self.events.create_namespaced_event(
+                finish(self.events.create_namespaced_event(
                     self.ns, event_body(name, batch, kind, note, self.instance, now),
-                    _preload_content=False)
+                    _preload_content=False))
                 self._counts[name] = 1
                 return
             except ApiException as exc:
@@ -134,10 +135,10 @@ class EventRecorder:
                 name, self.ns, _preload_content=False).data)
             count = int((existing.get("series") or {}).get("count") or 1)
         try:
-            self.events.patch_namespaced_event(
+            finish(self.events.patch_namespaced_event(
                 name, self.ns, {"series": {"count": count + 1,
                                            "lastObservedTime": rfc3339(now, micro=True)}},
-                _preload_content=False)
+                _preload_content=False))
         except ApiException as exc:
             if exc.status != 404:
                 raise

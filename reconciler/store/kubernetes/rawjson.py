@@ -34,6 +34,15 @@ def create(api: client.ApiClient, path: str, body: dict[str, Any]) -> dict[str, 
     return dict(json.loads(data))
 
 
+def finish(resp: Any) -> None:
+    """Read the rest of a raw answer (`_preload_content=False`) that is not needed, so its
+    connection goes back to the pool: one left unread holds its socket open until the
+    garbage collector closes it (a ResourceWarning when that is in a cycle), and the next
+    call opens a new connection, with a TLS handshake of its own."""
+    resp.drain_conn()
+    resp.release_conn()
+
+
 def jobs_path(namespace: str) -> str:
     return f"/apis/batch/v1/namespaces/{namespace}/jobs"
 
