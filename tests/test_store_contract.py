@@ -126,6 +126,32 @@ def test_a_status_write_based_on_a_stale_read_is_a_conflict(store: Store) -> Non
     assert store.count_batches() == {"Processing": 1}
 
 
+def test_the_guard_is_the_status_as_read_though_another_store_wrote_since(
+        tmp_path: Path) -> None:
+    """SQLite keeps the text of the status it read or wrote last (so as not to encode it
+    again): a write by another store of the file in between (another process) is still a
+    conflict, and after its own write the store guards on what it wrote."""
+    store = SqliteStore(local_db_path(tmp_path))
+    other = SqliteStore(local_db_path(tmp_path))
+    try:
+        b = apply(store, "b", spec("a"))
+        held = dataclasses.replace(b.status, state=BatchState.HELD)
+        other.update_status("b", stored(other, "b").status, held)
+        with pytest.raises(ConflictError):
+            store.update_status("b", b.status, dataclasses.replace(b.status, message="x"))
+        now = stored(store, "b")
+        mine = dataclasses.replace(now.status, message="released")
+        store.update_status("b", now.status, mine)
+        later = dataclasses.replace(mine, message="released again")
+        store.update_status("b", mine, later)  # guarded on the text it wrote
+        with pytest.raises(ConflictError):
+            store.update_status("b", now.status, later)  # older than its own last write
+        assert stored(other, "b").status == later
+    finally:
+        store.close()
+        other.close()
+
+
 def test_items_are_recorded_once_filtered_and_paged(store: Store) -> None:
     apply(store, "b", spec("a", "b", "c"))
     items = [Item("a", "http://h/a", title="Map of Oakland"), Item("b", "http://h/b"),

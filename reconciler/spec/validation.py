@@ -397,6 +397,8 @@ def _check_no_credentials(doc: LoadedDocument) -> list[Problem]:
     may carry them; the reconciler uses them and shows them nowhere."""
     problems: list[Problem] = []
     for at, url in _batch_urls(doc):
+        if "@" not in url:  # userinfo ends at an "@": this URL has none (no parse needed)
+            continue
         try:
             userinfo = parse_url(url).userinfo
         except UrlRefused:

@@ -13,6 +13,7 @@ import functools
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -191,6 +192,10 @@ class SqliteStore:
         self.on_delete_jobs: Callable[[str], None] | None = None  # set by LocalRunner
         self._change_seen: int | None = None  # the job-change number the last pass saw
         self._deleted_from: set[str] = set()  # batches a Job of which delete_job deleted
+        # batch -> the status object last read or written, and the text stored for it:
+        # `update_status` compares with and guards on that text instead of encoding `old`
+        # again (a weak reference: a status dropped by its reader is not kept)
+        self._stored_status: dict[str, tuple[weakref.ref[BatchStatus], str]] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -345,6 +350,9 @@ class SqliteStore:
     # --- batches
     def _batch(self, row: sqlite3.Row) -> Batch:
         self.batch_reads += 1
+        text = row["status_json"]
+        status = status_from_dict(json.loads(text))
+        self._stored_status[row["name"]] = (weakref.ref(status), text)
         return Batch(
             name=row["name"],
             spec=self._spec_of(row["name"], row["uid"], row["generation"]),
@@ -352,7 +360,7 @@ class SqliteStore:
             source_path=row["source_path"],
             source_revision=row["source_revision"],
             submitted_at=row["submitted_at"],
-            status=status_from_dict(json.loads(row["status_json"])),
+            status=status,
             spec_error=row["spec_error"],
             updated_at=row["updated_at"],
             uid=row["uid"],
@@ -476,9 +484,13 @@ class SqliteStore:
         return batch
 
     def update_status(self, name: str, old: BatchStatus, new: BatchStatus) -> None:
-        """Write status only when it changed; `old` guards against a concurrent writer."""
+        """Write status only when it changed; `old` guards against a concurrent writer.
+        When `old` is the very status this store last read or wrote for the batch, the
+        text stored for it is `old`'s encoding, and is not made again."""
         new_json = canonical_json(status_to_dict(new))
-        old_json = canonical_json(status_to_dict(old))
+        stored = self._stored_status.get(name)
+        old_json = (stored[1] if stored is not None and stored[0]() is old
+                    else canonical_json(status_to_dict(old)))
         if new_json == old_json:
             return
         n = self._write(
@@ -488,6 +500,7 @@ class SqliteStore:
         )
         if n != 1:
             raise ConflictError(f"status of batch {name} changed under us")
+        self._stored_status[name] = (weakref.ref(new), new_json)
 
     def repair_drift(self) -> list[str]:
         """Nothing but this store writes its state: there is never drift to repair."""
@@ -495,6 +508,7 @@ class SqliteStore:
 
     def remove_batch(self, name: str) -> None:
         """Forget a batch; its email not yet delivered stays in the outbox and goes out."""
+        self._stored_status.pop(name, None)
         with self._tx():
             for table, col in (("items", "batch"), ("item_counts", "batch"),
                                ("credentials", "batch"), ("jobs", "batch"),
