@@ -36,6 +36,13 @@ def h(k8s_cluster: Any, k8s_namespace: str, git_repo: GitRepo, smtp: SmtpServer,
         api.close()
 
 
+def connections_opened(api: Any) -> int:
+    """How many connections the client's pool has opened so far, to any server."""
+    pools = api.rest_client.pool_manager.pools
+    # urllib3's pool container refuses iteration itself; its keys() is the way
+    return sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
+
+
 def cr(h: Harness, name: str) -> dict[str, Any]:
     return dict(h.cluster.request("GET", f"/apis/batchq.dev/v1/namespaces/{h.settings.namespace}"
                                          f"/batches/{name}"))
@@ -146,6 +153,11 @@ def test_a_failed_batch_and_its_retry_tell_their_story(h: Harness, smtp: SmtpSer
     assert "condition met" in done.stdout
     story = reasons(h, "maps")
     assert story.index("Restarted") < story.index("UpdateReporting") < story.index("Completed")
+    # every answer was read to its end, so the whole story went over a few kept-alive
+    # connections: the three watches, the three Jobs created at once, and the loop's and
+    # the mailer's own requests (6 here; 15 when Events' answers were left unread)
+    assert isinstance(h.store, KubernetesStore)
+    assert connections_opened(h.store.api) <= 3 + 3 + 2
 
 
 def shown(h: Harness, *, ready: tuple[str, str], reconciling: str, events: list[str]) -> None:
@@ -259,9 +271,7 @@ def test_events_are_written_over_one_kept_alive_connection(k8s_cluster: Any,
         for n in range(4):
             for _ in range(2):  # made, then counted in its series
                 recorder.record(batch, "DeletionRefused", f"refused to delete {n + 11} batches")
-        pools = api.rest_client.pool_manager.pools
-        # urllib3's pool container refuses iteration itself; its keys() is the way
-        opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
+        opened = connections_opened(api)
     found = k8s_cluster.request(
         "GET", f"/apis/events.k8s.io/v1/namespaces/{k8s_namespace}/events")["items"]
     assert sorted((e["note"], e["series"]["count"]) for e in found) == [
