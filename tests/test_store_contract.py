@@ -152,6 +152,30 @@ def test_the_guard_is_the_status_as_read_though_another_store_wrote_since(
         other.close()
 
 
+def test_a_status_text_is_kept_only_while_its_status_object_lives(tmp_path: Path) -> None:
+    """What the SQLite store keeps for `update_status` lives and dies with the status
+    objects it handed out: a full pass over thousands of settled batches keeps nothing
+    once their statuses are dropped."""
+    store = SqliteStore(local_db_path(tmp_path))
+    try:
+        for n in range(50):
+            apply(store, f"b{n}", spec("a"))
+        held = store.list_batches()
+        assert len(store._stored_status) == 50
+        first = held[0]
+        name = first.name
+        del held
+        assert list(store._stored_status) == [name]  # the one still referenced
+        mine = dataclasses.replace(first.status, message="x")
+        store.update_status(name, first.status, mine)  # guarded on the kept text
+        del first
+        assert list(store._stored_status) == [name]  # now the text written for `mine`
+        del mine
+        assert store._stored_status == {}
+    finally:
+        store.close()
+
+
 def test_items_are_recorded_once_filtered_and_paged(store: Store) -> None:
     apply(store, "b", spec("a", "b", "c"))
     items = [Item("a", "http://h/a", title="Map of Oakland"), Item("b", "http://h/b"),

@@ -194,7 +194,7 @@ class SqliteStore:
         self._deleted_from: set[str] = set()  # batches a Job of which delete_job deleted
         # batch -> the status object last read or written, and the text stored for it:
         # `update_status` compares with and guards on that text instead of encoding `old`
-        # again (a weak reference: a status dropped by its reader is not kept)
+        # again (`_remember_status`)
         self._stored_status: dict[str, tuple[weakref.ref[BatchStatus], str]] = {}
 
     def close(self) -> None:
@@ -352,7 +352,7 @@ class SqliteStore:
         self.batch_reads += 1
         text = row["status_json"]
         status = status_from_dict(json.loads(text))
-        self._stored_status[row["name"]] = (weakref.ref(status), text)
+        self._remember_status(row["name"], status, text)
         return Batch(
             name=row["name"],
             spec=self._spec_of(row["name"], row["uid"], row["generation"]),
@@ -500,7 +500,19 @@ class SqliteStore:
         )
         if n != 1:
             raise ConflictError(f"status of batch {name} changed under us")
-        self._stored_status[name] = (weakref.ref(new), new_json)
+        self._remember_status(name, new, new_json)
+
+    def _remember_status(self, name: str, status: BatchStatus, text: str) -> None:
+        """Keep `text` as the stored encoding of `status` while that object lives: a weak
+        reference, whose end drops the entry (nothing is kept for a status its reader
+        dropped, so thousands of settled batches cost nothing here)."""
+        entries = self._stored_status
+
+        def forget(ref: weakref.ref[BatchStatus]) -> None:
+            if entries.get(name, (None, ""))[0] is ref:  # not one remembered since
+                entries.pop(name, None)
+
+        entries[name] = (weakref.ref(status, forget), text)
 
     def repair_drift(self) -> list[str]:
         """Nothing but this store writes its state: there is never drift to repair."""
