@@ -10,6 +10,8 @@ from typing import Any
 from reconciler.domain.model import BatchStatus, Condition
 from reconciler.domain.states import BatchState
 from reconciler.store.base import SyncState
+from reconciler.support.jsontext import canonical_json as canonical_json  # the stores' import
+from reconciler.support.jsontext import is_plain_float
 
 _STATUS_FIELDS = tuple(f.name for f in fields(BatchStatus))
 
@@ -51,9 +53,13 @@ def status_from_dict(data: dict[str, Any]) -> BatchStatus:
     return BatchStatus(**{k: v for k, v in data.items() if k in known})
 
 
-def canonical_json(value: Any) -> str:
-    """Stable JSON, so that equal values compare equal as text (no spurious writes)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+def status_json(status: BatchStatus) -> str:
+    """A status's stored text (canonical JSON). Its only floats are its times, checked
+    here, so that orjson writes it without searching its text (`canonical_json`)."""
+    plain = all(is_plain_float(t) for t in (status.started_at or 0.0, status.finished_at or 0.0,
+                                           status.deleted_at or 0.0)) and all(
+        is_plain_float(c.last_transition) for c in status.conditions)
+    return canonical_json(status_to_dict(status), plain_floats=plain)
 
 
 _TEXT_FIELDS = frozenset({"synced_commit", "sync_error", "storage_error", "message_id_domain",

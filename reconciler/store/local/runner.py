@@ -32,7 +32,6 @@ eight jobs in sessions of their own would leave the reconciler a ninth of the ma
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import shutil
@@ -49,6 +48,7 @@ from reconciler.store.base import deadline_message
 from reconciler.store.local.exits import WAITER
 from reconciler.store.local.sqlite import SqliteStore
 from reconciler.support import failpoints
+from reconciler.support.jsontext import parse_json
 from reconciler.support.nospace import NoSpaceLeft, free_bytes, nearly_full
 from reconciler.support.redaction import redact_text
 
@@ -199,7 +199,7 @@ class LocalRunner:
                                   " free, too little to start a job")
             for row in waiting:
                 if not _overdue(row):
-                    spec = json.loads(row["spec_json"])
+                    spec = parse_json(row["spec_json"])
                     started.append((row["name"], self._start(row, spec)))
                     if seconds := _seconds(spec):  # the round that passes it scans
                         self._next_deadline = min(self._next_deadline,
@@ -369,7 +369,7 @@ class LocalRunner:
             shutil.rmtree(self.job_dir(name), ignore_errors=True)
 
 def _deadline(row: sqlite3.Row) -> int | None:
-    return _seconds(json.loads(row["spec_json"]))
+    return _seconds(parse_json(row["spec_json"]))
 
 
 def _seconds(spec: dict[str, Any]) -> int | None:

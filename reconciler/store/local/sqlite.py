@@ -38,10 +38,11 @@ from reconciler.store.base import (
 from reconciler.store.codec import (
     canonical_json,
     status_from_dict,
-    status_to_dict,
+    status_json,
     sync_state_from_meta,
     sync_state_writes,
 )
+from reconciler.support.jsontext import parse_json
 
 # An item whose job has not finished: literal, so that the partial index below is used
 UNFINISHED = "state IN ('Pending', 'Processing', 'Held')"
@@ -164,7 +165,7 @@ def _parsed_item(item_json: str) -> Item:
     """An item's stored JSON, parsed (an Item is frozen: one copy may be shared). A step
     reads the items of the jobs it observes, then of those it creates: at 1,000 batches
     of 10 each item was parsed about four times; the last 4,096 are kept."""
-    return Item.from_dict(json.loads(item_json))
+    return Item.from_dict(parse_json(item_json))
 
 
 # how a status whose items are loaded says so (`batches_that_may_act`)
@@ -351,7 +352,7 @@ class SqliteStore:
     def _batch(self, row: sqlite3.Row) -> Batch:
         self.batch_reads += 1
         text = row["status_json"]
-        status = status_from_dict(json.loads(text))
+        status = status_from_dict(parse_json(text))
         self._remember_status(row["name"], status, text)
         return Batch(
             name=row["name"],
@@ -389,7 +390,7 @@ class SqliteStore:
         if spec is None:
             if len(_SPECS) > 10_000:
                 _SPECS.clear()
-            spec = _SPECS[spec_json] = BatchSpec.from_dict(json.loads(spec_json))
+            spec = _SPECS[spec_json] = BatchSpec.from_dict(parse_json(spec_json))
         return spec
 
     def list_batches(self) -> list[Batch]:
@@ -460,7 +461,7 @@ class SqliteStore:
                     " source_revision, submitted_at, status_json, state, spec_error,"
                     " updated_at, uid) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (name, spec_json, 1, source_path, revision, committed_at,
-                     canonical_json(status_to_dict(BatchStatus())),
+                     status_json(BatchStatus()),
                      BatchStatus().state.value, error, now, new_uid()),
                 )
             else:
@@ -487,10 +488,10 @@ class SqliteStore:
         """Write status only when it changed; `old` guards against a concurrent writer.
         When `old` is the very status this store last read or wrote for the batch, the
         text stored for it is `old`'s encoding, and is not made again."""
-        new_json = canonical_json(status_to_dict(new))
+        new_json = status_json(new)
         stored = self._stored_status.get(name)
         old_json = (stored[1] if stored is not None and stored[0]() is old
-                    else canonical_json(status_to_dict(old)))
+                    else status_json(old))
         if new_json == old_json:
             return
         n = self._write(
@@ -638,7 +639,9 @@ class SqliteStore:
         run: dict[str, Any] = {"command": list(spec.command), "env": spec.env}
         if spec.deadline_seconds:  # enforced by the runner from the job's first start
             run["activeDeadlineSeconds"] = spec.deadline_seconds
-        spec_json = canonical_json(run)
+        # strings, and an integer if anything: no float for canonical_json to look for
+        plain = isinstance(run.get("activeDeadlineSeconds", 0), int)
+        spec_json = canonical_json(run, plain_floats=plain)
         state = (JobState.HELD if spec.suspended else JobState.PENDING).value
         n = self._write(
             "INSERT OR IGNORE INTO jobs(name, batch, item, attempt, state, suspended, spec_json,"
