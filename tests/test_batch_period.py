@@ -81,3 +81,32 @@ def test_a_long_job_delays_the_next_pass_by_the_period_at_most_and_a_stop_not_at
     started = time.monotonic()
     rec.between_passes(stop)
     assert time.monotonic() - started < 0.2
+
+
+def test_exits_that_come_together_are_recorded_in_one_round(
+        rec: Reconciler, payloads: PayloadServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exit that wakes the loop between passes is recorded EXIT_GATHER_SECONDS later,
+    with every exit that came meanwhile: one round, one transaction, for both jobs that end
+    together (here a long window, so that a loaded machine cannot split them)."""
+    monkeypatch.setattr(service, "EXIT_GATHER_SECONDS", 1.0)
+    monkeypatch.setattr(service, "BATCH_PERIOD_SECONDS", 3.0)
+    runner = rec.runner
+    assert runner is not None
+    rounds: list[int] = []  # exits recorded by each round that recorded any
+    record = runner._record_exits
+
+    def counted() -> bool:
+        before = Counter(made(rec, "five").values())["Completed"]
+        changed = record()
+        after = Counter(made(rec, "five").values())["Completed"]
+        if after > before:
+            rounds.append(after - before)
+        return changed
+
+    monkeypatch.setattr(runner, "_record_exits", counted)
+    first = running(rec)
+    payloads.release(*first)
+    rec.between_passes()  # the two that ended are replaced; the next two are held
+    assert rounds == [2], rounds
+    assert sorted(i for i, s in made(rec, "five").items() if s == "Completed") == first
+    assert len(running(rec)) == 2
