@@ -3,6 +3,7 @@ the exact place to look."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,79 @@ def test_read_document_loads_a_file(tmp_path: Path) -> None:
     file.write_text("kind: Queue\n", encoding="utf-8")
     doc = read_document(file)
     assert (doc.path, doc.data) == (str(file), {"kind": "Queue"})
+
+
+# --- the short-text shortcut: no event walk, and no measure without an anchor
+PIECES = ["- ", "-\n", "? ", "?\n", ": ", "[", "]", "{", "}", ", ", "a", "b: ", "1", "&x ",
+          "*x", "<<: ", "--- ", "...\n", "\n", "  ", "'q'", '"é"', "!!str ", "!!map ", "#c\n",
+          "x:\n  ", "- - ", "[[", "]]", "{a: ", "k: v\n"]
+
+
+def fuzz_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    deep_mapping = "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 97)) + "  " * 97
+    texts = ["- " * 97 + "x", "[" * 98 + "]" * 98, deep_mapping + "v", "?\n" * 40, "-\n" * 60,
+             "{?, ?, ?}", "? " * 40 + "x", "? " * 11 + "x", "---\na: 1\n---\nb: 2\n",
+             "a: *nowhere\n", "a: &x [1]\nb: *x\n", "a: &x\n  b: *x\n", BOMB]
+    for _ in range(count):
+        texts.append("".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 40))))
+        texts.append(yaml.safe_dump(random_data(rng), default_flow_style=rng.choice(
+            [True, False, None]), indent=rng.choice([2, 4]), width=rng.choice([20, 80])))
+    return texts
+
+
+def random_data(rng: random.Random, depth: int = 0) -> object:
+    """Nested lists and mappings, null-heavy, as YAML that parses."""
+    kind = rng.randrange(3 if depth < 30 else 1)
+    if kind == 0:
+        return rng.choice([None, "", "a", 1, 1.5, True, "x: y", "- z", "[w]"])
+    if kind == 1:
+        return [random_data(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {f"k{i}": random_data(rng, depth + 1) for i in range(rng.randrange(4))}
+
+
+def outcome(text: str, **limits: int) -> object:
+    try:
+        doc = load_document(text, "f.yaml", **limits)
+    except DocumentError as exc:
+        return ("error", str(exc))
+    return ("value", repr(doc.data), repr(doc._root))
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_depth": 12, "max_nodes": 400}])
+def test_a_short_text_loads_as_it_did_with_the_walk_and_the_measure(
+        limits: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortcut changes no outcome: each text gives the value or the very error it
+    gives when the event walk and the measure always run."""
+    texts = fuzz_texts(1_500, seed=1)
+    fast = [outcome(t, **limits) for t in texts]
+    shortcut_taken = sum(yamlsafe.within_bounds_by_its_text(
+        t, limits.get("max_nodes", yamlsafe.DEFAULT_MAX_NODES),
+        limits.get("max_depth", yamlsafe.DEFAULT_MAX_DEPTH)) for t in texts)
+    assert shortcut_taken > 1_500
+    monkeypatch.setattr(yamlsafe, "within_bounds_by_its_text", lambda *_: False)
+    assert [outcome(t, **limits) for t in texts] == fast
+
+
+def test_the_text_bounds_what_the_walk_counts() -> None:
+    """The shortcut's premise, on texts that parse: the nodes are at most 4 a character
+    (plus 16), and the nesting at most the count of `[{-:?` in the text."""
+    checked = 0
+    for text in fuzz_texts(1_500, seed=2):
+        nodes = depth = deepest = 0
+        try:
+            for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+                if isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+                    nodes += 1
+                elif isinstance(event, yaml.CollectionStartEvent):
+                    nodes += 1
+                    depth += 1
+                    deepest = max(deepest, depth)
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+        except yaml.YAMLError:
+            continue
+        checked += 1
+        assert nodes <= 4 * len(text) + 16, text
+        assert deepest <= yamlsafe.nesting_bound(text), text
+    assert checked > 1_500
